@@ -1,0 +1,444 @@
+"""EM for Gaussian mixtures with missing values: statistics, M-steps, the loop.
+
+One EM loop for every row source. A pass maps ``chunk_statistics`` over the
+source's chunks and adds the results in chunk order (so the answer does not
+depend on threads or workers); the M-step turns the totals into parameters.
+Covariance types are the table ``KINDS`` of small functions.
+
+Everything here works in "fitting units": the caller (``fit.py``) centres
+(and optionally scales) the columns first and maps the result back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from scipy.linalg.blas import dsyrk, ssyrk
+from scipy.special import logsumexp
+
+from .errors import FitError
+from .gaussian import (
+    Chunk,
+    GenPrepared,
+    MaskPrepared,
+    log_prob_gen,
+    log_prob_mask,
+    prepare_gen,
+    prepare_mask,
+)
+from .model import GMMParams, IterationRecord
+
+Stats = dict[str, Any]
+
+
+class RowSource(Protocol):
+    """Where rows come from on each pass: in memory, streamed, or distributed."""
+
+    n_features: int
+
+    def map(self, fn: Callable[[Chunk], Any]) -> list[Any]:
+        """Apply ``fn`` to every chunk and return the results in chunk order."""
+        ...
+
+
+class InMemorySource:
+    """Rows held in memory, cut once into cache-sized chunks."""
+
+    def __init__(
+        self,
+        X: np.ndarray,
+        w: np.ndarray,
+        chunk_rows: int | None = None,
+        n_threads: int = 1,
+    ) -> None:
+        n, d = X.shape
+        self.n_features = d
+        if chunk_rows is None:
+            chunk_rows = 4096
+        self.chunks = [
+            Chunk(X[s : s + chunk_rows], w[s : s + chunk_rows]) for s in range(0, n, chunk_rows)
+        ]
+        self.n_threads = max(1, int(n_threads))
+
+    def map(self, fn: Callable[[Chunk], Any]) -> list[Any]:
+        if self.n_threads == 1 or len(self.chunks) == 1:
+            return [fn(c) for c in self.chunks]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(self.n_threads) as ex:
+            return list(ex.map(fn, self.chunks))
+
+
+# --------------------------------------------------------------------------
+# Prepared parameters and per-chunk statistics, by covariance type
+
+
+def _prepare(params: GMMParams, dtype: Any) -> GenPrepared | MaskPrepared:
+    t = params.covariance_type
+    if t in ("full", "tied"):
+        return prepare_gen(params.means, params.full_covariances(), t == "tied", dtype)
+    if t == "diag":
+        return prepare_mask(params.means, np.asarray(params.covariances, float))
+    var = np.repeat(np.asarray(params.covariances, float)[:, None], params.n_features, axis=1)
+    return prepare_mask(params.means, var)
+
+
+def log_prob(chunk: Chunk, prep: GenPrepared | MaskPrepared) -> tuple[np.ndarray, dict]:
+    if isinstance(prep, GenPrepared):
+        return log_prob_gen(chunk, prep)
+    return log_prob_mask(chunk, prep)
+
+
+def _syrk_upper(Zs: np.ndarray) -> np.ndarray:
+    """Upper triangle of ``Zs.T @ Zs`` with half the flops of a GEMM."""
+    syrk = ssyrk if Zs.dtype == np.float32 else dsyrk
+    return np.asarray(syrk(1.0, Zs.T, trans=0, lower=0), dtype=float)
+
+
+def _accumulate_gen(chunk: Chunk, prep: GenPrepared, cache: dict, wr: np.ndarray) -> Stats:
+    K, d = prep.means.shape
+    st: Stats = {
+        "Z1": np.zeros((K, d)),
+        "Z2": np.zeros((K, d, d)),
+        "S1": np.zeros((K, d)),
+        "S2": np.zeros((K, d, d)),
+    }
+    Z = cache.get("Z")
+    if Z is not None:
+        wrc = wr if chunk.complete else wr[chunk.complete_rows]
+        st["Z1"] = np.einsum("nk,nkd->kd", wrc, Z, dtype=float)
+        sq = np.sqrt(wrc).astype(Z.dtype)
+        for k in range(K):
+            st["Z2"][k] = _syrk_upper(Z[:, k, :] * sq[:, k, None])
+    for p, Xo, dev_m, C in cache["patterns"]:
+        o, m = p.observed, p.missing
+        wp = wr[p.rows].T  # (K, nP)
+        dev = np.empty((K, p.rows.size, d))
+        dev[:, :, o] = Xo[None] - prep.means[:, None, o]
+        dev[:, :, m] = dev_m
+        st["S1"] += np.einsum("kn,knd->kd", wp, dev)
+        st["S2"] += np.matmul((dev * wp[:, :, None]).transpose(0, 2, 1), dev)
+        st["S2"][:, m[:, None], m[None, :]] += wp.sum(axis=1)[:, None, None] * C
+    return st
+
+
+def _accumulate_mask(chunk: Chunk, prep: MaskPrepared, cache: dict, wr: np.ndarray) -> Stats:
+    X0 = chunk.X0
+    wr_t = wr.astype(X0.dtype)
+    if chunk.obs is None:
+        So = np.broadcast_to(wr.sum(axis=0)[:, None], prep.means.shape).copy()
+    else:
+        So = (chunk.obs.T @ wr_t).T.astype(float)
+    return {
+        "So": So,
+        "Sx": (X0.T @ wr_t).T.astype(float),
+        "Sx2": ((X0 * X0).T @ wr_t).T.astype(float),
+    }
+
+
+def chunk_statistics(
+    chunk: Chunk, prep: GenPrepared | MaskPrepared, log_weights: np.ndarray
+) -> Stats:
+    """E-step on one chunk: log-likelihood, responsibilities, sufficient statistics."""
+    logp, cache = log_prob(chunk, prep)
+    logp += log_weights
+    lse = logsumexp(logp, axis=1)
+    resp = np.exp(logp - lse[:, None])
+    wr = chunk.w[:, None] * resp
+    if isinstance(prep, GenPrepared):
+        st = _accumulate_gen(chunk, prep, cache, wr)
+    else:
+        st = _accumulate_mask(chunk, prep, cache, wr)
+    st["N"] = wr.sum(axis=0)
+    st["ll"] = float(chunk.w @ lse)
+    worst = int(np.argmin(lse))
+    st["worst"] = [(float(lse[worst]), chunk.X[worst].astype(float))]
+    return st
+
+
+def reduce_statistics(parts: Sequence[Stats], n_keep: int) -> Stats:
+    """Add per-chunk statistics in the given order (deterministic for any worker count)."""
+    total: Stats = {}
+    for part in parts:
+        for key, value in part.items():
+            if key == "worst":
+                total[key] = sorted(total.get(key, []) + value, key=lambda t: t[0])[:n_keep]
+            elif key in total:
+                total[key] = total[key] + value
+            else:
+                total[key] = value.copy() if isinstance(value, np.ndarray) else value
+    return total
+
+
+def e_pass(source: RowSource, params: GMMParams, dtype: Any = np.float64) -> Stats:
+    """One pass over the rows at ``params``: the totals the M-step needs."""
+    prep = _prepare(params, dtype)
+    with np.errstate(divide="ignore"):
+        log_w = np.log(params.weights)
+    parts = source.map(lambda c: chunk_statistics(c, prep, log_w))
+    total = reduce_statistics(parts, params.n_components)
+    total["prep"] = prep
+    return total
+
+
+# --------------------------------------------------------------------------
+# M-steps
+
+
+@dataclass
+class Context:
+    """What the M-step needs besides the statistics."""
+
+    sum_w: float
+    mean_w: float
+    col_var: np.ndarray  # observed variance of each column (fitting units), > 0
+    reg_covar: float
+
+
+def _sym(U: np.ndarray) -> np.ndarray:
+    return np.triu(U) + np.swapaxes(np.triu(U, 1), -1, -2)
+
+
+def _m_step_gen(st: Stats, params: GMMParams, ctx: Context) -> tuple[np.ndarray, np.ndarray]:
+    prep: GenPrepared = st["prep"]
+    N = st["N"]
+    L = prep.chol
+    S1 = st["S1"] + np.einsum("kab,kb->ka", L, st["Z1"])
+    S2 = st["S2"] + L @ _sym(st["Z2"]) @ np.swapaxes(L, 1, 2)
+    Nsafe = np.where(N > 0, N, 1.0)
+    dmu = S1 / Nsafe[:, None]
+    means = params.means + dmu
+    centred = S2 - N[:, None, None] * dmu[:, :, None] * dmu[:, None, :]
+    reg = np.diag(ctx.reg_covar * ctx.col_var)
+    if params.covariance_type == "tied":
+        cov = centred.sum(axis=0) / ctx.sum_w + reg
+    else:
+        cov = centred / Nsafe[:, None, None] + reg
+    return means, 0.5 * (cov + np.swapaxes(cov, -1, -2))
+
+
+def _m_step_mask(st: Stats, params: GMMParams, ctx: Context) -> tuple[np.ndarray, np.ndarray]:
+    So, Sx, Sx2 = st["So"], st["Sx"], st["Sx2"]
+    seen = So > 0
+    Sos = np.where(seen, So, 1.0)
+    means = np.where(seen, Sx / Sos, params.means)
+    if params.covariance_type == "diag":
+        var = np.where(seen, Sx2 / Sos - means**2, ctx.col_var)
+        return means, var + ctx.reg_covar * ctx.col_var
+    ss = (Sx2 - 2.0 * means * Sx + means**2 * So).sum(axis=1)
+    tot = So.sum(axis=1)
+    var = np.where(tot > 0, ss / np.where(tot > 0, tot, 1.0), ctx.col_var.mean())
+    return means, var + ctx.reg_covar * ctx.col_var.mean()
+
+
+M_STEPS = {
+    "full": _m_step_gen,
+    "tied": _m_step_gen,
+    "diag": _m_step_mask,
+    "spherical": _m_step_mask,
+}
+
+
+def _broad_covariance(covariance_type: str, ctx: Context) -> np.ndarray:
+    """A data-wide covariance for one component, used to re-seed it."""
+    return {
+        "full": lambda v: np.diag(v),
+        "tied": lambda v: np.diag(v),
+        "diag": lambda v: v.copy(),
+        "spherical": lambda v: np.array(v.mean()),
+    }[covariance_type](ctx.col_var)
+
+
+def _regularised(covariance_type: str, cov: np.ndarray, k: int, amount: float, ctx: Context):
+    """Component ``k``'s covariance with ``amount`` × column variance added."""
+    out = cov.copy()
+    if covariance_type == "tied":
+        out += amount * np.diag(ctx.col_var)
+    elif covariance_type == "full":
+        out[k] += amount * np.diag(ctx.col_var)
+    elif covariance_type == "diag":
+        out[k] += amount * ctx.col_var
+    else:
+        out[k] += amount * ctx.col_var.mean()
+    return out
+
+
+def _bad_components(covariance_type: str, cov: np.ndarray) -> list[int]:
+    if covariance_type in ("diag", "spherical"):
+        c = cov.reshape(cov.shape[0], -1)
+        return [int(k) for k in np.flatnonzero(~np.all(np.isfinite(c) & (c > 0), axis=1))]
+    stack = cov[None] if covariance_type == "tied" else cov
+    bad = []
+    for k in range(stack.shape[0]):
+        try:
+            L = np.linalg.cholesky(stack[k])
+        except np.linalg.LinAlgError:
+            bad.append(k)
+            continue
+        if not np.all(np.isfinite(L)):
+            bad.append(k)
+    return bad
+
+
+class Recovery:
+    """Collapse recovery within one restart; counts re-seeds so it cannot loop forever."""
+
+    max_reseeds = 10
+
+    def __init__(self) -> None:
+        self.reseeds = 0
+
+    def m_step(self, st: Stats, params: GMMParams, ctx: Context) -> tuple[GMMParams, list[str]]:
+        t = params.covariance_type
+        means, cov = M_STEPS[t](st, params, ctx)
+        N = st["N"]
+        weights = N / ctx.sum_w
+        events: list[str] = []
+        K = params.n_components
+        worst = list(st.get("worst", []))
+        collapsed = [k for k in range(K) if N[k] < 2.0 * ctx.mean_w] if K > 1 else []
+        for k in collapsed:
+            means, cov, weights = self._reseed(k, means, cov, weights, worst, ctx, t)
+            events.append(f"component {k} collapsed (weight sum {N[k]:.3g}); re-seeded")
+        for _ in range(K + 1):
+            bad = _bad_components(t, cov)
+            if not bad:
+                break
+            k = bad[0]
+            amount = max(10.0 * ctx.reg_covar, 1e-8)
+            for _attempt in range(4):
+                trial = _regularised(t, cov, k, amount, ctx)
+                if k not in _bad_components(t, trial) or (t == "tied" and not _bad_components(t, trial)):
+                    cov = trial
+                    events.append(
+                        f"component {k} covariance singular; regularisation raised to {amount:.0e}"
+                    )
+                    break
+                amount *= 10.0
+            else:
+                if t == "tied":
+                    raise FitError(
+                        "the shared covariance is singular even with extra regularisation; "
+                        "try fewer components, a larger --reg-covar, or --standardize"
+                    )
+                means, cov, weights = self._reseed(k, means, cov, weights, worst, ctx, t)
+                events.append(f"component {k} covariance singular; re-seeded")
+        weights = weights / weights.sum()
+        return GMMParams(t, weights, means, cov), events
+
+    def _reseed(self, k, means, cov, weights, worst, ctx, t):
+        self.reseeds += 1
+        if self.reseeds > self.max_reseeds:
+            raise FitError(
+                f"component {k} keeps collapsing after {self.max_reseeds} re-seeds; "
+                "try fewer components, a larger --reg-covar, or another --init"
+            )
+        means = means.copy()
+        weights = weights.copy()
+        if worst:
+            _, row = worst.pop(0)
+            centre = weights @ means / max(weights.sum(), 1e-300)
+            means[k] = np.where(np.isnan(row), centre, row)
+        if t != "tied":
+            cov = cov.copy()
+            cov[k] = _broad_covariance(t, ctx)
+        weights[k] = 1.0 / len(weights)
+        return means, cov, weights / weights.sum()
+
+
+# --------------------------------------------------------------------------
+# The loop
+
+
+@dataclass
+class RunResult:
+    params: GMMParams
+    log_likelihood: float
+    converged: bool
+    n_iter: int
+    history: list[IterationRecord]
+
+
+def run_em(
+    source: RowSource,
+    params: GMMParams,
+    ctx: Context,
+    *,
+    tol: float,
+    max_iter: int,
+    restart: int = 0,
+    dtype: Any = np.float64,
+    callback: Callable[[IterationRecord], None] | None = None,
+) -> RunResult:
+    """Iterate E- and M-steps from ``params`` until the mean log-likelihood settles.
+
+    ``history[0]`` is the log-likelihood at the starting parameters and
+    ``history[t]`` the one after the t-th M-step; the returned parameters are
+    the last ones evaluated, so the last history entry is their log-likelihood.
+    """
+    history: list[IterationRecord] = []
+    recovery = Recovery()
+    events: list[str] = []
+    prev: float | None = None
+    converged = False
+    tick = time.perf_counter()
+    t = 0
+    while True:
+        try:
+            st = e_pass(source, params, dtype)
+        except np.linalg.LinAlgError as exc:
+            raise FitError(
+                f"a covariance matrix is not positive definite ({exc}); "
+                "try a larger --reg-covar or --standardize"
+            ) from exc
+        ll = st["ll"]
+        if not np.isfinite(ll):
+            raise FitError(
+                "the log-likelihood is not finite; check the data for extreme values "
+                "or try --standardize"
+            )
+        mean_ll = ll / ctx.sum_w
+        delta = float("nan") if prev is None else mean_ll - prev
+        converged = prev is not None and abs(delta) < tol
+        now = time.perf_counter()
+        rec = IterationRecord(restart, t, ll, mean_ll, delta, now - tick, "; ".join(events))
+        tick = now
+        history.append(rec)
+        if callback is not None:
+            callback(rec)
+        if converged or t >= max_iter:
+            break
+        params, events = recovery.m_step(st, params, ctx)
+        prev = mean_ll
+        t += 1
+    n_iter = t
+    return RunResult(params, history[-1].log_likelihood, converged, n_iter, history)
+
+
+# --------------------------------------------------------------------------
+# Posterior for output: responsibilities and log-densities of every row
+
+
+def posterior(
+    source: RowSource, params: GMMParams, dtype: Any = np.float64
+) -> tuple[np.ndarray, np.ndarray]:
+    """Responsibilities ``(n, K)`` and row log-densities ``(n,)`` over the source's rows."""
+    prep = _prepare(params, dtype)
+    with np.errstate(divide="ignore"):
+        log_w = np.log(params.weights)
+
+    def one(chunk: Chunk) -> tuple[np.ndarray, np.ndarray]:
+        logp, _ = log_prob(chunk, prep)
+        logp += log_w
+        lse = logsumexp(logp, axis=1)
+        return np.exp(logp - lse[:, None]), lse
+
+    parts = source.map(one)
+    K = params.n_components
+    if not parts:
+        return np.empty((0, K)), np.empty(0)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

@@ -1,0 +1,43 @@
+"""Errors that carry the exit code the command line uses for them.
+
+The core raises these with a message that says what went wrong and what to
+try; ``cli.py`` turns one into a single stderr line and the exit code.
+"""
+
+from __future__ import annotations
+
+
+class EmcliError(Exception):
+    """Base class for every error emcli reports to a user."""
+
+    exit_code = 1
+
+
+class DataError(EmcliError, ValueError):
+    """The data or an argument about it cannot be used (exit 1 on the command line)."""
+
+    exit_code = 1
+
+
+class UsageError(EmcliError, ValueError):
+    """Something the command line alone shows to be wrong (exit 2)."""
+
+    exit_code = 2
+
+
+class FitError(EmcliError, RuntimeError):
+    """EM failed in a way that recovery could not repair (exit 1)."""
+
+    exit_code = 1
+
+
+class ModelFileError(EmcliError, ValueError):
+    """A model file is malformed, tampered with or of an unknown version (exit 1)."""
+
+    exit_code = 1
+
+
+class NotConvergedError(EmcliError):
+    """Raised only under ``--strict`` when a fit stopped at ``max_iter`` (exit 3)."""
+
+    exit_code = 3

@@ -1,0 +1,383 @@
+"""Fit a mixture to an array: checks, units, restarts, canonical order, outputs.
+
+``fit_mixture`` is the one function every caller uses (the estimator, the
+command line, the sweep). It takes arrays and returns a ``FitResult``; it does
+no I/O and prints nothing. Progress leaves through ``callback``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from .em import Context, InMemorySource, RowSource, posterior, run_em
+from .errors import DataError, FitError, UsageError
+from .gaussian import n_parameters
+from .init import canonical_init, initial_responsibilities, params_from_responsibilities
+from .model import COVARIANCE_TYPES, FitResult, GMMParams, IterationRecord
+from .selection import criteria
+
+DEFAULT_CHUNK_BYTES = 1 << 21
+
+
+def _name(j: int, column_names: Sequence[str] | None) -> str:
+    return repr(column_names[j]) if column_names is not None else f"{j}"
+
+
+def check_data(
+    X: Any,
+    sample_weight: Any = None,
+    column_names: Sequence[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate ``X`` (NaN allowed) and weights; return float arrays."""
+    try:
+        X = np.asarray(X, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"X must be numeric ({exc}); convert or drop non-numeric columns") from exc
+    if X.ndim == 1:
+        raise DataError("X must be 2-D (rows × columns); reshape a single column with X.reshape(-1, 1)")
+    if X.ndim != 2:
+        raise DataError(f"X must be 2-D (rows × columns), got {X.ndim} dimensions")
+    n, d = X.shape
+    if n == 0 or d == 0:
+        raise DataError(f"X has shape {X.shape}; it needs at least one row and one column")
+    inf = np.isinf(X)
+    if inf.any():
+        i, j = np.argwhere(inf)[0]
+        raise DataError(
+            f"infinite value in row {i}, column {_name(j, column_names)}; "
+            "replace it with a finite number or leave the cell empty to treat it as missing"
+        )
+    empty_cols = np.flatnonzero(np.isnan(X).all(axis=0))
+    if empty_cols.size:
+        names = ", ".join(_name(j, column_names) for j in empty_cols)
+        raise DataError(f"column {names} has no observed value; exclude it")
+    if sample_weight is None:
+        w = np.ones(n)
+    else:
+        w = np.asarray(sample_weight, dtype=float).reshape(-1)
+        if w.shape[0] != n:
+            raise DataError(f"sample_weight has {w.shape[0]} values but X has {n} rows")
+        bad = np.flatnonzero(~np.isfinite(w) | (w < 0))
+        if bad.size:
+            raise DataError(
+                f"weight in row {bad[0]} is {w[bad[0]]}; weights must be finite and non-negative"
+            )
+        if w.sum() <= 0:
+            raise DataError("the weights sum to zero; give at least one row a positive weight")
+    return X, w
+
+
+def _weighted_moments(X: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    obs = ~np.isnan(X)
+    X0 = np.where(obs, X, 0.0)
+    sw = np.maximum(w @ obs, 1e-300)
+    mean = (w @ X0) / sw
+    var = (w @ (obs * (X0 - mean) ** 2)) / sw
+    return mean, var
+
+
+def _to_fitting_units(params: GMMParams, c: np.ndarray, s: np.ndarray) -> GMMParams:
+    means = (params.means - c) / s
+    t = params.covariance_type
+    cov = np.asarray(params.covariances, float)
+    if t == "full":
+        cov = cov / np.outer(s, s)[None]
+    elif t == "tied":
+        cov = cov / np.outer(s, s)
+    elif t == "diag":
+        cov = cov / s**2
+    else:
+        cov = cov / float(np.mean(s**2))
+    return GMMParams(t, params.weights, means, cov)
+
+
+def _to_original_units(params: GMMParams, c: np.ndarray, s: np.ndarray) -> GMMParams:
+    means = params.means * s + c
+    t = params.covariance_type
+    cov = np.asarray(params.covariances, float)
+    if t == "full":
+        cov = cov * np.outer(s, s)[None]
+    elif t == "tied":
+        cov = cov * np.outer(s, s)
+    elif t == "diag":
+        cov = cov * s**2
+    elif np.all(s == s[0]):
+        cov = cov * s[0] ** 2
+    else:
+        # spherical in z-scores is diagonal in original units
+        return GMMParams("diag", params.weights, means, cov[:, None] * s**2)
+    return GMMParams(t, params.weights, means, cov)
+
+
+def canonical_order(params: GMMParams) -> np.ndarray:
+    """Component order: weight descending, ties broken by the means."""
+    keys = [params.means[:, j] for j in reversed(range(params.n_features))]
+    return np.lexsort((*keys, -params.weights))
+
+
+def permute(params: GMMParams, order: np.ndarray) -> GMMParams:
+    cov = params.covariances if params.covariance_type == "tied" else params.covariances[order]
+    return GMMParams(params.covariance_type, params.weights[order], params.means[order], cov)
+
+
+def precisions_to_covariances(covariance_type: str, precisions: Any) -> np.ndarray:
+    p = np.asarray(precisions, dtype=float)
+    if covariance_type in ("full", "tied"):
+        return np.linalg.inv(p)
+    return 1.0 / p
+
+
+def restart_rng(seed: int, K: int, covariance_index: int, restart: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, K, covariance_index, restart]))
+
+
+def fit_mixture(
+    X: Any,
+    *,
+    n_components: int,
+    covariance_type: str = "full",
+    sample_weight: Any = None,
+    init: str = "kmeans",
+    means_init: Any = None,
+    weights_init: Any = None,
+    precisions_init: Any = None,
+    n_init: int = 1,
+    seed: int = 0,
+    tol: float = 1e-3,
+    max_iter: int = 200,
+    reg_covar: float = 1e-6,
+    standardize: bool = False,
+    dtype: str = "float64",
+    n_threads: int = 1,
+    chunk_rows: int | None = None,
+    column_names: Sequence[str] | None = None,
+    callback: Callable[[IterationRecord], None] | None = None,
+) -> FitResult:
+    """Fit a Gaussian mixture by EM, integrating missing values (NaN) out exactly."""
+    if covariance_type not in COVARIANCE_TYPES:
+        raise UsageError(
+            f"unknown covariance type {covariance_type!r}; use one of {', '.join(COVARIANCE_TYPES)}"
+        )
+    K = int(n_components)
+    if K < 1:
+        raise UsageError(f"the number of components must be at least 1, got {K}")
+    if int(n_init) < 1:
+        raise UsageError(f"n_init must be at least 1, got {n_init}")
+    if int(max_iter) < 0 or not tol >= 0 or not reg_covar >= 0:
+        raise UsageError("max_iter, tol and reg_covar must be non-negative")
+    if dtype not in ("float64", "float32"):
+        raise UsageError(f"dtype must be float64 or float32, got {dtype!r}")
+    init = canonical_init(init) if means_init is None else "means"
+    X, w = check_data(X, sample_weight, column_names)
+    n, d = X.shape
+    n_obs = (~np.isnan(X)).sum(axis=1)
+    usable = n_obs > 0
+    fit_rows = usable & (w > 0)
+    if int(fit_rows.sum()) < K:
+        raise DataError(
+            f"only {int(fit_rows.sum())} usable rows (with an observed value and positive weight) "
+            f"for {K} components; use fewer components"
+        )
+
+    Xu, wu = X[fit_rows], w[fit_rows]
+    centre, var = _weighted_moments(Xu, wu)
+    if standardize:
+        const = np.flatnonzero(var <= 0)
+        if const.size:
+            raise DataError(
+                f"column {_name(int(const[0]), column_names)} is constant, so it cannot be "
+                "standardised; exclude it"
+            )
+        scale = np.sqrt(var)
+    else:
+        scale = np.ones(d)
+    Z = (Xu - centre) / scale
+    col_var = var / scale**2
+    col_var = np.where(col_var > 0, col_var, 1.0)
+    np_dtype = np.float32 if dtype == "float32" else np.float64
+    if chunk_rows is None:
+        chunk_rows = int(np.clip(DEFAULT_CHUNK_BYTES // (8 * K * d + 64), 256, 65536))
+    source: RowSource = InMemorySource(Z.astype(np_dtype), wu, chunk_rows, n_threads)
+    ctx = Context(float(wu.sum()), float(wu.mean()), col_var, float(reg_covar))
+
+    user = _user_start(means_init, weights_init, precisions_init, covariance_type, K, d, centre, scale)
+    cov_index = COVARIANCE_TYPES.index(covariance_type)
+    best = None
+    best_restart = -1
+    history: list[IterationRecord] = []
+    errors: list[str] = []
+    for r in range(int(n_init)):
+        rng = restart_rng(int(seed), K, cov_index, r)
+        try:
+            start = _start_params(Z, wu, K, covariance_type, init, rng, user, col_var, reg_covar)
+            run = run_em(
+                source, start, ctx, tol=tol, max_iter=int(max_iter), restart=r,
+                dtype=np_dtype, callback=callback,
+            )
+        except FitError as exc:
+            errors.append(str(exc))
+            history.append(IterationRecord(r, 0, float("nan"), float("nan"), float("nan"), 0.0,
+                                           f"restart failed: {exc}"))
+            continue
+        history.extend(run.history)
+        if best is None or run.log_likelihood > best.log_likelihood:
+            best, best_restart = run, r
+    if best is None:
+        raise FitError(f"every restart failed: {errors[-1]}")
+
+    params = best.params
+    order = canonical_order(_to_original_units(params, centre, scale))
+    params = permute(params, order)
+    resp_u, lse_u = posterior(source, params, np_dtype)
+
+    # rows with nothing observed (or zero weight) rejoin with the outputs
+    log_s = np.log(scale)
+    row_offset = -((~np.isnan(X)) @ log_s)
+    resp = np.tile(params.weights, (n, 1))
+    log_density = np.full(n, np.nan)
+    resp[fit_rows] = resp_u
+    log_density[fit_rows] = lse_u + row_offset[fit_rows]
+    zero_w = usable & ~fit_rows
+    if zero_w.any():
+        other = InMemorySource(((X[zero_w] - centre) / scale).astype(np_dtype), w[zero_w], chunk_rows)
+        r0, l0 = posterior(other, params, np_dtype)
+        resp[zero_w] = r0
+        log_density[zero_w] = l0 + row_offset[zero_w]
+
+    offset = float(wu @ row_offset[fit_rows])
+    ll = float(wu @ lse_u) + offset
+    sum_w = float(wu.sum())
+    history = [
+        IterationRecord(h.restart, h.iteration, h.log_likelihood + offset,
+                        h.mean_log_likelihood + offset / sum_w, h.delta, h.seconds, h.event)
+        for h in history
+    ]
+    p = n_parameters(covariance_type, K, d)
+    crit = criteria(ll, p, sum_w, resp_u, wu)
+    return FitResult(
+        params=_to_original_units(params, centre, scale),
+        log_likelihood=ll,
+        mean_log_likelihood=ll / sum_w,
+        n=sum_w,
+        n_rows=n,
+        n_empty_rows=int((~usable).sum()),
+        n_params=p,
+        bic=crit["bic"],
+        aic=crit["aic"],
+        icl=crit["icl"],
+        converged=best.converged,
+        n_iter=best.n_iter,
+        best_restart=best_restart,
+        history=tuple(history),
+        resp=resp,
+        log_density=log_density,
+        n_observed=n_obs,
+        missing_fraction=float(np.isnan(X).mean()),
+        settings={
+            "covariance_type": covariance_type,
+            "init": init,
+            "n_init": int(n_init),
+            "seed": int(seed),
+            "tol": float(tol),
+            "max_iter": int(max_iter),
+            "reg_covar": float(reg_covar),
+            "standardize": bool(standardize),
+            "dtype": dtype,
+        },
+        standardization={"center": centre.tolist(), "scale": scale.tolist()} if standardize else None,
+    )
+
+
+def _user_start(means_init, weights_init, precisions_init, t, K, d, centre, scale):
+    """User-given starting parameters, validated and in fitting units."""
+    if means_init is None and weights_init is None and precisions_init is None:
+        return None
+    out: dict[str, np.ndarray] = {}
+    if means_init is not None:
+        m = np.asarray(means_init, dtype=float)
+        if m.shape != (K, d) or not np.all(np.isfinite(m)):
+            raise DataError(f"initial means must be a finite {K} × {d} array, got shape {m.shape}")
+        out["means"] = (m - centre) / scale
+    if weights_init is not None:
+        wi = np.asarray(weights_init, dtype=float)
+        if wi.shape != (K,) or np.any(wi < 0) or not np.isclose(wi.sum(), 1.0):
+            raise DataError(f"initial weights must be {K} non-negative numbers summing to 1")
+        out["weights"] = wi
+    if precisions_init is not None:
+        cov = precisions_to_covariances(t, precisions_init)
+        shape = {"full": (K, d, d), "tied": (d, d), "diag": (K, d), "spherical": (K,)}[t]
+        if cov.shape != shape:
+            raise DataError(f"initial precisions for {t!r} must have shape {shape}, got {cov.shape}")
+        tmp = _to_fitting_units(GMMParams(t, np.ones(K) / K, np.zeros((K, d)), cov), np.zeros(d), scale)
+        out["covariances"] = tmp.covariances
+    return out
+
+
+def _start_params(Z, w, K, t, init, rng, user, col_var, reg_covar) -> GMMParams:
+    means = None if user is None else user.get("means")
+    if user is not None and {"means", "weights", "covariances"} <= user.keys():
+        return GMMParams(t, user["weights"], user["means"], user["covariances"])
+    resp = initial_responsibilities(Z, w, K, init, rng, means=means)
+    start = params_from_responsibilities(Z, w, resp, t, col_var, reg_covar)
+    if user is None:
+        return start
+    return GMMParams(
+        t,
+        user.get("weights", start.weights),
+        user.get("means", start.means),
+        user.get("covariances", start.covariances),
+    )
+
+
+def _centred_source(params: GMMParams, X: np.ndarray, dtype: Any = np.float64):
+    """Rows and parameters shifted by the mixture mean, for accurate log-densities."""
+    c = params.weights @ params.means
+    shifted = GMMParams(params.covariance_type, params.weights, params.means - c, params.covariances)
+    return shifted, (X - c).astype(dtype)
+
+
+def score_rows(params: GMMParams, X: Any, column_names: Sequence[str] | None = None):
+    """Responsibilities ``(n, K)`` and log-densities ``(n,)`` of rows under a fitted mixture.
+
+    Rows with nothing observed get the mixture weights and a NaN log-density.
+    """
+    X = np.asarray(X, dtype=float)
+    if X.ndim != 2 or X.shape[1] != params.n_features:
+        raise DataError(
+            f"X must have {params.n_features} columns like the fitted model, got shape {X.shape}"
+        )
+    if np.isinf(X).any():
+        i, j = np.argwhere(np.isinf(X))[0]
+        raise DataError(
+            f"infinite value in row {i}, column {_name(int(j), column_names)}; "
+            "replace it or leave the cell empty"
+        )
+    n = X.shape[0]
+    usable = ~np.isnan(X).all(axis=1)
+    resp = np.tile(params.weights, (n, 1))
+    log_density = np.full(n, np.nan)
+    if usable.any():
+        shifted, Xc = _centred_source(params, X[usable])
+        source = InMemorySource(Xc, np.ones(Xc.shape[0]))
+        r, lse = posterior(source, shifted)
+        resp[usable], log_density[usable] = r, lse
+    return resp, log_density
+
+
+def sample_mixture(
+    params: GMMParams, n_samples: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw ``n_samples`` rows and their components, in component order."""
+    if n_samples < 1:
+        raise UsageError(f"the number of samples must be at least 1, got {n_samples}")
+    counts = rng.multinomial(n_samples, params.weights / params.weights.sum())
+    covs = params.full_covariances()
+    X = np.vstack(
+        [rng.multivariate_normal(params.means[k], covs[k], size=int(c), method="cholesky")
+         for k, c in enumerate(counts)]
+    )
+    y = np.repeat(np.arange(params.n_components), counts)
+    return X, y

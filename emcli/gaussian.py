@@ -1,0 +1,227 @@
+"""Gaussian log-densities over the observed coordinates of each row.
+
+A ``Chunk`` is a block of rows with its missingness bookkeeping done once.
+Each covariance type turns parameters into a ``Prepared`` object (Cholesky
+factors, whitening matrices) and computes, for a chunk, the log-density of
+every row under every component using only that row's observed columns.
+What the E-step computed on the way (whitened residuals, conditional means
+and covariances of the missing coordinates) is kept in a cache that the
+sufficient-statistics pass in ``em.py`` consumes, so nothing is done twice.
+
+Full and tied covariances group incomplete rows by missingness pattern;
+complete rows take a fast path with one GEMM for all components. Diagonal and
+spherical covariances need only the mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.linalg import solve_triangular
+
+LOG_2PI = float(np.log(2.0 * np.pi))
+
+
+def n_parameters(covariance_type: str, n_components: int, n_features: int) -> int:
+    """Free parameters of a mixture (em.md section 6)."""
+    K, d = n_components, n_features
+    cov = {
+        "full": K * d * (d + 1) // 2,
+        "diag": K * d,
+        "spherical": K,
+        "tied": d * (d + 1) // 2,
+    }[covariance_type]
+    return int((K - 1) + K * d + cov)
+
+
+@dataclass
+class Pattern:
+    """Rows of a chunk that share one set of observed columns."""
+
+    rows: np.ndarray
+    observed: np.ndarray
+    missing: np.ndarray
+
+
+@dataclass
+class Chunk:
+    """A block of rows (NaN = missing) with weights and mask bookkeeping.
+
+    Every row must have at least one observed value: rows with nothing
+    observed are set aside by the caller before EM.
+    """
+
+    X: np.ndarray
+    w: np.ndarray
+    _mask: np.ndarray | None = field(default=None, repr=False)
+    _patterns: list[Pattern] | None = field(default=None, repr=False)
+    complete: bool = True
+    X0: np.ndarray = field(init=False, repr=False)
+    obs: np.ndarray | None = field(init=False, repr=False)
+    n_obs: np.ndarray = field(init=False, repr=False)
+    complete_rows: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        nan = np.isnan(self.X)
+        self.complete = not bool(nan.any())
+        d = self.X.shape[1]
+        if self.complete:
+            self.X0 = self.X
+            self.obs = None
+            self.n_obs = np.full(self.X.shape[0], d, dtype=np.int64)
+            self.complete_rows = np.arange(self.X.shape[0])
+        else:
+            self.X0 = np.where(nan, 0.0, self.X).astype(self.X.dtype, copy=False)
+            self.obs = (~nan).astype(self.X.dtype)
+            self.n_obs = d - nan.sum(axis=1)
+            self.complete_rows = np.flatnonzero(self.n_obs == d)
+            self._mask = ~nan
+
+    @property
+    def n(self) -> int:
+        return int(self.X.shape[0])
+
+    def patterns(self) -> list[Pattern]:
+        """Incomplete rows grouped by their observed columns (computed once)."""
+        if self._patterns is None:
+            self._patterns = []
+            if not self.complete:
+                assert self._mask is not None
+                d = self.X.shape[1]
+                inc = np.flatnonzero(self.n_obs < d)
+                keys = np.packbits(self._mask[inc], axis=1)
+                _, inverse = np.unique(keys, axis=0, return_inverse=True)
+                inverse = inverse.ravel()
+                order = np.argsort(inverse, kind="stable")
+                bounds = np.flatnonzero(np.diff(inverse[order])) + 1
+                for group in np.split(order, bounds):
+                    rows = inc[group]
+                    m = self._mask[rows[0]]
+                    self._patterns.append(
+                        Pattern(rows=rows, observed=np.flatnonzero(m), missing=np.flatnonzero(~m))
+                    )
+        return self._patterns
+
+    def obs_dot(self, V: np.ndarray) -> np.ndarray:
+        """``obs @ V`` (rows × columns of V), without building a mask for complete chunks."""
+        if self.obs is None:
+            return np.broadcast_to(V.sum(axis=0), (self.n, V.shape[1]))
+        return self.obs @ V
+
+
+# --------------------------------------------------------------------------
+# Full and tied covariances: Cholesky factors, patterns, conditional moments
+
+
+@dataclass
+class GenPrepared:
+    """Per-component factors for full (and tied, broadcast) covariances."""
+
+    means: np.ndarray  # (K, d)
+    cov: np.ndarray  # (K, d, d)
+    chol: np.ndarray  # (K, d, d) lower
+    log_det: np.ndarray  # (K,)
+    W: np.ndarray  # (d, K*d): stacked inverse-Cholesky transposes
+    b: np.ndarray  # (K*d,): means whitened
+    shared: bool  # tied: one factor for every component
+
+
+def cholesky_components(cov: np.ndarray) -> tuple[np.ndarray | None, list[int]]:
+    """Lower Cholesky factors of a ``(K, d, d)`` stack and the components that failed."""
+    K = cov.shape[0]
+    L = np.empty_like(cov)
+    bad: list[int] = []
+    for k in range(K):
+        try:
+            L[k] = np.linalg.cholesky(cov[k])
+        except np.linalg.LinAlgError:
+            bad.append(k)
+            continue
+        if not np.all(np.isfinite(L[k])) or np.any(np.diag(L[k]) <= 0):
+            bad.append(k)
+    return (None if bad else L), bad
+
+
+def prepare_gen(means: np.ndarray, cov: np.ndarray, shared: bool, dtype: Any) -> GenPrepared:
+    """Factor each component once per iteration; raises LinAlgError if one is not PD."""
+    K, d = means.shape
+    L, bad = cholesky_components(cov)
+    if L is None:
+        raise np.linalg.LinAlgError(f"components {bad} are not positive definite")
+    Linv = solve_triangular(L, np.broadcast_to(np.eye(d), L.shape), lower=True)
+    log_det = 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum(axis=1)
+    W = np.ascontiguousarray(Linv.transpose(2, 0, 1).reshape(d, K * d)).astype(dtype)
+    b = np.einsum("kab,kb->ka", Linv, means).reshape(K * d)
+    return GenPrepared(means, cov, L, log_det, W, b.astype(dtype), shared)
+
+
+def log_prob_gen(chunk: Chunk, prep: GenPrepared) -> tuple[np.ndarray, dict]:
+    """Log-densities ``(n, K)`` over observed coordinates; cache for the statistics pass."""
+    K, d = prep.means.shape
+    out = np.empty((chunk.n, K))
+    cache: dict = {}
+    rows = chunk.complete_rows
+    if rows.size:
+        Xc = chunk.X if chunk.complete else chunk.X[rows]
+        if prep.shared:
+            Y0 = Xc @ prep.W[:, :d]
+            Z = Y0[:, None, :] - prep.b.reshape(K, d)[None]
+        else:
+            Z = (Xc @ prep.W - prep.b).reshape(-1, K, d)
+        maha = np.einsum("nkd,nkd->nk", Z, Z)
+        out[rows] = -0.5 * (d * LOG_2PI + prep.log_det + maha)
+        cache["Z"] = Z
+    pats = []
+    for p in chunk.patterns():
+        o, m = p.observed, p.missing
+        Xo = chunk.X[np.ix_(p.rows, o)].astype(float)
+        S_oo = prep.cov[:, o[:, None], o[None, :]]
+        L = np.linalg.cholesky(S_oo)
+        diff = (Xo[None, :, :] - prep.means[:, None, o]).transpose(0, 2, 1)  # (K, s, nP)
+        z = solve_triangular(L, diff, lower=True)  # (K, s, nP)
+        log_det = 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum(axis=1)
+        out[p.rows] = (-0.5 * (o.size * LOG_2PI + log_det[:, None] + (z * z).sum(axis=1))).T
+        A = solve_triangular(L, prep.cov[:, o[:, None], m[None, :]], lower=True)  # (K, s, |m|)
+        dev_m = np.einsum("ksn,ksm->knm", z, A)  # conditional deviation of x_m from mu_m
+        C = prep.cov[:, m[:, None], m[None, :]] - np.einsum("ksa,ksb->kab", A, A)
+        pats.append((p, Xo, dev_m, C))
+    cache["patterns"] = pats
+    return out, cache
+
+
+def conditional_moments_gen(
+    chunk: Chunk, prep: GenPrepared, cache: dict
+) -> list[tuple[Pattern, np.ndarray, np.ndarray]]:
+    """Per pattern: conditional means ``(K, nP, |m|)`` and covariances ``(K, |m|, |m|)``."""
+    out = []
+    for p, _Xo, dev_m, C in cache["patterns"]:
+        out.append((p, prep.means[:, None, p.missing] + dev_m, C))
+    return out
+
+
+# --------------------------------------------------------------------------
+# Diagonal and spherical covariances: the mask suffices
+
+
+@dataclass
+class MaskPrepared:
+    means: np.ndarray  # (K, d)
+    var: np.ndarray  # (K, d): per-coordinate variances (spherical: repeated)
+
+
+def prepare_mask(means: np.ndarray, var: np.ndarray) -> MaskPrepared:
+    if not np.all(np.isfinite(var)) or np.any(var <= 0):
+        raise np.linalg.LinAlgError("a variance is not positive")
+    return MaskPrepared(means, var)
+
+
+def log_prob_mask(chunk: Chunk, prep: MaskPrepared) -> tuple[np.ndarray, dict]:
+    """``sum_{j in o} log N(x_j | mu_kj, s2_kj)`` for every row and component."""
+    prec = 1.0 / prep.var
+    X0 = chunk.X0
+    const = LOG_2PI + np.log(prep.var) + prep.means**2 * prec  # (K, d)
+    quad = (X0 * X0) @ prec.T - 2.0 * (X0 @ (prep.means * prec).T)
+    out = -0.5 * (chunk.obs_dot(const.T) + quad)
+    return out, {}

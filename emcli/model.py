@@ -1,0 +1,131 @@
+"""Frozen results of the core: mixture parameters, a fit, a sweep.
+
+Plain numpy arrays and numbers only, so that every layer above (estimator,
+files, command line) reads the same objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
+
+
+@dataclass(frozen=True)
+class GMMParams:
+    """Mixture parameters.
+
+    ``covariances`` has the shape scikit-learn uses for the type:
+    full ``(K, d, d)``, tied ``(d, d)``, diag ``(K, d)``, spherical ``(K,)``.
+    """
+
+    covariance_type: str
+    weights: np.ndarray
+    means: np.ndarray
+    covariances: np.ndarray
+
+    @property
+    def n_components(self) -> int:
+        return int(self.weights.shape[0])
+
+    @property
+    def n_features(self) -> int:
+        return int(self.means.shape[1])
+
+    def full_covariances(self) -> np.ndarray:
+        """Every component's covariance as a ``(K, d, d)`` array."""
+        K, d = self.means.shape
+        c = np.asarray(self.covariances, dtype=float)
+        if self.covariance_type == "full":
+            return c.copy()
+        if self.covariance_type == "tied":
+            return np.broadcast_to(c, (K, d, d)).copy()
+        if self.covariance_type == "diag":
+            return np.einsum("kj,ij->kij", c, np.eye(d))
+        return c[:, None, None] * np.eye(d)[None]
+
+
+@dataclass(frozen=True)
+class IterationRecord:
+    """One row of the convergence log."""
+
+    restart: int
+    iteration: int
+    log_likelihood: float
+    mean_log_likelihood: float
+    delta: float
+    seconds: float
+    event: str = ""
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """The best of ``n_init`` restarts, with per-row outputs for the rows fitted.
+
+    Every number is in the units of the data given (with ``standardize`` the
+    fit happens on z-scores and is reported back in original units).
+    ``resp``, ``log_density`` and ``n_observed`` have one row per input row;
+    rows with nothing observed carry the weights as responsibilities and NaN
+    as log-density.
+    """
+
+    params: GMMParams
+    log_likelihood: float
+    mean_log_likelihood: float
+    n: float  # sum of weights over rows with at least one observed value
+    n_rows: int  # number of input rows
+    n_empty_rows: int  # rows with nothing observed (outputs only)
+    n_params: int
+    bic: float
+    aic: float
+    icl: float
+    converged: bool
+    n_iter: int
+    best_restart: int
+    history: tuple[IterationRecord, ...]
+    resp: np.ndarray
+    log_density: np.ndarray
+    n_observed: np.ndarray
+    missing_fraction: float
+    settings: dict = field(default_factory=dict)
+    standardization: dict | None = None
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.argmax(self.resp, axis=1)
+
+    @property
+    def probability(self) -> np.ndarray:
+        return np.max(self.resp, axis=1)
+
+
+@dataclass(frozen=True)
+class SweepCell:
+    """One (k, covariance) cell of a model-selection sweep."""
+
+    k: int
+    covariance_type: str
+    result: FitResult | None
+    seconds: float
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.result is not None
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """All cells of a sweep and the index of the best one under ``criterion``."""
+
+    cells: tuple[SweepCell, ...]
+    criterion: str
+    best_index: int
+    k_values: tuple[int, ...] = ()
+    edge_warning: str = ""
+
+    @property
+    def best(self) -> SweepCell:
+        return self.cells[self.best_index]
