@@ -1,0 +1,1051 @@
+"""Files in and out: tables (CSV, TSV, .csv.gz, Parquet, stdin), outputs, model JSON.
+
+Everything that touches the file system or a table library lives here, so that
+the core stays pure. pyarrow is imported inside the functions that need it, so
+``emcli --help`` stays fast. Every problem found in a file is a ``DataError``
+(or ``ModelFileError``) whose one-line message names the file, column or row
+and says what to do.
+
+Row numbers in messages and in the labels' ``row`` column count data rows from
+1 (the header is not a row).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import glob
+import gzip
+import hashlib
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .errors import DataError, ModelFileError, UsageError
+from .model import COVARIANCE_TYPES, FitResult, GMMParams
+
+INPUT_FORMATS = ("csv", "tsv", "parquet")
+OUTPUT_FORMATS = ("csv", "tsv", "parquet", "json", "jsonl")
+MODEL_FORMAT = "emcli.gmm"
+MODEL_FORMAT_VERSION = 1
+MODEL_MAX_BYTES = 256 << 20
+# the NA tokens of pyarrow's and pandas' CSV readers; matched exactly, not stripped
+NA_TOKENS = frozenset(
+    [
+        "",
+        "#N/A",
+        "#N/A N/A",
+        "#NA",
+        "-1.#IND",
+        "-1.#QNAN",
+        "-NaN",
+        "-nan",
+        "1.#IND",
+        "1.#QNAN",
+        "<NA>",
+        "N/A",
+        "NA",
+        "NULL",
+        "NaN",
+        "None",
+        "n/a",
+        "nan",
+        "null",
+    ]
+)
+_GLOB_CHARS = "*?["
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class InputFile:
+    path: str  # as given or as matched; "-" for standard input
+    format: str  # csv, tsv or parquet
+    compressed: bool = False
+
+
+@dataclass
+class InputTable:
+    """The rows read from one or more inputs, concatenated in the order given."""
+
+    table: Any  # pyarrow.Table
+    name: str  # for messages: the path, or "<stdin>"
+    stem: str  # output stem: "airquality" for airquality.csv, "stdin" for -
+    files: list[InputFile]
+    sha256: str
+    parts: list[tuple[str, int]] = field(default_factory=list)  # (file name, rows) per file
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.table.num_rows)
+
+    def where(self, i: int) -> str:
+        """Where 0-based row ``i`` of the combined table came from, for messages."""
+        if len(self.parts) <= 1:
+            return f"row {i + 1}"
+        start = 0
+        for name, n in self.parts:
+            if i < start + n:
+                return f"row {i - start + 1} of {name} (row {i + 1} of the combined input)"
+            start += n
+        return f"row {i + 1}"
+
+
+@dataclass
+class Features:
+    """Feature matrix and the columns that travel beside it."""
+
+    X: np.ndarray
+    columns: list[str]
+    ids: list[Any] | None
+    id_name: str | None
+    weights: np.ndarray | None
+    notices: list[str] = field(default_factory=list)
+
+
+def _format_from_name(path: str) -> tuple[str | None, bool]:
+    low = path.lower()
+    gz = low.endswith(".gz")
+    if gz:
+        low = low[:-3]
+    for ext, fmt in (
+        (".csv", "csv"),
+        (".tsv", "tsv"),
+        (".tab", "tsv"),
+        (".parquet", "parquet"),
+        (".pq", "parquet"),
+    ):
+        if low.endswith(ext):
+            return (None if gz and fmt == "parquet" else fmt), gz
+    return None, gz
+
+
+def _stem(path: str) -> str:
+    if path == "-":
+        return "stdin"
+    base = os.path.basename(os.path.normpath(path))
+    low = base.lower()
+    for ext in (
+        ".csv.gz",
+        ".tsv.gz",
+        ".tab.gz",
+        ".csv",
+        ".tsv",
+        ".tab",
+        ".parquet",
+        ".pq",
+        ".gz",
+        ".txt",
+    ):
+        if low.endswith(ext) and len(base) > len(ext):
+            return base[: -len(ext)]
+    return base or "data"
+
+
+def input_stem(paths: Sequence[str]) -> str:
+    """The output stem for the inputs given: the first input's name without extensions."""
+    first = paths[0]
+    if any(c in first for c in _GLOB_CHARS) and not os.path.exists(first):
+        parent = os.path.dirname(first.rstrip("/")) or "."
+        return _stem(os.path.abspath(parent)) if parent != "." else _stem(os.getcwd())
+    return _stem(first)
+
+
+def resolve_inputs(paths: Sequence[str], fmt: str | None = None) -> list[InputFile]:
+    """Expand directories and globs, check that files exist and have a known format."""
+    if not paths:
+        raise UsageError("no input given; pass a file, a directory, a glob or - for stdin")
+    if fmt is not None and fmt not in INPUT_FORMATS:
+        raise UsageError(f"unknown --format {fmt!r}; use one of {', '.join(INPUT_FORMATS)}")
+    if "-" in paths and len(paths) > 1:
+        raise UsageError("- (standard input) cannot be combined with other inputs")
+    out: list[InputFile] = []
+    for p in paths:
+        if p == "-":
+            out.append(InputFile("-", fmt or "csv"))
+            continue
+        if os.path.isdir(p):
+            found = sorted(
+                glob.glob(os.path.join(glob.escape(p), "**", "*.parquet"), recursive=True)
+                + glob.glob(os.path.join(glob.escape(p), "**", "*.pq"), recursive=True)
+            )
+            if not found:
+                raise DataError(
+                    f"{p}: directory holds no .parquet or .pq files; "
+                    "point at a Parquet dataset directory or at the files themselves"
+                )
+            out.extend(InputFile(f, "parquet") for f in found)
+            continue
+        if not os.path.exists(p):
+            if any(c in p for c in _GLOB_CHARS):
+                matched = sorted(f for f in glob.glob(p) if os.path.isfile(f))
+                if not matched:
+                    raise DataError(f"{p}: no file matches this pattern; check the path")
+                out.extend(_one_file(f, fmt) for f in matched)
+                continue
+            raise DataError(f"{p}: no such file; check the path")
+        if not os.path.isfile(p):
+            raise DataError(f"{p}: not a regular file; pass a CSV/TSV/Parquet file or a directory")
+        out.append(_one_file(p, fmt))
+    return out
+
+
+def _one_file(path: str, fmt: str | None) -> InputFile:
+    guessed, gz = _format_from_name(path)
+    if fmt is None and guessed is None:
+        raise UsageError(
+            f"{path}: cannot tell the format from the file name; pass --format csv, tsv or parquet"
+        )
+    return InputFile(path, fmt or guessed or "csv", gz)
+
+
+def _read_bytes(f: InputFile, stdin: Any = None) -> bytes:
+    if f.path == "-":
+        stream = stdin if stdin is not None else sys.stdin.buffer
+        return stream.read()
+    try:
+        with open(f.path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise DataError(
+            f"{f.path}: cannot read ({exc.strerror}); check the path and permissions"
+        ) from exc
+
+
+def _ragged_line(data: bytes, delimiter: str) -> tuple[int, int, int] | None:
+    """(line number, fields, expected) of the first row whose field count differs."""
+    text = data.decode("utf-8", errors="replace")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    expected = None
+    for row in reader:
+        if expected is None:
+            expected = len(row)
+            continue
+        if row and len(row) != expected:
+            return reader.line_num, len(row), expected
+    return None
+
+
+def _bad_utf8(data: bytes) -> tuple[int, int] | None:
+    """(line, byte offset in the line) of the first invalid UTF-8 sequence, if any."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1)
+        return line, col + 1
+    return None
+
+
+def _read_delimited(f: InputFile, data: bytes, name: str) -> Any:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    if f.compressed or data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as exc:
+            raise DataError(
+                f"{name}: not a valid gzip file ({exc}); re-compress or decompress it"
+            ) from exc
+    if not data.strip():
+        raise DataError(f"{name}: the file is empty; it needs a header line and data rows")
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    bad = _bad_utf8(data)
+    if bad is not None:
+        raise DataError(
+            f"{name}: line {bad[0]} (byte {bad[1]}) is not valid UTF-8; "
+            "re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        )
+    delimiter = "\t" if f.format == "tsv" else ","
+    parse = pacsv.ParseOptions(delimiter=delimiter)
+    column_types: dict[str, Any] = {}
+    for _ in range(10_000):
+        convert = pacsv.ConvertOptions(
+            null_values=sorted(NA_TOKENS),
+            strings_can_be_null=False,
+            column_types=column_types,
+        )
+        try:
+            return pacsv.read_csv(
+                pa.BufferReader(data), parse_options=parse, convert_options=convert
+            )
+        except pa.ArrowInvalid as exc:
+            msg = str(exc)
+            if "conversion error" in msg and "column #" in msg:
+                # a later block disagrees with the type guessed from the first: read as text
+                idx = int(msg.split("column #", 1)[1].split(":", 1)[0].split()[0])
+                header = next(
+                    csv.reader(io.StringIO(data.decode("utf-8"), newline=""), delimiter=delimiter)
+                )
+                if idx < len(header) and header[idx] not in column_types:
+                    column_types[header[idx]] = pa.string()
+                    continue
+            if "Empty CSV" in msg:
+                raise DataError(
+                    f"{name}: the file is empty; it needs a header line and data rows"
+                ) from exc
+            ragged = _ragged_line(data, delimiter)
+            if ragged is not None:
+                line, got, want = ragged
+                raise DataError(
+                    f"{name}: line {line} has {got} fields but the header has {want}; "
+                    "fix that row (quote fields that contain the delimiter)"
+                ) from exc
+            raise DataError(
+                f"{name}: cannot parse as {f.format.upper()} ({msg}); fix the file"
+            ) from exc
+    raise DataError(f"{name}: cannot parse as {f.format.upper()}")  # pragma: no cover
+
+
+def _read_parquet(f: InputFile, data: bytes | None, name: str) -> Any:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        if data is not None:
+            return pq.read_table(pa.BufferReader(data))
+        return pq.read_table(f.path, pre_buffer=False)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        if data is not None and not data:
+            raise DataError(f"{name}: the input is empty; it needs Parquet data") from exc
+        raise DataError(
+            f"{name}: cannot read as Parquet ({exc}); check the file or --format"
+        ) from exc
+
+
+def read_table(
+    paths: Sequence[str] | Sequence[InputFile], fmt: str | None = None, stdin: Any = None
+) -> InputTable:
+    """Read every input into one pyarrow table, hashing the bytes read."""
+    import pyarrow as pa
+
+    files = [p if isinstance(p, InputFile) else None for p in paths]
+    if any(f is None for f in files):
+        files = resolve_inputs([str(p) for p in paths], fmt)
+    files = [f for f in files if f is not None]
+    digest = hashlib.sha256()
+    tables = []
+    parts: list[tuple[str, int]] = []
+    for f in files:
+        name = "<stdin>" if f.path == "-" else f.path
+        if f.format == "parquet" and f.path != "-":
+            with open(f.path, "rb") as fh:
+                for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                    digest.update(block)
+            t = _read_parquet(f, None, name)
+        else:
+            data = _read_bytes(f, stdin)
+            digest.update(data)
+            t = (
+                _read_parquet(f, data, name)
+                if f.format == "parquet"
+                else _read_delimited(f, data, name)
+            )
+        names = t.column_names
+        dup = sorted({c for c in names if names.count(c) > 1})
+        if dup:
+            raise DataError(f"{name}: column name {dup[0]!r} appears more than once; rename one")
+        if any(c.strip() == "" for c in names):
+            pos = [i + 1 for i, c in enumerate(names) if c.strip() == ""][0]
+            raise DataError(f"{name}: column {pos} has no name in the header; give it one")
+        if tables and names != tables[0].column_names:
+            raise DataError(
+                f"{name}: its columns ({', '.join(names)}) differ from those of {parts[0][0]} "
+                f"({', '.join(tables[0].column_names)}); give files with the same columns"
+            )
+        tables.append(t)
+        parts.append((name, t.num_rows))
+    if len(tables) == 1:
+        table = tables[0]
+    else:
+        try:
+            table = pa.concat_tables(tables, promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise DataError(
+                f"{parts[0][0]}…: the inputs' column types do not agree ({exc}); "
+                "give files with the same columns and types"
+            ) from exc
+    display = parts[0][0] if len(parts) == 1 else f"{parts[0][0]} (+{len(parts) - 1} more)"
+    if table.num_rows == 0:
+        raise DataError(f"{display}: no data rows (only a header); give a file with rows")
+    first = files[0].path
+    return InputTable(table, display, input_stem([first]), files, digest.hexdigest(), parts)
+
+
+def _parse_text_numbers(values: list[Any]) -> tuple[np.ndarray, int, list[int]]:
+    """Floats of text cells (NA tokens → NaN): (array, cells not missing, bad row indices)."""
+    out = np.full(len(values), np.nan)
+    present = 0
+    bad: list[int] = []
+    for i, v in enumerate(values):
+        if v is None or v in NA_TOKENS:
+            continue
+        present += 1
+        s = v.strip()
+        try:
+            if "_" in s:
+                raise ValueError(s)
+            out[i] = float(s)
+        except ValueError:
+            bad.append(i)
+    return out, present, bad
+
+
+def _is_numeric_type(t: Any) -> bool:
+    import pyarrow.types as pat
+
+    return bool(pat.is_integer(t) or pat.is_floating(t) or pat.is_decimal(t))
+
+
+def _column_values(
+    data: InputTable, name: str, *, requested: bool, role: str = "column"
+) -> np.ndarray | str:
+    """Float values of a column, or a reason (str) it is not numeric."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.types as pat
+
+    col = data.table.column(name)
+    t = col.type
+    if pat.is_null(t):
+        raise DataError(
+            f"{data.name}: {role} {name!r} is entirely missing (every cell empty); "
+            f"exclude it with --exclude {name}"
+        )
+    if _is_numeric_type(t):
+        values = pc.fill_null(col.cast(pa.float64()), float("nan")).to_numpy()
+        return np.array(values, dtype=np.float64)
+    if pat.is_string(t) or pat.is_large_string(t):
+        try:
+            fast = pc.cast(col, pa.float64())
+            if not any(s in NA_TOKENS for s in pc.unique(col).to_pylist() if s is not None):
+                return np.array(pc.fill_null(fast, float("nan")).to_numpy(), dtype=np.float64)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+        values = col.to_pylist()
+        out, present, bad = _parse_text_numbers(values)
+        if present == 0:
+            raise DataError(
+                f"{data.name}: {role} {name!r} is entirely missing (every cell empty or NA); "
+                f"exclude it with --exclude {name}"
+            )
+        if not bad:
+            return out
+        if len(bad) * 2 <= present:
+            i = bad[0]
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            raise DataError(
+                f"{data.name}: {role} {name!r}, {data.where(i)}: "
+                f"{values[i]!r} is not a number{more}; "
+                "fix the cell, or leave it empty to mark it missing"
+            )
+        return f"text such as {values[bad[0]]!r} in {data.where(bad[0])}"
+    if pat.is_binary(t) or pat.is_large_binary(t):
+        return "bytes that are not UTF-8 text"
+    return f"type {t}"
+
+
+def _split_names(values: Iterable[str] | None) -> list[str]:
+    out: list[str] = []
+    for v in values or []:
+        out.extend(s.strip() for s in v.split(",") if s.strip())
+    return out
+
+
+def _missing_column(data: InputTable, name: str, option: str) -> DataError:
+    import difflib
+
+    close = difflib.get_close_matches(name, data.table.column_names, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return DataError(
+        f"{data.name}: no column {name!r} for {option}; {hint}"
+        f"the columns are: {', '.join(data.table.column_names)}"
+    )
+
+
+def select_features(
+    data: InputTable,
+    *,
+    columns: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    id_column: str | None = None,
+    weights_column: str | None = None,
+) -> Features:
+    """Choose the feature columns, convert them to floats and check them.
+
+    Non-numeric columns that were not asked for are left out, with a notice.
+    """
+    names = data.table.column_names
+    wanted = _split_names(columns)
+    dropped = _split_names(exclude)
+    for n, opt in [(n, "--columns") for n in wanted] + [(n, "--exclude") for n in dropped]:
+        if n not in names:
+            raise _missing_column(data, n, opt)
+    for n, opt in ((id_column, "--id-column"), (weights_column, "--weights-column")):
+        if n is not None and n not in names:
+            raise _missing_column(data, n, opt)
+
+    ids = None
+    if id_column is not None:
+        ids = data.table.column(id_column).to_pylist()
+    weights = None
+    if weights_column is not None:
+        w = _column_values(data, weights_column, requested=True, role="weights column")
+        if isinstance(w, str):
+            raise DataError(
+                f"{data.name}: weights column {weights_column!r} is not numeric ({w}); "
+                "give a column of non-negative numbers"
+            )
+        bad = np.flatnonzero(~np.isfinite(w) | (w < 0))
+        if bad.size:
+            i = int(bad[0])
+            what = "missing" if np.isnan(w[i]) else repr(float(w[i]))
+            raise DataError(
+                f"{data.name}: weights column {weights_column!r}, {data.where(i)}: "
+                f"weight is {what}; "
+                "weights must be finite and non-negative"
+            )
+        if not w.sum() > 0:
+            raise DataError(
+                f"{data.name}: weights column {weights_column!r} sums to zero; "
+                "give at least one row a positive weight"
+            )
+        weights = w
+
+    side = {id_column, weights_column} - {None}
+    if wanted:
+        candidates = [n for n in wanted if n not in dropped]
+        clash = [n for n in candidates if n in side]
+        if clash:
+            raise UsageError(
+                f"column {clash[0]!r} cannot be both a feature and the id or weights column"
+            )
+    else:
+        candidates = [n for n in names if n not in side and n not in dropped]
+    if not candidates:
+        raise DataError(
+            f"{data.name}: no feature columns left to fit; check --columns and --exclude"
+        )
+
+    cols: list[np.ndarray] = []
+    kept: list[str] = []
+    left_out: list[str] = []
+    for n in candidates:
+        v = _column_values(data, n, requested=bool(wanted))
+        if isinstance(v, str):
+            if wanted:
+                raise DataError(
+                    f"{data.name}: column {n!r} is not numeric ({v}); "
+                    "choose numeric columns with --columns"
+                )
+            left_out.append(n)
+            continue
+        inf = np.flatnonzero(np.isinf(v))
+        if inf.size:
+            i = int(inf[0])
+            raise DataError(
+                f"{data.name}: column {n!r}, {data.where(i)}: value {float(v[i])!r} is infinite; "
+                "replace it with a finite number or leave the cell empty to mark it missing"
+            )
+        if np.isnan(v).all():
+            raise DataError(
+                f"{data.name}: column {n!r} is entirely missing (every cell empty); "
+                f"exclude it with --exclude {n}"
+            )
+        cols.append(v)
+        kept.append(n)
+    notices = []
+    if left_out:
+        notices.append(
+            f"left out non-numeric column{'s' if len(left_out) > 1 else ''}: {', '.join(left_out)}"
+        )
+    if not kept:
+        raise DataError(
+            f"{data.name}: no numeric columns (found: {', '.join(names)}); "
+            "check the delimiter or --format, or choose columns with --columns"
+        )
+    X = np.column_stack(cols) if cols else np.empty((data.n_rows, 0))
+    return Features(X, kept, ids, id_column, weights, notices)
+
+
+def read_means(path: str, columns: Sequence[str], n_components: int) -> np.ndarray:
+    """Initial means from a JSON file (list of rows, {"means": …}, or a model) or a CSV file."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read initial means ({exc.strerror})") from exc
+    name = path
+    if path.lower().endswith(".json"):
+        try:
+            doc = json.loads(raw, parse_constant=_reject_constant)
+        except (ValueError, RecursionError) as exc:
+            raise DataError(f"{name}: not valid JSON ({exc}); give a list of mean vectors") from exc
+        if isinstance(doc, dict):
+            doc = doc.get("means")
+        try:
+            means = np.array(doc, dtype=float)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{name}: initial means must be a list of lists of numbers") from exc
+    else:
+        import pyarrow.csv as pacsv
+
+        try:
+            t = pacsv.read_csv(io.BytesIO(raw))
+        except Exception as exc:  # pyarrow raises several types here
+            raise DataError(f"{name}: cannot read initial means as CSV ({exc})") from exc
+        use = [c for c in columns if c in t.column_names]
+        if len(use) == len(columns):
+            t = t.select(use)
+        try:
+            means = np.column_stack(
+                [np.asarray(t.column(i).to_numpy(), dtype=float) for i in range(t.num_columns)]
+            )
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{name}: initial means must be numbers ({exc})") from exc
+    d = len(columns)
+    if means.shape != (n_components, d) or not np.all(np.isfinite(means)):
+        raise DataError(
+            f"{name}: initial means must be {n_components} rows × {d} finite numbers "
+            f"(one row per component, columns {', '.join(columns)}); got shape {means.shape}"
+        )
+    return means
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def output_format(path: str, default: str = "csv") -> str:
+    if path == "-":
+        return default
+    low = path.lower()
+    for ext, fmt in (
+        (".csv", "csv"),
+        (".tsv", "tsv"),
+        (".parquet", "parquet"),
+        (".pq", "parquet"),
+        (".jsonl", "jsonl"),
+        (".ndjson", "jsonl"),
+        (".json", "json"),
+    ):
+        if low.endswith(ext):
+            return fmt
+    raise UsageError(
+        f"{path}: cannot tell the output format from the extension; "
+        "use .csv, .tsv, .parquet, .json or .jsonl"
+    )
+
+
+def _fmt_float(x: float) -> str:
+    return "" if math.isnan(x) else repr(x)
+
+
+def _cell_strings(values: Any) -> list[str]:
+    if isinstance(values, np.ndarray):
+        if values.dtype.kind == "f":
+            return [_fmt_float(x) for x in values.tolist()]
+        return [str(x) for x in values.tolist()]
+    out = []
+    for v in values:
+        if v is None:
+            out.append("")
+        elif isinstance(v, float):
+            out.append(_fmt_float(v))
+        elif isinstance(v, bool):
+            out.append("true" if v else "false")
+        else:
+            out.append(str(v))
+    return out
+
+
+def _json_value(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, (np.floating, np.integer, np.bool_)):
+        return _json_value(v.item())
+    if hasattr(v, "isoformat"):
+        return v.isoformat()
+    if isinstance(v, (bytes, bytearray)):
+        return v.decode("utf-8", errors="replace")
+    return v
+
+
+def render_table(columns: dict[str, Any], fmt: str) -> bytes:
+    """Bytes of a table (name → 1-D values) in ``fmt``; floats written as Python's repr."""
+    names = list(columns)
+    if fmt in ("csv", "tsv"):
+        buf = io.StringIO()
+        w = csv.writer(buf, delimiter="," if fmt == "csv" else "\t", lineterminator="\n")
+        w.writerow(names)
+        w.writerows(zip(*(_cell_strings(columns[n]) for n in names), strict=True))
+        return buf.getvalue().encode("utf-8")
+    if fmt in ("json", "jsonl"):
+        lists = [
+            columns[n].tolist() if isinstance(columns[n], np.ndarray) else list(columns[n])
+            for n in names
+        ]
+        rows = [
+            {n: _json_value(v) for n, v in zip(names, vals, strict=True)}
+            for vals in zip(*lists, strict=True)
+        ]
+        if fmt == "jsonl":
+            return "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows).encode("utf-8")
+        return (json.dumps(rows, allow_nan=False, indent=1) + "\n").encode("utf-8")
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        arrays = []
+        for n in names:
+            v = columns[n]
+            if isinstance(v, np.ndarray) and v.dtype.kind == "f":
+                arrays.append(pa.array(v, mask=np.isnan(v)))
+            elif isinstance(v, np.ndarray):
+                arrays.append(pa.array(v))
+            else:
+                arrays.append(pa.array(list(v)))
+        sink = io.BytesIO()
+        pq.write_table(pa.table(arrays, names=names), sink)
+        return sink.getvalue()
+    raise UsageError(f"unknown output format {fmt!r}")
+
+
+def labels_columns(
+    result: FitResult,
+    ids: list[Any] | None = None,
+    id_name: str | None = None,
+    probabilities: bool = False,
+) -> dict[str, Any]:
+    """The labels table: id (or row), label, probability, log_density, n_observed[, p_k]."""
+    n = result.n_rows
+    cols: dict[str, Any] = {}
+    if ids is not None and id_name is not None:
+        cols[id_name] = ids
+    else:
+        cols["row"] = np.arange(1, n + 1)
+    cols["label"] = np.asarray(result.labels, dtype=np.int64)
+    cols["probability"] = np.asarray(result.probability, dtype=np.float64)
+    cols["log_density"] = np.asarray(result.log_density, dtype=np.float64)
+    cols["n_observed"] = np.asarray(result.n_observed, dtype=np.int64)
+    if probabilities:
+        for k in range(result.resp.shape[1]):
+            name = f"p_{k}"
+            while name in cols:
+                name = "_" + name
+            cols[name] = np.asarray(result.resp[:, k], dtype=np.float64)
+    return cols
+
+
+def convergence_columns(result: FitResult) -> dict[str, Any]:
+    """The convergence log: one row per iteration of every restart."""
+    h = result.history
+    return {
+        "init": np.array([r.restart for r in h], dtype=np.int64),
+        "iter": np.array([r.iteration for r in h], dtype=np.int64),
+        "log_likelihood": np.array([r.log_likelihood for r in h], dtype=np.float64),
+        "mean_log_likelihood": np.array([r.mean_log_likelihood for r in h], dtype=np.float64),
+        "delta": np.array([r.delta for r in h], dtype=np.float64),
+        "seconds": np.array([r.seconds for r in h], dtype=np.float64),
+        "event": [r.event for r in h],
+    }
+
+
+def _finite_or_none(x: float) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def model_document(
+    result: FitResult,
+    columns: Sequence[str],
+    input_sha256: str,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The model file's content: parameters in original units and the fit's record.
+
+    Nothing in it depends on the clock, so the same data and seed give the same bytes.
+    """
+    p = result.params
+    s = result.settings
+    fit = {
+        "log_likelihood": _finite_or_none(result.log_likelihood),
+        "mean_log_likelihood": _finite_or_none(result.mean_log_likelihood),
+        "n_rows": int(result.n_rows),
+        "n": float(result.n),
+        "n_empty_rows": int(result.n_empty_rows),
+        "n_params": int(result.n_params),
+        "bic": _finite_or_none(result.bic),
+        "aic": _finite_or_none(result.aic),
+        "icl": _finite_or_none(result.icl),
+        "converged": bool(result.converged),
+        "n_iter": int(result.n_iter),
+        "best_restart": int(result.best_restart),
+        "covariance_type": s.get("covariance_type", p.covariance_type),
+        "tol": s.get("tol"),
+        "max_iter": s.get("max_iter"),
+        "init": s.get("init"),
+        "n_init": s.get("n_init"),
+        "seed": s.get("seed"),
+        "reg_covar": s.get("reg_covar"),
+        "standardize": s.get("standardize", result.standardization is not None),
+        "dtype": s.get("dtype", "float64"),
+        "missing_fraction": float(result.missing_fraction),
+        "input_sha256": input_sha256,
+    }
+    if extra:
+        fit.update(extra)
+    return {
+        "format": MODEL_FORMAT,
+        "format_version": MODEL_FORMAT_VERSION,
+        "emcli_version": __version__,
+        "columns": list(columns),
+        "covariance_type": p.covariance_type,
+        "n_components": p.n_components,
+        "n_features": p.n_features,
+        "weights": np.asarray(p.weights, dtype=float).tolist(),
+        "means": np.asarray(p.means, dtype=float).tolist(),
+        "covariances": np.asarray(p.covariances, dtype=float).tolist(),
+        "standardization": result.standardization,
+        "fit": fit,
+    }
+
+
+def dumps_model(doc: dict[str, Any]) -> bytes:
+    return (json.dumps(doc, indent=2, allow_nan=False) + "\n").encode("utf-8")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    params: GMMParams
+    columns: list[str]
+    standardization: dict | None
+    fit: dict
+    document: dict
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-finite number {name}")
+
+
+def _num_array(doc: dict, key: str, shape: tuple[int, ...], where: str) -> np.ndarray:
+    v = doc.get(key)
+
+    def bad_leaf(x: Any) -> bool:
+        if isinstance(x, list):
+            return any(bad_leaf(y) for y in x)
+        return isinstance(x, bool) or not isinstance(x, (int, float))
+
+    if not isinstance(v, list) or bad_leaf(v):
+        raise ModelFileError(
+            f"{where}: {key!r} must be an array of numbers; re-fit or restore the file"
+        )
+    try:
+        a = np.array(v, dtype=float)
+    except (ValueError, OverflowError) as exc:
+        raise ModelFileError(f"{where}: {key!r} is not a regular array of numbers") from exc
+    if a.shape != shape:
+        raise ModelFileError(f"{where}: {key!r} has shape {a.shape}, expected {shape}")
+    if not np.all(np.isfinite(a)):
+        raise ModelFileError(f"{where}: {key!r} holds a non-finite number")
+    return a
+
+
+def load_model(path: str) -> LoadedModel:
+    """Read and validate a model file; any problem is one ``ModelFileError`` line."""
+    where = path
+    try:
+        size = os.path.getsize(path)
+        if size > MODEL_MAX_BYTES:
+            raise ModelFileError(f"{where}: {size} bytes is too large for a model file")
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        raise ModelFileError(f"{where}: cannot read the model file ({exc.strerror})") from exc
+    try:
+        doc = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise ModelFileError(f"{where}: not a valid emcli model file (bad JSON: {detail})") from exc
+    if not isinstance(doc, dict) or doc.get("format") != MODEL_FORMAT:
+        raise ModelFileError(f'{where}: not an emcli model file (no "format": "{MODEL_FORMAT}")')
+    version = doc.get("format_version")
+    if version != MODEL_FORMAT_VERSION or isinstance(version, bool):
+        raise ModelFileError(
+            f"{where}: model format_version {version!r} is not supported "
+            f"(this emcli reads version {MODEL_FORMAT_VERSION}); re-fit with this version"
+        )
+    cols = doc.get("columns")
+    if (
+        not isinstance(cols, list)
+        or not cols
+        or not all(isinstance(c, str) for c in cols)
+        or len(set(cols)) != len(cols)
+    ):
+        raise ModelFileError(f'{where}: "columns" must be a non-empty list of distinct names')
+    t = doc.get("covariance_type")
+    if t not in COVARIANCE_TYPES:
+        raise ModelFileError(f"{where}: unknown covariance_type {t!r}")
+    weights = doc.get("weights")
+    if not isinstance(weights, list) or not weights:
+        raise ModelFileError(f'{where}: "weights" must be a non-empty array of numbers')
+    K, d = len(weights), len(cols)
+    w = _num_array(doc, "weights", (K,), where)
+    if np.any(w < 0) or abs(float(w.sum()) - 1.0) > 1e-6:
+        raise ModelFileError(f"{where}: weights must be non-negative and sum to 1")
+    means = _num_array(doc, "means", (K, d), where)
+    shape = {"full": (K, d, d), "tied": (d, d), "diag": (K, d), "spherical": (K,)}[t]
+    cov = _num_array(doc, "covariances", shape, where)
+    if t in ("full", "tied"):
+        mats = cov if t == "full" else cov[None]
+        for k, c in enumerate(mats):
+            scale = max(float(np.max(np.abs(c))), 1e-300)
+            if np.max(np.abs(c - c.T)) > 1e-8 * scale:
+                raise ModelFileError(f"{where}: covariance {k} is not symmetric")
+            try:
+                np.linalg.cholesky(c)
+            except np.linalg.LinAlgError as exc:
+                raise ModelFileError(f"{where}: covariance {k} is not positive definite") from exc
+    elif np.any(cov <= 0):
+        raise ModelFileError(f"{where}: covariances must be positive")
+    std = doc.get("standardization")
+    if std is not None:
+        if not isinstance(std, dict):
+            raise ModelFileError(f'{where}: "standardization" must be null or an object')
+        _num_array(std, "center", (d,), where)
+        sc = _num_array(std, "scale", (d,), where)
+        if np.any(sc <= 0):
+            raise ModelFileError(f"{where}: standardization scales must be positive")
+    fit = doc.get("fit", {})
+    if not isinstance(fit, dict):
+        raise ModelFileError(f'{where}: "fit" must be an object')
+    return LoadedModel(GMMParams(t, w, means, cov), list(cols), std, fit, doc)
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+def same_file(a: str, b: str) -> bool:
+    try:
+        if os.path.exists(a) and os.path.exists(b):
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_output_paths(outputs: Sequence[str], inputs: Sequence[InputFile]) -> None:
+    """Refuse an output equal to an input, two outputs to one file, or an unwritable place."""
+    real = [p for p in outputs if p != "-"]
+    for i, p in enumerate(real):
+        for q in real[:i]:
+            if same_file(p, q):
+                raise UsageError(f"{p}: two outputs would go to the same file; give distinct paths")
+        for f in inputs:
+            if f.path != "-" and same_file(p, f.path):
+                raise DataError(f"{p}: output path is the input file; choose another output path")
+        if os.path.isdir(p):
+            raise DataError(f"{p}: output path is a directory; give a file name")
+        parent = os.path.dirname(os.path.abspath(p))
+        probe = parent
+        while not os.path.exists(probe):
+            up = os.path.dirname(probe)
+            if up == probe:
+                break
+            probe = up
+        if not os.path.isdir(probe):
+            raise DataError(
+                f"{parent}: cannot create the output directory ({probe} is not a directory); "
+                "choose another --out-dir or output path"
+            )
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise DataError(f"{probe}: output directory is not writable; choose another --out-dir")
+
+
+class AtomicOutputs:
+    """Stage outputs in temporary files beside their targets; rename them all at the end.
+
+    ``abort`` (or leaving the ``with`` block by an exception) removes every
+    temporary file, so an error or Ctrl-C leaves no half-written output.
+    Outputs for stdout are kept in memory and written after the renames.
+    """
+
+    def __init__(self) -> None:
+        self._staged: list[tuple[str, str]] = []
+        self._stdout: list[bytes] = []
+
+    def add(self, path: str, data: bytes) -> None:
+        if path == "-":
+            self._stdout.append(data)
+            return
+        target = os.path.abspath(path)
+        parent = os.path.dirname(target)
+        try:
+            os.makedirs(parent, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(
+                prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=parent
+            )
+        except OSError as exc:
+            raise DataError(
+                f"{path}: cannot write ({exc.strerror}); choose another output path"
+            ) from exc
+        self._staged.append((tmp, target))
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.chmod(tmp, 0o666 & ~_umask())
+        except OSError as exc:
+            raise DataError(
+                f"{path}: cannot write ({exc.strerror}); choose another output path"
+            ) from exc
+
+    def commit(self, write_stdout: Callable[[bytes], None] | None = None) -> None:
+        done = 0
+        try:
+            for tmp, target in self._staged:
+                os.replace(tmp, target)
+                done += 1
+        except OSError as exc:
+            raise DataError(f"{self._staged[done][1]}: cannot write ({exc.strerror})") from exc
+        finally:
+            self._staged = self._staged[done:]
+        for data in self._stdout:
+            (write_stdout or _write_stdout)(data)
+        self._stdout = []
+
+    def abort(self) -> None:
+        for tmp, _ in self._staged:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        self._staged = []
+        self._stdout = []
+
+    def __enter__(self) -> AtomicOutputs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write_stdout(data: bytes) -> None:
+    out = sys.stdout.buffer
+    out.write(data)
+    out.flush()
