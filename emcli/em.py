@@ -18,7 +18,6 @@ from typing import Any, Protocol
 
 import numpy as np
 from scipy.linalg.blas import dsyrk, ssyrk
-from scipy.special import logsumexp
 
 from .errors import FitError
 from .gaussian import (
@@ -29,6 +28,7 @@ from .gaussian import (
     log_prob_mask,
     prepare_gen,
     prepare_mask,
+    vech_weights,
 )
 from .model import GMMParams, IterationRecord
 
@@ -39,6 +39,7 @@ class RowSource(Protocol):
     """Where rows come from on each pass: in memory, streamed, or distributed."""
 
     n_features: int
+    max_sq_norm: float  # an upper bound of |x|^2 over the rows (inf if unknown)
 
     def map(self, fn: Callable[[Chunk], Any]) -> list[Any]:
         """Apply ``fn`` to every chunk and return the results in chunk order."""
@@ -63,6 +64,7 @@ class InMemorySource:
             Chunk(X[s : s + chunk_rows], w[s : s + chunk_rows]) for s in range(0, n, chunk_rows)
         ]
         self.n_threads = max(1, int(n_threads))
+        self.max_sq_norm = float(np.nanmax(np.nansum(X.astype(float) ** 2, axis=1))) if n else 0.0
 
     def map(self, fn: Callable[[Chunk], Any]) -> list[Any]:
         if self.n_threads == 1 or len(self.chunks) == 1:
@@ -77,10 +79,12 @@ class InMemorySource:
 # Prepared parameters and per-chunk statistics, by covariance type
 
 
-def _prepare(params: GMMParams, dtype: Any) -> GenPrepared | MaskPrepared:
+def _prepare(
+    params: GMMParams, dtype: Any, max_sq_norm: float = np.inf
+) -> GenPrepared | MaskPrepared:
     t = params.covariance_type
     if t in ("full", "tied"):
-        return prepare_gen(params.means, params.full_covariances(), t == "tied", dtype)
+        return prepare_gen(params.means, params.full_covariances(), t == "tied", dtype, max_sq_norm)
     if t == "diag":
         return prepare_mask(params.means, np.asarray(params.covariances, float))
     var = np.repeat(np.asarray(params.covariances, float)[:, None], params.n_features, axis=1)
@@ -107,6 +111,10 @@ def _accumulate_gen(chunk: Chunk, prep: GenPrepared, cache: dict, wr: np.ndarray
         "S1": np.zeros((K, d)),
         "S2": np.zeros((K, d, d)),
     }
+    F = cache.get("F")
+    if F is not None:
+        wrc = wr if chunk.complete else wr[chunk.complete_rows]
+        st["F"] = F @ wrc  # raw sums of vech(x x^T), x and 1 per component
     Z = cache.get("Z")
     if Z is not None:
         wrc = wr if chunk.complete else wr[chunk.complete_rows]
@@ -127,17 +135,11 @@ def _accumulate_gen(chunk: Chunk, prep: GenPrepared, cache: dict, wr: np.ndarray
 
 
 def _accumulate_mask(chunk: Chunk, prep: MaskPrepared, cache: dict, wr: np.ndarray) -> Stats:
-    X0 = chunk.X0
-    wr_t = wr.astype(X0.dtype)
-    if chunk.obs is None:
-        So = np.broadcast_to(wr.sum(axis=0)[:, None], prep.means.shape).copy()
-    else:
-        So = (chunk.obs.T @ wr_t).T.astype(float)
-    return {
-        "So": So,
-        "Sx": (X0.T @ wr_t).T.astype(float),
-        "Sx2": ((X0 * X0).T @ wr_t).T.astype(float),
-    }
+    G = cache["G"]
+    K, d = prep.means.shape
+    T = (G.T @ wr.astype(G.dtype)).T.astype(float)  # (K, width)
+    So = np.broadcast_to(T[:, 2 * d :], (K, d)).copy()
+    return {"So": So, "Sx": T[:, d : 2 * d].copy(), "Sx2": T[:, :d].copy()}
 
 
 def chunk_statistics(
@@ -145,9 +147,7 @@ def chunk_statistics(
 ) -> Stats:
     """E-step on one chunk: log-likelihood, responsibilities, sufficient statistics."""
     logp, cache = log_prob(chunk, prep)
-    logp += log_weights
-    lse = logsumexp(logp, axis=1)
-    resp = np.exp(logp - lse[:, None])
+    lse, resp = _normalise(logp, log_weights)
     wr = chunk.w[:, None] * resp
     if isinstance(prep, GenPrepared):
         st = _accumulate_gen(chunk, prep, cache, wr)
@@ -158,6 +158,18 @@ def chunk_statistics(
     worst = int(np.argmin(lse))
     st["worst"] = [(float(lse[worst]), chunk.X[worst].astype(float))]
     return st
+
+
+def _normalise(logp: np.ndarray, log_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row log-sum-exp of ``logp + log_weights`` and the responsibilities (in place)."""
+    logp = np.add(logp, log_weights, dtype=float)
+    top = logp.max(axis=1, keepdims=True)
+    top[~np.isfinite(top)] = 0.0
+    logp -= top
+    np.exp(logp, out=logp)
+    total = logp.sum(axis=1, keepdims=True)
+    logp /= total
+    return np.log(total[:, 0]) + top[:, 0], logp
 
 
 def reduce_statistics(parts: Sequence[Stats], n_keep: int) -> Stats:
@@ -176,7 +188,7 @@ def reduce_statistics(parts: Sequence[Stats], n_keep: int) -> Stats:
 
 def e_pass(source: RowSource, params: GMMParams, dtype: Any = np.float64) -> Stats:
     """One pass over the rows at ``params``: the totals the M-step needs."""
-    prep = _prepare(params, dtype)
+    prep = _prepare(params, dtype, getattr(source, "max_sq_norm", np.inf))
     with np.errstate(divide="ignore"):
         log_w = np.log(params.weights)
     parts = source.map(lambda c: chunk_statistics(c, prep, log_w))
@@ -207,8 +219,21 @@ def _m_step_gen(st: Stats, params: GMMParams, ctx: Context) -> tuple[np.ndarray,
     prep: GenPrepared = st["prep"]
     N = st["N"]
     L = prep.chol
+    mu = params.means
+    K, d = mu.shape
     S1 = st["S1"] + np.einsum("kab,kb->ka", L, st["Z1"])
     S2 = st["S2"] + L @ _sym(st["Z2"]) @ np.swapaxes(L, 1, 2)
+    if "F" in st:  # raw sums from the quad design, moved to the same shift (the old means)
+        F = st["F"].T  # (K, D)
+        iu, ju, _ = vech_weights(d)
+        raw2 = np.zeros((K, d, d))
+        raw2[:, iu, ju] = F[:, : iu.size]
+        raw2[:, ju, iu] = F[:, : iu.size]
+        raw1 = F[:, iu.size : iu.size + d]
+        n_c = F[:, -1]
+        S1 = S1 + raw1 - n_c[:, None] * mu
+        cross = raw1[:, :, None] * mu[:, None, :]
+        S2 = S2 + raw2 - cross - np.swapaxes(cross, 1, 2) + n_c[:, None, None] * mu[:, :, None] * mu[:, None, :]
     Nsafe = np.where(N > 0, N, 1.0)
     dmu = S1 / Nsafe[:, None]
     means = params.means + dmu
@@ -427,15 +452,14 @@ def posterior(
     source: RowSource, params: GMMParams, dtype: Any = np.float64
 ) -> tuple[np.ndarray, np.ndarray]:
     """Responsibilities ``(n, K)`` and row log-densities ``(n,)`` over the source's rows."""
-    prep = _prepare(params, dtype)
+    prep = _prepare(params, dtype, getattr(source, "max_sq_norm", np.inf))
     with np.errstate(divide="ignore"):
         log_w = np.log(params.weights)
 
     def one(chunk: Chunk) -> tuple[np.ndarray, np.ndarray]:
         logp, _ = log_prob(chunk, prep)
-        logp += log_w
-        lse = logsumexp(logp, axis=1)
-        return np.exp(logp - lse[:, None]), lse
+        lse, resp = _normalise(logp, log_w)
+        return resp, lse
 
     parts = source.map(one)
     K = params.n_components

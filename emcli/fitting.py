@@ -14,12 +14,12 @@ import numpy as np
 
 from .em import Context, InMemorySource, RowSource, posterior, run_em
 from .errors import DataError, FitError, UsageError
-from .gaussian import n_parameters
+from .gaussian import n_parameters, quad_width
 from .init import canonical_init, initial_responsibilities, params_from_responsibilities
 from .model import COVARIANCE_TYPES, FitResult, GMMParams, IterationRecord
 from .selection import criteria
 
-DEFAULT_CHUNK_BYTES = 1 << 21
+DEFAULT_CHUNK_BYTES = 1 << 20  # per-chunk working set: about an L2 cache
 
 
 def _name(j: int, column_names: Sequence[str] | None) -> str:
@@ -199,7 +199,8 @@ def fit_mixture(
     col_var = np.where(col_var > 0, col_var, 1.0)
     np_dtype = np.float32 if dtype == "float32" else np.float64
     if chunk_rows is None:
-        chunk_rows = int(np.clip(DEFAULT_CHUNK_BYTES // (8 * K * d + 64), 256, 65536))
+        width = max(K * d, quad_width(d) if covariance_type in ("full", "tied") else 3 * d)
+        chunk_rows = int(np.clip(DEFAULT_CHUNK_BYTES // (8 * width), 256, 65536))
     source: RowSource = InMemorySource(Z.astype(np_dtype), wu, chunk_rows, n_threads)
     ctx = Context(float(wu.sum()), float(wu.mean()), col_var, float(reg_covar))
 

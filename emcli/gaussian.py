@@ -55,8 +55,10 @@ class Chunk:
 
     X: np.ndarray
     w: np.ndarray
+    keep_designs: bool = True
     _mask: np.ndarray | None = field(default=None, repr=False)
     _patterns: list[Pattern] | None = field(default=None, repr=False)
+    _designs: dict = field(default_factory=dict, repr=False)
     complete: bool = True
     X0: np.ndarray = field(init=False, repr=False)
     obs: np.ndarray | None = field(init=False, repr=False)
@@ -104,11 +106,55 @@ class Chunk:
                     )
         return self._patterns
 
-    def obs_dot(self, V: np.ndarray) -> np.ndarray:
-        """``obs @ V`` (rows × columns of V), without building a mask for complete chunks."""
-        if self.obs is None:
-            return np.broadcast_to(V.sum(axis=0), (self.n, V.shape[1]))
-        return self.obs @ V
+    def design(self, kind: str) -> np.ndarray:
+        """Per-row features that make the E- and M-step one GEMM each (built once).
+
+        ``"mask"``: ``[x0^2, x0, observed]`` (``x0`` = x with gaps as 0), for
+        diagonal and spherical covariances; ``"quad"``: ``[vech(x x^T), x, 1]``
+        over the complete rows, transposed, for full and tied covariances.
+        """
+        D = self._designs.get(kind)
+        if D is None:
+            D = _mask_design(self) if kind == "mask" else _quad_design(self)
+            if self.keep_designs:
+                self._designs[kind] = D
+        return D
+
+
+def _mask_design(chunk: Chunk) -> np.ndarray:
+    n, d = chunk.X.shape
+    X0 = chunk.X0
+    width = 2 * d + (1 if chunk.obs is None else d)
+    G = np.empty((n, width), dtype=X0.dtype)
+    np.multiply(X0, X0, out=G[:, :d])
+    G[:, d : 2 * d] = X0
+    G[:, 2 * d :] = 1.0 if chunk.obs is None else chunk.obs
+    return G
+
+
+def quad_width(d: int) -> int:
+    return d * (d + 1) // 2 + d + 1
+
+
+def _quad_design(chunk: Chunk) -> np.ndarray:
+    """``[vech(x x^T), x, 1]`` of the complete rows, stored transposed (features × rows)."""
+    Xc = chunk.X if chunk.complete else chunk.X[chunk.complete_rows]
+    XT = np.ascontiguousarray(Xc.T)
+    d, n = XT.shape
+    FT = np.empty((quad_width(d), n), dtype=Xc.dtype)
+    col = 0
+    for i in range(d):
+        np.multiply(XT[i:], XT[i], out=FT[col : col + d - i])
+        col += d - i
+    FT[col : col + d] = XT
+    FT[-1] = 1.0
+    return FT
+
+
+def vech_weights(d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Upper-triangle indices in the order of the quad design, and 1/2 weights."""
+    iu, ju = np.triu_indices(d)
+    return iu, ju, np.where(iu == ju, 1.0, 2.0)
 
 
 # --------------------------------------------------------------------------
@@ -126,6 +172,13 @@ class GenPrepared:
     W: np.ndarray  # (d, K*d): stacked inverse-Cholesky transposes
     b: np.ndarray  # (K*d,): means whitened
     shared: bool  # tied: one factor for every component
+    coef: np.ndarray | None = None  # (D, K): log-density as a linear map of the quad design
+
+
+# The quad design expands (x - mu)^T P (x - mu); the rounding error of that
+# expansion is about eps * lambda_max(P) * |x|^2. Above this bound the
+# whitened path (one GEMM against every component's inverse Cholesky) is used.
+QUAD_MAX_TERM = 1e6
 
 
 def cholesky_components(cov: np.ndarray) -> tuple[np.ndarray | None, list[int]]:
@@ -144,8 +197,14 @@ def cholesky_components(cov: np.ndarray) -> tuple[np.ndarray | None, list[int]]:
     return (None if bad else L), bad
 
 
-def prepare_gen(means: np.ndarray, cov: np.ndarray, shared: bool, dtype: Any) -> GenPrepared:
-    """Factor each component once per iteration; raises LinAlgError if one is not PD."""
+def prepare_gen(
+    means: np.ndarray, cov: np.ndarray, shared: bool, dtype: Any, max_sq_norm: float = np.inf
+) -> GenPrepared:
+    """Factor each component once per iteration; raises LinAlgError if one is not PD.
+
+    ``max_sq_norm`` bounds ``|x|^2`` over the rows; when the quad expansion is
+    accurate for rows that large (and the arithmetic is float64), ``coef`` is set.
+    """
     K, d = means.shape
     L, bad = cholesky_components(cov)
     if L is None:
@@ -154,7 +213,16 @@ def prepare_gen(means: np.ndarray, cov: np.ndarray, shared: bool, dtype: Any) ->
     log_det = 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum(axis=1)
     W = np.ascontiguousarray(Linv.transpose(2, 0, 1).reshape(d, K * d)).astype(dtype)
     b = np.einsum("kab,kb->ka", Linv, means).reshape(K * d)
-    return GenPrepared(means, cov, L, log_det, W, b.astype(dtype), shared)
+    prep = GenPrepared(means, cov, L, log_det, W, b.astype(dtype), shared)
+    P = np.swapaxes(Linv, 1, 2) @ Linv
+    lam_max = np.linalg.eigvalsh(P)[:, -1]
+    term = lam_max * (max_sq_norm + (means**2).sum(axis=1))
+    if np.dtype(dtype) == np.float64 and np.all(term < QUAD_MAX_TERM):
+        iu, ju, two = vech_weights(d)
+        Pm = np.einsum("kab,kb->ka", P, means)
+        const = -0.5 * (d * LOG_2PI + log_det + np.einsum("ka,ka->k", Pm, means))
+        prep.coef = np.concatenate([-0.5 * (P[:, iu, ju] * two).T, Pm.T, const[None, :]])
+    return prep
 
 
 def log_prob_gen(chunk: Chunk, prep: GenPrepared) -> tuple[np.ndarray, dict]:
@@ -163,7 +231,15 @@ def log_prob_gen(chunk: Chunk, prep: GenPrepared) -> tuple[np.ndarray, dict]:
     out = np.empty((chunk.n, K))
     cache: dict = {}
     rows = chunk.complete_rows
-    if rows.size:
+    if rows.size and prep.coef is not None:
+        F = chunk.design("quad")
+        lp = (prep.coef.T @ F).T
+        if chunk.complete:
+            out = lp
+        else:
+            out[rows] = lp
+        cache["F"] = F
+    elif rows.size:
         Xc = chunk.X if chunk.complete else chunk.X[rows]
         if prep.shared:
             Y0 = Xc @ prep.W[:, :d]
@@ -218,10 +294,15 @@ def prepare_mask(means: np.ndarray, var: np.ndarray) -> MaskPrepared:
 
 
 def log_prob_mask(chunk: Chunk, prep: MaskPrepared) -> tuple[np.ndarray, dict]:
-    """``sum_{j in o} log N(x_j | mu_kj, s2_kj)`` for every row and component."""
+    """``sum_{j in o} log N(x_j | mu_kj, s2_kj)`` for every row and component.
+
+    One GEMM of the chunk's ``[x0^2, x0, observed]`` design against
+    ``-0.5 [1/s2, -2 mu/s2, log 2pi + log s2 + mu^2/s2]``.
+    """
     prec = 1.0 / prep.var
-    X0 = chunk.X0
     const = LOG_2PI + np.log(prep.var) + prep.means**2 * prec  # (K, d)
-    quad = (X0 * X0) @ prec.T - 2.0 * (X0 @ (prep.means * prec).T)
-    out = -0.5 * (chunk.obs_dot(const.T) + quad)
-    return out, {}
+    if chunk.obs is None:
+        const = const.sum(axis=1, keepdims=True)
+    coef = -0.5 * np.concatenate([prec, -2.0 * prep.means * prec, const], axis=1).T
+    G = chunk.design("mask")
+    return G @ coef.astype(G.dtype), {"G": G}

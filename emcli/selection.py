@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.context
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any
+
 import numpy as np
+
+from .errors import DataError, FitError, UsageError
+from .init import canonical_init
+from .model import COVARIANCE_TYPES, SweepCell, SweepResult
 
 
 def criteria(
@@ -19,3 +30,246 @@ def criteria(
         log_best = np.log(resp.max(axis=1)) if resp.size else np.zeros(0)
     icl = bic - 2.0 * float(w @ log_best)
     return {"bic": float(bic), "aic": float(aic), "icl": float(icl)}
+
+
+# --------------------------------------------------------------------------
+# Parsing the sweep's ranges (shared by the command line and the Python API)
+
+CRITERIA = ("bic", "aic", "icl")
+
+
+def parse_k(spec: str) -> list[int]:
+    """Numbers of components from ``"1:9"`` (inclusive), ``"1:9:2"``, ``"2,4,8"`` or a mix.
+
+    Returns the values sorted, without duplicates.
+    """
+    text = str(spec).strip()
+    if not text:
+        raise UsageError("--k is empty; give a range like 1:9 or a list like 2,4,8")
+    values: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            if ":" in part:
+                bits = [int(b) for b in part.split(":")]
+                if len(bits) not in (2, 3):
+                    raise ValueError
+                lo, hi = bits[0], bits[1]
+                step = bits[2] if len(bits) == 3 else 1
+                if step < 1:
+                    raise UsageError(f"--k {spec!r}: the step in {part!r} must be at least 1")
+                if lo > hi:
+                    raise UsageError(
+                        f"--k {spec!r}: the range {part!r} is empty; write it low:high, e.g. 1:9"
+                    )
+                values.update(range(lo, hi + 1, step))
+            else:
+                values.add(int(part))
+        except ValueError as exc:
+            if isinstance(exc, UsageError):
+                raise
+            raise UsageError(
+                f"--k {spec!r}: cannot read {part!r}; give a range like 1:9 or a list like 2,4,8"
+            ) from None
+    bad = sorted(v for v in values if v < 1)
+    if bad:
+        raise UsageError(f"--k {spec!r}: every k must be at least 1, got {bad[0]}")
+    return sorted(values)
+
+
+def parse_covariances(spec: str) -> list[str]:
+    """Covariance types from ``"full,diag"`` or ``"all"``, in the order given, deduplicated."""
+    text = str(spec).strip().lower()
+    if text == "all":
+        return list(COVARIANCE_TYPES)
+    out: list[str] = []
+    for part in text.split(","):
+        name = part.strip()
+        if name not in COVARIANCE_TYPES:
+            raise UsageError(
+                f"unknown covariance type {name!r} in {spec!r}; "
+                f"use a list of {', '.join(COVARIANCE_TYPES)}, or all"
+            )
+        if name not in out:
+            out.append(name)
+    return out
+
+
+# --------------------------------------------------------------------------
+# The k × covariance sweep
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(X: np.ndarray, w: np.ndarray | None, options: dict) -> None:
+    _WORKER.update(X=X, w=w, options=options)
+
+
+def _fit_in_worker(k: int, covariance_type: str) -> SweepCell:
+    return fit_cell(_WORKER["X"], _WORKER["w"], k, covariance_type, **_WORKER["options"])
+
+
+def fit_cell(
+    X: np.ndarray,
+    w: np.ndarray | None,
+    k: int,
+    covariance_type: str,
+    *,
+    init: str = "kmeans",
+    try_hc: bool = True,
+    **fit_options: Any,
+) -> SweepCell:
+    """Fit one (k, covariance) cell; a failure is recorded in the cell, not raised.
+
+    With ``try_hc`` and a k-means start, the cell is fitted a second time from
+    the ``hc`` start (one restart: it is deterministic below ``hc.MAX_ROWS``
+    rows) and the higher log-likelihood is kept.
+    """
+    from .fitting import fit_mixture  # fitting imports this module
+
+    t0 = time.perf_counter()
+    inits = [init]
+    if try_hc and init == "kmeans" and k > 1:
+        inits.append("hc")
+    best = None
+    errors: list[str] = []
+    for name in inits:
+        opts = dict(fit_options)
+        if name == "hc" and name != init:
+            opts["n_init"] = 1
+        try:
+            res = fit_mixture(
+                X, n_components=k, covariance_type=covariance_type, sample_weight=w,
+                init=name, **opts,
+            )
+        except (FitError, DataError) as exc:
+            errors.append(str(exc))
+            continue
+        if not np.isfinite(res.log_likelihood):
+            errors.append(f"the {name} start gave a non-finite log-likelihood")
+            continue
+        if best is None or res.log_likelihood > best.log_likelihood:
+            best = res
+    seconds = time.perf_counter() - t0
+    if best is None:
+        return SweepCell(k, covariance_type, None, seconds, errors[0] if errors else "failed")
+    return SweepCell(k, covariance_type, best, seconds)
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    # fork is unsafe once BLAS threads run; forkserver (POSIX) or spawn start clean
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["emcli.selection", "emcli.fitting"])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+def _edge_warning(best_k: int, k_values: Sequence[int]) -> str:
+    if len(k_values) < 2:
+        return ""
+    if best_k == max(k_values):
+        return f"the best k ({best_k}) is the largest tried; extend --k"
+    if best_k == min(k_values) and best_k > 1:
+        return f"the best k ({best_k}) is the smallest tried; extend --k down"
+    return ""
+
+
+def sweep(
+    X: Any,
+    *,
+    k_values: Sequence[int],
+    covariance_types: Sequence[str],
+    criterion: str = "bic",
+    sample_weight: Any = None,
+    n_init: int = 1,
+    seed: int = 0,
+    tol: float = 1e-3,
+    max_iter: int = 200,
+    reg_covar: float = 1e-6,
+    standardize: bool = False,
+    init: str = "kmeans",
+    try_hc: bool = True,
+    jobs: int = 1,
+    column_names: Sequence[str] | None = None,
+    on_cell: Callable[[SweepCell], None] | None = None,
+) -> SweepResult:
+    """Fit every (k, covariance) cell and pick the one with the lowest ``criterion``.
+
+    Cells are ordered by k, then by covariance type as given. Each cell's
+    restarts draw from ``SeedSequence([seed, k, covariance_index, r])``, so the
+    table does not depend on ``jobs`` or on the order cells finish in. A cell
+    that fails (``FitError``/``DataError``) keeps its message in ``error`` and
+    never wins; if every cell fails, ``FitError`` names the first reason.
+    ``on_cell`` is called in this process as each cell completes.
+    """
+    from .fitting import check_data  # fitting imports this module
+
+    criterion = str(criterion).lower()
+    if criterion not in CRITERIA:
+        raise UsageError(f"unknown criterion {criterion!r}; use one of {', '.join(CRITERIA)}")
+    ks = sorted({int(k) for k in k_values})
+    if not ks:
+        raise UsageError("no k to try; give a range like 1:9")
+    if ks[0] < 1:
+        raise UsageError(f"every k must be at least 1, got {ks[0]}")
+    covs = list(dict.fromkeys(covariance_types))
+    if not covs:
+        raise UsageError("no covariance type to try; give e.g. full or all")
+    for c in covs:
+        if c not in COVARIANCE_TYPES:
+            raise UsageError(
+                f"unknown covariance type {c!r}; use one of {', '.join(COVARIANCE_TYPES)}"
+            )
+    jobs = int(jobs)
+    if jobs < 1:
+        raise UsageError(f"jobs must be at least 1, got {jobs}")
+    init = canonical_init(init)
+    Xa, w = check_data(X, sample_weight, column_names)
+    w_arg = None if sample_weight is None else w
+    options = {
+        "init": init, "try_hc": bool(try_hc), "n_init": int(n_init), "seed": int(seed),
+        "tol": float(tol), "max_iter": int(max_iter), "reg_covar": float(reg_covar),
+        "standardize": bool(standardize),
+        "column_names": None if column_names is None else list(column_names),
+    }
+    tasks = [(k, c) for k in ks for c in covs]
+    cells: list[SweepCell | None] = [None] * len(tasks)
+    if jobs == 1 or len(tasks) == 1:
+        for i, (k, c) in enumerate(tasks):
+            cells[i] = fit_cell(Xa, w_arg, k, c, **options)
+            if on_cell is not None:
+                on_cell(cells[i])
+    else:
+        with ProcessPoolExecutor(
+            max_workers=min(jobs, len(tasks)), mp_context=_context(),
+            initializer=_init_worker, initargs=(Xa, w_arg, options),
+        ) as pool:
+            futures = {pool.submit(_fit_in_worker, k, c): i for i, (k, c) in enumerate(tasks)}
+            for fut in as_completed(futures):
+                i = futures[fut]
+                cells[i] = fut.result()
+                if on_cell is not None:
+                    on_cell(cells[i])
+    done = tuple(c for c in cells if c is not None)
+
+    best_index, best_value = -1, np.inf
+    for i, cell in enumerate(done):
+        if cell.result is None:
+            continue
+        value = getattr(cell.result, criterion)
+        if np.isfinite(value) and value < best_value:
+            best_index, best_value = i, value
+    if best_index < 0:
+        first = next((c for c in done if c.error), done[0])
+        raise FitError(
+            f"every cell of the sweep failed; first (k={first.k}, {first.covariance_type}): "
+            f"{first.error}"
+        )
+    return SweepResult(
+        cells=done,
+        criterion=criterion,
+        best_index=best_index,
+        k_values=tuple(ks),
+        edge_warning=_edge_warning(done[best_index].k, ks),
+    )
