@@ -382,3 +382,46 @@ def sample_mixture(
     )
     y = np.repeat(np.arange(params.n_components), counts)
     return X, y
+
+
+def impute_rows(params: GMMParams, X: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Fill every NaN with ``E[x_m | x_o]`` under the mixture; also return ``Var[x_m | x_o]``.
+
+    Observed cells are returned unchanged (bit for bit) with variance 0; rows
+    with nothing observed get the mixture mean and the mixture variance.
+    """
+    from .em import _normalise
+    from .gaussian import Chunk, log_prob_gen, prepare_gen
+
+    X = np.asarray(X, dtype=float)
+    if X.ndim != 2 or X.shape[1] != params.n_features:
+        raise DataError(
+            f"X must have {params.n_features} columns like the fitted model, got shape {X.shape}"
+        )
+    filled = X.copy()
+    variance = np.zeros_like(X)
+    nan = np.isnan(X)
+    covs = params.full_covariances()
+    mix_mean = params.weights @ params.means
+    second = np.einsum("k,kj->j", params.weights, np.diagonal(covs, axis1=1, axis2=2) + params.means**2)
+    empty = nan.all(axis=1)
+    filled[empty] = mix_mean
+    variance[empty] = second - mix_mean**2
+    partial = np.flatnonzero(nan.any(axis=1) & ~empty)
+    if partial.size == 0:
+        return filled, variance
+    chunk = Chunk(X[partial] - mix_mean, np.ones(partial.size))
+    prep = prepare_gen(params.means - mix_mean, covs, False, np.float64)
+    logp, cache = log_prob_gen(chunk, prep)
+    with np.errstate(divide="ignore"):
+        _, resp = _normalise(logp, np.log(params.weights))
+    for p, _Xo, dev_m, C in cache["patterns"]:
+        m = p.missing
+        xhat = (params.means[:, None, m] - mix_mean[m]) + dev_m  # (K, nP, |m|)
+        r = resp[p.rows]
+        mean = np.einsum("nk,knm->nm", r, xhat)
+        sq = np.einsum("nk,knm->nm", r, xhat**2 + np.diagonal(C, axis1=1, axis2=2)[:, None, :])
+        rows = partial[p.rows]
+        filled[rows[:, None], m[None, :]] = mean + mix_mean[m]
+        variance[rows[:, None], m[None, :]] = np.maximum(sq - mean**2, 0.0)
+    return filled, variance
