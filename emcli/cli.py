@@ -21,7 +21,7 @@ from typing import Annotated
 import typer
 
 from . import __version__
-from .errors import DataError, EmcliError, NotConvergedError, UsageError
+from .errors import DataError, EmcliError, FitError, NotConvergedError, UsageError
 
 app = typer.Typer(
     name="emcli",
@@ -29,6 +29,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -60,7 +61,7 @@ INIT_HELP = (
 DataArg = Annotated[
     list[str],
     typer.Argument(
-        metavar="DATA...",
+        metavar="DATA",
         help="Input: .csv, .tsv, .csv.gz, .parquet/.pq, a directory or glob of Parquet files, "
         "several paths, or - for standard input.",
         show_default=False,
@@ -415,6 +416,8 @@ def _fit(
             )
         except DataError as exc:
             raise DataError(f"{table.name}: {exc}") from exc
+        except FitError as exc:
+            raise FitError(f"{table.name}: {exc}") from exc
 
     extra: dict[str, object] = {"id_column": id_column, "weights_column": weights_column}
     if means_path is not None:

@@ -28,7 +28,7 @@ from .gaussian import (
     log_prob_mask,
     prepare_gen,
     prepare_mask,
-    vech_weights,
+    quad_statistics,
 )
 from .model import GMMParams, IterationRecord
 
@@ -58,6 +58,12 @@ class InMemorySource:
     ) -> None:
         n, d = X.shape
         self.n_features = d
+        self.order: np.ndarray | None = None
+        nan = np.isnan(X)
+        if nan.any():  # rows sorted by missingness pattern, so that groups are long
+            keys = np.packbits(nan, axis=1)
+            self.order = np.lexsort(keys.T[::-1])
+            X, w = X[self.order], w[self.order]
         if chunk_rows is None:
             chunk_rows = 4096
         self.chunks = [
@@ -111,10 +117,9 @@ def _accumulate_gen(chunk: Chunk, prep: GenPrepared, cache: dict, wr: np.ndarray
         "S1": np.zeros((K, d)),
         "S2": np.zeros((K, d, d)),
     }
-    F = cache.get("F")
-    if F is not None:
-        wrc = wr if chunk.complete else wr[chunk.complete_rows]
-        st["F"] = F @ wrc  # raw sums of vech(x x^T), x and 1 per component
+    if "quad" in cache:
+        st["S1"], st["S2"] = quad_statistics(chunk, prep, cache, wr)
+        return st
     Z = cache.get("Z")
     if Z is not None:
         wrc = wr if chunk.complete else wr[chunk.complete_rows]
@@ -219,21 +224,8 @@ def _m_step_gen(st: Stats, params: GMMParams, ctx: Context) -> tuple[np.ndarray,
     prep: GenPrepared = st["prep"]
     N = st["N"]
     L = prep.chol
-    mu = params.means
-    K, d = mu.shape
     S1 = st["S1"] + np.einsum("kab,kb->ka", L, st["Z1"])
     S2 = st["S2"] + L @ _sym(st["Z2"]) @ np.swapaxes(L, 1, 2)
-    if "F" in st:  # raw sums from the quad design, moved to the same shift (the old means)
-        F = st["F"].T  # (K, D)
-        iu, ju, _ = vech_weights(d)
-        raw2 = np.zeros((K, d, d))
-        raw2[:, iu, ju] = F[:, : iu.size]
-        raw2[:, ju, iu] = F[:, : iu.size]
-        raw1 = F[:, iu.size : iu.size + d]
-        n_c = F[:, -1]
-        S1 = S1 + raw1 - n_c[:, None] * mu
-        cross = raw1[:, :, None] * mu[:, None, :]
-        S2 = S2 + raw2 - cross - np.swapaxes(cross, 1, 2) + n_c[:, None, None] * mu[:, :, None] * mu[:, None, :]
     Nsafe = np.where(N > 0, N, 1.0)
     dmu = S1 / Nsafe[:, None]
     means = params.means + dmu
@@ -465,4 +457,9 @@ def posterior(
     K = params.n_components
     if not parts:
         return np.empty((0, K)), np.empty(0)
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    resp = np.concatenate([p[0] for p in parts])
+    lse = np.concatenate([p[1] for p in parts])
+    order = getattr(source, "order", None)
+    if order is not None:
+        resp[order], lse[order] = resp.copy(), lse.copy()
+    return resp, lse

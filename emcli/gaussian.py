@@ -40,9 +40,14 @@ def n_parameters(covariance_type: str, n_components: int, n_features: int) -> in
 class Pattern:
     """Rows of a chunk that share one set of observed columns."""
 
-    rows: np.ndarray
+    rows: Any  # slice or index array
     observed: np.ndarray
     missing: np.ndarray
+
+    @property
+    def size(self) -> int:
+        r = self.rows
+        return int(r.stop - r.start) if isinstance(r, slice) else int(r.size)
 
 
 @dataclass
@@ -85,33 +90,42 @@ class Chunk:
     def n(self) -> int:
         return int(self.X.shape[0])
 
-    def patterns(self) -> list[Pattern]:
-        """Incomplete rows grouped by their observed columns (computed once)."""
+    def groups(self) -> list[Pattern]:
+        """All rows grouped by their observed columns, complete rows included (computed once).
+
+        Rows of a group are a slice when they are contiguous (the in-memory
+        source sorts rows by pattern, so nearly all are).
+        """
         if self._patterns is None:
+            d = self.X.shape[1]
+            if self.complete:
+                self._patterns = [Pattern(slice(0, self.n), np.arange(d), np.arange(0))]
+                return self._patterns
+            assert self._mask is not None
+            keys = np.packbits(self._mask, axis=1)
+            _, inverse = np.unique(keys, axis=0, return_inverse=True)
+            inverse = inverse.ravel()
+            order = np.argsort(inverse, kind="stable")
+            bounds = np.flatnonzero(np.diff(inverse[order])) + 1
             self._patterns = []
-            if not self.complete:
-                assert self._mask is not None
-                d = self.X.shape[1]
-                inc = np.flatnonzero(self.n_obs < d)
-                keys = np.packbits(self._mask[inc], axis=1)
-                _, inverse = np.unique(keys, axis=0, return_inverse=True)
-                inverse = inverse.ravel()
-                order = np.argsort(inverse, kind="stable")
-                bounds = np.flatnonzero(np.diff(inverse[order])) + 1
-                for group in np.split(order, bounds):
-                    rows = inc[group]
-                    m = self._mask[rows[0]]
-                    self._patterns.append(
-                        Pattern(rows=rows, observed=np.flatnonzero(m), missing=np.flatnonzero(~m))
-                    )
+            for group in np.split(order, bounds):
+                m = self._mask[group[0]]
+                rows: Any = group
+                if group[-1] - group[0] + 1 == group.size:
+                    rows = slice(int(group[0]), int(group[-1]) + 1)
+                self._patterns.append(Pattern(rows, np.flatnonzero(m), np.flatnonzero(~m)))
         return self._patterns
+
+    def patterns(self) -> list[Pattern]:
+        """The incomplete rows' groups."""
+        return [p for p in self.groups() if p.missing.size]
 
     def design(self, kind: str) -> np.ndarray:
         """Per-row features that make the E- and M-step one GEMM each (built once).
 
         ``"mask"``: ``[x0^2, x0, observed]`` (``x0`` = x with gaps as 0), for
-        diagonal and spherical covariances; ``"quad"``: ``[vech(x x^T), x, 1]``
-        over the complete rows, transposed, for full and tied covariances.
+        diagonal and spherical covariances; ``"quad"``: ``[vech(x0 x0^T), x0, 1]``,
+        transposed, for full and tied covariances.
         """
         D = self._designs.get(kind)
         if D is None:
@@ -137,11 +151,10 @@ def quad_width(d: int) -> int:
 
 
 def _quad_design(chunk: Chunk) -> np.ndarray:
-    """``[vech(x x^T), x, 1]`` of the complete rows, stored transposed (features × rows)."""
-    Xc = chunk.X if chunk.complete else chunk.X[chunk.complete_rows]
-    XT = np.ascontiguousarray(Xc.T)
+    """``[vech(x0 x0^T), x0, 1]`` of every row, stored transposed (features × rows)."""
+    XT = np.ascontiguousarray(chunk.X0.T)
     d, n = XT.shape
-    FT = np.empty((quad_width(d), n), dtype=Xc.dtype)
+    FT = np.empty((quad_width(d), n), dtype=XT.dtype)
     col = 0
     for i in range(d):
         np.multiply(XT[i:], XT[i], out=FT[col : col + d - i])
@@ -225,21 +238,95 @@ def prepare_gen(
     return prep
 
 
+def pattern_quad(prep: GenPrepared, O: np.ndarray) -> dict[str, np.ndarray]:
+    """Per pattern and component, everything the quad path needs, batched.
+
+    ``O`` is ``(G, d)`` boolean (observed columns of each group). Missing
+    coordinates are decoupled by an identity block, so every pattern's
+    ``S_oo`` factorises at full size in one batched Cholesky. Returns
+    ``coef`` (G, D, K) for the log-density, ``T = I + R`` (G, K, d, d) with
+    ``R`` the regression of missing on observed coordinates, and ``C`` the
+    conditional covariance of the missing block (zero elsewhere).
+    """
+    K, d = prep.means.shape
+    S = prep.cov[None]
+    eye = np.eye(d)
+    Of = O.astype(float)[:, None]  # (G, 1, d)
+    Mf = 1.0 - Of
+    oo = Of[..., :, None] * Of[..., None, :]
+    St = S * oo + eye * Mf[..., None, :]
+    L = np.linalg.cholesky(St)
+    Linv = np.linalg.inv(L)  # batched in LAPACK; the quad path runs only when well conditioned
+    Pt = (np.swapaxes(Linv, -1, -2) @ Linv) * oo
+    log_det = 2.0 * np.log(np.diagonal(L, axis1=-2, axis2=-1)).sum(axis=-1)  # (G, K)
+    mu_o = prep.means[None] * Of  # (G, K, d)
+    Pm = np.einsum("gkab,gkb->gka", Pt, mu_o)
+    s = Of.sum(axis=-1)  # (G, 1)
+    const = -0.5 * (s * LOG_2PI + log_det + np.einsum("gka,gka->gk", Pm, mu_o))
+    iu, ju, two = vech_weights(d)
+    coef = np.concatenate([-0.5 * Pt[..., iu, ju] * two, Pm, const[..., None]], axis=-1)
+    R = (S * (Mf[..., :, None] * Of[..., None, :])) @ Pt
+    C = (S - R @ S) * (Mf[..., :, None] * Mf[..., None, :])
+    return {"coef": np.swapaxes(coef, 1, 2), "T": eye + R, "C": C, "mu_o": mu_o}
+
+
+def quad_statistics(chunk: Chunk, prep: GenPrepared, cache: dict, wr: np.ndarray):
+    """``S1 = sum w r (xhat - mu)`` and ``S2 = sum w r [(xhat - mu)(xhat - mu)^T + C]``.
+
+    From each group's raw sums of ``[vech(x0 x0^T), x0, 1]`` (one GEMM per
+    group): deviations from the observed part of the means, then mapped by
+    ``T`` to the full deviation ``xhat - mu`` and completed by ``C``.
+    """
+    FT, pq = cache["quad"]
+    K, d = prep.means.shape
+    if pq is None:
+        raw = (FT @ wr)[None]  # (1, D, K)
+        mu_o = prep.means[None]
+    else:
+        raw = np.stack([FT[:, g.rows] @ wr[g.rows] for g in chunk.groups()])
+        mu_o = pq["mu_o"]
+    raw = np.swapaxes(raw, 1, 2)  # (G, K, D)
+    iu, ju, _ = vech_weights(d)
+    G = raw.shape[0]
+    raw2 = np.empty((G, K, d, d))
+    raw2[..., iu, ju] = raw[..., : iu.size]
+    raw2[..., ju, iu] = raw[..., : iu.size]
+    raw1 = raw[..., iu.size : iu.size + d]
+    n = raw[..., -1]
+    d1 = raw1 - n[..., None] * mu_o
+    cross = raw1[..., :, None] * mu_o[..., None, :]
+    d2 = raw2 - cross - np.swapaxes(cross, -1, -2) + n[..., None, None] * (
+        mu_o[..., :, None] * mu_o[..., None, :]
+    )
+    if pq is None:
+        return d1[0], d2[0]
+    T = pq["T"]
+    S1 = np.einsum("gkab,gkb->ka", T, d1)
+    S2 = (T @ d2 @ np.swapaxes(T, -1, -2) + n[..., None, None] * pq["C"]).sum(axis=0)
+    return S1, S2
+
+
 def log_prob_gen(chunk: Chunk, prep: GenPrepared) -> tuple[np.ndarray, dict]:
     """Log-densities ``(n, K)`` over observed coordinates; cache for the statistics pass."""
     K, d = prep.means.shape
     out = np.empty((chunk.n, K))
-    cache: dict = {}
+    cache: dict = {"patterns": []}
     rows = chunk.complete_rows
-    if rows.size and prep.coef is not None:
-        F = chunk.design("quad")
-        lp = (prep.coef.T @ F).T
+    if prep.coef is not None:
+        FT = chunk.design("quad")
         if chunk.complete:
-            out = lp
-        else:
-            out[rows] = lp
-        cache["F"] = F
-    elif rows.size:
+            cache["quad"] = (FT, None)
+            return (prep.coef.T @ FT).T, cache
+        groups = chunk.groups()
+        O = np.zeros((len(groups), d), dtype=bool)
+        for g, grp in enumerate(groups):
+            O[g, grp.observed] = True
+        pq = pattern_quad(prep, O)
+        for g, grp in enumerate(groups):
+            out[grp.rows] = (pq["coef"][g].T @ FT[:, grp.rows]).T
+        cache["quad"] = (FT, pq)
+        return out, cache
+    if rows.size:
         Xc = chunk.X if chunk.complete else chunk.X[rows]
         if prep.shared:
             Y0 = Xc @ prep.W[:, :d]
