@@ -130,7 +130,7 @@ def _accumulate_gen(chunk: Chunk, prep: GenPrepared, cache: dict, wr: np.ndarray
     for p, Xo, dev_m, C in cache["patterns"]:
         o, m = p.observed, p.missing
         wp = wr[p.rows].T  # (K, nP)
-        dev = np.empty((K, p.rows.size, d))
+        dev = np.empty((K, p.size, d))
         dev[:, :, o] = Xo[None] - prep.means[:, None, o]
         dev[:, :, m] = dev_m
         st["S1"] += np.einsum("kn,knd->kd", wp, dev)

@@ -339,7 +339,7 @@ def log_prob_gen(chunk: Chunk, prep: GenPrepared) -> tuple[np.ndarray, dict]:
     pats = []
     for p in chunk.patterns():
         o, m = p.observed, p.missing
-        Xo = chunk.X[np.ix_(p.rows, o)].astype(float)
+        Xo = chunk.X[p.rows][:, o].astype(float)
         S_oo = prep.cov[:, o[:, None], o[None, :]]
         L = np.linalg.cholesky(S_oo)
         diff = (Xo[None, :, :] - prep.means[:, None, o]).transpose(0, 2, 1)  # (K, s, nP)
