@@ -329,7 +329,9 @@ class Recovery:
             amount = max(10.0 * ctx.reg_covar, 1e-8)
             for _attempt in range(4):
                 trial = _regularised(t, cov, k, amount, ctx)
-                if k not in _bad_components(t, trial) or (t == "tied" and not _bad_components(t, trial)):
+                if k not in _bad_components(t, trial) or (
+                    t == "tied" and not _bad_components(t, trial)
+                ):
                     cov = trial
                     events.append(
                         f"component {k} covariance singular; regularisation raised to {amount:.0e}"

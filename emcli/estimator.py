@@ -56,10 +56,25 @@ class GaussianMixture:
         self.n_jobs = n_jobs
 
     # scikit-learn's parameter protocol
+    _param_names = (
+        "n_components",
+        "covariance_type",
+        "tol",
+        "reg_covar",
+        "max_iter",
+        "n_init",
+        "init_params",
+        "weights_init",
+        "means_init",
+        "precisions_init",
+        "random_state",
+        "standardize",
+        "dtype",
+        "n_jobs",
+    )
+
     def get_params(self, deep: bool = True) -> dict[str, Any]:
-        names = self.__init__.__code__.co_varnames[1 : self.__init__.__code__.co_argcount
-                                                     + self.__init__.__code__.co_kwonlyargcount]
-        return {k: getattr(self, k) for k in names}
+        return {k: getattr(self, k) for k in self._param_names}
 
     def set_params(self, **params: Any) -> GaussianMixture:
         for k, v in params.items():
@@ -69,11 +84,14 @@ class GaussianMixture:
         return self
 
     def __repr__(self) -> str:
-        return f"GaussianMixture(n_components={self.n_components}, covariance_type={self.covariance_type!r})"
+        return (
+            f"GaussianMixture(n_components={self.n_components}, "
+            f"covariance_type={self.covariance_type!r})"
+        )
 
     def _seed(self) -> int:
         if self.random_state is None:
-            return int(np.random.SeedSequence().entropy % (2**32))
+            return int(np.random.SeedSequence().generate_state(1)[0])
         if isinstance(self.random_state, (int, np.integer)):
             return int(self.random_state)
         raise DataError("random_state must be an int or None")

@@ -37,7 +37,9 @@ def check_data(
     except (TypeError, ValueError) as exc:
         raise DataError(f"X must be numeric ({exc}); convert or drop non-numeric columns") from exc
     if X.ndim == 1:
-        raise DataError("X must be 2-D (rows × columns); reshape a single column with X.reshape(-1, 1)")
+        raise DataError(
+            "X must be 2-D (rows × columns); reshape a single column with X.reshape(-1, 1)"
+        )
     if X.ndim != 2:
         raise DataError(f"X must be 2-D (rows × columns), got {X.ndim} dimensions")
     n, d = X.shape
@@ -45,14 +47,14 @@ def check_data(
         raise DataError(f"X has shape {X.shape}; it needs at least one row and one column")
     inf = np.isinf(X)
     if inf.any():
-        i, j = np.argwhere(inf)[0]
+        i, j = (int(v) for v in np.argwhere(inf)[0])
         raise DataError(
             f"infinite value in row {i}, column {_name(j, column_names)}; "
             "replace it with a finite number or leave the cell empty to treat it as missing"
         )
     empty_cols = np.flatnonzero(np.isnan(X).all(axis=0))
     if empty_cols.size:
-        names = ", ".join(_name(j, column_names) for j in empty_cols)
+        names = ", ".join(_name(int(j), column_names) for j in empty_cols)
         raise DataError(f"column {names} has no observed value; exclude it")
     if sample_weight is None:
         w = np.ones(n)
@@ -204,7 +206,9 @@ def fit_mixture(
     source: RowSource = InMemorySource(Z.astype(np_dtype), wu, chunk_rows, n_threads)
     ctx = Context(float(wu.sum()), float(wu.mean()), col_var, float(reg_covar))
 
-    user = _user_start(means_init, weights_init, precisions_init, covariance_type, K, d, centre, scale)
+    user = _user_start(
+        means_init, weights_init, precisions_init, covariance_type, K, d, centre, scale
+    )
     cov_index = COVARIANCE_TYPES.index(covariance_type)
     best = None
     best_restart = -1
@@ -215,13 +219,22 @@ def fit_mixture(
         try:
             start = _start_params(Z, wu, K, covariance_type, init, rng, user, col_var, reg_covar)
             run = run_em(
-                source, start, ctx, tol=tol, max_iter=int(max_iter), restart=r,
-                dtype=np_dtype, callback=callback,
+                source,
+                start,
+                ctx,
+                tol=tol,
+                max_iter=int(max_iter),
+                restart=r,
+                dtype=np_dtype,
+                callback=callback,
             )
         except FitError as exc:
             errors.append(str(exc))
-            history.append(IterationRecord(r, 0, float("nan"), float("nan"), float("nan"), 0.0,
-                                           f"restart failed: {exc}"))
+            history.append(
+                IterationRecord(
+                    r, 0, float("nan"), float("nan"), float("nan"), 0.0, f"restart failed: {exc}"
+                )
+            )
             continue
         history.extend(run.history)
         if best is None or run.log_likelihood > best.log_likelihood:
@@ -243,7 +256,9 @@ def fit_mixture(
     log_density[fit_rows] = lse_u + row_offset[fit_rows]
     zero_w = usable & ~fit_rows
     if zero_w.any():
-        other = InMemorySource(((X[zero_w] - centre) / scale).astype(np_dtype), w[zero_w], chunk_rows)
+        other = InMemorySource(
+            ((X[zero_w] - centre) / scale).astype(np_dtype), w[zero_w], chunk_rows
+        )
         r0, l0 = posterior(other, params, np_dtype)
         resp[zero_w] = r0
         log_density[zero_w] = l0 + row_offset[zero_w]
@@ -252,8 +267,15 @@ def fit_mixture(
     ll = float(wu @ lse_u) + offset
     sum_w = float(wu.sum())
     history = [
-        IterationRecord(h.restart, h.iteration, h.log_likelihood + offset,
-                        h.mean_log_likelihood + offset / sum_w, h.delta, h.seconds, h.event)
+        IterationRecord(
+            h.restart,
+            h.iteration,
+            h.log_likelihood + offset,
+            h.mean_log_likelihood + offset / sum_w,
+            h.delta,
+            h.seconds,
+            h.event,
+        )
         for h in history
     ]
     p = n_parameters(covariance_type, K, d)
@@ -288,7 +310,9 @@ def fit_mixture(
             "standardize": bool(standardize),
             "dtype": dtype,
         },
-        standardization={"center": centre.tolist(), "scale": scale.tolist()} if standardize else None,
+        standardization={"center": centre.tolist(), "scale": scale.tolist()}
+        if standardize
+        else None,
     )
 
 
@@ -311,8 +335,12 @@ def _user_start(means_init, weights_init, precisions_init, t, K, d, centre, scal
         cov = precisions_to_covariances(t, precisions_init)
         shape = {"full": (K, d, d), "tied": (d, d), "diag": (K, d), "spherical": (K,)}[t]
         if cov.shape != shape:
-            raise DataError(f"initial precisions for {t!r} must have shape {shape}, got {cov.shape}")
-        tmp = _to_fitting_units(GMMParams(t, np.ones(K) / K, np.zeros((K, d)), cov), np.zeros(d), scale)
+            raise DataError(
+                f"initial precisions for {t!r} must have shape {shape}, got {cov.shape}"
+            )
+        tmp = _to_fitting_units(
+            GMMParams(t, np.ones(K) / K, np.zeros((K, d)), cov), np.zeros(d), scale
+        )
         out["covariances"] = tmp.covariances
     return out
 
@@ -336,7 +364,9 @@ def _start_params(Z, w, K, t, init, rng, user, col_var, reg_covar) -> GMMParams:
 def _centred_source(params: GMMParams, X: np.ndarray, dtype: Any = np.float64):
     """Rows and parameters shifted by the mixture mean, for accurate log-densities."""
     c = params.weights @ params.means
-    shifted = GMMParams(params.covariance_type, params.weights, params.means - c, params.covariances)
+    shifted = GMMParams(
+        params.covariance_type, params.weights, params.means - c, params.covariances
+    )
     return shifted, (X - c).astype(dtype)
 
 
@@ -377,8 +407,10 @@ def sample_mixture(
     counts = rng.multinomial(n_samples, params.weights / params.weights.sum())
     covs = params.full_covariances()
     X = np.vstack(
-        [rng.multivariate_normal(params.means[k], covs[k], size=int(c), method="cholesky")
-         for k, c in enumerate(counts)]
+        [
+            rng.multivariate_normal(params.means[k], covs[k], size=int(c), method="cholesky")
+            for k, c in enumerate(counts)
+        ]
     )
     y = np.repeat(np.arange(params.n_components), counts)
     return X, y
@@ -403,7 +435,9 @@ def impute_rows(params: GMMParams, X: Any) -> tuple[np.ndarray, np.ndarray]:
     nan = np.isnan(X)
     covs = params.full_covariances()
     mix_mean = params.weights @ params.means
-    second = np.einsum("k,kj->j", params.weights, np.diagonal(covs, axis1=1, axis2=2) + params.means**2)
+    second = np.einsum(
+        "k,kj->j", params.weights, np.diagonal(covs, axis1=1, axis2=2) + params.means**2
+    )
     empty = nan.all(axis=1)
     filled[empty] = mix_mean
     variance[empty] = second - mix_mean**2

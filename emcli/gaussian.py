@@ -295,8 +295,11 @@ def quad_statistics(chunk: Chunk, prep: GenPrepared, cache: dict, wr: np.ndarray
     n = raw[..., -1]
     d1 = raw1 - n[..., None] * mu_o
     cross = raw1[..., :, None] * mu_o[..., None, :]
-    d2 = raw2 - cross - np.swapaxes(cross, -1, -2) + n[..., None, None] * (
-        mu_o[..., :, None] * mu_o[..., None, :]
+    d2 = (
+        raw2
+        - cross
+        - np.swapaxes(cross, -1, -2)
+        + n[..., None, None] * (mu_o[..., :, None] * mu_o[..., None, :])
     )
     if pq is None:
         return d1[0], d2[0]
