@@ -94,12 +94,14 @@ def _merged(N, M, W, i, js):
     return n, Mm, Wm
 
 
-def vvv_merge(Z: np.ndarray, w: np.ndarray, groups: np.ndarray, K: int, alpha: float = ALPHA):
+def vvv_merge(Z: np.ndarray, w: np.ndarray, groups: np.ndarray, K: int, alpha: float | None = None):
     """Merge the initial ``groups`` of ``Z`` under the VVV criterion down to ``K`` clusters.
 
     Returns the cluster index (0..K-1) of every initial group and the clusters'
     weights, means and scatter matrices, plus the spherical term ``a``.
     """
+    if alpha is None:
+        alpha = ALPHA
     m = int(groups.max()) + 1
     n, r = Z.shape
     N = np.bincount(groups, weights=w, minlength=m)
