@@ -1,0 +1,284 @@
+"""The k × covariance sweep: parsing, choice of k, criteria, jobs, failed cells, warnings."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.special import logsumexp
+from scipy.stats import multivariate_normal
+from threadpoolctl import threadpool_limits
+
+from emcli.errors import FitError, UsageError
+from emcli.fitting import fit_mixture, sample_mixture
+from emcli.model import GMMParams
+from emcli.selection import parse_covariances, parse_k, sweep
+
+FAITHFUL = Path(__file__).resolve().parents[1] / "sample_data" / "faithful.csv"
+
+
+@pytest.fixture(autouse=True)
+def _one_blas_thread():
+    # tiny LAPACK calls slow down badly when BLAS threads compete for few cores
+    with threadpool_limits(1):
+        yield
+
+
+def separated(seed: int = 0, n: int = 450) -> tuple[np.ndarray, np.ndarray]:
+    means = np.array([[0.0, 0.0, 0.0], [6.0, 0.0, 1.0], [0.0, 6.0, -1.0]])
+    covs = np.stack([np.eye(3), np.diag([2.0, 0.5, 1.0]), 0.7 * np.eye(3)])
+    params = GMMParams("full", np.array([0.4, 0.35, 0.25]), means, covs)
+    return sample_mixture(params, n, np.random.default_rng(seed))
+
+
+def elongated_overlapping(seed: int = 0, n: int = 600) -> tuple[np.ndarray, np.ndarray]:
+    """Three long thin clusters that cross each other (they overlap at the centre)."""
+    covs = []
+    for th in (0.0, 1.0, 2.1):
+        R = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
+        covs.append(R @ np.diag([9.0, 0.15]) @ R.T)
+    means = np.array([[0.0, 0.0], [1.0, 1.5], [-1.0, 1.0]])
+    params = GMMParams("full", np.ones(3) / 3, means, np.stack(covs))
+    return sample_mixture(params, n, np.random.default_rng(seed))
+
+
+# -------------------------------------------------------------------- parsing
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("1:9", list(range(1, 10))),
+        ("2,4,8", [2, 4, 8]),
+        (" 3 ", [3]),
+        ("1:7:3", [1, 4, 7]),
+        ("8,2,2:3", [2, 3, 8]),
+    ],
+)
+def test_parse_k(spec, expected):
+    assert parse_k(spec) == expected
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("", "empty"),
+        ("a", "cannot read"),
+        ("9:1", "empty"),
+        ("0:3", "at least 1"),
+        ("1:4:0", "step"),
+        ("1:2:3:4", "cannot read"),
+        ("2,,3", "cannot read"),
+    ],
+)
+def test_parse_k_errors(spec, message):
+    with pytest.raises(UsageError, match=message):
+        parse_k(spec)
+
+
+def test_parse_covariances():
+    assert parse_covariances("full,diag") == ["full", "diag"]
+    assert parse_covariances("all") == ["full", "diag", "spherical", "tied"]
+    assert parse_covariances(" Diag , full,diag") == ["diag", "full"]
+    with pytest.raises(UsageError, match="unknown covariance type 'fool'"):
+        parse_covariances("full,fool")
+
+
+def test_sweep_argument_errors():
+    X, _ = separated()
+    with pytest.raises(UsageError, match="criterion"):
+        sweep(X, k_values=[1], covariance_types=["full"], criterion="mdl")
+    with pytest.raises(UsageError, match="covariance"):
+        sweep(X, k_values=[1], covariance_types=["round"])
+    with pytest.raises(UsageError, match="no k"):
+        sweep(X, k_values=[], covariance_types=["full"])
+
+
+# -------------------------------------------------------------- choosing k
+
+
+def test_well_separated_selects_true_k_and_warns_at_the_edge():
+    X, _ = separated()
+    seen = []
+    res = sweep(X, k_values=range(1, 6), covariance_types=["full", "diag"], on_cell=seen.append)
+    assert len(res.cells) == 10 and len(seen) == 10
+    assert [(c.k, c.covariance_type) for c in res.cells] == [
+        (k, t) for k in range(1, 6) for t in ("full", "diag")
+    ]
+    assert res.best.k == 3
+    assert res.criterion == "bic" and res.k_values == (1, 2, 3, 4, 5)
+    assert res.edge_warning == ""
+    bics = [c.result.bic for c in res.cells]
+    assert res.best.result.bic == min(bics)
+    # the same data swept only up to the true k: the best is at the edge
+    edge = sweep(X, k_values=[1, 2, 3], covariance_types=["full"])
+    assert edge.best.k == 3
+    assert edge.edge_warning == "the best k (3) is the largest tried; extend --k"
+
+
+def test_edge_warning_at_the_smallest_k():
+    X = np.random.default_rng(1).normal(size=(300, 2))
+    res = sweep(X, k_values=[2, 3, 4], covariance_types=["full"])
+    assert res.best.k == 2
+    assert "smallest tried" in res.edge_warning
+
+
+def test_well_separated_with_missing_values_selects_true_k():
+    X, _ = separated(seed=1)
+    rng = np.random.default_rng(2)
+    holes = rng.random(X.shape) < 0.15
+    holes[holes.all(axis=1), 0] = False
+    X[holes] = np.nan
+    res = sweep(X, k_values=range(1, 6), covariance_types=["full"])
+    assert res.best.k == 3
+
+
+def test_elongated_overlapping_selects_true_k():
+    X, _ = elongated_overlapping()
+    res = sweep(X, k_values=range(1, 7), covariance_types=["full"])
+    assert res.best.k == 3
+
+
+def test_faithful_bic_picks_two_and_matches_sklearn():
+    from sklearn.exceptions import ConvergenceWarning  # noqa: TID251
+    from sklearn.mixture import GaussianMixture  # noqa: TID251
+
+    X = np.genfromtxt(FAITHFUL, delimiter=",", skip_header=1)
+    assert X.shape == (272, 2)
+    res = sweep(
+        X, k_values=range(1, 7), covariance_types=["full"], reg_covar=1e-6, tol=1e-6,
+        max_iter=1000,
+    )
+    assert res.best.k == 2
+    for cell in res.cells:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            sk = GaussianMixture(
+                cell.k, n_init=5, covariance_type="full", random_state=0, reg_covar=1e-6
+            ).fit(X)
+        # measured (ours - sklearn): 0.0, -0.0, -1.2, -1.5, -3.8, -11.3
+        assert cell.result.bic <= sk.bic(X) + 0.1, cell.k
+
+
+# ------------------------------------------------------- criteria, independently
+
+
+def _criteria_by_scipy(X: np.ndarray, params: GMMParams) -> tuple[float, np.ndarray]:
+    covs = params.full_covariances()
+    logp = np.empty((X.shape[0], params.n_components))
+    for i, row in enumerate(X):
+        o = ~np.isnan(row)
+        for k in range(params.n_components):
+            logp[i, k] = np.log(params.weights[k]) + multivariate_normal(
+                params.means[k, o], covs[k][np.ix_(o, o)]
+            ).logpdf(row[o])
+    lse = logsumexp(logp, axis=1)
+    return float(lse.sum()), np.exp(logp - lse[:, None])
+
+
+def _n_params(t: str, K: int, d: int) -> int:
+    return {
+        "full": (K - 1) + K * d + K * d * (d + 1) // 2,
+        "diag": (K - 1) + 2 * K * d,
+        "spherical": (K - 1) + K * d + K,
+        "tied": (K - 1) + K * d + d * (d + 1) // 2,
+    }[t]
+
+
+def test_criteria_recomputed_with_scipy_match_the_table():
+    X, _ = separated(seed=3, n=200)
+    X[::9, 1] = np.nan
+    X[::13, 2] = np.nan
+    n, d = X.shape
+    res = sweep(X, k_values=[1, 2, 3], covariance_types=["full", "diag", "spherical", "tied"])
+    for cell in res.cells:
+        fit = cell.result
+        ll, resp = _criteria_by_scipy(X, fit.params)
+        p = _n_params(cell.covariance_type, cell.k, d)
+        bic = -2 * ll + p * np.log(n)
+        aic = -2 * ll + 2 * p
+        icl = bic - 2 * np.log(resp.max(axis=1)).sum()
+        assert fit.n_params == p
+        np.testing.assert_allclose(fit.log_likelihood, ll, rtol=1e-9)
+        np.testing.assert_allclose([fit.bic, fit.aic, fit.icl], [bic, aic, icl], rtol=1e-9)
+
+
+# ------------------------------------------------------------------ the machinery
+
+
+def _table(res):
+    return [
+        (c.k, c.covariance_type, c.error, None if c.result is None else
+         (c.result.log_likelihood, c.result.bic, c.result.icl, c.result.n_iter,
+          c.result.settings["init"]))
+        for c in res.cells
+    ]
+
+
+def test_jobs_two_gives_the_same_table_as_jobs_one():
+    X, _ = separated(seed=4, n=300)
+    X[::11, 0] = np.nan
+    kw = {"k_values": range(1, 5), "covariance_types": ["full", "diag"], "n_init": 2, "seed": 7}
+    one = sweep(X, jobs=1, **kw)
+    seen = []
+    two = sweep(X, jobs=2, on_cell=seen.append, **kw)
+    assert len(seen) == len(two.cells)
+    assert _table(one) == _table(two)
+    assert one.best_index == two.best_index
+    for a, b in zip(one.cells, two.cells, strict=True):
+        np.testing.assert_array_equal(a.result.resp, b.result.resp)
+
+
+def test_cells_do_not_depend_on_what_else_is_swept():
+    X, _ = separated(seed=5, n=250)
+    res = sweep(X, k_values=[2, 3], covariance_types=["diag", "full"], seed=3, try_hc=False)
+    alone = fit_mixture(X, n_components=3, covariance_type="full", seed=3)
+    cell = next(c for c in res.cells if c.k == 3 and c.covariance_type == "full")
+    assert cell.result.log_likelihood == alone.log_likelihood
+    np.testing.assert_array_equal(cell.result.resp, alone.resp)
+
+
+def test_hc_is_tried_and_kept_when_better():
+    from emcli.hc import MAX_ROWS
+
+    X, _ = elongated_overlapping(seed=2)
+    assert len(X) < MAX_ROWS
+    km = sweep(X, k_values=[3], covariance_types=["full"], try_hc=False)
+    both = sweep(X, k_values=[3], covariance_types=["full"], try_hc=True)
+    hc = fit_mixture(X, n_components=3, init="hc", seed=0)
+    best = max(km.best.result.log_likelihood, hc.log_likelihood)
+    assert both.best.result.log_likelihood == best
+
+
+def test_failed_cells_are_reported_and_never_win():
+    X = np.array([[0.0, 0.1], [0.2, 0.0], [5.0, 5.1], [5.2, 5.0], [np.nan, 2.0], [np.nan, np.nan]])
+    res = sweep(X, k_values=range(1, 8), covariance_types=["diag"])
+    assert len(res.cells) == 7
+    failed = {c.k: c for c in res.cells if not c.ok}
+    # 5 usable rows: k = 6, 7 are refused up front; k = 3..5 collapse beyond recovery
+    assert {6, 7} <= failed.keys()
+    assert all("usable rows" in failed[k].error for k in (6, 7))
+    assert all(c.error and c.result is None for c in failed.values())
+    assert res.best.ok and res.best.k not in failed
+    assert res.best.result.bic == min(c.result.bic for c in res.cells if c.ok)
+    with pytest.raises(FitError, match="every cell"):
+        sweep(X, k_values=[6, 7], covariance_types=["diag"])
+
+
+def test_same_seed_same_sweep():
+    X, _ = elongated_overlapping(seed=3, n=300)
+    kw = {"k_values": [2, 3], "covariance_types": ["full"], "seed": 11, "n_init": 2}
+    assert _table(sweep(X, **kw)) == _table(sweep(X, **kw))
+
+
+def test_standardize_and_weights_pass_through():
+    X, _ = separated(seed=6, n=200)
+    X[:, 0] *= 1000.0
+    w = np.random.default_rng(0).integers(1, 3, size=len(X)).astype(float)
+    res = sweep(X, k_values=[2, 3, 4], covariance_types=["full"], sample_weight=w,
+                standardize=True)
+    assert res.best.k == 3
+    assert res.best.result.settings["standardize"] is True
+    np.testing.assert_allclose(res.best.result.n, w.sum())
