@@ -227,7 +227,7 @@ def sweep(
     init = canonical_init(init)
     Xa, w = check_data(X, sample_weight, column_names)
     w_arg = None if sample_weight is None else w
-    options = {
+    options: dict[str, Any] = {
         "init": init, "try_hc": bool(try_hc), "n_init": int(n_init), "seed": int(seed),
         "tol": float(tol), "max_iter": int(max_iter), "reg_covar": float(reg_covar),
         "standardize": bool(standardize),
@@ -237,9 +237,10 @@ def sweep(
     cells: list[SweepCell | None] = [None] * len(tasks)
     if jobs == 1 or len(tasks) == 1:
         for i, (k, c) in enumerate(tasks):
-            cells[i] = fit_cell(Xa, w_arg, k, c, **options)
+            cell = fit_cell(Xa, w_arg, k, c, **options)
+            cells[i] = cell
             if on_cell is not None:
-                on_cell(cells[i])
+                on_cell(cell)
     else:
         with ProcessPoolExecutor(
             max_workers=min(jobs, len(tasks)), mp_context=_context(),
@@ -247,10 +248,10 @@ def sweep(
         ) as pool:
             futures = {pool.submit(_fit_in_worker, k, c): i for i, (k, c) in enumerate(tasks)}
             for fut in as_completed(futures):
-                i = futures[fut]
-                cells[i] = fut.result()
+                cell = fut.result()
+                cells[futures[fut]] = cell
                 if on_cell is not None:
-                    on_cell(cells[i])
+                    on_cell(cell)
     done = tuple(c for c in cells if c is not None)
 
     best_index, best_value = -1, np.inf
