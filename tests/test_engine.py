@@ -11,6 +11,8 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 from sklearn.exceptions import ConvergenceWarning  # noqa: TID251
@@ -101,7 +103,7 @@ def start_params(t: str, X: np.ndarray, K: int, seed: int):
     means = Xf[rng.choice(n, size=K, replace=False)] + rng.normal(scale=0.1, size=(K, d))
     weights = rng.uniform(0.5, 1.5, size=K)
     weights /= weights.sum()
-    C = np.cov(Xf.T, bias=True)
+    C = np.atleast_2d(np.cov(Xf.T, bias=True))
     if t == "full":
         cov = np.stack([C * s for s in rng.uniform(0.5, 1.5, size=K)])
         prec = np.linalg.inv(cov)
@@ -463,3 +465,79 @@ def test_estimator_criteria_match_formulas():
     assert gm.bic(X) == pytest.approx(-2 * ld.sum() + p * np.log(150), rel=1e-9)
     assert gm.aic(X) == pytest.approx(-2 * ld.sum() + 2 * p, rel=1e-9)
     assert gm.bic(X) == pytest.approx(gm.result_.bic, rel=1e-9)
+
+
+# --------------------------------------------------------------------------
+# E-step alone (max_iter = 0) at a given start, many random missingness patterns
+
+
+@st.composite
+def _estep_case(draw):
+    t = draw(st.sampled_from(TYPES))
+    d = draw(st.integers(1, 5))
+    K = draw(st.integers(1, 3))
+    n = draw(st.integers(max(K + 2, 2 * d + 3), 40))
+    seed = draw(st.integers(0, 2**31 - 1))
+    frac = draw(st.sampled_from([0.0, 0.2, 0.5]))
+    return t, d, K, n, seed, frac
+
+
+@settings(max_examples=30, deadline=None)
+@given(_estep_case())
+def test_estep_at_given_start_matches_scipy(case):
+    t, d, K, n, seed, frac = case
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)) * rng.uniform(0.5, 3.0, size=d) + rng.normal(size=d) * 5
+    X = mcar(X, frac, seed=seed + 1, keep_one=True)
+    weights, means, cov, prec = start_params(t, X, K, seed=seed + 2)
+    res = fit_mixture(X, n_components=K, covariance_type=t, weights_init=weights,
+                      means_init=means, precisions_init=prec, max_iter=0, reg_covar=0.0)
+    assert res.n_iter == 0 and len(res.history) == 1
+    # the start is used exactly (up to the canonical order of components)
+    perm = match_components(res.params.means, means) if K > 1 else np.zeros(1, int)
+    np.testing.assert_allclose(res.params.weights[perm], weights, rtol=1e-12)
+    np.testing.assert_allclose(res.params.means[perm], means, rtol=1e-12, atol=1e-12)
+    got_cov = res.params.covariances if t == "tied" else res.params.covariances[perm]
+    np.testing.assert_allclose(got_cov, cov, rtol=1e-10, atol=1e-12)
+    covs = full_covs(t, cov, K, d)
+    ref = ref_log_density(X, weights, means, covs)
+    np.testing.assert_allclose(res.log_density, ref, rtol=1e-10, atol=1e-10)
+    assert res.log_likelihood == pytest.approx(ref.sum(), rel=1e-10)
+    assert res.history[0].log_likelihood == pytest.approx(ref.sum(), rel=1e-10)
+
+
+# --------------------------------------------------------------------------
+# Small closed forms
+
+
+@pytest.mark.parametrize("t", TYPES)
+def test_k1_complete_data_is_sample_moments(t):
+    rng = np.random.default_rng(91)
+    X = rng.normal(size=(80, 3)) @ np.array([[2.0, 0, 0], [0.5, 1, 0], [0, -0.3, 0.2]]) + 4.0
+    res = fit_mixture(X, n_components=1, covariance_type=t, reg_covar=0.0, tol=0.0, max_iter=2)
+    S = np.cov(X.T, bias=True)
+    np.testing.assert_allclose(res.params.means[0], X.mean(axis=0), rtol=1e-12)
+    want = {"full": S[None], "tied": S, "diag": np.diag(S)[None],
+            "spherical": np.array([np.trace(S) / 3])}[t]
+    np.testing.assert_allclose(res.params.covariances, want, rtol=1e-10)
+    assert res.params.weights == pytest.approx([1.0])
+    ll = multivariate_normal.logpdf(X, X.mean(axis=0), full_covs(t, want, 1, 3)[0]).sum()
+    assert res.log_likelihood == pytest.approx(ll, rel=1e-12)
+
+
+@pytest.mark.parametrize("t", TYPES)
+def test_one_column_matches_sklearn(t):
+    rng = np.random.default_rng(92)
+    X = np.concatenate([rng.normal(0, 1, 150), rng.normal(4, 0.5, 100)])[:, None]
+    weights = np.array([0.5, 0.5])
+    means = np.array([[-1.0], [3.0]])
+    prec = {"full": np.ones((2, 1, 1)), "tied": np.ones((1, 1)), "diag": np.ones((2, 1)),
+            "spherical": np.ones(2)}[t]
+    sk = sk_fit(X, t, weights, means, prec, 15)
+    res = fit_mixture(X, n_components=2, covariance_type=t, weights_init=weights,
+                      means_init=means, precisions_init=prec, tol=0.0, max_iter=15,
+                      reg_covar=0.0)
+    perm = match_components(res.params.means, sk.means_)
+    np.testing.assert_allclose(res.params.means[perm], sk.means_, rtol=1e-9)
+    np.testing.assert_allclose(res.params.weights[perm], sk.weights_, rtol=1e-9)
+    assert res.mean_log_likelihood == pytest.approx(sk.score(X), rel=1e-10)
