@@ -541,3 +541,37 @@ def test_one_column_matches_sklearn(t):
     np.testing.assert_allclose(res.params.means[perm], sk.means_, rtol=1e-9)
     np.testing.assert_allclose(res.params.weights[perm], sk.weights_, rtol=1e-9)
     assert res.mean_log_likelihood == pytest.approx(sk.score(X), rel=1e-10)
+
+
+# --------------------------------------------------------------------------
+# Stopping rule and sampling
+
+
+def test_stopping_rule_on_mean_log_likelihood():
+    X, _ = blobs(200, 3, 3, seed=93)
+    X = mcar(X, 0.2, seed=94)
+    tol = 1e-3
+    res = fit_mixture(X, n_components=3, seed=0, tol=tol, max_iter=500)
+    hist = list(res.history)
+    assert res.converged
+    assert res.n_iter == len(hist) - 1 == hist[-1].iteration
+    assert abs(hist[-1].delta) < tol
+    assert all(abs(h.delta) >= tol for h in hist[1:-1])
+    means = [h.mean_log_likelihood for h in hist]
+    np.testing.assert_allclose([h.delta for h in hist[1:]], np.diff(means), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose([h.log_likelihood / 200 for h in hist], means, rtol=1e-12)
+    short = fit_mixture(X, n_components=3, seed=0, tol=0.0, max_iter=3)
+    assert not short.converged and short.n_iter == 3 and len(short.history) == 4
+
+
+def test_sample_moments_match_parameters():
+    X, _ = blobs(200, 2, 2, seed=95)
+    gm = GaussianMixture(2, random_state=0).fit(X)
+    S, y = gm.sample(40000, random_state=1)
+    assert S.shape == (40000, 2)
+    np.testing.assert_allclose(np.bincount(y) / 40000, gm.weights_, atol=0.01)
+    for k in range(2):
+        np.testing.assert_allclose(S[y == k].mean(axis=0), gm.means_[k],
+                                   atol=0.05 * np.sqrt(np.diag(gm.covariances_[k])).max())
+        np.testing.assert_allclose(np.cov(S[y == k].T), gm.covariances_[k],
+                                   atol=0.05 * np.abs(gm.covariances_[k]).max())

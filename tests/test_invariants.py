@@ -300,3 +300,21 @@ def test_canonical_order_largest_component_first():
     labels = r.labels
     counts = np.bincount(labels, minlength=3)
     assert counts[0] == counts.max()
+
+
+def test_zero_weight_rows_are_scored_but_not_fitted():
+    X = mcar(blobs(150, 3, 3, seed=30), 0.2, seed=31)
+    extra = mcar(blobs(20, 3, 3, seed=32), 0.2, seed=33)
+    w0, m0, c0 = start("full", X, 3, seed=34)
+    a = fit_from(X, "full", w0, m0, c0)
+    b = fit_from(np.vstack([X, extra]), "full", w0, m0, c0,
+                 sample_weight=np.r_[np.ones(150), np.zeros(20)])
+    close(b.params.means, a.params.means, tol=1e-12)
+    close(b.params.covariances, a.params.covariances, tol=1e-12)
+    assert b.log_likelihood == pytest.approx(a.log_likelihood, rel=1e-13)
+    assert b.n == 150
+    # the zero-weight rows still get posteriors under the fitted model
+    gm = GaussianMixture(3, covariance_type="full")
+    gm._set_result(a)
+    close(b.resp[150:], gm.predict_proba(extra), tol=1e-10)
+    close(b.log_density[150:], gm.score_samples(extra), tol=1e-10)

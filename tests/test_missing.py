@@ -229,6 +229,15 @@ def test_gradient_vanishes_at_convergence(t):
         up = _perturb(t, p.covariances, k, a, b, h)
         dn = _perturb(t, p.covariances, k, a, b, -h)
         grads.append(("cov", k, (a, b), (f(p.means, up) - f(p.means, dn)) / (2 * h)))
+    # weights: at the optimum d(ll/n)/d(pi_k) = N_k / (n pi_k) = 1 for every k (Lagrange)
+    for k in range(K):
+        h = 1e-6
+        up, dn = p.weights.copy(), p.weights.copy()
+        up[k] += h
+        dn[k] -= h
+        g = (ref_mean_ll(Xm, up, p.means, full_covs(t, p.covariances, K, d))
+             - ref_mean_ll(Xm, dn, p.means, full_covs(t, p.covariances, K, d))) / (2 * h)
+        grads.append(("weight - 1", k, g - 1.0))
     worst = max(grads, key=lambda g: abs(g[-1]))
     assert abs(worst[-1]) < 1e-5, worst
     # sanity: the finite difference does see a gradient away from the optimum
