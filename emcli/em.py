@@ -28,6 +28,7 @@ from .gaussian import (
     log_prob_mask,
     prepare_gen,
     prepare_mask,
+    quad_deviations,
     quad_statistics,
 )
 from .model import GMMParams, IterationRecord
@@ -60,6 +61,8 @@ class InMemorySource:
         self.n_features = d
         self.order: np.ndarray | None = None
         nan = np.isnan(X)
+        X0 = np.where(nan, 0.0, X) if nan.any() else X
+        self.max_sq_norm = float(np.einsum("ij,ij->i", X0, X0, dtype=float).max()) if n else 0.0
         if nan.any():  # rows sorted by missingness pattern, so that groups are long
             keys = np.packbits(nan, axis=1)
             self.order = np.lexsort(keys.T[::-1])
@@ -70,7 +73,6 @@ class InMemorySource:
             Chunk(X[s : s + chunk_rows], w[s : s + chunk_rows]) for s in range(0, n, chunk_rows)
         ]
         self.n_threads = max(1, int(n_threads))
-        self.max_sq_norm = float(np.nanmax(np.nansum(X.astype(float) ** 2, axis=1))) if n else 0.0
 
     def map(self, fn: Callable[[Chunk], Any]) -> list[Any]:
         if self.n_threads == 1 or len(self.chunks) == 1:
@@ -111,22 +113,21 @@ def _syrk_upper(Zs: np.ndarray) -> np.ndarray:
 
 def _accumulate_gen(chunk: Chunk, prep: GenPrepared, cache: dict, wr: np.ndarray) -> Stats:
     K, d = prep.means.shape
-    st: Stats = {
-        "Z1": np.zeros((K, d)),
-        "Z2": np.zeros((K, d, d)),
-        "S1": np.zeros((K, d)),
-        "S2": np.zeros((K, d, d)),
-    }
     if "quad" in cache:
-        st["S1"], st["S2"] = quad_statistics(chunk, prep, cache, wr)
-        return st
+        FT, pq = cache["quad"]
+        if pq is None:  # complete chunk: raw sums, moved to the old means once per pass
+            return {"F": FT @ wr}
+        S1, S2 = quad_statistics(chunk, prep, cache, wr)
+        return {"S1": S1, "S2": S2}
+    st: Stats = {}
     Z = cache.get("Z")
     if Z is not None:
         wrc = wr if chunk.complete else wr[chunk.complete_rows]
         st["Z1"] = np.einsum("nk,nkd->kd", wrc, Z, dtype=float)
         sq = np.sqrt(wrc).astype(Z.dtype)
-        for k in range(K):
-            st["Z2"][k] = _syrk_upper(Z[:, k, :] * sq[:, k, None])
+        st["Z2"] = np.stack([_syrk_upper(Z[:, k, :] * sq[:, k, None]) for k in range(K)])
+    if cache["patterns"]:
+        st["S1"], st["S2"] = np.zeros((K, d)), np.zeros((K, d, d))
     for p, Xo, dev_m, C in cache["patterns"]:
         o, m = p.observed, p.missing
         wp = wr[p.rows].T  # (K, nP)
@@ -224,8 +225,14 @@ def _m_step_gen(st: Stats, params: GMMParams, ctx: Context) -> tuple[np.ndarray,
     prep: GenPrepared = st["prep"]
     N = st["N"]
     L = prep.chol
-    S1 = st["S1"] + np.einsum("kab,kb->ka", L, st["Z1"])
-    S2 = st["S2"] + L @ _sym(st["Z2"]) @ np.swapaxes(L, 1, 2)
+    K, d = params.means.shape
+    S1, S2 = st.get("S1", np.zeros((K, d))), st.get("S2", np.zeros((K, d, d)))
+    if "Z1" in st:  # whitened sums of complete rows
+        S1 = S1 + np.einsum("kab,kb->ka", L, st["Z1"])
+        S2 = S2 + L @ _sym(st["Z2"]) @ np.swapaxes(L, 1, 2)
+    if "F" in st:  # raw quad-design sums of complete chunks
+        f1, f2 = quad_deviations(st["F"][None], params.means, None)
+        S1, S2 = S1 + f1, S2 + f2
     Nsafe = np.where(N > 0, N, 1.0)
     dmu = S1 / Nsafe[:, None]
     means = params.means + dmu
@@ -302,12 +309,25 @@ def _bad_components(covariance_type: str, cov: np.ndarray) -> list[int]:
 
 
 class Recovery:
-    """Collapse recovery within one restart; counts re-seeds so it cannot loop forever."""
+    """Collapse recovery within one restart (em.md section 4).
 
+    A component collapses when its covariance is not positive definite or its
+    weight sum falls below twice the mean row weight. Each collapse raises its
+    extra regularisation one level, ``max(10 * reg_covar, 1e-8)`` relative to
+    the column variances and tenfold per level, which then stays for the rest
+    of the restart; past the fourth level the component is re-seeded on a
+    worst-explained row. Every step is recorded as an event.
+    """
+
+    max_level = 4
     max_reseeds = 10
 
-    def __init__(self) -> None:
+    def __init__(self, n_components: int) -> None:
         self.reseeds = 0
+        self.level = np.zeros(n_components, dtype=int)
+
+    def amount(self, level: int, ctx: Context) -> float:
+        return max(10.0 * ctx.reg_covar, 1e-8) * 10.0 ** (level - 1)
 
     def m_step(self, st: Stats, params: GMMParams, ctx: Context) -> tuple[GMMParams, list[str]]:
         t = params.covariance_type
@@ -317,35 +337,33 @@ class Recovery:
         events: list[str] = []
         K = params.n_components
         worst = list(st.get("worst", []))
-        collapsed = [k for k in range(K) if N[k] < 2.0 * ctx.mean_w] if K > 1 else []
-        for k in collapsed:
-            means, cov, weights = self._reseed(k, means, cov, weights, worst, ctx, t)
-            events.append(f"component {k} collapsed (weight sum {N[k]:.3g}); re-seeded")
-        for _ in range(K + 1):
-            bad = _bad_components(t, cov)
-            if not bad:
-                break
-            k = bad[0]
-            amount = max(10.0 * ctx.reg_covar, 1e-8)
-            for _attempt in range(4):
-                trial = _regularised(t, cov, k, amount, ctx)
-                if k not in _bad_components(t, trial) or (
-                    t == "tied" and not _bad_components(t, trial)
-                ):
+        tied = t == "tied"
+        for k in range(1 if tied else K):
+            small = not tied and K > 1 and N[k] < 2.0 * ctx.mean_w
+            trial = cov
+            while True:
+                if self.level[k]:
+                    trial = _regularised(t, cov, k, self.amount(self.level[k], ctx), ctx)
+                singular = k in _bad_components(t, trial)
+                if not (singular or small):
                     cov = trial
-                    events.append(
-                        f"component {k} covariance singular; regularisation raised to {amount:.0e}"
-                    )
                     break
-                amount *= 10.0
-            else:
-                if t == "tied":
+                why = "covariance singular" if singular else f"weight sum {N[k]:.3g}"
+                if self.level[k] < self.max_level:
+                    self.level[k] += 1
+                    amount = self.amount(self.level[k], ctx)
+                    events.append(f"component {k} collapsed ({why}); regularisation {amount:.0e}")
+                    small = False  # the weight cannot change within this step
+                    continue
+                if tied:
                     raise FitError(
                         "the shared covariance is singular even with extra regularisation; "
                         "try fewer components, a larger --reg-covar, or --standardize"
                     )
                 means, cov, weights = self._reseed(k, means, cov, weights, worst, ctx, t)
-                events.append(f"component {k} covariance singular; re-seeded")
+                self.level[k] = 0
+                events.append(f"component {k} collapsed ({why}); re-seeded")
+                break
         weights = weights / weights.sum()
         return GMMParams(t, weights, means, cov), events
 
@@ -400,7 +418,7 @@ def run_em(
     the last ones evaluated, so the last history entry is their log-likelihood.
     """
     history: list[IterationRecord] = []
-    recovery = Recovery()
+    recovery = Recovery(params.n_components)
     events: list[str] = []
     prev: float | None = None
     converged = False

@@ -73,7 +73,11 @@ def check_data(
 
 
 def _weighted_moments(X: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted mean and variance of each column over its observed values."""
     obs = ~np.isnan(X)
+    if obs.all():
+        mean = (w @ X) / w.sum()
+        return mean, (w @ np.square(X - mean)) / w.sum()
     X0 = np.where(obs, X, 0.0)
     sw = np.maximum(w @ obs, 1e-300)
     mean = (w @ X0) / sw
@@ -332,12 +336,25 @@ def _user_start(means_init, weights_init, precisions_init, t, K, d, centre, scal
             raise DataError(f"initial weights must be {K} non-negative numbers summing to 1")
         out["weights"] = wi
     if precisions_init is not None:
-        cov = precisions_to_covariances(t, precisions_init)
+        prec = np.asarray(precisions_init, dtype=float)
         shape = {"full": (K, d, d), "tied": (d, d), "diag": (K, d), "spherical": (K,)}[t]
-        if cov.shape != shape:
+        if prec.shape != shape:
             raise DataError(
-                f"initial precisions for {t!r} must have shape {shape}, got {cov.shape}"
+                f"initial precisions for {t!r} must have shape {shape}, got {prec.shape}"
             )
+        ok = np.all(np.isfinite(prec))
+        if ok and t in ("full", "tied"):
+            mats = prec.reshape(-1, d, d)
+            ok = bool(np.allclose(mats, np.swapaxes(mats, 1, 2)))
+            ok = ok and all(np.all(np.linalg.eigvalsh(m) > 0) for m in mats)
+        elif ok:
+            ok = bool(np.all(prec > 0))
+        if not ok:
+            raise DataError(
+                "initial precisions must be finite and symmetric positive definite; "
+                "check precisions_init"
+            )
+        cov = precisions_to_covariances(t, prec)
         tmp = _to_fitting_units(
             GMMParams(t, np.ones(K) / K, np.zeros((K, d)), cov), np.zeros(d), scale
         )

@@ -16,6 +16,7 @@ spherical covariances need only the mask.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -164,6 +165,7 @@ def _quad_design(chunk: Chunk) -> np.ndarray:
     return FT
 
 
+@lru_cache(maxsize=32)
 def vech_weights(d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Upper-triangle indices in the order of the quad design, and 1/2 weights."""
     iu, ju = np.triu_indices(d)
@@ -222,7 +224,8 @@ def prepare_gen(
     L, bad = cholesky_components(cov)
     if L is None:
         raise np.linalg.LinAlgError(f"components {bad} are not positive definite")
-    Linv = solve_triangular(L, np.broadcast_to(np.eye(d), L.shape), lower=True)
+    eye = np.eye(d)
+    Linv = np.stack([solve_triangular(L[k], eye, lower=True) for k in range(K)])
     log_det = 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum(axis=1)
     W = np.ascontiguousarray(Linv.transpose(2, 0, 1).reshape(d, K * d)).astype(dtype)
     b = np.einsum("kab,kb->ka", Linv, means).reshape(K * d)
@@ -271,20 +274,27 @@ def pattern_quad(prep: GenPrepared, O: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def quad_statistics(chunk: Chunk, prep: GenPrepared, cache: dict, wr: np.ndarray):
-    """``S1 = sum w r (xhat - mu)`` and ``S2 = sum w r [(xhat - mu)(xhat - mu)^T + C]``.
+    """Per chunk: ``S1 = sum w r (xhat - mu)``, ``S2 = sum w r [(xhat - mu)(...)^T + C]``.
 
     From each group's raw sums of ``[vech(x0 x0^T), x0, 1]`` (one GEMM per
     group): deviations from the observed part of the means, then mapped by
     ``T`` to the full deviation ``xhat - mu`` and completed by ``C``.
     """
     FT, pq = cache["quad"]
-    K, d = prep.means.shape
-    if pq is None:
-        raw = (FT @ wr)[None]  # (1, D, K)
-        mu_o = prep.means[None]
-    else:
-        raw = np.stack([FT[:, g.rows] @ wr[g.rows] for g in chunk.groups()])
-        mu_o = pq["mu_o"]
+    raw = np.stack([FT[:, g.rows] @ wr[g.rows] for g in chunk.groups()])
+    return quad_deviations(raw, prep.means, pq)
+
+
+def quad_deviations(
+    raw: np.ndarray, means: np.ndarray, pq: dict[str, np.ndarray] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Turn raw quad-design sums ``(G, D, K)`` into ``S1, S2`` around ``means``.
+
+    ``pq`` is None for complete rows (``T = I``, ``C = 0``); complete chunks
+    add their raw sums over the whole pass and call this once per M-step.
+    """
+    K, d = means.shape
+    mu_o = means[None] if pq is None else pq["mu_o"]
     raw = np.swapaxes(raw, 1, 2)  # (G, K, D)
     iu, ju, _ = vech_weights(d)
     G = raw.shape[0]
@@ -302,7 +312,7 @@ def quad_statistics(chunk: Chunk, prep: GenPrepared, cache: dict, wr: np.ndarray
         + n[..., None, None] * (mu_o[..., :, None] * mu_o[..., None, :])
     )
     if pq is None:
-        return d1[0], d2[0]
+        return d1.sum(axis=0), d2.sum(axis=0)
     T = pq["T"]
     S1 = np.einsum("gkab,gkb->ka", T, d1)
     S2 = (T @ d2 @ np.swapaxes(T, -1, -2) + n[..., None, None] * pq["C"]).sum(axis=0)
