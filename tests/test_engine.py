@@ -363,6 +363,10 @@ def _X():
         ({"n_components": 2, "precisions_init": np.stack([np.eye(2)] * 2)}, _X, r"shape"),
         ({"n_components": 2, "precisions_init": np.ones((2, 2))}, _X, r"shape"),
         ({"n_components": 2, "precisions_init": np.zeros((2, 3, 3))}, _X, r"precision"),
+        ({"n_components": 2, "precisions_init": np.stack([np.eye(3), -np.eye(3)])}, _X,
+         r"precision"),
+        ({"n_components": 2, "covariance_type": "diag", "precisions_init": -np.ones((2, 3))},
+         _X, r"precision"),
     ],
 )
 def test_bad_arguments_raise_value_error(kwargs, X_fn, pattern):
@@ -575,3 +579,12 @@ def test_sample_moments_match_parameters():
                                    atol=0.05 * np.sqrt(np.diag(gm.covariances_[k])).max())
         np.testing.assert_allclose(np.cov(S[y == k].T), gm.covariances_[k],
                                    atol=0.05 * np.abs(gm.covariances_[k]).max())
+
+
+def test_float32_close_to_float64():
+    X, _ = blobs(300, 3, 3, seed=96)
+    X = mcar(X, 0.25, seed=97)
+    a = fit_mixture(X, n_components=3, seed=0, tol=0.0, max_iter=20)
+    b = fit_mixture(X, n_components=3, seed=0, tol=0.0, max_iter=20, dtype="float32")
+    assert b.log_likelihood == pytest.approx(a.log_likelihood, rel=1e-5)
+    np.testing.assert_allclose(b.params.means, a.params.means, atol=1e-4)

@@ -177,12 +177,14 @@ def test_standardize_is_invariant_to_column_scaling(t):
     close(r1.resp, r0.resp, tol=1e-8)
 
 
+@pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("t", TYPES)
-def test_standardize_reports_original_units(t):
+def test_standardize_reports_original_units(t, weighted):
     """The ll reported with standardize is the ll of the returned params on the raw data."""
     X = mcar(blobs(200, 3, 2, seed=13), 0.2, seed=14) * np.array([100.0, 1.0, 0.01])
+    w = np.random.default_rng(15).integers(1, 4, size=200).astype(float) if weighted else None
     r = fit_mixture(X, n_components=2, covariance_type=t, seed=0, tol=1e-6, max_iter=50,
-                    standardize=True)
+                    standardize=True, sample_weight=w)
     p = r.params
     # rebuild full covariances from whatever shape came back
     K, d = 2, 3
@@ -199,10 +201,11 @@ def test_standardize_reports_original_units(t):
     from scipy.stats import multivariate_normal
 
     ll = 0.0
-    for x in X:
+    for i, x in enumerate(X):
         o = ~np.isnan(x)
-        ll += logsumexp([np.log(p.weights[k]) + multivariate_normal.logpdf(
-            x[o], p.means[k][o], covs[k][np.ix_(o, o)]) for k in range(K)])
+        terms = [np.log(p.weights[k]) + multivariate_normal.logpdf(
+            x[o], p.means[k][o], covs[k][np.ix_(o, o)]) for k in range(K)]
+        ll += (1.0 if w is None else w[i]) * logsumexp(terms)
     assert r.log_likelihood == pytest.approx(ll, rel=1e-9)
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 from sklearn.metrics import adjusted_rand_score  # noqa: TID251
@@ -426,3 +428,99 @@ def test_imputation_rmse_close_to_true_parameters():
     rmse_mean = np.sqrt(np.mean((np.where(holes, col_mean, Xm)[holes] - X[holes]) ** 2))
     assert rmse_em <= 1.02 * rmse_true, (rmse_em, rmse_true)
     assert rmse_em < 0.9 * rmse_mean, (rmse_em, rmse_mean)
+
+
+# --------------------------------------------------------------------------
+# One EM step with missing values against a row-by-row reference M-step
+# (Ghahramani & Jordan 1994; em.md section 3), many random patterns
+
+
+def ref_em_step(X, w, t, weights, means, covs):
+    """One E- and M-step, row by row: conditional means and covariances of the gaps."""
+    n, d = X.shape
+    K = len(weights)
+    obs = ~np.isnan(X)
+    R = np.zeros((n, K))
+    for i in range(n):
+        o = obs[i]
+        lp = np.array([np.log(weights[k]) + multivariate_normal.logpdf(
+            X[i, o], means[k][o], covs[k][np.ix_(o, o)]) for k in range(K)])
+        R[i] = np.exp(lp - logsumexp(lp))
+    WR = R * w[:, None]
+    N = WR.sum(axis=0)
+    new_w = N / w.sum()
+    if t in ("diag", "spherical"):
+        X0 = np.where(obs, X, 0.0)
+        So = WR.T @ obs
+        mu = (WR.T @ X0) / So
+        dev2 = np.stack([WR[:, k] @ (obs * (X0 - mu[k]) ** 2) for k in range(K)])
+        if t == "diag":
+            return new_w, mu, dev2 / So
+        return new_w, mu, dev2.sum(axis=1) / So.sum(axis=1)
+    xhat = np.zeros((K, n, d))
+    Cfull = np.zeros((K, n, d, d))
+    for k in range(K):
+        S = covs[k]
+        for i in range(n):
+            o, m = obs[i], ~obs[i]
+            xhat[k, i] = X[i]
+            if m.any():
+                G = np.linalg.solve(S[np.ix_(o, o)], S[np.ix_(o, m)])
+                xhat[k, i, m] = means[k][m] + (X[i, o] - means[k][o]) @ G
+                Cfull[k, i][np.ix_(m, m)] = S[np.ix_(m, m)] - S[np.ix_(m, o)] @ G
+    mu = np.einsum("nk,knd->kd", WR, xhat) / N[:, None]
+    scat = np.zeros((K, d, d))
+    for k in range(K):
+        D = xhat[k] - mu[k]
+        scat[k] = (D * WR[:, k, None]).T @ D + np.einsum("n,nab->ab", WR[:, k], Cfull[k])
+    if t == "full":
+        return new_w, mu, scat / N[:, None, None]
+    return new_w, mu, scat.sum(axis=0) / w.sum()
+
+
+@st.composite
+def _step_case(draw):
+    t = draw(st.sampled_from(["full", "diag", "spherical", "tied"]))
+    d = draw(st.integers(2, 5))
+    K = draw(st.integers(1, 3))
+    n = draw(st.integers(3 * d + K, 45))
+    seed = draw(st.integers(0, 2**31 - 1))
+    frac = draw(st.sampled_from([0.1, 0.3, 0.5]))
+    weighted = draw(st.booleans())
+    return t, d, K, n, seed, frac, weighted
+
+
+@settings(max_examples=30, deadline=None)
+@given(_step_case())
+def test_one_em_step_matches_reference_m_step(case):
+    t, d, K, n, seed, frac, weighted = case
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)) * rng.uniform(0.5, 3.0, size=d) + rng.normal(size=d) * 3
+    X = mcar(X, frac, seed=seed + 1, keep_one=True)
+    w = rng.integers(1, 4, size=n).astype(float) if weighted else np.ones(n)
+    Xf = np.where(np.isnan(X), np.nanmean(X, axis=0), X)
+    means = Xf[rng.choice(n, size=K, replace=False)] + rng.normal(scale=0.3, size=(K, d))
+    weights = rng.uniform(0.5, 1.5, size=K)
+    weights /= weights.sum()
+    C = np.cov(Xf.T, bias=True) + 0.5 * np.eye(d)
+    cov = {
+        "full": np.stack([C * s for s in rng.uniform(0.7, 1.3, size=K)]),
+        "tied": C,
+        "diag": np.diag(C)[None] * rng.uniform(0.7, 1.3, size=(K, d)),
+        "spherical": np.mean(np.diag(C)) * rng.uniform(0.7, 1.3, size=K),
+    }[t]
+    prec = np.linalg.inv(cov) if t in ("full", "tied") else 1.0 / cov
+    res = fit_mixture(X, n_components=K, covariance_type=t, sample_weight=w,
+                      weights_init=weights, means_init=means, precisions_init=prec,
+                      max_iter=1, tol=0.0, reg_covar=0.0)
+    rw, rmu, rcov = ref_em_step(X, w, t, weights, means, full_covs(t, cov, K, d))
+    perm = np.lexsort((*[rmu[:, j] for j in reversed(range(d))], -rw))
+    if any(e for e in (h.event for h in res.history)):
+        return  # a recovery step changed the parameters: not a plain EM step
+    np.testing.assert_allclose(res.params.weights, rw[perm], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(res.params.means, rmu[perm], rtol=1e-9, atol=1e-9)
+    got = res.params.covariances
+    want = rcov if t == "tied" else rcov[perm]
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
+    ld = ref_component_logpdf(X, rmu, full_covs(t, rcov, K, d)) + np.log(rw)
+    assert res.log_likelihood == pytest.approx(float(w @ logsumexp(ld, axis=1)), rel=1e-10)
