@@ -20,7 +20,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_em.py
 
 demo: install
-	$(BIN)/python -c "import numpy as np, pandas as pd; from emcli import GaussianMixture; X = pd.read_csv('sample_data/airquality.csv').to_numpy(float); gm = GaussianMixture(3, n_init=3, random_state=0).fit(X); print('weights', gm.weights_.round(3)); print('means', gm.means_.round(2)); print('converged', gm.converged_, 'iterations', gm.n_iter_)"
+	$(BIN)/emcli fit sample_data/airquality.csv -k 3 --n-init 3 -o demo-out && head -5 demo-out/airquality.labels.csv && tail -3 demo-out/airquality.convergence.csv
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
