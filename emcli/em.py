@@ -26,6 +26,7 @@ from .gaussian import (
     MaskPrepared,
     log_prob_gen,
     log_prob_mask,
+    mask_statistics,
     prepare_gen,
     prepare_mask,
     quad_deviations,
@@ -94,9 +95,9 @@ def _prepare(
     if t in ("full", "tied"):
         return prepare_gen(params.means, params.full_covariances(), t == "tied", dtype, max_sq_norm)
     if t == "diag":
-        return prepare_mask(params.means, np.asarray(params.covariances, float))
+        return prepare_mask(params.means, np.asarray(params.covariances, float), max_sq_norm)
     var = np.repeat(np.asarray(params.covariances, float)[:, None], params.n_features, axis=1)
-    return prepare_mask(params.means, var)
+    return prepare_mask(params.means, var, max_sq_norm)
 
 
 def log_prob(chunk: Chunk, prep: GenPrepared | MaskPrepared) -> tuple[np.ndarray, dict]:
@@ -140,14 +141,6 @@ def _accumulate_gen(chunk: Chunk, prep: GenPrepared, cache: dict, wr: np.ndarray
     return st
 
 
-def _accumulate_mask(chunk: Chunk, prep: MaskPrepared, cache: dict, wr: np.ndarray) -> Stats:
-    G = cache["G"]
-    K, d = prep.means.shape
-    T = (G.T @ wr.astype(G.dtype)).T.astype(float)  # (K, width)
-    So = np.broadcast_to(T[:, 2 * d :], (K, d)).copy()
-    return {"So": So, "Sx": T[:, d : 2 * d].copy(), "Sx2": T[:, :d].copy()}
-
-
 def chunk_statistics(
     chunk: Chunk, prep: GenPrepared | MaskPrepared, log_weights: np.ndarray
 ) -> Stats:
@@ -158,7 +151,7 @@ def chunk_statistics(
     if isinstance(prep, GenPrepared):
         st = _accumulate_gen(chunk, prep, cache, wr)
     else:
-        st = _accumulate_mask(chunk, prep, cache, wr)
+        st = mask_statistics(chunk, prep, cache, wr)
     st["N"] = wr.sum(axis=0)
     st["ll"] = float(chunk.w @ lse)
     worst = int(np.argmin(lse))
@@ -246,16 +239,18 @@ def _m_step_gen(st: Stats, params: GMMParams, ctx: Context) -> tuple[np.ndarray,
 
 
 def _m_step_mask(st: Stats, params: GMMParams, ctx: Context) -> tuple[np.ndarray, np.ndarray]:
+    """Diagonal and spherical M-steps from observed entries (em.md section 3)."""
     So, Sx, Sx2 = st["So"], st["Sx"], st["Sx2"]
     seen = So > 0
     Sos = np.where(seen, So, 1.0)
-    means = np.where(seen, Sx / Sos, params.means)
+    shift = np.where(seen, Sx / Sos, 0.0)
+    means = params.means + shift
+    ss = np.where(seen, Sx2 - So * shift**2, 0.0)  # sum w r o (x - new mean)^2
     if params.covariance_type == "diag":
-        var = np.where(seen, Sx2 / Sos - means**2, ctx.col_var)
+        var = np.where(seen, ss / Sos, ctx.col_var)
         return means, var + ctx.reg_covar * ctx.col_var
-    ss = (Sx2 - 2.0 * means * Sx + means**2 * So).sum(axis=1)
     tot = So.sum(axis=1)
-    var = np.where(tot > 0, ss / np.where(tot > 0, tot, 1.0), ctx.col_var.mean())
+    var = np.where(tot > 0, ss.sum(axis=1) / np.where(tot > 0, tot, 1.0), ctx.col_var.mean())
     return means, var + ctx.reg_covar * ctx.col_var.mean()
 
 

@@ -121,6 +121,12 @@ class Chunk:
         """The incomplete rows' groups."""
         return [p for p in self.groups() if p.missing.size]
 
+    def obs_sum(self, v: np.ndarray) -> np.ndarray:
+        """``observed @ v`` for each row (``v`` per column)."""
+        if self.obs is None:
+            return np.full(self.n, float(v.sum()))
+        return self.obs @ v
+
     def design(self, kind: str) -> np.ndarray:
         """Per-row features that make the E- and M-step one GEMM each (built once).
 
@@ -385,24 +391,60 @@ def conditional_moments_gen(
 class MaskPrepared:
     means: np.ndarray  # (K, d)
     var: np.ndarray  # (K, d): per-coordinate variances (spherical: repeated)
+    expand: bool = True  # the [x0^2, x0, observed] GEMM is accurate for these rows
 
 
-def prepare_mask(means: np.ndarray, var: np.ndarray) -> MaskPrepared:
+def prepare_mask(means: np.ndarray, var: np.ndarray, max_sq_norm: float = np.inf) -> MaskPrepared:
     if not np.all(np.isfinite(var)) or np.any(var <= 0):
         raise np.linalg.LinAlgError("a variance is not positive")
-    return MaskPrepared(means, var)
+    term = (max_sq_norm + means**2) / var  # size of the expanded terms, as in the quad path
+    return MaskPrepared(means, var, bool(np.all(term < QUAD_MAX_TERM)))
 
 
 def log_prob_mask(chunk: Chunk, prep: MaskPrepared) -> tuple[np.ndarray, dict]:
     """``sum_{j in o} log N(x_j | mu_kj, s2_kj)`` for every row and component.
 
-    One GEMM of the chunk's ``[x0^2, x0, observed]`` design against
-    ``-0.5 [1/s2, -2 mu/s2, log 2pi + log s2 + mu^2/s2]``.
+    When accurate, one GEMM of the chunk's ``[x0^2, x0, observed]`` design
+    against ``-0.5 [1/s2, -2 mu/s2, log 2pi + log s2 + mu^2/s2]``; otherwise
+    (tight components far from the data's centre) ``(x - mu)^2 / s2`` directly.
     """
     prec = 1.0 / prep.var
+    if not prep.expand:
+        obs = 1.0 if chunk.obs is None else chunk.obs
+        out = np.empty((chunk.n, prep.means.shape[0]))
+        for k in range(prep.means.shape[0]):
+            dev = (chunk.X0 - prep.means[k]) * obs
+            log_norm = chunk.obs_sum(LOG_2PI + np.log(prep.var[k]))
+            out[:, k] = -0.5 * ((dev * dev) @ prec[k] + log_norm)
+        return out, {}
     const = LOG_2PI + np.log(prep.var) + prep.means**2 * prec  # (K, d)
     if chunk.obs is None:
         const = const.sum(axis=1, keepdims=True)
     coef = -0.5 * np.concatenate([prec, -2.0 * prep.means * prec, const], axis=1).T
     G = chunk.design("mask")
     return G @ coef.astype(G.dtype), {"G": G}
+
+
+def mask_statistics(
+    chunk: Chunk, prep: MaskPrepared, cache: dict, wr: np.ndarray
+) -> dict[str, np.ndarray]:
+    """``sum w r o``, ``sum w r o (x - mu)`` and ``sum w r o (x - mu)^2`` per component and column.
+
+    Around the current means, so the M-step's ``S2/N - (S1/N)^2`` keeps its digits.
+    """
+    K, d = prep.means.shape
+    if "G" in cache:
+        G = cache["G"]
+        T = (G.T @ wr.astype(G.dtype)).T.astype(float)  # (K, width)
+        So = np.broadcast_to(T[:, 2 * d :], (K, d)).copy()
+        Sx, Sx2 = T[:, d : 2 * d], T[:, :d]
+        mu = prep.means
+        return {"So": So, "Sx": Sx - mu * So, "Sx2": Sx2 - 2.0 * mu * Sx + mu**2 * So}
+    obs = np.ones_like(chunk.X0) if chunk.obs is None else chunk.obs
+    So = wr.T @ obs
+    Sx, Sx2 = np.empty((K, d)), np.empty((K, d))
+    for k in range(K):
+        dev = (chunk.X0 - prep.means[k]) * obs
+        Sx[k] = wr[:, k] @ dev
+        Sx2[k] = wr[:, k] @ (dev * dev)
+    return {"So": So, "Sx": Sx, "Sx2": Sx2}
