@@ -248,6 +248,17 @@ def _bad_utf8(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+def _hash_file(path: str, digest: Any) -> None:
+    try:
+        with open(path, "rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+    except OSError as exc:
+        raise DataError(
+            f"{path}: cannot read ({exc.strerror}); check the path and permissions"
+        ) from exc
+
+
 def _read_delimited(f: InputFile, data: bytes, name: str) -> Any:
     import pyarrow as pa
     import pyarrow.csv as pacsv
@@ -332,19 +343,17 @@ def read_table(
     """Read every input into one pyarrow table, hashing the bytes read."""
     import pyarrow as pa
 
-    files = [p if isinstance(p, InputFile) else None for p in paths]
-    if any(f is None for f in files):
+    if all(isinstance(p, InputFile) for p in paths):
+        files = [p for p in paths if isinstance(p, InputFile)]
+    else:
         files = resolve_inputs([str(p) for p in paths], fmt)
-    files = [f for f in files if f is not None]
     digest = hashlib.sha256()
-    tables = []
+    tables: list[Any] = []
     parts: list[tuple[str, int]] = []
     for f in files:
         name = "<stdin>" if f.path == "-" else f.path
         if f.format == "parquet" and f.path != "-":
-            with open(f.path, "rb") as fh:
-                for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                    digest.update(block)
+            _hash_file(f.path, digest)
             t = _read_parquet(f, None, name)
         else:
             data = _read_bytes(f, stdin)
@@ -494,9 +503,9 @@ def select_features(
     for n, opt in [(n, "--columns") for n in wanted] + [(n, "--exclude") for n in dropped]:
         if n not in names:
             raise _missing_column(data, n, opt)
-    for n, opt in ((id_column, "--id-column"), (weights_column, "--weights-column")):
-        if n is not None and n not in names:
-            raise _missing_column(data, n, opt)
+    for side_name, opt in ((id_column, "--id-column"), (weights_column, "--weights-column")):
+        if side_name is not None and side_name not in names:
+            raise _missing_column(data, side_name, opt)
 
     ids = None
     if id_column is not None:

@@ -111,11 +111,11 @@ class Reporter:
         comp.add_column("rows", justify="right")
         comp.add_column("mean")
         counts = np.bincount(result.labels, minlength=p.n_components)
-        for k in range(p.n_components):
-            mean = ", ".join(f"{x:.4g}" for x in p.means[k][:6])
+        for j in range(p.n_components):
+            mean = ", ".join(f"{x:.4g}" for x in p.means[j][:6])
             if p.n_features > 6:
                 mean += ", …"
-            comp.add_row(str(k), f"{p.weights[k]:.3f}", str(int(counts[k])), mean)
+            comp.add_row(str(j), f"{p.weights[j]:.3f}", str(int(counts[j])), mean)
         self.console.print(comp)
         if written:
             self.console.print("wrote " + ", ".join(written), markup=False)

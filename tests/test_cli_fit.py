@@ -541,3 +541,29 @@ def test_readme_examples_run_verbatim(tmp_path):
                               capture_output=True, timeout=120)
         assert proc.returncode == 0, f"{cmd}: {proc.stderr.decode()}"
         assert b"Traceback" not in proc.stderr
+
+
+def test_progress_only_on_a_terminal_and_summary_on_stderr():
+    import io as stdio
+
+    from rich.console import Console
+
+    from emcli.fitting import fit_mixture
+    from emcli.render import Reporter
+
+    X = generated_rows(n=90)
+    for terminal in (False, True):
+        buf = stdio.StringIO()
+        rep = Reporter(console=Console(file=buf, force_terminal=terminal, width=100))
+        with rep.progress(2, 50) as callback:
+            assert (callback is not None) == terminal
+            result = fit_mixture(X, n_components=3, n_init=2, callback=callback)
+        rep.fit_summary(result, source="gen.csv", columns=["x", "y", "z"], written=["a.csv"],
+                        seconds=0.1)
+        text = buf.getvalue()
+        assert "gen.csv" in text and "BIC" in text and "a.csv" in text
+        n_empty = int(np.isnan(X).all(axis=1).sum())
+        assert n_empty >= 1 and f"{n_empty} with nothing observed" in text
+    quiet = Reporter(quiet=True, console=Console(file=stdio.StringIO(), force_terminal=True))
+    with quiet.progress(1, 10) as callback:
+        assert callback is None
