@@ -270,7 +270,7 @@ def _read_delimited(f: InputFile, data: bytes, name: str) -> Any:
             raise DataError(
                 f"{name}: not a valid gzip file ({exc}); re-compress or decompress it"
             ) from exc
-    if not data.strip():
+    if not data or data.isspace():
         raise DataError(f"{name}: the file is empty; it needs a header line and data rows")
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
@@ -665,8 +665,11 @@ def _fmt_float(x: float) -> str:
 def _cell_strings(values: Any) -> list[str]:
     if isinstance(values, np.ndarray):
         if values.dtype.kind == "f":
-            return [_fmt_float(x) for x in values.tolist()]
-        return [str(x) for x in values.tolist()]
+            out = list(map(repr, values.tolist()))  # shortest round-trip form
+            for i in np.flatnonzero(np.isnan(values)).tolist():
+                out[i] = ""
+            return out
+        return list(map(str, values.tolist()))
     out = []
     for v in values:
         if v is None:
@@ -678,6 +681,13 @@ def _cell_strings(values: Any) -> list[str]:
         else:
             out.append(str(v))
     return out
+
+
+def _quote(cell: str, sep: str) -> str:
+    """Minimal CSV quoting, as the csv module's QUOTE_MINIMAL does."""
+    if sep in cell or '"' in cell or "\n" in cell or "\r" in cell:
+        return '"' + cell.replace('"', '""') + '"'
+    return cell
 
 
 def _json_value(v: Any) -> Any:
@@ -696,11 +706,16 @@ def render_table(columns: dict[str, Any], fmt: str) -> bytes:
     """Bytes of a table (name → 1-D values) in ``fmt``; floats written as Python's repr."""
     names = list(columns)
     if fmt in ("csv", "tsv"):
-        buf = io.StringIO()
-        w = csv.writer(buf, delimiter="," if fmt == "csv" else "\t", lineterminator="\n")
-        w.writerow(names)
-        w.writerows(zip(*(_cell_strings(columns[n]) for n in names), strict=True))
-        return buf.getvalue().encode("utf-8")
+        sep = "," if fmt == "csv" else "\t"
+        cells = []
+        for n in names:
+            strings = _cell_strings(columns[n])
+            if not isinstance(columns[n], np.ndarray):  # text may need quoting; numbers never do
+                strings = [_quote(c, sep) for c in strings]
+            cells.append(strings)
+        lines = [sep.join(_quote(n, sep) for n in names)]
+        lines.extend(map(sep.join, zip(*cells, strict=True)))
+        return ("\n".join(lines) + "\n").encode("utf-8")
     if fmt in ("json", "jsonl"):
         lists = [
             columns[n].tolist() if isinstance(columns[n], np.ndarray) else list(columns[n])
