@@ -1,13 +1,28 @@
-"""emcli: Gaussian mixtures fitted by EM, with missing values integrated out."""
+"""emcli: Gaussian mixtures fitted by EM, with missing values integrated out.
+
+The public names are imported on first use, so ``emcli --help`` and other
+quick commands do not pay for scipy.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from .errors import DataError, EmcliError, FitError, ModelFileError  # noqa: E402
-from .estimator import GaussianMixture  # noqa: E402
-from .fitting import fit_mixture as fit  # noqa: E402
-from .model import FitResult, GMMParams, SweepResult  # noqa: E402
+_PUBLIC = {
+    "GaussianMixture": ("estimator", "GaussianMixture"),
+    "fit": ("fitting", "fit_mixture"),
+    "select": ("selection", "sweep"),
+    "load_model": ("io", "load_model"),
+    "DataError": ("errors", "DataError"),
+    "EmcliError": ("errors", "EmcliError"),
+    "FitError": ("errors", "FitError"),
+    "ModelFileError": ("errors", "ModelFileError"),
+    "FitResult": ("model", "FitResult"),
+    "GMMParams": ("model", "GMMParams"),
+    "SweepResult": ("model", "SweepResult"),
+}
 
 __all__ = [
     "DataError",
@@ -20,4 +35,25 @@ __all__ = [
     "SweepResult",
     "__version__",
     "fit",
+    "load_model",
+    "select",
 ]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .errors import DataError, EmcliError, FitError, ModelFileError
+    from .estimator import GaussianMixture
+    from .fitting import fit_mixture as fit
+    from .io import load_model
+    from .model import FitResult, GMMParams, SweepResult
+    from .selection import sweep as select
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'emcli' has no attribute {name!r}")
+    from importlib import import_module
+
+    module, attr = _PUBLIC[name]
+    value = getattr(import_module(f".{module}", __name__), attr)
+    globals()[name] = value
+    return value

@@ -8,6 +8,7 @@ no I/O and prints nothing. Progress leaves through ``callback``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -282,6 +283,10 @@ def fit_mixture(
         )
         for h in history
     ]
+    # the best restart's last entry is the reported value itself (the same
+    # quantity, summed in another order by the final pass)
+    last = max(i for i, h in enumerate(history) if h.restart == best_restart)
+    history[last] = replace(history[last], log_likelihood=ll, mean_log_likelihood=ll / sum_w)
     p = n_parameters(covariance_type, K, d)
     crit = criteria(ll, p, sum_w, resp_u, wu)
     return FitResult(

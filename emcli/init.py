@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import DataError
+from .errors import UsageError
 from .model import GMMParams
 
 KMEANS_SAMPLE = 100_000
@@ -19,7 +19,7 @@ ALIASES = {"k-means++": "kmeans++", "random_from_data": "random-from-data", "k-m
 def canonical_init(name: str) -> str:
     name = ALIASES.get(name, name)
     if name not in INIT_METHODS:
-        raise DataError(
+        raise UsageError(
             f"unknown init {name!r}; use one of {', '.join(INIT_METHODS)} or a file of means"
         )
     return name
