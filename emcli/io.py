@@ -31,13 +31,18 @@ import numpy as np
 
 from . import __version__
 from .errors import DataError, ModelFileError, UsageError
-from .model import COVARIANCE_TYPES, FitResult, GMMParams
+from .model import COVARIANCE_TYPES, FitResult, GMMParams, SweepResult
 
 INPUT_FORMATS = ("csv", "tsv", "parquet")
 OUTPUT_FORMATS = ("csv", "tsv", "parquet", "json", "jsonl")
 MODEL_FORMAT = "emcli.gmm"
 MODEL_FORMAT_VERSION = 1
 MODEL_MAX_BYTES = 256 << 20
+MODEL_FIELDS = frozenset(
+    "format format_version emcli_version columns covariance_type n_components n_features "
+    "weights means covariances standardization fit".split()
+)
+MODEL_MAX_FIT_VALUES = 10_000  # numbers, strings and containers in the "fit" block
 # the NA tokens of pyarrow's and pandas' CSV readers; matched exactly, not stripped
 NA_TOKENS = frozenset(
     [
@@ -754,22 +759,36 @@ def labels_columns(
     probabilities: bool = False,
 ) -> dict[str, Any]:
     """The labels table: id (or row), label, probability, log_density, n_observed[, p_k]."""
-    n = result.n_rows
+    return scores_columns(
+        result.resp, result.log_density, result.n_observed, ids, id_name, probabilities
+    )
+
+
+def scores_columns(
+    resp: np.ndarray,
+    log_density: np.ndarray,
+    n_observed: np.ndarray,
+    ids: list[Any] | None = None,
+    id_name: str | None = None,
+    probabilities: bool = False,
+) -> dict[str, Any]:
+    """The labels table from responsibilities: what ``fit`` and ``predict`` write."""
+    resp = np.asarray(resp, dtype=np.float64)
     cols: dict[str, Any] = {}
     if ids is not None and id_name is not None:
         cols[id_name] = ids
     else:
-        cols["row"] = np.arange(1, n + 1)
-    cols["label"] = np.asarray(result.labels, dtype=np.int64)
-    cols["probability"] = np.asarray(result.probability, dtype=np.float64)
-    cols["log_density"] = np.asarray(result.log_density, dtype=np.float64)
-    cols["n_observed"] = np.asarray(result.n_observed, dtype=np.int64)
+        cols["row"] = np.arange(1, resp.shape[0] + 1)
+    cols["label"] = np.argmax(resp, axis=1).astype(np.int64)
+    cols["probability"] = np.max(resp, axis=1)
+    cols["log_density"] = np.asarray(log_density, dtype=np.float64)
+    cols["n_observed"] = np.asarray(n_observed, dtype=np.int64)
     if probabilities:
-        for k in range(result.resp.shape[1]):
+        for k in range(resp.shape[1]):
             name = f"p_{k}"
             while name in cols:
                 name = "_" + name
-            cols[name] = np.asarray(result.resp[:, k], dtype=np.float64)
+            cols[name] = resp[:, k].copy()
     return cols
 
 
@@ -867,14 +886,19 @@ def _reject_constant(name: str) -> Any:
 def _num_array(doc: dict, key: str, shape: tuple[int, ...], where: str) -> np.ndarray:
     v = doc.get(key)
 
-    def bad_leaf(x: Any) -> bool:
-        if isinstance(x, list):
-            return any(bad_leaf(y) for y in x)
-        return isinstance(x, bool) or not isinstance(x, (int, float))
+    def well_formed(x: Any) -> bool:
+        # walk level by level to the expected depth (no recursion: nesting cannot crash it)
+        level = [x]
+        for _ in shape:
+            if not all(isinstance(y, list) for y in level):
+                return False
+            level = [z for y in level for z in y]
+        return all(isinstance(y, (int, float)) and not isinstance(y, bool) for y in level)
 
-    if not isinstance(v, list) or bad_leaf(v):
+    if not isinstance(v, list) or not well_formed(v):
         raise ModelFileError(
-            f"{where}: {key!r} must be an array of numbers; re-fit or restore the file"
+            f"{where}: {key!r} must be an array of numbers with {len(shape)} dimension"
+            f"{'s' if len(shape) != 1 else ''}; re-fit or restore the file"
         )
     try:
         a = np.array(v, dtype=float)
@@ -910,6 +934,12 @@ def load_model(path: str) -> LoadedModel:
         raise ModelFileError(
             f"{where}: model format_version {version!r} is not supported "
             f"(this emcli reads version {MODEL_FORMAT_VERSION}); re-fit with this version"
+        )
+    unknown = sorted(set(doc) - MODEL_FIELDS)
+    if unknown:
+        raise ModelFileError(
+            f"{where}: unexpected field {unknown[0][:40]!r} in the model file; "
+            "re-fit or restore the file"
         )
     cols = doc.get("columns")
     if (
@@ -952,10 +982,137 @@ def load_model(path: str) -> LoadedModel:
         sc = _num_array(std, "scale", (d,), where)
         if np.any(sc <= 0):
             raise ModelFileError(f"{where}: standardization scales must be positive")
+    for key, size in (("n_components", K), ("n_features", d)):
+        given = doc.get(key, size)
+        if isinstance(given, bool) or given != size:
+            raise ModelFileError(
+                f"{where}: {key} is {given!r} but the parameters have {size}; "
+                "re-fit or restore the file"
+            )
     fit = doc.get("fit", {})
     if not isinstance(fit, dict):
         raise ModelFileError(f'{where}: "fit" must be an object')
+    todo: list[Any] = [fit]
+    seen = 0
+    while todo and seen <= MODEL_MAX_FIT_VALUES:
+        x = todo.pop()
+        seen += 1
+        todo.extend(x.values() if isinstance(x, dict) else x if isinstance(x, list) else ())
+    if seen > MODEL_MAX_FIT_VALUES:
+        raise ModelFileError(
+            f'{where}: the "fit" block holds more than {MODEL_MAX_FIT_VALUES} values; '
+            "a model's fit record is small: re-fit or restore the file"
+        )
     return LoadedModel(GMMParams(t, w, means, cov), list(cols), std, fit, doc)
+
+
+# --------------------------------------------------------------------------- reusing a model
+
+
+def _model_column(data: InputTable, name: str) -> np.ndarray:
+    import pyarrow.types as pat
+
+    col = data.table.column(name)
+    if pat.is_null(col.type) or (
+        (pat.is_string(col.type) or pat.is_large_string(col.type))
+        and all(v is None or v in NA_TOKENS for v in col.unique().to_pylist())
+    ):
+        return np.full(data.n_rows, np.nan)  # nothing observed here: integrated out
+    v = _column_values(data, name, requested=True)
+    if isinstance(v, str):
+        raise DataError(
+            f"{data.name}: column {name!r} is not numeric ({v}); the model needs numbers there"
+        )
+    inf = np.flatnonzero(np.isinf(v))
+    if inf.size:
+        i = int(inf[0])
+        raise DataError(
+            f"{data.name}: column {name!r}, {data.where(i)}: value {float(v[i])!r} is infinite; "
+            "replace it with a finite number or leave the cell empty to mark it missing"
+        )
+    return v
+
+
+def model_features(
+    data: InputTable, columns: Sequence[str], id_column: str | None = None
+) -> Features:
+    """A model's columns of a table, matched by name (NaN for missing cells).
+
+    Other columns are ignored; the model's columns that the table lacks are one
+    error listing them all. A column with nothing observed is allowed: its cells
+    are integrated out like any other missing value.
+    """
+    names = data.table.column_names
+    absent = [c for c in columns if c not in names]
+    if absent:
+        raise DataError(
+            f"{data.name}: the model's column{'s' if len(absent) > 1 else ''} "
+            f"{', '.join(map(repr, absent))} {'are' if len(absent) > 1 else 'is'} missing; "
+            f"the model needs {', '.join(columns)} (the file has: {', '.join(names)})"
+        )
+    if id_column is not None and id_column not in names:
+        raise _missing_column(data, id_column, "--id-column")
+    ids = data.table.column(id_column).to_pylist() if id_column is not None else None
+    X = np.column_stack([_model_column(data, c) for c in columns])
+    return Features(X, list(columns), ids, id_column, None)
+
+
+def observed_counts(X: np.ndarray) -> np.ndarray:
+    return np.asarray((~np.isnan(X)).sum(axis=1), dtype=np.int64)
+
+
+def imputed_columns(
+    data: InputTable,
+    columns: Sequence[str],
+    filled: np.ndarray,
+    variance: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """The input table with the model's columns replaced by ``filled``.
+
+    Every other column, the column order and the row order are kept. Observed
+    cells of integer columns stay integers; with ``variance``, ``<column>_var``
+    columns follow the table's own columns.
+    """
+    import pyarrow.types as pat
+
+    where = {c: j for j, c in enumerate(columns)}
+    out: dict[str, Any] = {}
+    for name in data.table.column_names:
+        col = data.table.column(name)
+        if name not in where:
+            out[name] = col.to_pylist()
+            continue
+        values = filled[:, where[name]]
+        if pat.is_integer(col.type):
+            original = col.to_pylist()
+            if None not in original:
+                out[name] = original
+            else:
+                out[name] = [
+                    f if o is None else o
+                    for o, f in zip(original, values.tolist(), strict=True)
+                ]
+        else:
+            out[name] = np.array(values, dtype=np.float64)
+    if variance is not None:
+        for name in columns:
+            var_name = f"{name}_var"
+            while var_name in out:
+                var_name = "_" + var_name
+            out[var_name] = np.array(variance[:, where[name]], dtype=np.float64)
+    return out
+
+
+def sample_columns(
+    columns: Sequence[str], X: np.ndarray, components: np.ndarray
+) -> dict[str, Any]:
+    """Synthetic rows: the model's columns and ``component``."""
+    out: dict[str, Any] = {c: np.array(X[:, j], dtype=np.float64) for j, c in enumerate(columns)}
+    name = "component"
+    while name in out:
+        name = "_" + name
+    out[name] = np.asarray(components, dtype=np.int64)
+    return out
 
 
 # --------------------------------------------------------------------------- atomic writes
@@ -1073,3 +1230,39 @@ def _write_stdout(data: bytes) -> None:
     out = sys.stdout.buffer
     out.write(data)
     out.flush()
+
+
+# ---- select-k ----
+
+
+def sweep_columns(result: SweepResult) -> dict[str, Any]:
+    """The select-k table: one row per (k, covariance) cell, failed cells included.
+
+    A failed cell has ``status`` "failed", its reason in ``error`` and empty
+    statistics; ``best`` marks the cell chosen by the sweep's criterion.
+    """
+    cells = result.cells
+    fits = [c.result for c in cells]
+
+    def floats(attr: str) -> np.ndarray:
+        return np.array(
+            [float(getattr(r, attr)) if r is not None else math.nan for r in fits],
+            dtype=np.float64,
+        )
+
+    return {
+        "k": np.array([c.k for c in cells], dtype=np.int64),
+        "covariance": [c.covariance_type for c in cells],
+        "log_likelihood": floats("log_likelihood"),
+        "n_params": [int(r.n_params) if r is not None else None for r in fits],
+        "bic": floats("bic"),
+        "aic": floats("aic"),
+        "icl": floats("icl"),
+        "converged": [bool(r.converged) if r is not None else None for r in fits],
+        "n_iter": [int(r.n_iter) if r is not None else None for r in fits],
+        "seconds": np.array([c.seconds for c in cells], dtype=np.float64),
+        "init": [str(r.settings.get("init", "")) if r is not None else None for r in fits],
+        "status": ["ok" if c.ok else "failed" for c in cells],
+        "error": [c.error for c in cells],
+        "best": [i == result.best_index for i in range(len(cells))],
+    }

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .model import FitResult, IterationRecord
 
@@ -119,3 +120,406 @@ class Reporter:
         self.console.print(comp)
         if written:
             self.console.print("wrote " + ", ".join(written), markup=False)
+
+
+# ---- select-k ----
+
+_SERIES_MARKS = {"full": "F", "diag": "D", "spherical": "S", "tied": "T"}
+_SERIES_STYLES = {"full": "cyan", "diag": "magenta", "spherical": "yellow", "tied": "green"}
+
+
+@contextlib.contextmanager
+def sweep_progress(reporter: Reporter, n_cells: int) -> Iterator[Callable[[Any], None] | None]:
+    """An ``on_cell`` callback for the sweep that drives a progress bar over cells, or None."""
+    if reporter.quiet or not reporter.console.is_terminal:
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    with Progress(
+        TextColumn("select-k"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=reporter.console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("cells", total=n_cells, status="")
+
+        def on_cell(cell: Any) -> None:
+            state = "done" if cell.ok else "failed"
+            bar.update(task, advance=1, status=f"k={cell.k} {cell.covariance_type} {state}")
+
+        yield on_cell
+
+
+def _num(x: float, fmt: str = ".7g") -> str:
+    return format(x, fmt) if np.isfinite(x) else "—"
+
+
+def sweep_table(result: Any) -> Table:
+    """One row per (k, covariance): log-likelihood, parameters, criteria, convergence, time."""
+    crit = result.criterion.upper()
+    from rich import box
+
+    table = Table(
+        title=f"BIC, AIC, ICL: lower is better; * = best by {crit}",
+        title_justify="left",
+        header_style="bold",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        padding=(0, 1, 0, 0),
+        show_edge=False,
+    )
+    for name in ("k", "covariance", "log-lik", "params", "BIC", "AIC", "ICL", "conv", "iter",
+                 "s"):
+        table.add_column(name, justify="left" if name in ("covariance", "conv") else "right",
+                         no_wrap=True)
+    for i, cell in enumerate(result.cells):
+        r = cell.result
+        best = i == result.best_index
+        if r is None:
+            table.add_row(str(cell.k), cell.covariance_type, "[red]failed[/]", "", "", "",
+                          "", "", "", f"{cell.seconds:.2f}")
+            continue
+        table.add_row(
+            f"[bold green]*[/]{cell.k}" if best else str(cell.k),
+            cell.covariance_type,
+            _num(r.log_likelihood, ".1f"),
+            str(r.n_params),
+            _num(r.bic, ".1f"),
+            _num(r.aic, ".1f"),
+            _num(r.icl, ".1f"),
+            "yes" if r.converged else "[red]no[/]",
+            str(r.n_iter),
+            f"{cell.seconds:.2f}",
+            style="bold" if best else None,
+        )
+    return table
+
+
+def criterion_chart(result: Any, width: int = 80, height: int = 12) -> Any:
+    """A character plot of the criterion against k, one series (letter) per covariance type.
+
+    Returns a rich ``Text`` at most ``width`` columns wide; points are joined by dots.
+    """
+    from rich.text import Text
+
+    crit = result.criterion
+    ks = list(result.k_values) or sorted({c.k for c in result.cells})
+    covs = list(dict.fromkeys(c.covariance_type for c in result.cells))
+    series: dict[str, list[tuple[int, float]]] = {c: [] for c in covs}
+    for cell in result.cells:
+        if cell.result is None:
+            continue
+        v = float(getattr(cell.result, crit))
+        if np.isfinite(v):
+            series[cell.covariance_type].append((ks.index(cell.k), v))
+    values = [v for pts in series.values() for _, v in pts]
+    out = Text()
+    if not values:
+        return out
+    lo, hi = min(values), max(values)
+    if hi - lo <= 1e-12 * max(1.0, abs(hi)):
+        lo, hi = lo - 1.0, hi + 1.0
+    labels = [format(hi, ".6g"), format((lo + hi) / 2, ".6g"), format(lo, ".6g")]
+    lw = max(len(s) for s in labels)
+    plot_w = max(10, min(width, 80) - lw - 2)
+    n = len(ks)
+
+    def col(i: int) -> int:
+        return 0 if n == 1 else round(i * (plot_w - 1) / (n - 1))
+
+    def row(v: float) -> int:
+        return round((hi - v) / (hi - lo) * (height - 1))
+
+    grid = [[" "] * plot_w for _ in range(height)]
+    style = [[""] * plot_w for _ in range(height)]
+    for cov, pts in series.items():  # lines first, points on top
+        pts.sort()
+        for (i0, v0), (i1, v1) in zip(pts, pts[1:], strict=False):
+            c0, c1 = col(i0), col(i1)
+            for c in range(c0 + 1, c1):
+                y = v0 + (v1 - v0) * (c - c0) / (c1 - c0)
+                r = row(y)
+                if grid[r][c] == " ":
+                    grid[r][c], style[r][c] = ".", _SERIES_STYLES.get(cov, "")
+    for cov, pts in series.items():
+        for i, v in pts:
+            r, c = row(v), col(i)
+            grid[r][c], style[r][c] = _SERIES_MARKS.get(cov, "?"), "bold " + _SERIES_STYLES.get(
+                cov, ""
+            )
+    label_rows = {0: labels[0], (height - 1) // 2: labels[1], height - 1: labels[2]}
+    out.append(f"{crit.upper()} against k (lower is better)\n", style="bold")
+    for r in range(height):
+        out.append(label_rows.get(r, "").rjust(lw) + " │")
+        for c in range(plot_w):
+            out.append(grid[r][c], style=style[r][c] or None)
+        out.append("\n")
+    out.append(" " * lw + " └" + "─" * plot_w + "\n")
+    axis = [" "] * plot_w
+    best_cell = result.cells[result.best_index]
+    for i, k in enumerate(ks):
+        s, c = str(k), col(i)
+        start = min(max(0, c - (len(s) - 1) // 2), plot_w - len(s))
+        if all(ch == " " for ch in axis[max(0, start - 1) : start + len(s) + 1]):
+            axis[start : start + len(s)] = list(s)
+    out.append("k".rjust(lw) + "  " + "".join(axis).rstrip() + "\n")
+    at = col(ks.index(best_cell.k))
+    note = f"best: k={best_cell.k}"
+    if at + 2 + len(note) <= plot_w:
+        marker = " " * at + "^ " + note
+    else:
+        marker = (note + " ^").rjust(at + 1)
+    out.append(" " * (lw + 2) + marker + "\n")
+    legend = "  ".join(f"{_SERIES_MARKS.get(c, '?')} = {c}" for c in covs)
+    out.append(" " * (lw + 2) + legend)
+    return out
+
+
+def sweep_report(
+    reporter: Reporter,
+    result: Any,
+    *,
+    source: str,
+    n_rows: int,
+    columns: Sequence[str],
+    written: Sequence[str],
+    seconds: float,
+) -> None:
+    """The sweep on stderr: table, failed cells, chart, best model, edge warning."""
+    failed = [c for c in result.cells if c.result is None]
+    if not reporter.quiet:
+        best = result.best
+        console = reporter.console
+        console.print(
+            f"select-k on {source}: {n_rows} rows, {len(columns)} columns "
+            f"({', '.join(columns)})",
+            markup=False,
+        )
+        console.print(sweep_table(result))
+    for cell in failed:
+        reporter.notice(f"k={cell.k} {cell.covariance_type} failed (skipped): {cell.error}")
+    if not reporter.quiet:
+        console.print(criterion_chart(result, width=min(console.width, 80)))
+        r = best.result
+        console.print(
+            f"best: k={best.k} {best.covariance_type} "
+            f"({result.criterion.upper()} {_num(getattr(r, result.criterion))}, "
+            f"{'converged' if r.converged else 'NOT converged'} after {r.n_iter} "
+            f"iteration{'' if r.n_iter == 1 else 's'}); "
+            f"{len(result.cells)} cells in {seconds:.2f} s",
+            markup=False,
+        )
+        if written:
+            console.print("wrote " + ", ".join(written), markup=False)
+    if result.edge_warning:
+        reporter.notice(f"warning: {result.edge_warning}")
+
+
+# ---- describe ----
+
+_MAX_CORRELATION_COLUMNS = 12
+
+# the fit block's entries in display order: (key, label)
+_FIT_ROWS = (
+    ("log_likelihood", "log-likelihood"),
+    ("mean_log_likelihood", "mean log-likelihood"),
+    ("bic", "BIC"),
+    ("aic", "AIC"),
+    ("icl", "ICL"),
+    ("converged", "converged"),
+    ("n_iter", "iterations"),
+    ("best_restart", "best restart"),
+    ("n_rows", "rows"),
+    ("n", "n (weighted rows with data)"),
+    ("n_empty_rows", "rows with nothing observed"),
+    ("n_params", "parameters"),
+    ("missing_fraction", "missing cells"),
+    ("init", "init"),
+    ("n_init", "restarts"),
+    ("seed", "seed"),
+    ("tol", "tol"),
+    ("max_iter", "max iterations"),
+    ("reg_covar", "reg_covar"),
+    ("standardize", "standardize"),
+    ("dtype", "dtype"),
+    ("id_column", "id column"),
+    ("weights_column", "weights column"),
+    ("input_sha256", "input SHA-256"),
+)
+
+
+def _g(x: float) -> str:
+    return f"{x:.6g}"
+
+
+def _shown(value: Any, limit: int = 200) -> Text:
+    """A value from a model file as plain text (never markup), cut to ``limit`` characters."""
+    import json
+
+    if isinstance(value, float):
+        s = _g(value)
+    elif isinstance(value, bool) or value is None:
+        s = {True: "yes", False: "no", None: "—"}[value]
+    elif isinstance(value, (dict, list)):
+        s = json.dumps(value, separators=(", ", ": "))
+    else:
+        s = str(value)
+    return Text(s if len(s) <= limit else s[: limit - 1] + "…")
+
+
+def apply_summary(
+    reporter: Reporter,
+    verb: str,
+    *,
+    source: str,
+    n_rows: int,
+    written: str,
+    seconds: float,
+    n_empty: int = 0,
+    labels: np.ndarray | None = None,
+    n_components: int = 0,
+    n_filled: int | None = None,
+    columns: Sequence[str] = (),
+) -> None:
+    """One or two lines after predict, impute or sample."""
+    if reporter.quiet:
+        return
+    line = f"{verb} {n_rows} rows of {source}"
+    if n_filled is not None:
+        line += f": filled {n_filled} missing cells in {len(columns)} columns"
+    if n_empty:
+        line += f" ({n_empty} with nothing observed: given the prior)"
+    line += f" in {seconds:.2f} s"
+    if written != "-":
+        line += f"; wrote {written}"
+    reporter.console.print(line, markup=False)
+    if labels is not None and n_components:
+        counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_components)
+        reporter.console.print(
+            "rows per component: " + ", ".join(f"{k}: {int(c)}" for k, c in enumerate(counts)),
+            markup=False,
+        )
+
+
+def _component_table(
+    title: str, columns: Sequence[str], values: np.ndarray, weights: np.ndarray | None = None
+) -> Table:
+    """Per-component values (K, d): features as rows for few components, else transposed."""
+    K = values.shape[0]
+    table = Table(title=title, header_style="bold", title_justify="left")
+    if K <= 8:
+        table.add_column("")
+        for k in range(K):
+            table.add_column(f"component {k}", justify="right")
+        if weights is not None:
+            table.add_row(Text("weight", style="bold"), *(_g(w) for w in weights))
+        for j, c in enumerate(columns):
+            table.add_row(Text(c), *(_g(v) for v in values[:, j]))
+    else:
+        table.add_column("component", justify="right")
+        if weights is not None:
+            table.add_column("weight", justify="right")
+        for c in columns:
+            table.add_column(Text(c), justify="right")
+        for k in range(K):
+            lead = [str(k)] + ([_g(weights[k])] if weights is not None else [])
+            table.add_row(*lead, *(_g(v) for v in values[k]))
+    return table
+
+
+def _correlation_table(title: str, columns: Sequence[str], cov: np.ndarray) -> Table:
+    sd = np.sqrt(np.diagonal(cov))
+    table = Table(title=title, header_style="bold", title_justify="left")
+    table.add_column("")
+    table.add_column("sd", justify="right")
+    show = len(columns) <= _MAX_CORRELATION_COLUMNS
+    if show:
+        corr = cov / np.outer(sd, sd)
+        for c in columns:
+            table.add_column(Text(c), justify="right")
+    for j, c in enumerate(columns):
+        cells = [f"{corr[j, i]:.3f}" for i in range(len(columns))] if show else []
+        table.add_row(Text(c), _g(sd[j]), *cells)
+    if not show:
+        table.caption = f"correlations left out for more than {_MAX_CORRELATION_COLUMNS} columns"
+    return table
+
+
+def describe_model(console: Console, loaded: Any, source: str) -> None:
+    """A model file as tables: summary, fit statistics, weights and means, covariances."""
+    p = loaded.params
+    cols = loaded.columns
+    doc = loaded.document
+    fit = loaded.fit
+    head = Table(show_header=False, box=None, pad_edge=False)
+    head.add_column(style="bold")
+    head.add_column()
+    std = loaded.standardization
+    rows: list[tuple[str, Any]] = [
+        ("model", source),
+        ("format", f"{doc.get('format')} version {doc.get('format_version')}"),
+        ("written by", f"emcli {doc.get('emcli_version', '?')}"),
+        ("components", p.n_components),
+        ("covariance", p.covariance_type),
+        ("columns", f"{len(cols)}: {', '.join(cols)}"),
+        (
+            "standardized",
+            "yes (fitted on z-scores; parameters below in original units)"
+            if std is not None
+            else "no",
+        ),
+    ]
+    for label, value in rows:
+        head.add_row(label, _shown(value, 1000))
+    console.print(head)
+
+    stats = Table(title="fit", header_style="bold", title_justify="left", show_header=False)
+    stats.add_column(style="bold")
+    stats.add_column()
+    known = {key for key, _ in _FIT_ROWS} | {"covariance_type"}
+    for key, label in _FIT_ROWS:
+        if key not in fit:
+            continue
+        value = fit[key]
+        if key == "missing_fraction" and isinstance(value, (int, float)):
+            value = f"{100 * value:.2f}%"
+        stats.add_row(label, _shown(value))
+    for key, value in fit.items():
+        if key not in known:
+            stats.add_row(_shown(key, 60), _shown(value))
+    if stats.row_count:
+        console.print(stats)
+
+    console.print(_component_table("weights and means", cols, p.means, p.weights))
+    cov = np.asarray(p.covariances, dtype=float)
+    if p.covariance_type == "full":
+        for k in range(p.n_components):
+            console.print(
+                _correlation_table(f"component {k}: standard deviations and correlations", cols,
+                                   cov[k])
+            )
+    elif p.covariance_type == "tied":
+        console.print(
+            _correlation_table("every component (tied): standard deviations and correlations",
+                               cols, cov)
+        )
+    elif p.covariance_type == "diag":
+        console.print(_component_table("variances", cols, cov))
+    else:
+        table = Table(title="variances (spherical: one per component, every column)",
+                      header_style="bold", title_justify="left")
+        table.add_column("component", justify="right")
+        table.add_column("variance", justify="right")
+        for k in range(p.n_components):
+            table.add_row(str(k), _g(cov[k]))
+        console.print(table)
