@@ -182,6 +182,14 @@ def sweep_table(result: Any) -> Table:
                  "s"):
         table.add_column(name, justify="left" if name in ("covariance", "conv") else "right",
                          no_wrap=True)
+    sizes = [
+        abs(float(getattr(c.result, a)))
+        for c in result.cells
+        if c.result is not None
+        for a in ("log_likelihood", "bic", "aic", "icl")
+    ]
+    wide = any(np.isfinite(v) and v >= 1e5 for v in sizes)
+    fmt = ".0f" if wide else ".1f"  # at most 7 digits: the table fits 80 columns
     for i, cell in enumerate(result.cells):
         r = cell.result
         best = i == result.best_index
@@ -192,11 +200,11 @@ def sweep_table(result: Any) -> Table:
         table.add_row(
             f"[bold green]*[/]{cell.k}" if best else str(cell.k),
             cell.covariance_type,
-            _num(r.log_likelihood, ".1f"),
+            _num(r.log_likelihood, fmt),
             str(r.n_params),
-            _num(r.bic, ".1f"),
-            _num(r.aic, ".1f"),
-            _num(r.icl, ".1f"),
+            _num(r.bic, fmt),
+            _num(r.aic, fmt),
+            _num(r.icl, fmt),
             "yes" if r.converged else "[red]no[/]",
             str(r.n_iter),
             f"{cell.seconds:.2f}",

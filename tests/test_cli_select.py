@@ -15,6 +15,7 @@ from scipy.stats import multivariate_normal
 from typer.testing import CliRunner
 
 from emcli.cli import app
+from emcli.io import load_model
 
 runner = CliRunner()
 
@@ -109,6 +110,8 @@ def test_faithful_full_picks_two(tmp_path):
     assert model["fit"]["bic"] == pytest.approx(float(best[0]["bic"]), rel=1e-12)
     assert model["fit"]["selected_by"]["criterion"] == "bic"
     assert model["fit"]["selected_by"]["k_values"] == [1, 2, 3, 4, 5, 6]
+    loaded = load_model(str(tmp_path / "best" / "faithful.model.json"))  # fit's schema
+    assert loaded.params.n_components == 2 and loaded.columns == ["eruptions", "waiting"]
     labels = read_csv(tmp_path / "best" / "faithful.labels.csv")
     assert len(labels) == 272 and {r["label"] for r in labels} == {"0", "1"}
     log = read_csv(tmp_path / "best" / "faithful.convergence.csv")
