@@ -8,7 +8,6 @@ no I/O and prints nothing. Progress leaves through ``callback``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -269,7 +268,9 @@ def fit_mixture(
         log_density[zero_w] = l0 + row_offset[zero_w]
 
     offset = float(wu @ row_offset[fit_rows])
-    ll = float(wu @ lse_u) + offset
+    # the E-step at the returned parameters already summed ll; the final pass
+    # above gives the same value up to the order of summation
+    ll = best.log_likelihood + offset
     sum_w = float(wu.sum())
     history = [
         IterationRecord(
@@ -283,10 +284,6 @@ def fit_mixture(
         )
         for h in history
     ]
-    # the best restart's last entry is the reported value itself (the same
-    # quantity, summed in another order by the final pass)
-    last = max(i for i, h in enumerate(history) if h.restart == best_restart)
-    history[last] = replace(history[last], log_likelihood=ll, mean_log_likelihood=ll / sum_w)
     p = n_parameters(covariance_type, K, d)
     crit = criteria(ll, p, sum_w, resp_u, wu)
     return FitResult(

@@ -247,36 +247,60 @@ def prepare_gen(
     return prep
 
 
+def sweep_observed(S: np.ndarray, O: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sweep each ``(K, d, d)`` covariance on each pattern's observed pivots, batched.
+
+    ``O`` is ``(G, d)`` boolean. Returns ``A`` (G, K, d, d) with
+    ``A_oo = -S_oo^-1``, ``A_mo = S_mo S_oo^-1`` (the regression of missing on
+    observed coordinates) and ``A_mm = S_mm - S_mo S_oo^-1 S_om`` (their
+    conditional covariance), and ``log det S_oo`` (G, K) from the pivots.
+    d vectorised steps over every (pattern, component) pair at once, instead
+    of one small LAPACK call per pair. Raises LinAlgError on a pivot <= 0.
+    """
+    G, d = O.shape
+    A = np.broadcast_to(S[None], (G, *S.shape)).copy()
+    tmp = np.empty_like(A)
+    log_det = np.zeros((G, S.shape[0]))
+    for j in range(d):
+        on = O[:, j, None]  # (G, 1): patterns that observe column j
+        if not on.any():
+            continue
+        piv = A[..., j, j]
+        if not np.all(piv[np.broadcast_to(on, piv.shape)] > 0):
+            raise np.linalg.LinAlgError("a covariance block is not positive definite")
+        safe = np.where(on, piv, 1.0)
+        col = np.where(on[..., None], A[..., :, j] / safe[..., None], 0.0)  # 0: no-op below
+        np.multiply(col[..., :, None], A[..., j, None, :], out=tmp)
+        A -= tmp
+        A[..., :, j] = np.where(on[..., None], col, A[..., :, j])
+        A[..., j, :] = A[..., :, j]
+        A[..., j, j] = np.where(on, -1.0 / safe, A[..., j, j])
+        log_det += np.where(on, np.log(safe), 0.0)
+    return A, log_det
+
+
 def pattern_quad(prep: GenPrepared, O: np.ndarray) -> dict[str, np.ndarray]:
     """Per pattern and component, everything the quad path needs, batched.
 
-    ``O`` is ``(G, d)`` boolean (observed columns of each group). Missing
-    coordinates are decoupled by an identity block, so every pattern's
-    ``S_oo`` factorises at full size in one batched Cholesky. Returns
+    ``O`` is ``(G, d)`` boolean (observed columns of each group). Returns
     ``coef`` (G, D, K) for the log-density, ``T = I + R`` (G, K, d, d) with
     ``R`` the regression of missing on observed coordinates, and ``C`` the
     conditional covariance of the missing block (zero elsewhere).
     """
     K, d = prep.means.shape
-    S = prep.cov[None]
-    eye = np.eye(d)
     Of = O.astype(float)[:, None]  # (G, 1, d)
     Mf = 1.0 - Of
-    oo = Of[..., :, None] * Of[..., None, :]
-    St = S * oo + eye * Mf[..., None, :]
-    L = np.linalg.cholesky(St)
-    Linv = np.linalg.inv(L)  # batched in LAPACK; the quad path runs only when well conditioned
-    Pt = (np.swapaxes(Linv, -1, -2) @ Linv) * oo
-    log_det = 2.0 * np.log(np.diagonal(L, axis1=-2, axis2=-1)).sum(axis=-1)  # (G, K)
+    A, log_det = sweep_observed(prep.cov, O)
+    Pt = -A * (Of[..., :, None] * Of[..., None, :])
     mu_o = prep.means[None] * Of  # (G, K, d)
     Pm = np.einsum("gkab,gkb->gka", Pt, mu_o)
     s = Of.sum(axis=-1)  # (G, 1)
     const = -0.5 * (s * LOG_2PI + log_det + np.einsum("gka,gka->gk", Pm, mu_o))
     iu, ju, two = vech_weights(d)
     coef = np.concatenate([-0.5 * Pt[..., iu, ju] * two, Pm, const[..., None]], axis=-1)
-    R = (S * (Mf[..., :, None] * Of[..., None, :])) @ Pt
-    C = (S - R @ S) * (Mf[..., :, None] * Mf[..., None, :])
-    return {"coef": np.swapaxes(coef, 1, 2), "T": eye + R, "C": C, "mu_o": mu_o}
+    R = A * (Mf[..., :, None] * Of[..., None, :])
+    C = A * (Mf[..., :, None] * Mf[..., None, :])
+    return {"coef": np.swapaxes(coef, 1, 2), "T": np.eye(d) + R, "C": C, "mu_o": mu_o}
 
 
 def quad_statistics(chunk: Chunk, prep: GenPrepared, cache: dict, wr: np.ndarray):

@@ -11,6 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# Property tests draw the same examples on every run, so CI cannot fail by chance.
+settings.register_profile("emcli", derandomize=True, deadline=None)
+settings.load_profile("emcli")
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DATA = ROOT / "sample_data"

@@ -104,6 +104,7 @@ def start_params(t: str, X: np.ndarray, K: int, seed: int):
     weights = rng.uniform(0.5, 1.5, size=K)
     weights /= weights.sum()
     C = np.atleast_2d(np.cov(Xf.T, bias=True))
+    C = C + 1e-3 * np.trace(C) / d * np.eye(d)  # a column filled from few values is nearly constant
     if t == "full":
         cov = np.stack([C * s for s in rng.uniform(0.5, 1.5, size=K)])
         prec = np.linalg.inv(cov)
