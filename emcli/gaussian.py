@@ -311,17 +311,24 @@ def quad_statistics(chunk: Chunk, prep: GenPrepared, cache: dict, wr: np.ndarray
     ``T`` to the full deviation ``xhat - mu`` and completed by ``C``.
     """
     FT, pq = cache["quad"]
-    raw = np.stack([FT[:, g.rows] @ wr[g.rows] for g in chunk.groups()])
-    return quad_deviations(raw, prep.means, pq)
+    groups = chunk.groups()
+    raw = np.stack([FT[:, g.rows] @ wr[g.rows] for g in groups])
+    single = np.array([g.size == 1 for g in groups])
+    return quad_deviations(raw, prep.means, pq, single)
 
 
 def quad_deviations(
-    raw: np.ndarray, means: np.ndarray, pq: dict[str, np.ndarray] | None
+    raw: np.ndarray,
+    means: np.ndarray,
+    pq: dict[str, np.ndarray] | None,
+    single: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Turn raw quad-design sums ``(G, D, K)`` into ``S1, S2`` around ``means``.
 
     ``pq`` is None for complete rows (``T = I``, ``C = 0``); complete chunks
     add their raw sums over the whole pass and call this once per M-step.
+    For one-row groups (``single``) the scatter is rank one, ``e e^T / n``
+    with ``e = T d1``, which saves two d×d products per group.
     """
     K, d = means.shape
     mu_o = means[None] if pq is None else pq["mu_o"]
@@ -344,9 +351,17 @@ def quad_deviations(
     if pq is None:
         return d1.sum(axis=0), d2.sum(axis=0)
     T = pq["T"]
-    S1 = np.einsum("gkab,gkb->ka", T, d1)
-    S2 = (T @ d2 @ np.swapaxes(T, -1, -2) + n[..., None, None] * pq["C"]).sum(axis=0)
-    return S1, S2
+    e = np.einsum("gkab,gkb->gka", T, d1)
+    S2 = np.einsum("gk,gkab->kab", n, pq["C"])
+    many = ~single if single is not None else np.ones(T.shape[0], dtype=bool)
+    if many.any():
+        Tm = T[many]
+        S2 += (Tm @ d2[many] @ np.swapaxes(Tm, -1, -2)).sum(axis=0)
+    if not many.all():
+        n1 = n[~many]
+        e1 = e[~many] / np.where(n1 > 0, n1, np.inf)[..., None]
+        S2 += np.einsum("gka,gkb->kab", e1, e[~many])
+    return e.sum(axis=0), S2
 
 
 def log_prob_gen(chunk: Chunk, prep: GenPrepared) -> tuple[np.ndarray, dict]:
