@@ -575,6 +575,7 @@ def select_k_command(
     strict: Annotated[
         bool, typer.Option("--strict", help="Exit 3 if the best model did not converge.")
     ] = False,
+    dtype: DTypeOpt = DType.float64,
     quiet: QuietOpt = False,
 ) -> None:
     """Sweep k (and covariance types), pick the best by BIC/AIC/ICL, write its files."""
@@ -603,6 +604,7 @@ def select_k_command(
             json_=json_,
             fmt=format.value if format is not None else None,
             strict=strict,
+            dtype=dtype.value,
             quiet=quiet,
         )
 
@@ -632,6 +634,7 @@ def _select_k(
     json_: bool,
     fmt: str | None,
     strict: bool,
+    dtype: str,
     quiet: bool,
 ) -> None:
     from . import io
@@ -687,6 +690,8 @@ def _select_k(
                 jobs=jobs,
                 column_names=feats.columns,
                 on_cell=on_cell,
+                dtype=dtype,
+                n_threads=os.cpu_count() or 1,
             )
         except DataError as exc:
             raise DataError(f"{table.name}: {exc}") from exc

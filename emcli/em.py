@@ -31,10 +31,16 @@ from .gaussian import (
     prepare_mask,
     quad_deviations,
     quad_statistics,
+    quad_width,
 )
 from .model import GMMParams, IterationRecord
 
 Stats = dict[str, Any]
+
+# Above this many bytes of cached [vech(xx^T), x, 1] designs, full and tied
+# covariances take the whitened path instead (one GEMM against the stacked
+# inverse Cholesky factors per chunk, nothing cached).
+QUAD_DESIGN_BUDGET = 2 << 30
 
 
 class RowSource(Protocol):
@@ -42,6 +48,7 @@ class RowSource(Protocol):
 
     n_features: int
     max_sq_norm: float  # an upper bound of |x|^2 over the rows (inf if unknown)
+    quad_ok: bool  # whether full/tied may use the cached quad design (memory)
 
     def map(self, fn: Callable[[Chunk], Any]) -> list[Any]:
         """Apply ``fn`` to every chunk and return the results in chunk order."""
@@ -64,6 +71,7 @@ class InMemorySource:
         nan = np.isnan(X)
         X0 = np.where(nan, 0.0, X) if nan.any() else X
         self.max_sq_norm = float(np.einsum("ij,ij->i", X0, X0, dtype=float).max()) if n else 0.0
+        self.quad_ok = n * quad_width(d) * 8 <= QUAD_DESIGN_BUDGET
         if nan.any():  # rows sorted by missingness pattern, so that groups are long
             keys = np.packbits(nan, axis=1)
             self.order = np.lexsort(keys.T[::-1])
@@ -88,11 +96,13 @@ class InMemorySource:
 # Prepared parameters and per-chunk statistics, by covariance type
 
 
-def _prepare(
-    params: GMMParams, dtype: Any, max_sq_norm: float = np.inf
-) -> GenPrepared | MaskPrepared:
+def _prepare(params: GMMParams, dtype: Any, source: Any = None) -> GenPrepared | MaskPrepared:
+    """Per-iteration factors; the source says how large its rows get and what it can cache."""
+    max_sq_norm = getattr(source, "max_sq_norm", np.inf)
     t = params.covariance_type
     if t in ("full", "tied"):
+        if not getattr(source, "quad_ok", False):
+            max_sq_norm = np.inf  # whitened path
         return prepare_gen(params.means, params.full_covariances(), t == "tied", dtype, max_sq_norm)
     if t == "diag":
         return prepare_mask(params.means, np.asarray(params.covariances, float), max_sq_norm)
@@ -165,6 +175,9 @@ def _normalise(logp: np.ndarray, log_weights: np.ndarray) -> tuple[np.ndarray, n
     top = logp.max(axis=1, keepdims=True)
     top[~np.isfinite(top)] = 0.0
     logp -= top
+    # responsibilities below e^-700 are set to exactly 0: as subnormal numbers
+    # they would slow every later product over them many times over
+    logp[logp < -700.0] = -np.inf
     np.exp(logp, out=logp)
     total = logp.sum(axis=1, keepdims=True)
     logp /= total
@@ -187,7 +200,7 @@ def reduce_statistics(parts: Sequence[Stats], n_keep: int) -> Stats:
 
 def e_pass(source: RowSource, params: GMMParams, dtype: Any = np.float64) -> Stats:
     """One pass over the rows at ``params``: the totals the M-step needs."""
-    prep = _prepare(params, dtype, getattr(source, "max_sq_norm", np.inf))
+    prep = _prepare(params, dtype, source)
     with np.errstate(divide="ignore"):
         log_w = np.log(params.weights)
     parts = source.map(lambda c: chunk_statistics(c, prep, log_w))
@@ -459,7 +472,7 @@ def posterior(
     source: RowSource, params: GMMParams, dtype: Any = np.float64
 ) -> tuple[np.ndarray, np.ndarray]:
     """Responsibilities ``(n, K)`` and row log-densities ``(n,)`` over the source's rows."""
-    prep = _prepare(params, dtype, getattr(source, "max_sq_norm", np.inf))
+    prep = _prepare(params, dtype, source)
     with np.errstate(divide="ignore"):
         log_w = np.log(params.weights)
 

@@ -193,6 +193,8 @@ def sweep(
     jobs: int = 1,
     column_names: Sequence[str] | None = None,
     on_cell: Callable[[SweepCell], None] | None = None,
+    dtype: str = "float64",
+    n_threads: int = 1,
 ) -> SweepResult:
     """Fit every (k, covariance) cell and pick the one with the lowest ``criterion``.
 
@@ -201,7 +203,9 @@ def sweep(
     table does not depend on ``jobs`` or on the order cells finish in. A cell
     that fails (``FitError``/``DataError``) keeps its message in ``error`` and
     never wins; if every cell fails, ``FitError`` names the first reason.
-    ``on_cell`` is called in this process as each cell completes.
+    ``on_cell`` is called in this process as each cell completes. ``dtype``
+    and ``n_threads`` are passed to each fit (row-chunk threads only with
+    ``jobs=1``).
     """
     from .fitting import check_data  # fitting imports this module
 
@@ -232,6 +236,9 @@ def sweep(
         "tol": float(tol), "max_iter": int(max_iter), "reg_covar": float(reg_covar),
         "standardize": bool(standardize),
         "column_names": None if column_names is None else list(column_names),
+        "dtype": str(dtype),
+        # row-chunk threads inside a cell only when cells are not already in parallel
+        "n_threads": int(n_threads) if int(jobs) == 1 else 1,
     }
     tasks = [(k, c) for k in ks for c in covs]
     cells: list[SweepCell | None] = [None] * len(tasks)
