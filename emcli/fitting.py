@@ -73,16 +73,26 @@ def check_data(
 
 
 def _weighted_moments(X: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted mean and variance of each column over its observed values."""
-    obs = ~np.isnan(X)
-    if obs.all():
-        mean = (w @ X) / w.sum()
-        return mean, (w @ np.square(X - mean)) / w.sum()
-    X0 = np.where(obs, X, 0.0)
-    sw = np.maximum(w @ obs, 1e-300)
-    mean = (w @ X0) / sw
-    var = (w @ (obs * (X0 - mean) ** 2)) / sw
-    return mean, var
+    """Weighted mean and variance of each column over its observed values.
+
+    Two passes over blocks of rows, so no temporary is as large as ``X``.
+    """
+    n, d = X.shape
+    step = max(1, (1 << 22) // max(d, 1))
+    blocks = range(0, n, step)
+    s1, sw = np.zeros(d), np.zeros(d)
+    for b in blocks:
+        Xb, wb = X[b : b + step], w[b : b + step]
+        obs = ~np.isnan(Xb)
+        s1 += wb @ np.where(obs, Xb, 0.0)
+        sw += wb @ obs
+    mean = s1 / np.maximum(sw, 1e-300)
+    s2 = np.zeros(d)
+    for b in blocks:
+        Xb, wb = X[b : b + step], w[b : b + step]
+        dev = np.nan_to_num(Xb - mean, nan=0.0)
+        s2 += wb @ (dev * dev)
+    return mean, s2 / np.maximum(sw, 1e-300)
 
 
 def _to_fitting_units(params: GMMParams, c: np.ndarray, s: np.ndarray) -> GMMParams:
@@ -188,7 +198,7 @@ def fit_mixture(
             f"for {K} components; use fewer components"
         )
 
-    Xu, wu = X[fit_rows], w[fit_rows]
+    Xu, wu = (X, w) if fit_rows.all() else (X[fit_rows], w[fit_rows])
     centre, var = _weighted_moments(Xu, wu)
     if standardize:
         const = np.flatnonzero(var <= 0)
@@ -200,14 +210,16 @@ def fit_mixture(
         scale = np.sqrt(var)
     else:
         scale = np.ones(d)
-    Z = (Xu - centre) / scale
+    np_dtype = np.float32 if dtype == "float32" else np.float64
+    Z = np.subtract(Xu, centre, dtype=np_dtype)  # one copy, in the working precision
+    if standardize:
+        Z /= scale.astype(np_dtype)
     col_var = var / scale**2
     col_var = np.where(col_var > 0, col_var, 1.0)
-    np_dtype = np.float32 if dtype == "float32" else np.float64
     if chunk_rows is None:
         width = max(K * d, quad_width(d) if covariance_type in ("full", "tied") else 3 * d)
         chunk_rows = int(np.clip(DEFAULT_CHUNK_BYTES // (8 * width), 256, 65536))
-    source: RowSource = InMemorySource(Z.astype(np_dtype), wu, chunk_rows, n_threads)
+    source: RowSource = InMemorySource(Z, wu, chunk_rows, n_threads)
     ctx = Context(float(wu.sum()), float(wu.mean()), col_var, float(reg_covar))
 
     user = _user_start(
