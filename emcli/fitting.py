@@ -219,6 +219,10 @@ def fit_mixture(
     if chunk_rows is None:
         width = max(K * d, quad_width(d) if covariance_type in ("full", "tied") else 3 * d)
         chunk_rows = int(np.clip(DEFAULT_CHUNK_BYTES // (8 * width), 256, 65536))
+    if covariance_type in ("diag", "spherical"):
+        # their passes are a few thin GEMMs per chunk, bound by memory, not
+        # arithmetic: measured, a second thread only adds overhead
+        n_threads = 1
     source: RowSource = InMemorySource(Z, wu, chunk_rows, n_threads)
     ctx = Context(float(wu.sum()), float(wu.mean()), col_var, float(reg_covar))
 
