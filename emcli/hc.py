@@ -27,6 +27,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.cluster.hierarchy import linkage
 
+from .init import mean_filled
+
 MAX_ROWS = 2000
 WARD_CLUSTERS = 200
 ALPHA = 1.0
@@ -151,15 +153,6 @@ def vvv_merge(Z: np.ndarray, w: np.ndarray, groups: np.ndarray, K: int, alpha: f
     return index[owner], N[survivors], M[survivors], W[survivors], a
 
 
-def _mean_filled(X: np.ndarray, w: np.ndarray) -> np.ndarray:
-    obs = ~np.isnan(X)
-    if obs.all():
-        return X
-    X0 = np.where(obs, X, 0.0)
-    col_mean = (w @ X0) / np.maximum(w @ obs, 1e-300)
-    return np.where(obs, X, col_mean)
-
-
 def _gaussian_assign(Z: np.ndarray, N, M, W, a) -> np.ndarray:
     """Label of the cluster with the highest weighted Gaussian density, per row."""
     r = Z.shape[1]
@@ -198,7 +191,7 @@ def hc_labels(
         raise ValueError(f"hc needs 1 <= K <= n rows, got K={K} for {n} rows")
     if K == 1:
         return np.zeros(n, dtype=np.intp)
-    Xf = _mean_filled(X, w)
+    Xf = mean_filled(X, w)
     cap = max(int(max_rows), K)
     if n > cap:
         p = w / w.sum()
