@@ -841,7 +841,7 @@ def predict_command(
             source=table.name,
             n_rows=table.n_rows,
             n_empty=int((n_observed == 0).sum()),
-            labels=cols["label"],
+            labels=resp.argmax(axis=1),
             n_components=loaded.params.n_components,
             written=labels,
             seconds=time.perf_counter() - started,

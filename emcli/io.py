@@ -779,16 +779,18 @@ def scores_columns(
         cols[id_name] = ids
     else:
         cols["row"] = np.arange(1, resp.shape[0] + 1)
-    cols["label"] = np.argmax(resp, axis=1).astype(np.int64)
-    cols["probability"] = np.max(resp, axis=1)
-    cols["log_density"] = np.asarray(log_density, dtype=np.float64)
-    cols["n_observed"] = np.asarray(n_observed, dtype=np.int64)
+    scores: dict[str, Any] = {
+        "label": np.argmax(resp, axis=1).astype(np.int64),
+        "probability": np.max(resp, axis=1),
+        "log_density": np.asarray(log_density, dtype=np.float64),
+        "n_observed": np.asarray(n_observed, dtype=np.int64),
+    }
     if probabilities:
-        for k in range(resp.shape[1]):
-            name = f"p_{k}"
-            while name in cols:
-                name = "_" + name
-            cols[name] = resp[:, k].copy()
+        scores.update((f"p_{k}", resp[:, k].copy()) for k in range(resp.shape[1]))
+    for name, values in scores.items():
+        while name in cols:  # an id column named like an output column keeps its name
+            name = "_" + name
+        cols[name] = values
     return cols
 
 

@@ -425,3 +425,16 @@ def test_the_valid_model_works_and_errors_are_one_line_from_the_script(corrupted
         assert err.count("\n") == 1 and err.startswith("emcli: error:") and "Traceback" not in err
     proc = run_emcli(["describe", corrupted / "m0.json", "--debug"], tmp_path)
     assert proc.returncode == 1 and "Traceback" in proc.stderr.decode()
+
+
+def test_an_id_column_called_label_keeps_ids_and_labels(tmp_path):
+    data = write_csv(tmp_path / "named.csv", ["label", "x", "y"],
+                     [[f"r{i}", i % 7, (i * 3) % 5] for i in range(30)])
+    invoke(["fit", data, "-k", "2", "-q", "--id-column", "label", "-o", tmp_path])
+    fit_rows = read_rows(tmp_path / "named.labels.csv")
+    assert [r["label"] for r in fit_rows] == [f"r{i}" for i in range(30)]
+    result = invoke(["predict", tmp_path / "named.model.json", data, "--id-column", "label"])
+    assert "rows per component" in result.stderr
+    rows = read_text_rows(result.stdout)
+    assert [r["label"] for r in rows] == [f"r{i}" for i in range(30)]
+    assert [r["_label"] for r in rows] == [r["_label"] for r in fit_rows]

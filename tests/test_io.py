@@ -326,6 +326,19 @@ def test_check_output_paths(tmp_path):
         io.check_output_paths([str(tmp_path)], inputs)
 
 
+@pytest.mark.parametrize("id_name", ["label", "probability", "n_observed", "p_1", "row"])
+def test_an_id_column_named_like_an_output_column_is_kept(fitted, id_name):
+    ids = [f"id{i}" for i in range(fitted.n_rows)]
+    cols = io.labels_columns(fitted, ids, id_name, probabilities=True)
+    assert cols[id_name] == ids  # the ids are not overwritten ...
+    score_names = ["label", "probability", "log_density", "n_observed", "p_0", "p_1", "p_2"]
+    renamed = ["_" + n if n == id_name else n for n in score_names]
+    assert list(cols) == [id_name, *renamed]  # ... and no output column is lost
+    plain = io.labels_columns(fitted, probabilities=True)
+    for name, out_name in zip(score_names, renamed, strict=True):
+        np.testing.assert_array_equal(cols[out_name], plain[name])
+
+
 def test_labels_and_log_columns(fitted):
     cols = io.labels_columns(fitted, probabilities=True)
     assert list(cols) == ["row", "label", "probability", "log_density", "n_observed",
