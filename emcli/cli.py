@@ -246,6 +246,15 @@ def _handled(debug: bool) -> Iterator[None]:
             "emcli: error: out of memory; use fewer rows, columns or components, or --dtype float32"
         )
         raise typer.Exit(1) from None
+    except Exception as exc:  # a bug, not a user error: still one line unless --debug
+        if debug:
+            traceback.print_exc()
+        detail = str(exc).splitlines()[0][:200] if str(exc) else ""
+        _stderr_line(
+            f"emcli: error: internal error ({type(exc).__name__}: {detail}); "
+            "rerun with --debug and report the traceback"
+        )
+        raise typer.Exit(1) from None
 
 
 def _stdout_count(**targets: bool) -> None:

@@ -503,7 +503,7 @@ def select_features(
     Non-numeric columns that were not asked for are left out, with a notice.
     """
     names = data.table.column_names
-    wanted = _split_names(columns)
+    wanted = list(dict.fromkeys(_split_names(columns)))  # a column named twice is one feature
     dropped = _split_names(exclude)
     for n, opt in [(n, "--columns") for n in wanted] + [(n, "--exclude") for n in dropped]:
         if n not in names:

@@ -567,3 +567,33 @@ def test_progress_only_on_a_terminal_and_summary_on_stderr():
     quiet = Reporter(quiet=True, console=Console(file=stdio.StringIO(), force_terminal=True))
     with quiet.progress(1, 10) as callback:
         assert callback is None
+
+
+def test_an_unexpected_error_is_one_line_without_a_traceback(tmp_path, monkeypatch):
+    import emcli.fitting
+
+    def broken(*args, **kwargs):
+        raise ValueError("Probabilities contain NaN\nsecond line")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(emcli.fitting, "fit_mixture", broken)
+    data = shutil.copy(SAMPLE_DATA / "faithful.csv", tmp_path / "faithful.csv")
+    result = runner.invoke(app, ["fit", str(data), "-k", "2"])
+    assert result.exit_code == 1 and not isinstance(result.exception, ValueError)
+    line = one_error_line(result.stderr)
+    assert "ValueError: Probabilities contain NaN" in line and "--debug" in line
+    assert files_in(tmp_path) == ["faithful.csv"]
+    debug = runner.invoke(app, ["fit", str(data), "-k", "2", "--debug"])
+    assert debug.exit_code == 1 and "Traceback" in debug.stderr
+
+
+def test_columns_named_twice_give_a_model_that_loads(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = shutil.copy(SAMPLE_DATA / "faithful.csv", tmp_path / "faithful.csv")
+    result = runner.invoke(app, ["fit", str(data), "-k", "2", "-q",
+                                 "--columns", "waiting,eruptions", "--columns", "waiting"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "faithful.model.json").read_text())
+    assert doc["columns"] == ["waiting", "eruptions"]
+    described = runner.invoke(app, ["describe", "faithful.model.json", "-q"])
+    assert described.exit_code == 0, described.output
