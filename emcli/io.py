@@ -277,6 +277,10 @@ def _read_delimited(f: InputFile, data: bytes, name: str) -> Any:
             ) from exc
     if not data or data.isspace():
         raise DataError(f"{name}: the file is empty; it needs a header line and data rows")
+    if data.startswith(b"PAR1"):
+        raise DataError(
+            f"{name}: this is Parquet data, not {f.format.upper()}; pass --format parquet"
+        )
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     bad = _bad_utf8(data)
@@ -386,7 +390,7 @@ def read_table(
         table = tables[0]
     else:
         try:
-            table = pa.concat_tables(tables, promote_options="permissive")
+            table = pa.concat_tables(_text_where_types_differ(tables), promote_options="permissive")
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
             raise DataError(
                 f"{parts[0][0]}…: the inputs' column types do not agree ({exc}); "
@@ -397,6 +401,22 @@ def read_table(
         raise DataError(f"{display}: no data rows (only a header); give a file with rows")
     first = files[0].path
     return InputTable(table, display, input_stem([first]), files, digest.hexdigest(), parts)
+
+
+def _text_where_types_differ(tables: list[Any]) -> list[Any]:
+    """Columns that are text in one file and not in another become text in all of them.
+
+    Numbers in one file and a stray token in the next then reach the feature
+    checks, which name the token, its column and its row.
+    """
+    import pyarrow as pa
+    import pyarrow.types as pat
+
+    for i, name in enumerate(tables[0].column_names):
+        types = [t.schema.field(i).type for t in tables]
+        if len(set(types)) > 1 and any(pat.is_string(x) or pat.is_large_string(x) for x in types):
+            tables = [t.set_column(i, name, t.column(i).cast(pa.string())) for t in tables]
+    return tables
 
 
 def _parse_text_numbers(values: list[Any]) -> tuple[np.ndarray, int, list[int]]:

@@ -119,6 +119,33 @@ def test_several_files_name_the_file_of_a_bad_row(tmp_path):
         io.read_table([str(tmp_path / "a.csv"), str(tmp_path / "c.csv")])
 
 
+def test_a_stray_token_in_a_later_file_is_named(tmp_path):
+    # numbers in a.csv, a '?' in b.csv: the column types differ across the files
+    (tmp_path / "a.csv").write_text("x,y\n1,2\n3,4\n")
+    (tmp_path / "b.csv").write_text("x,y\n5,?\n7,8\n6,1\n")
+    t = io.read_table([str(tmp_path / "a.csv"), str(tmp_path / "b.csv")])
+    with pytest.raises(DataError, match=r"'y', row 1 of .*b\.csv .*: '\?' is not a number"):
+        io.select_features(t)
+
+
+def test_parquet_bytes_read_as_csv_say_format_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = stdio.BytesIO()
+    pq.write_table(pa.table({"x": [1.0, 2.0]}), sink)
+    with pytest.raises(DataError, match="<stdin>: this is Parquet data.*--format parquet"):
+        io.read_table(["-"], stdin=stdio.BytesIO(sink.getvalue()))
+    with pytest.raises(DataError, match="p.csv: this is Parquet data"):
+        table_from(tmp_path, "p.csv", sink.getvalue())
+
+
+def test_a_column_named_twice_in_columns_is_one_feature(tmp_path):
+    t = table_from(tmp_path, "d.csv", "x,y\n1,2\n3,5\n4,4\n")
+    f = io.select_features(t, columns=["y,x", "y"])
+    assert f.columns == ["y", "x"] and f.X.shape == (3, 2)
+
+
 def test_stdin_gzip_and_parquet_read_the_same_rows(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
