@@ -19,6 +19,8 @@ from .init import canonical_init, initial_responsibilities, params_from_responsi
 from .model import COVARIANCE_TYPES, FitResult, GMMParams, IterationRecord
 from .selection import criteria
 
+# Squares of deviations must stay finite (and far from overflow) in float64.
+MAX_SPREAD = 1e150
 DEFAULT_CHUNK_BYTES = 1 << 20  # per-chunk working set: about an L2 cache
 
 
@@ -56,6 +58,15 @@ def check_data(
     if empty_cols.size:
         names = ", ".join(_name(int(j), column_names) for j in empty_cols)
         raise DataError(f"column {names} has no observed value; exclude it")
+    with np.errstate(invalid="ignore"):
+        spread = np.nanmax(X, axis=0) - np.nanmin(X, axis=0)
+        big = np.flatnonzero(~(spread < MAX_SPREAD))
+    if big.size:
+        j = int(big[0])
+        raise DataError(
+            f"column {_name(j, column_names)} spans {spread[j]:.3g}, too wide to square in "
+            "double precision; rescale it (e.g. divide by a power of ten) or use log values"
+        )
     if sample_weight is None:
         w = np.ones(n)
     else:
@@ -211,6 +222,13 @@ def fit_mixture(
     else:
         scale = np.ones(d)
     np_dtype = np.float32 if dtype == "float32" else np.float64
+    if dtype == "float32" and not standardize:
+        wide = np.flatnonzero(~(np.sqrt(var) * 1e3 < np.finfo(np.float32).max ** 0.5))
+        if wide.size:
+            raise DataError(
+                f"column {_name(int(wide[0]), column_names)} is too spread out for float32 "
+                "arithmetic; use --dtype float64 or --standardize"
+            )
     Z = np.subtract(Xu, centre, dtype=np_dtype)  # one copy, in the working precision
     if standardize:
         Z /= scale.astype(np_dtype)

@@ -73,3 +73,22 @@ def test_far_tight_components_are_not_flushed_to_zero_wrongly():
     assert sorted(np.bincount(res.labels)) == [100, 100]
     assert np.all(np.isin(res.resp, [0.0, 1.0]))
     assert res.log_likelihood == pytest.approx(_ll_scipy(X, res.params), rel=1e-10)
+
+
+@pytest.mark.parametrize("scale", [1e200, -1e300])
+def test_values_too_spread_out_to_square_are_a_data_error(scale):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(50, 2))
+    X[:, 1] *= scale
+    with pytest.raises(ValueError, match=r"column 1 spans .*rescale"):
+        fit_mixture(X, n_components=2)
+
+
+def test_float32_refuses_columns_it_cannot_square():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(50, 2))
+    X[:, 0] *= 1e25
+    with pytest.raises(ValueError, match=r"column 0 .*float32"):
+        fit_mixture(X, n_components=2, dtype="float32")
+    res = fit_mixture(X, n_components=2, dtype="float32", standardize=True)
+    assert np.all(np.isfinite(res.params.means))
