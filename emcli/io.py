@@ -444,6 +444,24 @@ def _is_numeric_type(t: Any) -> bool:
     return bool(pat.is_integer(t) or pat.is_floating(t) or pat.is_decimal(t))
 
 
+def _float_values(col: Any) -> np.ndarray:
+    """A float64 column (pyarrow) as numpy with nulls as NaN, read from its buffers.
+
+    pyarrow's own ``to_numpy``/``fill_null`` paths import pandas (0.2 s), which a
+    small fit does not need.
+    """
+    parts = []
+    for chunk in col.chunks:
+        n, off = len(chunk), chunk.offset
+        validity, data = chunk.buffers()[:2]
+        values = np.frombuffer(data, dtype=np.float64, count=n, offset=off * 8).copy()
+        if chunk.null_count:
+            bits = np.unpackbits(np.frombuffer(validity, dtype=np.uint8), bitorder="little")
+            values[~bits[off : off + n].astype(bool)] = np.nan
+        parts.append(values)
+    return np.concatenate(parts) if parts else np.empty(0)
+
+
 def _column_values(
     data: InputTable, name: str, *, requested: bool, role: str = "column"
 ) -> np.ndarray | str:
@@ -460,13 +478,12 @@ def _column_values(
             f"exclude it with --exclude {name}"
         )
     if _is_numeric_type(t):
-        values = pc.fill_null(col.cast(pa.float64()), float("nan")).to_numpy()
-        return np.array(values, dtype=np.float64)
+        return _float_values(col.cast(pa.float64()))
     if pat.is_string(t) or pat.is_large_string(t):
         try:
             fast = pc.cast(col, pa.float64())
             if not any(s in NA_TOKENS for s in pc.unique(col).to_pylist() if s is not None):
-                return np.array(pc.fill_null(fast, float("nan")).to_numpy(), dtype=np.float64)
+                return _float_values(fast)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             pass
         values = col.to_pylist()
