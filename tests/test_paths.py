@@ -92,3 +92,22 @@ def test_float32_refuses_columns_it_cannot_square():
         fit_mixture(X, n_components=2, dtype="float32")
     res = fit_mixture(X, n_components=2, dtype="float32", standardize=True)
     assert np.all(np.isfinite(res.params.means))
+
+
+def test_a_small_fit_does_not_import_pandas(tmp_path):
+    """pandas costs 0.2 s of start-up; reading and writing go through pyarrow alone."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    data = Path(__file__).resolve().parents[1] / "sample_data" / "airquality.csv"
+    code = (
+        "import sys\n"
+        f"sys.argv = ['emcli', 'fit', {str(data)!r}, '-k', '2', '-q', '-o', {str(tmp_path)!r}]\n"
+        "from emcli.cli import main\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "print('pandas' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    assert (tmp_path / "airquality.model.json").exists()
