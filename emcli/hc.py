@@ -24,6 +24,8 @@ Distances use column-mean-filled data, as every start does (em.md section 5).
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 from scipy.cluster.hierarchy import linkage
 
@@ -96,12 +98,23 @@ def _merged(N, M, W, i, js):
     return n, Mm, Wm
 
 
-def vvv_merge(Z: np.ndarray, w: np.ndarray, groups: np.ndarray, K: int, alpha: float | None = None):
+def vvv_merge(
+    Z: np.ndarray,
+    w: np.ndarray,
+    groups: np.ndarray,
+    K: int,
+    alpha: float | None = None,
+    merges: list[tuple[int, int]] | None = None,
+):
     """Merge the initial ``groups`` of ``Z`` under the VVV criterion down to ``K`` clusters.
 
     Returns the cluster index (0..K-1) of every initial group and the clusters'
-    weights, means and scatter matrices, plus the spherical term ``a``.
+    weights, means and scatter matrices, plus the spherical term ``a``. The
+    merges made, in order, are written to ``merges`` when it is given: the
+    tree, which ``cut`` replays for any other K.
     """
+    if merges is None:
+        merges = []
     if alpha is None:
         alpha = ALPHA
     m = int(groups.max()) + 1
@@ -128,11 +141,13 @@ def vvv_merge(Z: np.ndarray, w: np.ndarray, groups: np.ndarray, K: int, alpha: f
 
     owner = np.arange(m)  # initial group -> current cluster index (the surviving one)
     active = np.ones(m, dtype=bool)
+    merges.clear()
     for _ in range(m - K):
         flat = int(np.argmin(cost))
         i, j = divmod(flat, m)
         if i > j:
             i, j = j, i
+        merges.append((i, j))
         n_ij, M_ij, W_ij = _merged(N, M, W, i, np.array([j]))
         N[i], M[i], W[i] = n_ij[0], M_ij[0], W_ij[0]
         F[i] = _logdet_term(N[i : i + 1], W[i : i + 1], a)[0]
@@ -166,11 +181,58 @@ def _gaussian_assign(Z: np.ndarray, N, M, W, a) -> np.ndarray:
     return np.argmax(scores, axis=1)
 
 
+def cut(merges: list[tuple[int, int]], m: int, K: int) -> np.ndarray:
+    """Cluster index (0..K-1) of each of ``m`` initial groups after the first ``m - K`` merges."""
+    owner = np.arange(m)
+    for i, j in merges[: m - K]:
+        owner[owner == j] = i
+    _, index = np.unique(owner, return_inverse=True)
+    return index.reshape(-1)
+
+
+def _cluster_moments(Z: np.ndarray, w: np.ndarray, labels: np.ndarray, K: int):
+    N = np.bincount(labels, weights=w, minlength=K)
+    M = np.zeros((K, Z.shape[1]))
+    np.add.at(M, labels, Z * w[:, None])
+    M /= N[:, None]
+    D = Z - M[labels]
+    W = np.zeros((K, Z.shape[1], Z.shape[1]))
+    np.add.at(W, labels, (D * w[:, None])[:, :, None] * D[:, None, :])
+    return N, M, W
+
+
+# A sweep asks for the tree of the same rows at every k: build it once per process.
+_TREES: dict[bytes, tuple] = {}
+_TREES_KEPT = 4
+
+
+def _tree(Xs: np.ndarray, ws: np.ndarray, m: int, alpha: float = ALPHA):
+    """SVD map, scaled rows, Ward groups, the full VVV merge sequence and ``a`` (cached)."""
+    key = hashlib.blake2b(
+        Xs.tobytes() + ws.tobytes() + np.array([m, alpha]).tobytes(), digest_size=20
+    ).digest()
+    hit = _TREES.get(key)
+    if hit is None:
+        T = svd_scale(Xs, ws)
+        if T.shape[1] == 0:  # every sampled row is the same point
+            hit = (T, None, None, [], 0.0)
+        else:
+            Zs = Xs @ T
+            groups = _ward_groups(Zs, m)
+            merges: list[tuple[int, int]] = []
+            *_, a = vvv_merge(Zs, ws, groups, 1, alpha, merges)
+            hit = (T, Zs, groups, merges, a)
+        while len(_TREES) >= _TREES_KEPT:
+            _TREES.pop(next(iter(_TREES)))
+        _TREES[key] = hit
+    return hit
+
+
 def hc_labels(
     X: np.ndarray,
     w: np.ndarray,
     K: int,
-    rng: np.random.Generator,
+    rng: np.random.Generator | None = None,
     *,
     max_rows: int = MAX_ROWS,
     ward_clusters: int = WARD_CLUSTERS,
@@ -179,9 +241,11 @@ def hc_labels(
 
     ``X`` may hold NaN (every row has at least one observed value); ``w`` are
     row weights. With more than ``max_rows`` rows, the tree is built on a
-    sample drawn with ``rng`` (rows chosen with probability proportional to
-    their weight) and the other rows join the nearest cluster; otherwise
-    ``rng`` is not used and the result depends on the data alone.
+    sample (rows chosen with probability proportional to their weight) and the
+    other rows join the cluster of highest density. The start is deterministic
+    given the data, as mclust's is: the sample comes from a generator seeded by
+    the number of rows, not from ``rng`` (accepted like every other start's),
+    so one tree serves every k of a sweep and is cut at each.
     """
     X = np.asarray(X, dtype=float)
     w = np.asarray(w, dtype=float)
@@ -194,26 +258,25 @@ def hc_labels(
     Xf = mean_filled(X, w)
     cap = max(int(max_rows), K)
     if n > cap:
+        own = np.random.default_rng(np.random.SeedSequence([n, cap]))
         p = w / w.sum()
         if np.count_nonzero(p) >= cap:
-            sample = np.sort(rng.choice(n, size=cap, replace=False, p=p))
+            sample = np.sort(own.choice(n, size=cap, replace=False, p=p))
         else:
-            sample = np.sort(rng.choice(n, size=cap, replace=False))
+            sample = np.sort(own.choice(n, size=cap, replace=False))
         ws = np.ones(cap)
     else:
         sample = np.arange(n)
         ws = w
-    T = svd_scale(Xf[sample], ws)
-    if T.shape[1] == 0:  # every sampled row is the same point
-        return np.arange(n) % K
-    Zs = Xf[sample] @ T
     m = min(sample.size, max(int(ward_clusters), 4 * K))
-    groups = _ward_groups(Zs, m)
-    group_cluster, N, M, W, a = vvv_merge(Zs, ws, groups, K)
-    labels_s = group_cluster[groups]
+    T, Zs, groups, merges, a = _tree(np.ascontiguousarray(Xf[sample]), ws, m)
+    if Zs is None:
+        return np.arange(n) % K
+    labels_s = cut(merges, m, K)[groups]
     if sample.size == n:
         labels = labels_s
     else:
+        N, M, W = _cluster_moments(Zs, ws, labels_s, K)
         labels = _gaussian_assign(Xf @ T, N, M, W, a)
         labels[sample] = labels_s
     # number clusters by first appearance, so the labels are canonical
