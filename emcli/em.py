@@ -299,13 +299,22 @@ def _regularised(covariance_type: str, cov: np.ndarray, k: int, amount: float, c
     return out
 
 
-def _bad_components(covariance_type: str, cov: np.ndarray) -> list[int]:
+def _bad_components(covariance_type: str, cov: np.ndarray, only: int | None = None) -> list[int]:
+    """Components whose covariance is not positive definite (``only``: check just that one)."""
     if covariance_type in ("diag", "spherical"):
         c = cov.reshape(cov.shape[0], -1)
-        return [int(k) for k in np.flatnonzero(~np.all(np.isfinite(c) & (c > 0), axis=1))]
+        bad = [int(k) for k in np.flatnonzero(~np.all(np.isfinite(c) & (c > 0), axis=1))]
+        return bad if only is None else [k for k in bad if k == only]
     stack = cov[None] if covariance_type == "tied" else cov
+    ks = range(stack.shape[0]) if only is None else [only]
+    if only is None:
+        try:  # the usual case: all fine, one batched call
+            if np.all(np.isfinite(np.linalg.cholesky(stack))):
+                return []
+        except np.linalg.LinAlgError:
+            pass
     bad = []
-    for k in range(stack.shape[0]):
+    for k in ks:
         try:
             L = np.linalg.cholesky(stack[k])
         except np.linalg.LinAlgError:
@@ -346,13 +355,16 @@ class Recovery:
         K = params.n_components
         worst = list(st.get("worst", []))
         tied = t == "tied"
+        bad = set(_bad_components(t, cov))
         for k in range(1 if tied else K):
             small = not tied and K > 1 and N[k] < 2.0 * ctx.mean_w
+            if not (small or k in bad or self.level[k]):
+                continue
             trial = cov
             while True:
                 if self.level[k]:
                     trial = _regularised(t, cov, k, self.amount(self.level[k], ctx), ctx)
-                singular = k in _bad_components(t, trial)
+                singular = bool(_bad_components(t, trial, only=k))
                 if not (singular or small):
                     cov = trial
                     break
