@@ -105,9 +105,9 @@ def _prepare(params: GMMParams, dtype: Any, source: Any = None) -> GenPrepared |
             max_sq_norm = np.inf  # whitened path
         return prepare_gen(params.means, params.full_covariances(), t == "tied", dtype, max_sq_norm)
     if t == "diag":
-        return prepare_mask(params.means, np.asarray(params.covariances, float), max_sq_norm)
+        return prepare_mask(params.means, np.asarray(params.covariances, float), max_sq_norm, dtype)
     var = np.repeat(np.asarray(params.covariances, float)[:, None], params.n_features, axis=1)
-    return prepare_mask(params.means, var, max_sq_norm)
+    return prepare_mask(params.means, var, max_sq_norm, dtype)
 
 
 def log_prob(chunk: Chunk, prep: GenPrepared | MaskPrepared) -> tuple[np.ndarray, dict]:
@@ -164,8 +164,10 @@ def chunk_statistics(
         st = mask_statistics(chunk, prep, cache, wr)
     st["N"] = wr.sum(axis=0)
     st["ll"] = float(chunk.w @ lse)
-    worst = int(np.argmin(lse))
-    st["worst"] = [(float(lse[worst]), chunk.X[worst].astype(float))]
+    # candidates for re-seeding collapsed components: the chunk's K worst-explained rows
+    keep = min(log_weights.size, lse.size)
+    worst = np.argpartition(lse, keep - 1)[:keep]
+    st["worst"] = [(float(lse[i]), chunk.X[i].astype(float)) for i in worst[np.argsort(lse[worst])]]
     return st
 
 
@@ -346,6 +348,29 @@ class Recovery:
     def amount(self, level: int, ctx: Context) -> float:
         return max(10.0 * ctx.reg_covar, 1e-8) * 10.0 ** (level - 1)
 
+    def check_start(self, params: GMMParams, ctx: Context) -> tuple[GMMParams, list[str]]:
+        """Starting covariances that are not positive definite escalate like a collapse."""
+        t = params.covariance_type
+        cov = np.asarray(params.covariances, float)
+        events: list[str] = []
+        for k in _bad_components(t, cov):
+            while True:
+                if self.level[k] >= self.max_level:
+                    raise FitError(
+                        f"component {k} starts singular even with extra regularisation; "
+                        "try a larger --reg-covar or another --init"
+                    )
+                self.level[k] += 1
+                amount = self.amount(self.level[k], ctx)
+                events.append(
+                    f"component {k} collapsed (covariance singular); regularisation {amount:.0e}"
+                )
+                trial = _regularised(t, cov, k, amount, ctx)
+                if not _bad_components(t, trial, only=k):
+                    cov = trial
+                    break
+        return GMMParams(t, params.weights, params.means, cov), events
+
     def m_step(self, st: Stats, params: GMMParams, ctx: Context) -> tuple[GMMParams, list[str]]:
         t = params.covariance_type
         means, cov = M_STEPS[t](st, params, ctx)
@@ -439,7 +464,7 @@ def run_em(
     """
     history: list[IterationRecord] = []
     recovery = Recovery(params.n_components)
-    events: list[str] = []
+    params, events = recovery.check_start(params, ctx)
     prev: float | None = None
     converged = False
     tick = time.perf_counter()

@@ -433,11 +433,14 @@ class MaskPrepared:
     expand: bool = True  # the [x0^2, x0, observed] GEMM is accurate for these rows
 
 
-def prepare_mask(means: np.ndarray, var: np.ndarray, max_sq_norm: float = np.inf) -> MaskPrepared:
+def prepare_mask(
+    means: np.ndarray, var: np.ndarray, max_sq_norm: float = np.inf, dtype: Any = np.float64
+) -> MaskPrepared:
     if not np.all(np.isfinite(var)) or np.any(var <= 0):
         raise np.linalg.LinAlgError("a variance is not positive")
     term = (max_sq_norm + means**2) / var  # size of the expanded terms, as in the quad path
-    return MaskPrepared(means, var, bool(np.all(term < QUAD_MAX_TERM)))
+    exact = np.dtype(dtype) == np.float64  # float32 would cancel in the expanded form
+    return MaskPrepared(means, var, exact and bool(np.all(term < QUAD_MAX_TERM)))
 
 
 def log_prob_mask(chunk: Chunk, prep: MaskPrepared) -> tuple[np.ndarray, dict]:

@@ -14,7 +14,6 @@ import pytest
 from scipy.stats import multivariate_normal as mvn
 
 import emcli.em as em
-from emcli.errors import FitError
 from emcli.fitting import fit_mixture, impute_rows, score_rows
 from emcli.gaussian import sweep_observed
 from emcli.model import GMMParams
@@ -255,16 +254,12 @@ def test_threads_and_chunks_do_not_change_the_fit(t):
 
 
 # --------------------------------------------------------------------------
-# Confirmed bugs (xfail until fixed)
+# Bugs found in review, fixed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="float32 diag/spherical use the expanded [x^2, x, o] GEMM in float32 "
-    "(prepare_mask ignores dtype): variances off by several percent",
-)
 @pytest.mark.parametrize("t", ["diag", "spherical"])
 def test_float32_mask_route_keeps_variances(t):
+    """float32 diag/spherical once used the expanded [x^2, x, o] GEMM: variances off by %."""
     rng = np.random.default_rng(6)
     n = 2000
     X = np.vstack([rng.normal(size=(n, 3)) * 0.05 + 10, rng.normal(size=(n, 3)) * 0.05 - 10])
@@ -277,14 +272,9 @@ def test_float32_mask_route_keeps_variances(t):
     assert b.log_likelihood == pytest.approx(a.log_likelihood, rel=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a singular starting covariance (point-mass cluster, reg_covar=0) fails the "
-    "restart instead of going through collapse recovery (em.md section 4)",
-    raises=FitError,
-)
 @pytest.mark.parametrize("t", ["full", "diag"])
 def test_singular_start_is_recovered(t):
+    """A point-mass start (reg_covar=0) goes through collapse recovery, not a failed restart."""
     rng = np.random.default_rng(14)
     X = np.vstack([np.zeros((50, 2)), rng.normal(size=(50, 2)) + 5])
     res = fit_mixture(X, n_components=2, covariance_type=t, reg_covar=0.0)
