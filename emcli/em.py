@@ -335,7 +335,11 @@ class Recovery:
     extra regularisation one level, ``max(10 * reg_covar, 1e-8)`` relative to
     the column variances and tenfold per level, which then stays for the rest
     of the restart; past the fourth level the component is re-seeded on a
-    worst-explained row. Every step is recorded as an event.
+    worst-explained row not used before. A component that comes back to fewer
+    than two rows after its re-seed stays there at the highest level: the data
+    put it there (a selection sweep then counts the fit as degenerate). Every
+    change is recorded as an event; an iteration with an event never counts
+    as converged.
     """
 
     max_level = 4
@@ -344,6 +348,8 @@ class Recovery:
     def __init__(self, n_components: int) -> None:
         self.reseeds = 0
         self.level = np.zeros(n_components, dtype=int)
+        self.used_rows: set[bytes] = set()
+        self.reseeded = np.zeros(n_components, dtype=bool)
 
     def amount(self, level: int, ctx: Context) -> float:
         return max(10.0 * ctx.reg_covar, 1e-8) * 10.0 ** (level - 1)
@@ -400,6 +406,11 @@ class Recovery:
                     events.append(f"component {k} collapsed ({why}); regularisation {amount:.0e}")
                     small = False  # the weight cannot change within this step
                     continue
+                if not singular and self.reseeded[k]:
+                    # back on fewer than two rows after a re-seed: the data put it
+                    # there; it stays, at the highest regularisation (no new event)
+                    cov = trial
+                    break
                 if tied:
                     raise FitError(
                         "the shared covariance is singular even with extra regularisation; "
@@ -407,6 +418,7 @@ class Recovery:
                     )
                 means, cov, weights = self._reseed(k, means, cov, weights, worst, ctx, t)
                 self.level[k] = 0
+                self.reseeded[k] = True
                 events.append(f"component {k} collapsed ({why}); re-seeded")
                 break
         weights = weights / weights.sum()
@@ -422,7 +434,11 @@ class Recovery:
         means = means.copy()
         weights = weights.copy()
         if worst:
-            _, row = worst.pop(0)
+            # the worst-explained row not used before: a component that collapsed on
+            # an isolated row would only collapse there again
+            fresh = [i for i, (_, r) in enumerate(worst) if r.tobytes() not in self.used_rows]
+            _, row = worst.pop(fresh[0] if fresh else 0)
+            self.used_rows.add(row.tobytes())
             centre = weights @ means / max(weights.sum(), 1e-300)
             means[k] = np.where(np.isnan(row), centre, row)
         if t != "tied":
@@ -485,7 +501,9 @@ def run_em(
             )
         mean_ll = ll / ctx.sum_w
         delta = float("nan") if prev is None else mean_ll - prev
-        converged = prev is not None and abs(delta) < tol
+        # an iteration that carried a recovery event moved the parameters by hand:
+        # its change in likelihood says nothing about convergence
+        converged = prev is not None and abs(delta) < tol and not events
         now = time.perf_counter()
         rec = IterationRecord(restart, t, ll, mean_ll, delta, now - tick, "; ".join(events))
         tick = now

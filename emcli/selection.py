@@ -13,7 +13,7 @@ import numpy as np
 
 from .errors import DataError, FitError, UsageError
 from .init import canonical_init
-from .model import COVARIANCE_TYPES, SweepCell, SweepResult
+from .model import COVARIANCE_TYPES, FitResult, SweepCell, SweepResult
 
 
 def criteria(
@@ -148,12 +148,33 @@ def fit_cell(
         if not np.isfinite(res.log_likelihood):
             errors.append(f"the {name} start gave a non-finite log-likelihood")
             continue
+        thin = _degenerate_component(res)
+        if thin:
+            errors.append(f"the {name} start gave a degenerate fit: {thin}")
+            continue
         if best is None or res.log_likelihood > best.log_likelihood:
             best = res
     seconds = time.perf_counter() - t0
     if best is None:
         return SweepCell(k, covariance_type, None, seconds, errors[0] if errors else "failed")
     return SweepCell(k, covariance_type, best, seconds)
+
+
+def _degenerate_component(res: FitResult) -> str:
+    """A reason when a component holds less than two rows' weight (em.md: collapsed).
+
+    Such a fit's likelihood rests on regularisation, not data, so it must not
+    win a selection (mclust reports no BIC for it).
+    """
+    if res.params.covariance_type == "tied" or res.params.n_components < 2:
+        return ""
+    rows = res.n_rows - res.n_empty_rows
+    mean_w = res.n / max(rows, 1)
+    N = res.params.weights * res.n
+    k = int(np.argmin(N))
+    if N[k] < 2.0 * mean_w:
+        return f"component {k} holds {N[k] / mean_w:.3g} rows; use fewer components"
+    return ""
 
 
 def _context() -> multiprocessing.context.BaseContext:

@@ -111,3 +111,15 @@ def test_a_small_fit_does_not_import_pandas(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
     assert (tmp_path / "airquality.model.json").exists()
+
+
+def test_no_convergence_is_declared_on_an_iteration_that_carried_a_recovery_event():
+    rng = np.random.default_rng(33)
+    X = np.vstack(
+        [rng.normal(size=(100, 2)), rng.normal(size=(100, 2)) + [6.0, 0.0], [[40.0, 40.0]]]
+    )
+    res = fit_mixture(X, n_components=3, seed=0)
+    assert any(h.event for h in res.history)
+    assert res.converged and not res.history[-1].event
+    # the component on the isolated row stays there, at the highest regularisation
+    assert np.sort(res.params.weights * len(X))[0] == pytest.approx(1.0, abs=0.05)

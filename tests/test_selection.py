@@ -288,3 +288,14 @@ def test_standardize_and_weights_pass_through():
     assert res.best.k == 3
     assert res.best.result.settings["standardize"] is True
     np.testing.assert_allclose(res.best.result.n, w.sum())
+
+
+def test_a_fit_with_a_component_on_one_row_is_a_failed_cell():
+    """Six rows: every k > 1 leaves a component on one or two rows, which must not win."""
+    X = np.array([[1, 2], [3, 4], [5, 7], [2, 2], [9, 1], [3, 3]], dtype=float)
+    res = sweep(X, k_values=[1, 2, 3, 4], covariance_types=["full"])
+    by_k = {c.k: c for c in res.cells}
+    assert by_k[1].ok and res.best.k == 1
+    for k in (3, 4):
+        assert not by_k[k].ok
+        assert "degenerate" in by_k[k].error
