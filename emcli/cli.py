@@ -556,7 +556,7 @@ def select_k_command(
         ),
     ] = False,
     init: InitOpt = "kmeans",
-    tol: TolOpt = 1e-3,
+    tol: TolOpt = 1e-5,
     max_iter: MaxIterOpt = 200,
     n_init: NInitOpt = 1,
     seed: SeedOpt = 0,

@@ -160,6 +160,12 @@ def fit_cell(
     return SweepCell(k, covariance_type, best, seconds)
 
 
+# A sweep ranks fits by their likelihoods, so they run to tighter convergence
+# than a single fit's default (1e-3): stopped early, slow EM runs at larger k lose
+# several BIC units and the ranking with them (as mclust, which stops at 1e-5).
+SWEEP_TOL = 1e-5
+
+
 def _degenerate_component(res: FitResult) -> str:
     """A reason when a component holds less than two rows' weight (em.md: collapsed).
 
@@ -205,7 +211,7 @@ def sweep(
     sample_weight: Any = None,
     n_init: int = 1,
     seed: int = 0,
-    tol: float = 1e-3,
+    tol: float = SWEEP_TOL,
     max_iter: int = 200,
     reg_covar: float = 1e-6,
     standardize: bool = False,
