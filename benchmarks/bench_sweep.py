@@ -76,6 +76,24 @@ def time_emcli(X: np.ndarray, ks: list[int], args: argparse.Namespace, try_hc: b
     return seconds, result.best.k, bics
 
 
+def time_cli(X: np.ndarray, args: argparse.Namespace) -> float:
+    """Wall time of the command itself: start-up, reading a CSV, the sweep, writing files."""
+    import subprocess
+    import tempfile
+
+    exe = Path(sys.executable).parent / "emcli"
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data.csv"
+        header = ",".join(f"x{j}" for j in range(X.shape[1]))
+        np.savetxt(data, X, delimiter=",", header=header, comments="", fmt="%.17g")
+        cmd = [str(exe), "select-k", str(data), "--k", args.k, "--n-init", str(args.n_init),
+               "--tol", str(args.tol), "--max-iter", str(args.max_iter),
+               "--reg-covar", str(args.reg_covar), "--seed", str(args.seed), "-q", "-o", tmp]
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True)
+        return time.perf_counter() - t0
+
+
 def time_sklearn(X: np.ndarray, ks: list[int], args: argparse.Namespace):
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.mixture import GaussianMixture
@@ -137,8 +155,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         runs = [time_sklearn(X, ks, args) for _ in range(args.repeats)]
         s_s, s_k, s_bic = min(runs, key=lambda r: r[0])
+        c_s = min(time_cli(X, args) for _ in range(args.repeats))
         print(f"{name:<32} {e_s:8.2f} {e_k:3d} {n_s:9.2f} {n_k:3d} {s_s:9.2f} {s_k:3d} "
               f"{s_s / e_s:6.2f} {s_s / n_s:11.2f}")
+        print(f"{'':<4}the command `emcli select-k` on the same data as CSV (start-up, reading, "
+              f"writing included): {c_s:.2f} s, ratio {s_s / c_s:.2f}")
         diff = "  ".join(f"{k}:{e_bic[k] - s_bic[k]:+.1f}" for k in ks if k in e_bic)
         print(f"{'':<4}BIC emcli - sklearn per k (negative: emcli found the better fit): {diff}")
     print("ratio = scikit-learn seconds / emcli seconds (above 1: emcli is faster); "
