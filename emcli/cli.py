@@ -123,6 +123,15 @@ IdColumnOpt = Annotated[
         show_default=False,
     ),
 ]
+PredictIdColumnOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--id-column",
+        help="Column passed through to the labels output instead of the row number "
+        "(default: the fit's id column, when the file has it).",
+        show_default=False,
+    ),
+]
 WeightsColumnOpt = Annotated[
     str | None,
     typer.Option(
@@ -815,7 +824,7 @@ def predict_command(
     data: DataArg,
     labels: PredictLabelsOpt = "-",
     probabilities: ProbabilitiesOpt = False,
-    id_column: IdColumnOpt = None,
+    id_column: PredictIdColumnOpt = None,
     format: FormatOpt = None,
     debug: DebugOpt = False,
     quiet: QuietOpt = False,
@@ -832,6 +841,10 @@ def predict_command(
         inputs = io.resolve_inputs(data, format.value if format is not None else None)
         io.check_output_paths([labels], [*inputs, io.InputFile(model, "json")])
         table = io.read_table(inputs)
+        if id_column is None:  # the fit's id column, when the new file has it too
+            stored = loaded.fit.get("id_column")
+            if isinstance(stored, str) and stored in table.table.column_names:
+                id_column = stored
         feats = io.model_features(table, loaded.columns, id_column)
         try:
             resp, log_density = score_rows(loaded.params, feats.X, loaded.columns)

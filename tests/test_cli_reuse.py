@@ -438,3 +438,16 @@ def test_an_id_column_called_label_keeps_ids_and_labels(tmp_path):
     rows = read_text_rows(result.stdout)
     assert [r["label"] for r in rows] == [f"r{i}" for i in range(30)]
     assert [r["_label"] for r in rows] == [r["_label"] for r in fit_rows]
+
+
+def test_predict_reuses_the_fit_id_column_when_the_file_has_it(tmp_path):
+    rng = np.random.default_rng(4)
+    rows = [[f"id{i}", *rng.normal(size=2) + (4 * (i % 2))] for i in range(40)]
+    data = write_csv(tmp_path / "ids.csv", ["key", "x", "y"], rows)
+    invoke(["fit", data, "-k", "2", "-q", "--id-column", "key", "-o", tmp_path])
+    out = read_text_rows(invoke(["predict", tmp_path / "ids.model.json", data]).stdout)
+    assert [r["key"] for r in out] == [f"id{i}" for i in range(40)]
+    # a file without that column falls back to row numbers
+    other = write_csv(tmp_path / "noid.csv", ["x", "y"], [r[1:] for r in rows])
+    out = read_text_rows(invoke(["predict", tmp_path / "ids.model.json", other]).stdout)
+    assert [r["row"] for r in out] == [str(i + 1) for i in range(40)]
