@@ -123,3 +123,12 @@ def test_no_convergence_is_declared_on_an_iteration_that_carried_a_recovery_even
     assert res.converged and not res.history[-1].event
     # the component on the isolated row stays there, at the highest regularisation
     assert np.sort(res.params.weights * len(X))[0] == pytest.approx(1.0, abs=0.05)
+
+
+def test_tied_singular_covariance_is_recovered_with_an_event():
+    rng = np.random.default_rng(8)
+    X = np.column_stack([np.r_[rng.normal(size=60), rng.normal(size=60) + 6], np.full(120, 3.0)])
+    res = fit_mixture(X, n_components=2, covariance_type="tied", reg_covar=0.0, seed=0)
+    assert any("regularisation" in h.event for h in res.history)
+    assert np.all(np.linalg.eigvalsh(res.params.covariances) > 0)
+    assert sorted(np.bincount(res.labels)) == [60, 60]
