@@ -254,15 +254,24 @@ def sweep_observed(S: np.ndarray, O: np.ndarray) -> tuple[np.ndarray, np.ndarray
     ``A_oo = -S_oo^-1``, ``A_mo = S_mo S_oo^-1`` (the regression of missing on
     observed coordinates) and ``A_mm = S_mm - S_mo S_oo^-1 S_om`` (their
     conditional covariance), and ``log det S_oo`` (G, K) from the pivots.
-    d vectorised steps over every (pattern, component) pair at once, instead
-    of one small LAPACK call per pair. Raises LinAlgError on a pivot <= 0.
+
+    Pivots are swept in column order, d vectorised steps over every (pattern,
+    component) pair at once instead of one small LAPACK call per pair; patterns
+    that agree on the columns so far share one state (a trie of prefixes), so
+    step j works on at most ``2^(j+1)`` states however many patterns there are.
+    Raises LinAlgError on a pivot <= 0.
     """
     G, d = O.shape
-    A = np.broadcast_to(S[None], (G, *S.shape)).copy()
-    tmp = np.empty_like(A)
-    log_det = np.zeros((G, S.shape[0]))
+    A = S[None].copy()  # one state: the root of the trie
+    log_det = np.zeros((1, S.shape[0]))
+    node = np.zeros(G, dtype=np.int64)  # each pattern's state so far
     for j in range(d):
-        on = O[:, j, None]  # (G, 1): patterns that observe column j
+        key = node * 2 + O[:, j]
+        uniq, node = np.unique(key, return_inverse=True)
+        node = node.reshape(-1)
+        if uniq.size != A.shape[0] or not np.array_equal(uniq // 2, np.arange(uniq.size)):
+            A, log_det = A[uniq // 2], log_det[uniq // 2]
+        on = (uniq % 2 == 1)[:, None]  # (U, 1): states that observe column j
         if not on.any():
             continue
         piv = A[..., j, j]
@@ -270,13 +279,12 @@ def sweep_observed(S: np.ndarray, O: np.ndarray) -> tuple[np.ndarray, np.ndarray
             raise np.linalg.LinAlgError("a covariance block is not positive definite")
         safe = np.where(on, piv, 1.0)
         col = np.where(on[..., None], A[..., :, j] / safe[..., None], 0.0)  # 0: no-op below
-        np.multiply(col[..., :, None], A[..., j, None, :], out=tmp)
-        A -= tmp
+        A -= col[..., :, None] * A[..., j, None, :]
         A[..., :, j] = np.where(on[..., None], col, A[..., :, j])
         A[..., j, :] = A[..., :, j]
         A[..., j, j] = np.where(on, -1.0 / safe, A[..., j, j])
         log_det += np.where(on, np.log(safe), 0.0)
-    return A, log_det
+    return A[node], log_det[node]
 
 
 def pattern_quad(prep: GenPrepared, O: np.ndarray) -> dict[str, np.ndarray]:
