@@ -11,6 +11,7 @@ import warnings
 
 import numpy as np
 import pytest
+from helpers import blobs, mcar
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.special import logsumexp
@@ -72,27 +73,8 @@ def ref_resp(X, weights, means, covs) -> np.ndarray:
     return out
 
 
-def blobs(n: int, d: int, K: int, seed: int, sep: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(scale=sep, size=(K, d))
-    y = rng.integers(0, K, size=n)
-    X = np.empty((n, d))
-    for k in range(K):
-        A = rng.normal(size=(d, d)) * 0.5 + np.eye(d)
-        rows = y == k
-        X[rows] = centres[k] + rng.normal(size=(rows.sum(), d)) @ A.T
-    return X, y
 
 
-def mcar(X: np.ndarray, frac: float, seed: int, keep_one: bool = True) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    Xm = X.copy()
-    holes = rng.random(X.shape) < frac
-    if keep_one:
-        empty = holes.all(axis=1)
-        holes[empty, rng.integers(0, X.shape[1], size=empty.sum())] = False
-    Xm[holes] = np.nan
-    return Xm
 
 
 def start_params(t: str, X: np.ndarray, K: int, seed: int):

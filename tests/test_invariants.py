@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import blobs, mcar
 
 from emcli import GaussianMixture
 from emcli.fitting import fit_mixture
@@ -11,26 +12,8 @@ from emcli.fitting import fit_mixture
 TYPES = ("full", "diag", "spherical", "tied")
 
 
-def blobs(n: int, d: int, K: int, seed: int, sep: float = 3.0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(scale=sep, size=(K, d))
-    y = rng.integers(0, K, size=n)
-    X = np.empty((n, d))
-    for k in range(K):
-        A = rng.normal(size=(d, d)) * 0.5 + np.eye(d)
-        rows = y == k
-        X[rows] = centres[k] + rng.normal(size=(rows.sum(), d)) @ A.T
-    return X
-
-
-def mcar(X: np.ndarray, frac: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    Xm = X.copy()
-    holes = rng.random(X.shape) < frac
-    empty = holes.all(axis=1)
-    holes[empty, 0] = False
-    Xm[holes] = np.nan
-    return Xm
+def points(n: int, d: int, K: int, seed: int, sep: float = 3.0) -> np.ndarray:
+    return blobs(n, d, K, seed, sep)[0]
 
 
 def start(t: str, X: np.ndarray, K: int, seed: int):
@@ -74,7 +57,7 @@ def close(a, b, tol=1e-10):
 
 @pytest.mark.parametrize("t", TYPES)
 def test_row_permutation(t):
-    X = mcar(blobs(200, 3, 3, seed=1), 0.25, seed=2)
+    X = mcar(points(200, 3, 3, seed=1), 0.25, seed=2)
     w0, m0, c0 = start(t, X, 3, seed=3)
     perm = np.random.default_rng(4).permutation(200)
     a = fit_from(X, t, w0, m0, c0)
@@ -90,7 +73,7 @@ def test_row_permutation(t):
 
 @pytest.mark.parametrize("t", TYPES)
 def test_column_permutation(t):
-    X = mcar(blobs(200, 4, 3, seed=5), 0.25, seed=6)
+    X = mcar(points(200, 4, 3, seed=5), 0.25, seed=6)
     w0, m0, c0 = start(t, X, 3, seed=7)
     q = np.array([2, 0, 3, 1])
     if t == "full":
@@ -117,7 +100,7 @@ def test_column_permutation(t):
 @pytest.mark.parametrize("t", TYPES)
 @pytest.mark.parametrize("reg", [0.0, 1e-3])
 def test_affine_map_of_columns(t, missing, reg):
-    X = blobs(200, 3, 3, seed=8)
+    X = points(200, 3, 3, seed=8)
     if missing:
         X = mcar(X, missing, seed=9)
     w0, m0, c0 = start(t, X, 3, seed=10)
@@ -154,7 +137,7 @@ def test_affine_map_of_columns(t, missing, reg):
 
 @pytest.mark.parametrize("t", ["full", "diag", "tied"])
 def test_standardize_is_invariant_to_column_scaling(t):
-    X = mcar(blobs(300, 3, 3, seed=11), 0.2, seed=12)
+    X = mcar(points(300, 3, 3, seed=11), 0.2, seed=12)
     a_ = np.array([1e-3, 50.0, 2.0])
     b_ = np.array([10.0, -3.0, 1e3])
     kw = {"n_components": 3, "covariance_type": t, "seed": 5, "n_init": 2, "tol": 1e-8,
@@ -181,7 +164,7 @@ def test_standardize_is_invariant_to_column_scaling(t):
 @pytest.mark.parametrize("t", TYPES)
 def test_standardize_reports_original_units(t, weighted):
     """The ll reported with standardize is the ll of the returned params on the raw data."""
-    X = mcar(blobs(200, 3, 2, seed=13), 0.2, seed=14) * np.array([100.0, 1.0, 0.01])
+    X = mcar(points(200, 3, 2, seed=13), 0.2, seed=14) * np.array([100.0, 1.0, 0.01])
     w = np.random.default_rng(15).integers(1, 4, size=200).astype(float) if weighted else None
     r = fit_mixture(X, n_components=2, covariance_type=t, seed=0, tol=1e-6, max_iter=50,
                     standardize=True, sample_weight=w)
@@ -215,7 +198,7 @@ def test_standardize_reports_original_units(t, weighted):
 
 @pytest.mark.parametrize("t", TYPES)
 def test_frequency_weights_equal_repeated_rows(t):
-    X = mcar(blobs(120, 3, 3, seed=15), 0.25, seed=16)
+    X = mcar(points(120, 3, 3, seed=15), 0.25, seed=16)
     reps = np.random.default_rng(17).integers(0, 4, size=120)
     w0, m0, c0 = start(t, X, 3, seed=18)
     a = fit_from(X, t, w0, m0, c0, sample_weight=reps.astype(float))
@@ -230,7 +213,7 @@ def test_frequency_weights_equal_repeated_rows(t):
 
 @pytest.mark.parametrize("t", TYPES)
 def test_chunking_and_threads_do_not_change_the_fit(t):
-    X = mcar(blobs(300, 3, 3, seed=19), 0.25, seed=20)
+    X = mcar(points(300, 3, 3, seed=19), 0.25, seed=20)
     w0, m0, c0 = start(t, X, 3, seed=21)
     a = fit_from(X, t, w0, m0, c0)
     b = fit_from(X, t, w0, m0, c0, chunk_rows=37)
@@ -256,7 +239,7 @@ def _strip(history):
 
 @pytest.mark.parametrize("init", ["kmeans", "kmeans++", "random", "random-from-data"])
 def test_same_seed_same_result(init):
-    X = mcar(blobs(200, 3, 3, seed=22), 0.2, seed=23)
+    X = mcar(points(200, 3, 3, seed=22), 0.2, seed=23)
     kw = {"n_components": 3, "seed": 9, "n_init": 3, "init": init, "max_iter": 30}
     a = fit_mixture(X, **kw)
     b = fit_mixture(X, **kw)
@@ -271,7 +254,7 @@ def test_same_seed_same_result(init):
 def test_restarts_are_reproducible_one_by_one():
     """Restart r draws from its own seed sequence: restart 0 of n_init=3 is the n_init=1 fit,
     and the best restart wins."""
-    X = mcar(blobs(200, 3, 3, seed=24, sep=1.5), 0.2, seed=25)
+    X = mcar(points(200, 3, 3, seed=24, sep=1.5), 0.2, seed=25)
     kw = {"n_components": 3, "seed": 2, "init": "random", "max_iter": 40, "tol": 1e-6}
     one = fit_mixture(X, n_init=1, **kw)
     three = fit_mixture(X, n_init=3, **kw)
@@ -284,7 +267,7 @@ def test_restarts_are_reproducible_one_by_one():
 
 
 def test_different_seeds_differ_and_estimator_is_reproducible():
-    X = mcar(blobs(200, 3, 3, seed=26, sep=1.5), 0.2, seed=27)
+    X = mcar(points(200, 3, 3, seed=26, sep=1.5), 0.2, seed=27)
     g1 = GaussianMixture(3, init_params="random", random_state=1, max_iter=5).fit(X)
     g2 = GaussianMixture(3, init_params="random", random_state=1, max_iter=5).fit(X)
     g3 = GaussianMixture(3, init_params="random", random_state=2, max_iter=5).fit(X)
@@ -297,7 +280,7 @@ def test_different_seeds_differ_and_estimator_is_reproducible():
 
 
 def test_canonical_order_largest_component_first():
-    X = mcar(blobs(300, 3, 3, seed=28), 0.2, seed=29)
+    X = mcar(points(300, 3, 3, seed=28), 0.2, seed=29)
     r = fit_mixture(X, n_components=3, seed=0, max_iter=50)
     assert np.all(np.diff(r.params.weights) <= 0)
     labels = r.labels
@@ -306,8 +289,8 @@ def test_canonical_order_largest_component_first():
 
 
 def test_zero_weight_rows_are_scored_but_not_fitted():
-    X = mcar(blobs(150, 3, 3, seed=30), 0.2, seed=31)
-    extra = mcar(blobs(20, 3, 3, seed=32), 0.2, seed=33)
+    X = mcar(points(150, 3, 3, seed=30), 0.2, seed=31)
+    extra = mcar(points(20, 3, 3, seed=32), 0.2, seed=33)
     w0, m0, c0 = start("full", X, 3, seed=34)
     a = fit_from(X, "full", w0, m0, c0)
     b = fit_from(np.vstack([X, extra]), "full", w0, m0, c0,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import blobs, mcar
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.special import logsumexp
@@ -57,27 +58,8 @@ def ref_mean_ll(X, weights, means, covs) -> float:
     return float(np.mean(logsumexp(lp[ok], axis=1)))
 
 
-def blobs(n: int, d: int, K: int, seed: int, sep: float = 4.0):
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(scale=sep, size=(K, d))
-    y = rng.integers(0, K, size=n)
-    X = np.empty((n, d))
-    for k in range(K):
-        A = rng.normal(size=(d, d)) * 0.5 + np.eye(d)
-        rows = y == k
-        X[rows] = centres[k] + rng.normal(size=(rows.sum(), d)) @ A.T
-    return X, y
 
 
-def mcar(X: np.ndarray, frac: float, seed: int, keep_one: bool = True) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    Xm = X.copy()
-    holes = rng.random(X.shape) < frac
-    if keep_one:
-        empty = holes.all(axis=1)
-        holes[empty, rng.integers(0, X.shape[1], size=empty.sum())] = False
-    Xm[holes] = np.nan
-    return Xm
 
 
 # --------------------------------------------------------------------------

@@ -1,0 +1,33 @@
+"""Data generators shared by the numerical tests."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def blobs(n: int, d: int, K: int, seed: int, sep: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` rows from ``K`` sheared Gaussian clusters with centres ~ N(0, sep^2); rows, labels."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=sep, size=(K, d))
+    y = rng.integers(0, K, size=n)
+    X = np.empty((n, d))
+    for k in range(K):
+        A = rng.normal(size=(d, d)) * 0.5 + np.eye(d)
+        rows = y == k
+        X[rows] = centres[k] + rng.normal(size=(rows.sum(), d)) @ A.T
+    return X, y
+
+
+def mcar(X: np.ndarray, frac: float, seed: int, keep_one: bool = True) -> np.ndarray:
+    """``X`` with a fraction ``frac`` of cells set to NaN completely at random.
+
+    With ``keep_one`` every row keeps at least one observed value.
+    """
+    rng = np.random.default_rng(seed)
+    Xm = X.copy()
+    holes = rng.random(X.shape) < frac
+    if keep_one:
+        empty = holes.all(axis=1)
+        holes[empty, rng.integers(0, X.shape[1], size=empty.sum())] = False
+    Xm[holes] = np.nan
+    return Xm
