@@ -420,14 +420,6 @@ def log_prob_gen(chunk: Chunk, prep: GenPrepared) -> tuple[np.ndarray, dict]:
     return out, cache
 
 
-def conditional_moments_gen(
-    chunk: Chunk, prep: GenPrepared, cache: dict
-) -> list[tuple[Pattern, np.ndarray, np.ndarray]]:
-    """Per pattern: conditional means ``(K, nP, |m|)`` and covariances ``(K, |m|, |m|)``."""
-    out = []
-    for p, _Xo, dev_m, C in cache["patterns"]:
-        out.append((p, prep.means[:, None, p.missing] + dev_m, C))
-    return out
 
 
 # --------------------------------------------------------------------------
