@@ -61,11 +61,11 @@ class Chunk:
 
     X: np.ndarray
     w: np.ndarray
-    keep_designs: bool = True
-    _mask: np.ndarray | None = field(default=None, repr=False)
-    _patterns: list[Pattern] | None = field(default=None, repr=False)
-    _designs: dict = field(default_factory=dict, repr=False)
-    complete: bool = True
+    keep_designs: bool = True  # a streamed source would rebuild them each pass
+    _mask: np.ndarray | None = field(default=None, init=False, repr=False)
+    _patterns: list[Pattern] | None = field(default=None, init=False, repr=False)
+    _designs: dict = field(default_factory=dict, init=False, repr=False)
+    complete: bool = field(init=False)
     X0: np.ndarray = field(init=False, repr=False)
     obs: np.ndarray | None = field(init=False, repr=False)
     n_obs: np.ndarray = field(init=False, repr=False)
