@@ -3,9 +3,11 @@
 One EM loop for every row source. A pass maps ``chunk_statistics`` over the
 source's chunks and adds the results in chunk order (so the answer does not
 depend on threads or workers); the M-step turns the totals into parameters.
-Covariance types are the table ``KINDS`` of small functions.
+Covariance types are small functions picked by type: the E-step pieces live
+in ``gaussian.py`` (full/tied and diag/spherical families), the M-steps in
+``M_STEPS`` here.
 
-Everything here works in "fitting units": the caller (``fit.py``) centres
+Everything here works in "fitting units": the caller (``fitting.py``) centres
 (and optionally scales) the columns first and maps the result back.
 """
 
