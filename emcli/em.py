@@ -169,7 +169,7 @@ def chunk_statistics(
     # candidates for re-seeding collapsed components: the chunk's K worst-explained rows
     keep = min(log_weights.size, lse.size)
     worst = np.argpartition(lse, keep - 1)[:keep]
-    st["worst"] = [(float(lse[i]), chunk.X[i].astype(float)) for i in worst[np.argsort(lse[worst])]]
+    st["worst"] = (lse[worst], chunk.X[worst].astype(float))
     return st
 
 
@@ -193,8 +193,11 @@ def reduce_statistics(parts: Sequence[Stats], n_keep: int) -> Stats:
     total: Stats = {}
     for part in parts:
         for key, value in part.items():
-            if key == "worst":
-                total[key] = sorted(total.get(key, []) + value, key=lambda t: t[0])[:n_keep]
+            if key == "worst":  # (values, rows): keep the n_keep lowest, lowest first
+                if key in total:
+                    value = tuple(np.concatenate(p) for p in zip(total[key], value, strict=True))
+                order = np.argsort(value[0], kind="stable")[:n_keep]
+                total[key] = (value[0][order], value[1][order])
             elif key in total:
                 total[key] = total[key] + value
             else:
@@ -386,7 +389,7 @@ class Recovery:
         weights = N / ctx.sum_w
         events: list[str] = []
         K = params.n_components
-        worst = list(st.get("worst", []))
+        worst = list(zip(*st["worst"], strict=True)) if "worst" in st else []
         tied = t == "tied"
         bad = set(_bad_components(t, cov))
         for k in range(1 if tied else K):
