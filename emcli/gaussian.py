@@ -342,33 +342,42 @@ def quad_deviations(
     mu_o = means[None] if pq is None else pq["mu_o"]
     raw = np.swapaxes(raw, 1, 2)  # (G, K, D)
     iu, ju, _ = vech_weights(d)
-    G = raw.shape[0]
-    raw2 = np.empty((G, K, d, d))
-    raw2[..., iu, ju] = raw[..., : iu.size]
-    raw2[..., ju, iu] = raw[..., : iu.size]
     raw1 = raw[..., iu.size : iu.size + d]
     n = raw[..., -1]
-    d1 = raw1 - n[..., None] * mu_o
-    cross = raw1[..., :, None] * mu_o[..., None, :]
-    d2 = (
-        raw2
-        - cross
-        - np.swapaxes(cross, -1, -2)
-        + n[..., None, None] * (mu_o[..., :, None] * mu_o[..., None, :])
-    )
-    if pq is None:
-        return d1.sum(axis=0), d2.sum(axis=0)
+
+    def scatter(r: np.ndarray) -> np.ndarray:  # vech sums back to symmetric matrices
+        out = np.empty((*r.shape[:-1], d, d))
+        out[..., iu, ju] = r[..., : iu.size]
+        out[..., ju, iu] = r[..., : iu.size]
+        return out
+
+    def outer_sum(u: np.ndarray, v: np.ndarray) -> np.ndarray:  # sum_g u_g v_g^T per k
+        return np.einsum("gka,gkb->kab", u, v)
+
+    if pq is None:  # complete rows: sum w r (x - mu)(x - mu)^T from the raw sums
+        S2 = scatter(raw).sum(axis=0)
+        cross = outer_sum(raw1, mu_o * np.ones_like(raw1))
+        S2 += outer_sum(n[..., None] * mu_o, mu_o * np.ones_like(raw1)) - cross - np.swapaxes(
+            cross, -1, -2
+        )
+        return (raw1 - n[..., None] * mu_o).sum(axis=0), S2
+    # with T the map to the full deviation: T (x0 - mu_o) = T x0 - T mu_o
     T = pq["T"]
-    e = np.einsum("gkab,gkb->gka", T, d1)
+    a = np.einsum("gkab,gkb->gka", T, raw1)  # T sum w r x0
+    b = np.einsum("gkab,gkb->gka", T, mu_o)  # T mu_o
+    e = a - n[..., None] * b  # sum w r (xhat - mu)
     S2 = np.einsum("gk,gkab->kab", n, pq["C"])
     many = ~single if single is not None else np.ones(T.shape[0], dtype=bool)
     if many.any():
         Tm = T[many]
-        S2 += (Tm @ d2[many] @ np.swapaxes(Tm, -1, -2)).sum(axis=0)
+        S2 += (Tm @ scatter(raw[many]) @ np.swapaxes(Tm, -1, -2)).sum(axis=0)
+        am, bm, nm = a[many], b[many], n[many]
+        cross = outer_sum(am, bm)
+        S2 += outer_sum(nm[..., None] * bm, bm) - cross - np.swapaxes(cross, -1, -2)
     if not many.all():
         n1 = n[~many]
         e1 = e[~many] / np.where(n1 > 0, n1, np.inf)[..., None]
-        S2 += np.einsum("gka,gkb->kab", e1, e[~many])
+        S2 += outer_sum(e1, e[~many])
     return e.sum(axis=0), S2
 
 
