@@ -291,24 +291,34 @@ def pattern_quad(prep: GenPrepared, O: np.ndarray) -> dict[str, np.ndarray]:
     """Per pattern and component, everything the quad path needs, batched.
 
     ``O`` is ``(G, d)`` boolean (observed columns of each group). Returns
-    ``coef`` (G, D, K) for the log-density, ``T = I + R`` (G, K, d, d) with
-    ``R`` the regression of missing on observed coordinates, and ``C`` the
-    conditional covariance of the missing block (zero elsewhere).
+    ``coef`` (G, D, K) for the log-density, the swept covariances ``A`` (see
+    ``sweep_observed``), the observed masks and the observed part of the means.
+    ``pattern_moments`` derives the regressions and conditional covariances
+    from ``A`` when a pass needs statistics.
     """
-    K, d = prep.means.shape
+    d = prep.means.shape[1]
     Of = O.astype(float)[:, None]  # (G, 1, d)
-    Mf = 1.0 - Of
     A, log_det = sweep_observed(prep.cov, O)
-    Pt = -A * (Of[..., :, None] * Of[..., None, :])
     mu_o = prep.means[None] * Of  # (G, K, d)
-    Pm = np.einsum("gkab,gkb->gka", Pt, mu_o)
+    Pm = -np.einsum("gkab,gkb->gka", A, mu_o) * Of  # S_oo^-1 mu_o, padded with zeros
     s = Of.sum(axis=-1)  # (G, 1)
     const = -0.5 * (s * LOG_2PI + log_det + np.einsum("gka,gka->gk", Pm, mu_o))
     iu, ju, two = vech_weights(d)
-    coef = np.concatenate([-0.5 * Pt[..., iu, ju] * two, Pm, const[..., None]], axis=-1)
-    R = A * (Mf[..., :, None] * Of[..., None, :])
-    C = A * (Mf[..., :, None] * Mf[..., None, :])
-    return {"coef": np.swapaxes(coef, 1, 2), "T": np.eye(d) + R, "C": C, "mu_o": mu_o}
+    quad = 0.5 * A[..., iu, ju] * (two * Of[..., iu] * Of[..., ju])  # -0.5 vech(S_oo^-1)
+    coef = np.concatenate([quad, Pm, const[..., None]], axis=-1)
+    return {"coef": np.swapaxes(coef, 1, 2), "A": A, "Of": Of, "mu_o": mu_o}
+
+
+def pattern_moments(pq: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """``T = I + R`` (R: regression of missing on observed coordinates) and ``C``.
+
+    ``C`` is the conditional covariance of the missing block, zero elsewhere.
+    """
+    A, Of = pq["A"], pq["Of"]
+    Mf = 1.0 - Of
+    T = A * (Mf[..., :, None] * Of[..., None, :])
+    T += np.eye(A.shape[-1])
+    return T, A * (Mf[..., :, None] * Mf[..., None, :])
 
 
 def quad_statistics(chunk: Chunk, prep: GenPrepared, cache: dict, wr: np.ndarray):
@@ -362,11 +372,11 @@ def quad_deviations(
         )
         return (raw1 - n[..., None] * mu_o).sum(axis=0), S2
     # with T the map to the full deviation: T (x0 - mu_o) = T x0 - T mu_o
-    T = pq["T"]
+    T, C = pattern_moments(pq)
     a = np.einsum("gkab,gkb->gka", T, raw1)  # T sum w r x0
     b = np.einsum("gkab,gkb->gka", T, mu_o)  # T mu_o
     e = a - n[..., None] * b  # sum w r (xhat - mu)
-    S2 = np.einsum("gk,gkab->kab", n, pq["C"])
+    S2 = np.einsum("gk,gkab->kab", n, C)
     many = ~single if single is not None else np.ones(T.shape[0], dtype=bool)
     if many.any():
         Tm = T[many]
