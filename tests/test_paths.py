@@ -132,3 +132,17 @@ def test_tied_singular_covariance_is_recovered_with_an_event():
     assert any("regularisation" in h.event for h in res.history)
     assert np.all(np.linalg.eigvalsh(res.params.covariances) > 0)
     assert sorted(np.bincount(res.labels)) == [60, 60]
+
+
+def test_readme_python_example_runs():
+    """The README's Python block, verbatim, from the repository root."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    block = re.search(r"```python\n(.*?)```", (root / "README.md").read_text(), re.S)
+    assert block is not None
+    code = block.group(1) + "\nassert gm.converged_ and gm.weights_.shape == (3,)\n"
+    subprocess.run([sys.executable, "-c", code], cwd=root, check=True, capture_output=True)
