@@ -259,12 +259,15 @@ def criterion_chart(result: Any, width: int = 80, height: int = 12) -> Any:
                 r = row(y)
                 if grid[r][c] == " ":
                     grid[r][c], style[r][c] = ".", _SERIES_STYLES.get(cov, "")
+    marks = set(_SERIES_MARKS.values())
+    shared = False  # two series on one character: show "*" rather than hide one
     for cov, pts in series.items():
         for i, v in pts:
             r, c = row(v), col(i)
-            grid[r][c], style[r][c] = _SERIES_MARKS.get(cov, "?"), "bold " + _SERIES_STYLES.get(
-                cov, ""
-            )
+            mark = _SERIES_MARKS.get(cov, "?")
+            if grid[r][c] in marks and grid[r][c] != mark:
+                mark, shared = "*", True
+            grid[r][c], style[r][c] = mark, "bold " + _SERIES_STYLES.get(cov, "")
     label_rows = {0: labels[0], (height - 1) // 2: labels[1], height - 1: labels[2]}
     out.append(f"{crit.upper()} against k (lower is better)\n", style="bold")
     for r in range(height):
@@ -289,6 +292,8 @@ def criterion_chart(result: Any, width: int = 80, height: int = 12) -> Any:
         marker = (note + " ^").rjust(at + 1)
     out.append(" " * (lw + 2) + marker + "\n")
     legend = "  ".join(f"{_SERIES_MARKS.get(c, '?')} = {c}" for c in covs)
+    if shared:
+        legend += "  * = several"
     out.append(" " * (lw + 2) + legend)
     return out
 

@@ -345,3 +345,22 @@ def test_table_chart_fit_in_80_columns_and_progress_only_on_terminal():
     quiet = Reporter(quiet=True, console=Console(file=io.StringIO(), force_terminal=True))
     with sweep_progress(quiet, 2) as on_cell:
         assert on_cell is None
+
+
+def test_chart_shows_a_star_where_two_series_meet():
+    from types import SimpleNamespace
+
+    from emcli.model import SweepCell, SweepResult
+    from emcli.render import criterion_chart
+
+    bic = {(1, "full"): 300.0, (2, "full"): 100.0, (1, "diag"): 250.0, (2, "diag"): 100.0}
+    cells = tuple(
+        SweepCell(k, cov, SimpleNamespace(bic=v), 0.0)  # type: ignore[arg-type]
+        for (k, cov), v in bic.items()
+    )
+    result = SweepResult(cells, "bic", best_index=1, k_values=(1, 2))
+    text = criterion_chart(result).plain
+    assert "* = several" in text
+    plot = [line.split("│", 1)[1] for line in text.splitlines() if "│" in line]
+    assert plot[-1].rstrip().endswith("*")  # k=2: both at 100, on the bottom row
+    assert "F" in "".join(plot) and "D" in "".join(plot)
