@@ -31,3 +31,15 @@ def mcar(X: np.ndarray, frac: float, seed: int, keep_one: bool = True) -> np.nda
         holes[empty, rng.integers(0, X.shape[1], size=empty.sum())] = False
     Xm[holes] = np.nan
     return Xm
+
+
+def full_covs(t: str, cov: np.ndarray, K: int, d: int) -> np.ndarray:
+    """(K, d, d) covariances from scikit-learn's per-type shapes."""
+    cov = np.asarray(cov, float)
+    if t == "full":
+        return cov
+    if t == "tied":
+        return np.repeat(cov[None], K, axis=0)
+    if t == "diag":
+        return np.stack([np.diag(c) for c in cov])
+    return np.stack([c * np.eye(d) for c in cov])

@@ -11,7 +11,7 @@ import warnings
 
 import numpy as np
 import pytest
-from helpers import blobs, mcar
+from helpers import blobs, full_covs, mcar
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.special import logsumexp
@@ -29,16 +29,6 @@ TYPES = ("full", "diag", "spherical", "tied")
 # Independent helpers
 
 
-def full_covs(t: str, cov: np.ndarray, K: int, d: int) -> np.ndarray:
-    """(K, d, d) covariances from scikit-learn's per-type shapes."""
-    cov = np.asarray(cov, float)
-    if t == "full":
-        return cov
-    if t == "tied":
-        return np.repeat(cov[None], K, axis=0)
-    if t == "diag":
-        return np.stack([np.diag(c) for c in cov])
-    return np.stack([c * np.eye(d) for c in cov])
 
 
 def ref_log_density(X, weights, means, covs) -> np.ndarray:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import blobs, mcar
+from helpers import blobs, full_covs, mcar
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.special import logsumexp
@@ -18,17 +18,6 @@ from sklearn.metrics import adjusted_rand_score  # noqa: TID251
 
 from emcli import GaussianMixture
 from emcli.fitting import fit_mixture
-
-
-def full_covs(t: str, cov: np.ndarray, K: int, d: int) -> np.ndarray:
-    cov = np.asarray(cov, float)
-    if t == "full":
-        return cov
-    if t == "tied":
-        return np.repeat(cov[None], K, axis=0)
-    if t == "diag":
-        return np.stack([np.diag(c) for c in cov])
-    return np.stack([c * np.eye(d) for c in cov])
 
 
 def ref_component_logpdf(X, means, covs) -> np.ndarray:
