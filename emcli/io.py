@@ -444,6 +444,17 @@ def _is_numeric_type(t: Any) -> bool:
     return bool(pat.is_integer(t) or pat.is_floating(t) or pat.is_decimal(t))
 
 
+def _reject_inf(data: InputTable, name: str, v: np.ndarray) -> None:
+    """One error naming the first infinite cell of column ``name``, if any."""
+    inf = np.flatnonzero(np.isinf(v))
+    if inf.size:
+        i = int(inf[0])
+        raise DataError(
+            f"{data.name}: column {name!r}, {data.where(i)}: value {float(v[i])!r} is infinite; "
+            "replace it with a finite number or leave the cell empty to mark it missing"
+        )
+
+
 def _float_values(col: Any) -> np.ndarray:
     """A float64 column (pyarrow) as numpy with nulls as NaN, read from its buffers.
 
@@ -604,13 +615,7 @@ def select_features(
                 )
             left_out.append(n)
             continue
-        inf = np.flatnonzero(np.isinf(v))
-        if inf.size:
-            i = int(inf[0])
-            raise DataError(
-                f"{data.name}: column {n!r}, {data.where(i)}: value {float(v[i])!r} is infinite; "
-                "replace it with a finite number or leave the cell empty to mark it missing"
-            )
+        _reject_inf(data, n, v)
         if np.isnan(v).all():
             raise DataError(
                 f"{data.name}: column {n!r} is entirely missing (every cell empty); "
@@ -1062,13 +1067,7 @@ def _model_column(data: InputTable, name: str) -> np.ndarray:
         raise DataError(
             f"{data.name}: column {name!r} is not numeric ({v}); the model needs numbers there"
         )
-    inf = np.flatnonzero(np.isinf(v))
-    if inf.size:
-        i = int(inf[0])
-        raise DataError(
-            f"{data.name}: column {name!r}, {data.where(i)}: value {float(v[i])!r} is infinite; "
-            "replace it with a finite number or leave the cell empty to mark it missing"
-        )
+    _reject_inf(data, name, v)
     return v
 
 

@@ -77,3 +77,12 @@ def write_generated_csv(path: Path, X: np.ndarray, *, with_id: bool = True,
 @pytest.fixture
 def gen_csv(tmp_path: Path) -> Path:
     return write_generated_csv(tmp_path / "gen.csv", generated_rows())
+
+
+def one_error_line(stderr: bytes | str) -> str:
+    """The single ``emcli: error:`` line of a failed run, with no traceback."""
+    text = stderr.decode() if isinstance(stderr, bytes) else stderr
+    assert "Traceback" not in text
+    lines = [ln for ln in text.splitlines() if ln.startswith("emcli: error:")]
+    assert len(lines) == 1, text
+    return lines[0]

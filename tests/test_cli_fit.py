@@ -21,6 +21,7 @@ from conftest import (
     SAMPLE_DATA,
     emcli_executable,
     generated_rows,
+    one_error_line,
     popen_emcli,
     run_emcli,
     write_generated_csv,
@@ -70,12 +71,6 @@ def files_in(path: Path) -> list[str]:
     return sorted(p.name for p in path.rglob("*") if p.is_file())
 
 
-def one_error_line(stderr: bytes | str) -> str:
-    text = stderr.decode() if isinstance(stderr, bytes) else stderr
-    assert "Traceback" not in text
-    lines = [ln for ln in text.splitlines() if ln.startswith("emcli: error:")]
-    assert len(lines) == 1, text
-    return lines[0]
 
 
 # ---------------------------------------------------------------- CliRunner: parsing, help

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import generated_rows, run_emcli, write_generated_csv
+from conftest import generated_rows, one_error_line, run_emcli, write_generated_csv
 from typer.testing import CliRunner
 
 from emcli.cli import app
@@ -41,11 +41,6 @@ def floats(rows, name) -> np.ndarray:
     return np.array([float(r[name]) if r[name] != "" else np.nan for r in rows])
 
 
-def one_error_line(stderr: str) -> str:
-    assert "Traceback" not in stderr
-    lines = [ln for ln in stderr.splitlines() if ln.startswith("emcli: error:")]
-    assert len(lines) == 1, stderr
-    return lines[0]
 
 
 def write_csv(path: Path, header: list[str], rows: list[list[object]]) -> Path:

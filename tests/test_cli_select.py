@@ -10,7 +10,8 @@ import math
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import SAMPLE_DATA, generated_rows, run_emcli, write_generated_csv
+from conftest import SAMPLE_DATA, generated_rows, one_error_line, run_emcli, write_generated_csv
+from helpers import full_covs
 from scipy.stats import multivariate_normal
 from typer.testing import CliRunner
 
@@ -32,12 +33,6 @@ def parse_csv_text(text: str) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(text)))
 
 
-def one_error_line(stderr: bytes | str) -> str:
-    text = stderr.decode() if isinstance(stderr, bytes) else stderr
-    assert "Traceback" not in text
-    lines = [ln for ln in text.splitlines() if ln.startswith("emcli: error:")]
-    assert len(lines) == 1, text
-    return lines[0]
 
 
 def numeric_cells(path, columns) -> np.ndarray:
@@ -55,24 +50,16 @@ def n_params(cov: str, k: int, d: int) -> int:
     return k - 1 + k * d + per[cov]
 
 
-def full_covariances(model: dict) -> np.ndarray:
-    K, d = len(model["weights"]), len(model["columns"])
-    c = np.asarray(model["covariances"], dtype=float)
-    t = model["covariance_type"]
-    if t == "full":
-        return c
-    if t == "tied":
-        return np.repeat(c[None], K, axis=0)
-    if t == "diag":
-        return np.stack([np.diag(v) for v in c])
-    return np.stack([v * np.eye(d) for v in c])
 
 
 def reference_scores(model: dict, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-row log-density over observed columns, posteriors and the rows used (scipy)."""
     w = np.asarray(model["weights"])
     mu = np.asarray(model["means"])
-    cov = full_covariances(model)
+    cov = full_covs(
+        model["covariance_type"], model["covariances"], len(model["weights"]),
+        len(model["columns"]),
+    )
     used = ~np.isnan(X).all(axis=1)
     logp = np.full((len(X), len(w)), np.nan)
     for i in np.flatnonzero(used):
