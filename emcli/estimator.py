@@ -132,10 +132,7 @@ class GaussianMixture:
         self.lower_bound_ = result.mean_log_likelihood
         self.history_ = result.history
         self.n_features_in_ = p.n_features
-        if p.covariance_type in ("full", "tied"):
-            self.precisions_ = np.linalg.inv(p.covariances)
-        else:
-            self.precisions_ = 1.0 / p.covariances
+        self.precisions_ = p.model.precisions(np.asarray(p.covariances, float))
 
     def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None) -> np.ndarray:
         return self.fit(X, sample_weight=sample_weight).result_.labels

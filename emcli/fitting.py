@@ -7,17 +7,21 @@ no I/O and prints nothing. Progress leaves through ``callback``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
-from .em import Context, InMemorySource, RowSource, posterior, run_em
+from .covariance import COVARIANCE_TYPES, Context, get_model
+from .criteria import criteria
+from .em import _normalise, posterior, run_em
 from .errors import DataError, FitError, UsageError
-from .gaussian import n_parameters, quad_width
+from .gaussian import Chunk, log_prob_gen, prepare_gen
 from .init import canonical_init, initial_responsibilities, params_from_responsibilities
-from .model import COVARIANCE_TYPES, FitResult, GMMParams, IterationRecord
-from .selection import criteria
+from .model import FitResult, GMMParams, IterationRecord
+from .sources import InMemorySource, MapFn, RowSource
 
 # Squares of deviations must stay finite (and far from overflow) in float64.
 MAX_SPREAD = 1e150
@@ -107,36 +111,13 @@ def _weighted_moments(X: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def _to_fitting_units(params: GMMParams, c: np.ndarray, s: np.ndarray) -> GMMParams:
-    means = (params.means - c) / s
-    t = params.covariance_type
-    cov = np.asarray(params.covariances, float)
-    if t == "full":
-        cov = cov / np.outer(s, s)[None]
-    elif t == "tied":
-        cov = cov / np.outer(s, s)
-    elif t == "diag":
-        cov = cov / s**2
-    else:
-        cov = cov / float(np.mean(s**2))
-    return GMMParams(t, params.weights, means, cov)
+    cov = params.model.scaled(np.asarray(params.covariances, float), s)
+    return params.replace(means=(params.means - c) / s, covariances=cov)
 
 
 def _to_original_units(params: GMMParams, c: np.ndarray, s: np.ndarray) -> GMMParams:
-    means = params.means * s + c
-    t = params.covariance_type
-    cov = np.asarray(params.covariances, float)
-    if t == "full":
-        cov = cov * np.outer(s, s)[None]
-    elif t == "tied":
-        cov = cov * np.outer(s, s)
-    elif t == "diag":
-        cov = cov * s**2
-    elif np.all(s == s[0]):
-        cov = cov * s[0] ** 2
-    else:
-        # spherical in z-scores is diagonal in original units
-        return GMMParams("diag", params.weights, means, cov[:, None] * s**2)
-    return GMMParams(t, params.weights, means, cov)
+    model, cov = params.model.unscaled(np.asarray(params.covariances, float), s)
+    return GMMParams(model.name, params.weights, params.means * s + c, cov)
 
 
 def canonical_order(params: GMMParams) -> np.ndarray:
@@ -146,15 +127,18 @@ def canonical_order(params: GMMParams) -> np.ndarray:
 
 
 def permute(params: GMMParams, order: np.ndarray) -> GMMParams:
-    cov = params.covariances if params.covariance_type == "tied" else params.covariances[order]
-    return GMMParams(params.covariance_type, params.weights[order], params.means[order], cov)
+    cov = params.model.permute(params.covariances, order)
+    return params.replace(weights=params.weights[order], means=params.means[order], covariances=cov)
 
 
-def precisions_to_covariances(covariance_type: str, precisions: Any) -> np.ndarray:
-    p = np.asarray(precisions, dtype=float)
-    if covariance_type in ("full", "tied"):
-        return np.linalg.inv(p)
-    return 1.0 / p
+@contextmanager
+def row_threads(n_threads: int) -> Iterator[MapFn]:
+    """The ``map`` that passes use: the builtin, or a pool of ``n_threads`` threads."""
+    if n_threads <= 1:
+        yield map
+        return
+    with ThreadPoolExecutor(n_threads) as pool:
+        yield pool.map
 
 
 def restart_rng(seed: int, K: int, covariance_index: int, restart: int) -> np.random.Generator:
@@ -184,10 +168,7 @@ def fit_mixture(
     callback: Callable[[IterationRecord], None] | None = None,
 ) -> FitResult:
     """Fit a Gaussian mixture by EM, integrating missing values (NaN) out exactly."""
-    if covariance_type not in COVARIANCE_TYPES:
-        raise UsageError(
-            f"unknown covariance type {covariance_type!r}; use one of {', '.join(COVARIANCE_TYPES)}"
-        )
+    model = get_model(covariance_type)
     K = int(n_components)
     if K < 1:
         raise UsageError(f"the number of components must be at least 1, got {K}")
@@ -227,7 +208,7 @@ def fit_mixture(
         if wide.size:
             raise DataError(
                 f"column {_name(int(wide[0]), column_names)} is too spread out for float32 "
-                "arithmetic; use --dtype float64 or --standardize"
+                "arithmetic; use dtype='float64' or standardize=True"
             )
     Z = np.subtract(Xu, centre, dtype=np_dtype)  # one copy, in the working precision
     if standardize:
@@ -235,13 +216,11 @@ def fit_mixture(
     col_var = var / scale**2
     col_var = np.where(col_var > 0, col_var, 1.0)
     if chunk_rows is None:
-        width = max(K * d, quad_width(d) if covariance_type in ("full", "tied") else 3 * d)
+        width = max(K * d, model.row_width(d))
         chunk_rows = int(np.clip(DEFAULT_CHUNK_BYTES // (8 * width), 256, 65536))
-    if covariance_type in ("diag", "spherical"):
-        # their passes are a few thin GEMMs per chunk, bound by memory, not
-        # arithmetic: measured, a second thread only adds overhead
+    if not model.parallel_rows:
         n_threads = 1
-    source: RowSource = InMemorySource(Z, wu, chunk_rows, n_threads)
+    source: RowSource = InMemorySource(Z, wu, chunk_rows)
     ctx = Context(float(wu.sum()), float(wu.mean()), col_var, float(reg_covar))
 
     user = _user_start(
@@ -252,54 +231,55 @@ def fit_mixture(
     best_restart = -1
     history: list[IterationRecord] = []
     errors: list[str] = []
-    for r in range(int(n_init)):
-        rng = restart_rng(int(seed), K, cov_index, r)
-        try:
-            start = _start_params(Z, wu, K, covariance_type, init, rng, user, col_var, reg_covar)
-            run = run_em(
-                source,
-                start,
-                ctx,
-                tol=tol,
-                max_iter=int(max_iter),
-                restart=r,
-                dtype=np_dtype,
-                callback=callback,
-            )
-        except FitError as exc:
-            errors.append(str(exc))
-            history.append(
-                IterationRecord(
-                    r, 0, float("nan"), float("nan"), float("nan"), 0.0, f"restart failed: {exc}"
+    with row_threads(n_threads) as pmap:
+        for r in range(int(n_init)):
+            rng = restart_rng(int(seed), K, cov_index, r)
+            try:
+                start = _start_params(
+                    Z, wu, K, covariance_type, init, rng, user, col_var, reg_covar
                 )
+                run = run_em(
+                    source,
+                    start,
+                    ctx,
+                    tol=tol,
+                    max_iter=int(max_iter),
+                    restart=r,
+                    dtype=np_dtype,
+                    callback=callback,
+                    map=pmap,
+                )
+            except FitError as exc:
+                errors.append(str(exc))
+                nan = float("nan")
+                history.append(IterationRecord(r, 0, nan, nan, nan, 0.0, f"restart failed: {exc}"))
+                continue
+            history.extend(run.history)
+            if best is None or run.log_likelihood > best.log_likelihood:
+                best, best_restart = run, r
+        if best is None:
+            raise FitError(f"every restart failed: {errors[-1]}")
+
+        params = best.params
+        order = canonical_order(_to_original_units(params, centre, scale))
+        params = permute(params, order)
+        resp_u, lse_u = posterior(source, params, np_dtype, pmap)
+
+        # rows with nothing observed (or zero weight) rejoin with the outputs
+        log_s = np.log(scale)
+        row_offset = -((~np.isnan(X)) @ log_s)
+        resp = np.tile(params.weights, (n, 1))
+        log_density = np.full(n, np.nan)
+        resp[fit_rows] = resp_u
+        log_density[fit_rows] = lse_u + row_offset[fit_rows]
+        zero_w = usable & ~fit_rows
+        if zero_w.any():
+            other = InMemorySource(
+                ((X[zero_w] - centre) / scale).astype(np_dtype), w[zero_w], chunk_rows
             )
-            continue
-        history.extend(run.history)
-        if best is None or run.log_likelihood > best.log_likelihood:
-            best, best_restart = run, r
-    if best is None:
-        raise FitError(f"every restart failed: {errors[-1]}")
-
-    params = best.params
-    order = canonical_order(_to_original_units(params, centre, scale))
-    params = permute(params, order)
-    resp_u, lse_u = posterior(source, params, np_dtype)
-
-    # rows with nothing observed (or zero weight) rejoin with the outputs
-    log_s = np.log(scale)
-    row_offset = -((~np.isnan(X)) @ log_s)
-    resp = np.tile(params.weights, (n, 1))
-    log_density = np.full(n, np.nan)
-    resp[fit_rows] = resp_u
-    log_density[fit_rows] = lse_u + row_offset[fit_rows]
-    zero_w = usable & ~fit_rows
-    if zero_w.any():
-        other = InMemorySource(
-            ((X[zero_w] - centre) / scale).astype(np_dtype), w[zero_w], chunk_rows
-        )
-        r0, l0 = posterior(other, params, np_dtype)
-        resp[zero_w] = r0
-        log_density[zero_w] = l0 + row_offset[zero_w]
+            r0, l0 = posterior(other, params, np_dtype, pmap)
+            resp[zero_w] = r0
+            log_density[zero_w] = l0 + row_offset[zero_w]
 
     offset = float(wu @ row_offset[fit_rows])
     # the E-step at the returned parameters already summed ll; the final pass
@@ -318,7 +298,7 @@ def fit_mixture(
         )
         for h in history
     ]
-    p = n_parameters(covariance_type, K, d)
+    p = model.n_params(K, d)
     crit = criteria(ll, p, sum_w, resp_u, wu)
     return FitResult(
         params=_to_original_units(params, centre, scale),
@@ -373,28 +353,18 @@ def _user_start(means_init, weights_init, precisions_init, t, K, d, centre, scal
         out["weights"] = wi
     if precisions_init is not None:
         prec = np.asarray(precisions_init, dtype=float)
-        shape = {"full": (K, d, d), "tied": (d, d), "diag": (K, d), "spherical": (K,)}[t]
+        model = get_model(t)
+        shape = model.shape(K, d)
         if prec.shape != shape:
             raise DataError(
                 f"initial precisions for {t!r} must have shape {shape}, got {prec.shape}"
             )
-        ok = np.all(np.isfinite(prec))
-        if ok and t in ("full", "tied"):
-            mats = prec.reshape(-1, d, d)
-            ok = bool(np.allclose(mats, np.swapaxes(mats, 1, 2)))
-            ok = ok and all(np.all(np.linalg.eigvalsh(m) > 0) for m in mats)
-        elif ok:
-            ok = bool(np.all(prec > 0))
-        if not ok:
+        if not np.all(np.isfinite(prec)) or model.problem(prec) is not None:
             raise DataError(
                 "initial precisions must be finite and symmetric positive definite; "
                 "check precisions_init"
             )
-        cov = precisions_to_covariances(t, prec)
-        tmp = _to_fitting_units(
-            GMMParams(t, np.ones(K) / K, np.zeros((K, d)), cov), np.zeros(d), scale
-        )
-        out["covariances"] = tmp.covariances
+        out["covariances"] = model.scaled(model.from_precisions(prec), scale)
     return out
 
 
@@ -417,10 +387,7 @@ def _start_params(Z, w, K, t, init, rng, user, col_var, reg_covar) -> GMMParams:
 def _centred_source(params: GMMParams, X: np.ndarray, dtype: Any = np.float64):
     """Rows and parameters shifted by the mixture mean, for accurate log-densities."""
     c = params.weights @ params.means
-    shifted = GMMParams(
-        params.covariance_type, params.weights, params.means - c, params.covariances
-    )
-    return shifted, (X - c).astype(dtype)
+    return params.replace(means=params.means - c), (X - c).astype(dtype)
 
 
 def score_rows(params: GMMParams, X: Any, column_names: Sequence[str] | None = None):
@@ -475,9 +442,6 @@ def impute_rows(params: GMMParams, X: Any) -> tuple[np.ndarray, np.ndarray]:
     Observed cells are returned unchanged (bit for bit) with variance 0; rows
     with nothing observed get the mixture mean and the mixture variance.
     """
-    from .em import _normalise
-    from .gaussian import Chunk, log_prob_gen, prepare_gen
-
     X = np.asarray(X, dtype=float)
     if X.ndim != 2 or X.shape[1] != params.n_features:
         raise DataError(

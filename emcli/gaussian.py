@@ -6,7 +6,8 @@ factors, whitening matrices) and computes, for a chunk, the log-density of
 every row under every component using only that row's observed columns.
 What the E-step computed on the way (whitened residuals, conditional means
 and covariances of the missing coordinates) is kept in a cache that the
-sufficient-statistics pass in ``em.py`` consumes, so nothing is done twice.
+sufficient-statistics pass in ``em.py`` consumes, so nothing is done twice
+(docs/e-step.md).
 
 Full and tied covariances group incomplete rows by missingness pattern;
 complete rows take a fast path with one GEMM for all components. Diagonal and
@@ -23,18 +24,6 @@ import numpy as np
 from scipy.linalg import solve_triangular
 
 LOG_2PI = float(np.log(2.0 * np.pi))
-
-
-def n_parameters(covariance_type: str, n_components: int, n_features: int) -> int:
-    """Free parameters of a mixture (em.md section 6)."""
-    K, d = n_components, n_features
-    cov = {
-        "full": K * d * (d + 1) // 2,
-        "diag": K * d,
-        "spherical": K,
-        "tied": d * (d + 1) // 2,
-    }[covariance_type]
-    return int((K - 1) + K * d + cov)
 
 
 @dataclass
@@ -488,7 +477,7 @@ def log_prob_mask(chunk: Chunk, prep: MaskPrepared) -> tuple[np.ndarray, dict]:
 
 def mask_statistics(
     chunk: Chunk, prep: MaskPrepared, cache: dict, wr: np.ndarray
-) -> dict[str, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``sum w r o``, ``sum w r o (x - mu)`` and ``sum w r o (x - mu)^2`` per component and column.
 
     Around the current means, so the M-step's ``S2/N - (S1/N)^2`` keeps its digits.
@@ -500,7 +489,7 @@ def mask_statistics(
         So = np.broadcast_to(T[:, 2 * d :], (K, d)).copy()
         Sx, Sx2 = T[:, d : 2 * d], T[:, :d]
         mu = prep.means
-        return {"So": So, "Sx": Sx - mu * So, "Sx2": Sx2 - 2.0 * mu * Sx + mu**2 * So}
+        return So, Sx - mu * So, Sx2 - 2.0 * mu * Sx + mu**2 * So
     obs = np.ones_like(chunk.X0) if chunk.obs is None else chunk.obs
     So = wr.T @ obs
     Sx, Sx2 = np.empty((K, d)), np.empty((K, d))
@@ -508,4 +497,4 @@ def mask_statistics(
         dev = (chunk.X0 - prep.means[k]) * obs
         Sx[k] = wr[:, k] @ dev
         Sx2[k] = wr[:, k] @ (dev * dev)
-    return {"So": So, "Sx": Sx, "Sx2": Sx2}
+    return So, Sx, Sx2

@@ -19,7 +19,7 @@ on those groups. Rows outside the sample are assigned to the cluster with the
 highest Gaussian density under the merged clusters' (regularised) means and
 covariances.
 
-Distances use column-mean-filled data, as every start does (em.md section 5).
+Distances use column-mean-filled data, as every start does (docs/starts.md).
 """
 
 from __future__ import annotations
@@ -27,13 +27,20 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-from scipy.cluster.hierarchy import linkage
-
-from .init import mean_filled
 
 MAX_ROWS = 2000
 WARD_CLUSTERS = 200
 ALPHA = 1.0
+
+
+def mean_filled(X: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``X`` with each missing cell replaced by its column's weighted observed mean."""
+    obs = ~np.isnan(X)
+    if obs.all():
+        return X
+    X0 = np.where(obs, X, 0.0)
+    col_mean = (w @ X0) / np.maximum(w @ obs, 1e-300)
+    return np.where(obs, X, col_mean)
 
 
 def svd_scale(Xf: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -63,6 +70,9 @@ def _ward_groups(Z: np.ndarray, m: int) -> np.ndarray:
     n = Z.shape[0]
     if m >= n:
         return np.arange(n)
+    # scipy.cluster costs ~65 ms to import: only hc starts pay for it
+    from scipy.cluster.hierarchy import linkage
+
     L = linkage(Z, method="ward")
     parent = np.arange(2 * n - 1)
 

@@ -1,6 +1,7 @@
 """Starting points for EM: a partition (or responsibilities), then one M-step.
 
-Distances here use column-mean-filled data; EM itself never fills anything.
+Distances here use column-mean-filled data; EM itself never fills anything
+(docs/starts.md).
 Every method takes an ``np.random.Generator`` and nothing global.
 """
 
@@ -8,7 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .covariance import get_model
 from .errors import UsageError
+from .hc import hc_labels, mean_filled
 from .model import GMMParams
 
 KMEANS_SAMPLE = 100_000
@@ -23,16 +26,6 @@ def canonical_init(name: str) -> str:
             f"unknown init {name!r}; use one of {', '.join(INIT_METHODS)} or a file of means"
         )
     return name
-
-
-def mean_filled(X: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """``X`` with each missing cell replaced by its column's weighted observed mean."""
-    obs = ~np.isnan(X)
-    if obs.all():
-        return X
-    X0 = np.where(obs, X, 0.0)
-    col_mean = (w @ X0) / np.maximum(w @ obs, 1e-300)
-    return np.where(obs, X, col_mean)
 
 
 def _sq_dist(Xf: np.ndarray, C: np.ndarray) -> np.ndarray:
@@ -111,8 +104,6 @@ def initial_responsibilities(
         pool = complete if complete.size >= K else np.arange(n)
         return nearest(Xf, Xf[rng.choice(pool, size=K, replace=False)])
     if method == "hc":
-        from .hc import hc_labels
-
         return hard(hc_labels(X, w, K, rng), K)
     sample = np.arange(n)
     if n > KMEANS_SAMPLE:
@@ -136,8 +127,6 @@ def params_from_responsibilities(
     Means come from each component's observed entries; covariances from the
     rows with their gaps filled by that component's mean.
     """
-    n, d = X.shape
-    K = resp.shape[1]
     obs = ~np.isnan(X)
     X0 = np.where(obs, X, 0.0)
     wr = resp * w[:, None]
@@ -145,21 +134,6 @@ def params_from_responsibilities(
     So = wr.T @ obs
     fallback = (w @ X0) / np.maximum(w @ obs, 1e-300)
     means = np.where(So > 0, (wr.T @ X0) / np.where(So > 0, So, 1.0), fallback)
-    reg = reg_covar * col_var
-    if covariance_type in ("diag", "spherical"):
-        dev2 = np.stack([wr[:, k] @ (obs * (X0 - means[k]) ** 2) for k in range(K)])
-        if covariance_type == "diag":
-            var = np.where(So > 0, dev2 / np.where(So > 0, So, 1.0), col_var) + reg
-            cov = var
-        else:
-            cov = dev2.sum(1) / np.maximum(So.sum(1), 1e-300) + reg.mean()
-    else:
-        covs = np.empty((K, d, d))
-        for k in range(K):
-            F = np.where(obs, X, means[k]) - means[k]
-            covs[k] = (F * wr[:, k, None]).T @ F
-        if covariance_type == "tied":
-            cov = covs.sum(axis=0) / w.sum() + np.diag(reg)
-        else:
-            cov = covs / N[:, None, None] + np.diag(reg)[None]
+    model = get_model(covariance_type)
+    cov = model.start(X, obs, wr, w, means, N, So, col_var, reg_covar)
     return GMMParams(covariance_type, N / N.sum(), means, cov)

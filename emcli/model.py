@@ -6,11 +6,16 @@ files, command line) reads the same objects.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
-COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
+from .covariance import COVARIANCE_TYPES, CovarianceModel, get_model
+
+__all__ = [
+    "COVARIANCE_TYPES", "FitResult", "GMMParams", "IterationRecord", "SweepCell", "SweepResult",
+]
 
 
 @dataclass(frozen=True)
@@ -34,17 +39,17 @@ class GMMParams:
     def n_features(self) -> int:
         return int(self.means.shape[1])
 
+    @property
+    def model(self) -> CovarianceModel:
+        return get_model(self.covariance_type)
+
     def full_covariances(self) -> np.ndarray:
         """Every component's covariance as a ``(K, d, d)`` array."""
         K, d = self.means.shape
-        c = np.asarray(self.covariances, dtype=float)
-        if self.covariance_type == "full":
-            return c.copy()
-        if self.covariance_type == "tied":
-            return np.broadcast_to(c, (K, d, d)).copy()
-        if self.covariance_type == "diag":
-            return np.einsum("kj,ij->kij", c, np.eye(d))
-        return c[:, None, None] * np.eye(d)[None]
+        return self.model.to_full(np.asarray(self.covariances, dtype=float), K, d)
+
+    def replace(self, **changes: Any) -> GMMParams:
+        return replace(self, **changes)
 
 
 @dataclass(frozen=True)

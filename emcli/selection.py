@@ -1,4 +1,4 @@
-"""Model-selection criteria (lower is better) and the k × covariance sweep."""
+"""The k × covariance sweep: fit every cell, rank by a criterion (docs/criteria.md)."""
 
 from __future__ import annotations
 
@@ -11,32 +11,15 @@ from typing import Any
 
 import numpy as np
 
+from .covariance import COVARIANCE_TYPES, get_model
+from .criteria import CRITERIA
 from .errors import DataError, FitError, UsageError
+from .fitting import check_data, fit_mixture
 from .init import canonical_init
-from .model import COVARIANCE_TYPES, FitResult, SweepCell, SweepResult
-
-
-def criteria(
-    log_likelihood: float, n_params: int, n: float, resp: np.ndarray, w: np.ndarray
-) -> dict[str, float]:
-    """BIC, AIC and mclust's hard-assignment ICL (em.md section 6).
-
-    ``n`` is the sum of weights over rows with at least one observed value;
-    ``resp`` and ``w`` cover those rows only.
-    """
-    bic = -2.0 * log_likelihood + n_params * np.log(n)
-    aic = -2.0 * log_likelihood + 2.0 * n_params
-    with np.errstate(divide="ignore"):
-        log_best = np.log(resp.max(axis=1)) if resp.size else np.zeros(0)
-    icl = bic - 2.0 * float(w @ log_best)
-    return {"bic": float(bic), "aic": float(aic), "icl": float(icl)}
-
+from .model import FitResult, SweepCell, SweepResult
 
 # --------------------------------------------------------------------------
 # Parsing the sweep's ranges (shared by the command line and the Python API)
-
-CRITERIA = ("bic", "aic", "icl")
-
 
 def parse_k(spec: str) -> list[int]:
     """Numbers of components from ``"1:9"`` (inclusive), ``"1:9:2"``, ``"2,4,8"`` or a mix.
@@ -125,8 +108,6 @@ def fit_cell(
     the ``hc`` start (one restart: it is deterministic below ``hc.MAX_ROWS``
     rows) and the higher log-likelihood is kept.
     """
-    from .fitting import fit_mixture  # fitting imports this module
-
     t0 = time.perf_counter()
     inits = [init]
     if try_hc and init == "kmeans" and k > 1:
@@ -167,12 +148,12 @@ SWEEP_TOL = 1e-5
 
 
 def _degenerate_component(res: FitResult) -> str:
-    """A reason when a component holds less than two rows' weight (em.md: collapsed).
+    """A reason when a component holds less than two rows' weight (docs/criteria.md §5).
 
     Such a fit's likelihood rests on regularisation, not data, so it must not
     win a selection (mclust reports no BIC for it).
     """
-    if res.params.covariance_type == "tied" or res.params.n_components < 2:
+    if not res.params.model.per_component or res.params.n_components < 2:
         return ""
     rows = res.n_rows - res.n_empty_rows
     mean_w = res.n / max(rows, 1)
@@ -234,8 +215,6 @@ def sweep(
     and ``n_threads`` are passed to each fit (row-chunk threads only with
     ``jobs=1``).
     """
-    from .fitting import check_data  # fitting imports this module
-
     criterion = str(criterion).lower()
     if criterion not in CRITERIA:
         raise UsageError(f"unknown criterion {criterion!r}; use one of {', '.join(CRITERIA)}")
@@ -248,10 +227,7 @@ def sweep(
     if not covs:
         raise UsageError("no covariance type to try; give e.g. full or all")
     for c in covs:
-        if c not in COVARIANCE_TYPES:
-            raise UsageError(
-                f"unknown covariance type {c!r}; use one of {', '.join(COVARIANCE_TYPES)}"
-            )
+        get_model(c)
     jobs = int(jobs)
     if jobs < 1:
         raise UsageError(f"jobs must be at least 1, got {jobs}")
