@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .errors import DataError, ModelFileError, UsageError
-from .model import COVARIANCE_TYPES, FitResult, GMMParams, SweepResult
+from emcli import __version__
+from emcli.errors import DataError, ModelFileError, UsageError
+from emcli.model import COVARIANCE_TYPES, FitResult, GMMParams, SweepResult
 
 INPUT_FORMATS = ("csv", "tsv", "parquet")
 OUTPUT_FORMATS = ("csv", "tsv", "parquet", "json", "jsonl")
