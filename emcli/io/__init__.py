@@ -12,28 +12,30 @@ Row numbers in messages and in the labels' ``row`` column count data rows from
 
 from __future__ import annotations
 
-from .readers import (
-    INPUT_FORMATS,
+from .modelfile import (
     MODEL_FIELDS,
     MODEL_FORMAT,
     MODEL_FORMAT_VERSION,
     MODEL_MAX_BYTES,
     MODEL_MAX_FIT_VALUES,
+    LoadedModel,
+    dumps_model,
+    load_model,
+    model_document,
+)
+from .readers import (
+    INPUT_FORMATS,
     NA_TOKENS,
     OUTPUT_FORMATS,
     AtomicOutputs,
     Features,
     InputFile,
     InputTable,
-    LoadedModel,
     check_output_paths,
     convergence_columns,
-    dumps_model,
     imputed_columns,
     input_stem,
     labels_columns,
-    load_model,
-    model_document,
     model_features,
     observed_counts,
     output_format,
