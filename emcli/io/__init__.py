@@ -23,15 +23,18 @@ from .modelfile import (
     load_model,
     model_document,
 )
+from .outputs import (
+    AtomicOutputs,
+    check_output_paths,
+    same_file,
+)
 from .readers import (
     INPUT_FORMATS,
     NA_TOKENS,
     OUTPUT_FORMATS,
-    AtomicOutputs,
     Features,
     InputFile,
     InputTable,
-    check_output_paths,
     convergence_columns,
     imputed_columns,
     input_stem,
@@ -43,7 +46,6 @@ from .readers import (
     read_table,
     render_table,
     resolve_inputs,
-    same_file,
     sample_columns,
     scores_columns,
     select_features,
