@@ -31,24 +31,26 @@ from .outputs import (
 from .readers import (
     INPUT_FORMATS,
     NA_TOKENS,
-    OUTPUT_FORMATS,
     Features,
     InputFile,
     InputTable,
-    convergence_columns,
-    imputed_columns,
     input_stem,
-    labels_columns,
     model_features,
     observed_counts,
-    output_format,
     read_means,
     read_table,
-    render_table,
     resolve_inputs,
+    select_features,
+)
+from .writers import (
+    OUTPUT_FORMATS,
+    convergence_columns,
+    imputed_columns,
+    labels_columns,
+    output_format,
+    render_table,
     sample_columns,
     scores_columns,
-    select_features,
     sweep_columns,
 )
 
