@@ -12,6 +12,13 @@ Row numbers in messages and in the labels' ``row`` column count data rows from
 
 from __future__ import annotations
 
+from .features import (
+    Features,
+    model_features,
+    observed_counts,
+    read_means,
+    select_features,
+)
 from .modelfile import (
     MODEL_FIELDS,
     MODEL_FORMAT,
@@ -31,16 +38,11 @@ from .outputs import (
 from .readers import (
     INPUT_FORMATS,
     NA_TOKENS,
-    Features,
     InputFile,
     InputTable,
     input_stem,
-    model_features,
-    observed_counts,
-    read_means,
     read_table,
     resolve_inputs,
-    select_features,
 )
 from .writers import (
     OUTPUT_FORMATS,
