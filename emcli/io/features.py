@@ -1,0 +1,341 @@
+"""Feature columns: the table's columns a fit uses, or a model needs, as floats.
+
+``select_features`` applies ``--columns``, ``--exclude`` and the id and weights
+columns; ``model_features`` matches a model's columns by name for predict;
+``read_means`` reads initial means from a file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from emcli.errors import DataError, UsageError
+
+from .modelfile import _reject_constant
+from .readers import NA_TOKENS, InputTable
+
+
+@dataclass
+class Features:
+    """Feature matrix and the columns that travel beside it."""
+
+    X: np.ndarray
+    columns: list[str]
+    ids: list[Any] | None
+    id_name: str | None
+    weights: np.ndarray | None
+    notices: list[str] = field(default_factory=list)
+
+
+def _parse_text_numbers(values: list[Any]) -> tuple[np.ndarray, int, list[int]]:
+    """Floats of text cells (NA tokens → NaN): (array, cells not missing, bad row indices)."""
+    out = np.full(len(values), np.nan)
+    present = 0
+    bad: list[int] = []
+    for i, v in enumerate(values):
+        if v is None or v in NA_TOKENS:
+            continue
+        present += 1
+        s = v.strip()
+        try:
+            if "_" in s:
+                raise ValueError(s)
+            out[i] = float(s)
+        except ValueError:
+            bad.append(i)
+    return out, present, bad
+
+
+def _is_numeric_type(t: Any) -> bool:
+    import pyarrow.types as pat
+
+    return bool(pat.is_integer(t) or pat.is_floating(t) or pat.is_decimal(t))
+
+
+def _reject_inf(data: InputTable, name: str, v: np.ndarray) -> None:
+    """One error naming the first infinite cell of column ``name``, if any."""
+    inf = np.flatnonzero(np.isinf(v))
+    if inf.size:
+        i = int(inf[0])
+        raise DataError(
+            f"{data.name}: column {name!r}, {data.where(i)}: value {float(v[i])!r} is infinite; "
+            "replace it with a finite number or leave the cell empty to mark it missing"
+        )
+
+
+def _float_values(col: Any) -> np.ndarray:
+    """A float64 column (pyarrow) as numpy with nulls as NaN, read from its buffers.
+
+    pyarrow's own ``to_numpy``/``fill_null`` paths import pandas (0.2 s), which a
+    small fit does not need.
+    """
+    parts = []
+    for chunk in col.chunks:
+        n, off = len(chunk), chunk.offset
+        validity, data = chunk.buffers()[:2]
+        values = np.frombuffer(data, dtype=np.float64, count=n, offset=off * 8).copy()
+        if chunk.null_count:
+            bits = np.unpackbits(np.frombuffer(validity, dtype=np.uint8), bitorder="little")
+            values[~bits[off : off + n].astype(bool)] = np.nan
+        parts.append(values)
+    return np.concatenate(parts) if parts else np.empty(0)
+
+
+def _column_values(
+    data: InputTable, name: str, *, requested: bool, role: str = "column"
+) -> np.ndarray | str:
+    """Float values of a column, or a reason (str) it is not numeric."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.types as pat
+
+    col = data.table.column(name)
+    t = col.type
+    if pat.is_null(t):
+        raise DataError(
+            f"{data.name}: {role} {name!r} is entirely missing (every cell empty); "
+            f"exclude it with --exclude {name}"
+        )
+    if _is_numeric_type(t):
+        return _float_values(col.cast(pa.float64()))
+    if pat.is_string(t) or pat.is_large_string(t):
+        try:
+            fast = pc.cast(col, pa.float64())
+            if not any(s in NA_TOKENS for s in pc.unique(col).to_pylist() if s is not None):
+                return _float_values(fast)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+        values = col.to_pylist()
+        out, present, bad = _parse_text_numbers(values)
+        if present == 0:
+            raise DataError(
+                f"{data.name}: {role} {name!r} is entirely missing (every cell empty or NA); "
+                f"exclude it with --exclude {name}"
+            )
+        if not bad:
+            return out
+        if len(bad) * 2 <= present:
+            i = bad[0]
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            raise DataError(
+                f"{data.name}: {role} {name!r}, {data.where(i)}: "
+                f"{values[i]!r} is not a number{more}; "
+                "fix the cell, or leave it empty to mark it missing"
+            )
+        return f"text such as {values[bad[0]]!r} in {data.where(bad[0])}"
+    if pat.is_binary(t) or pat.is_large_binary(t):
+        return "bytes that are not UTF-8 text"
+    return f"type {t}"
+
+
+def _split_names(values: Iterable[str] | None) -> list[str]:
+    out: list[str] = []
+    for v in values or []:
+        out.extend(s.strip() for s in v.split(",") if s.strip())
+    return out
+
+
+def _missing_column(data: InputTable, name: str, option: str) -> DataError:
+    import difflib
+
+    close = difflib.get_close_matches(name, data.table.column_names, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return DataError(
+        f"{data.name}: no column {name!r} for {option}; {hint}"
+        f"the columns are: {', '.join(data.table.column_names)}"
+    )
+
+
+def select_features(
+    data: InputTable,
+    *,
+    columns: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    id_column: str | None = None,
+    weights_column: str | None = None,
+) -> Features:
+    """Choose the feature columns, convert them to floats and check them.
+
+    Non-numeric columns that were not asked for are left out, with a notice.
+    """
+    names = data.table.column_names
+    wanted = list(dict.fromkeys(_split_names(columns)))  # a column named twice is one feature
+    dropped = _split_names(exclude)
+    for n, opt in [(n, "--columns") for n in wanted] + [(n, "--exclude") for n in dropped]:
+        if n not in names:
+            raise _missing_column(data, n, opt)
+    for side_name, opt in ((id_column, "--id-column"), (weights_column, "--weights-column")):
+        if side_name is not None and side_name not in names:
+            raise _missing_column(data, side_name, opt)
+
+    ids = None
+    if id_column is not None:
+        ids = data.table.column(id_column).to_pylist()
+    weights = None
+    if weights_column is not None:
+        w = _column_values(data, weights_column, requested=True, role="weights column")
+        if isinstance(w, str):
+            raise DataError(
+                f"{data.name}: weights column {weights_column!r} is not numeric ({w}); "
+                "give a column of non-negative numbers"
+            )
+        bad = np.flatnonzero(~np.isfinite(w) | (w < 0))
+        if bad.size:
+            i = int(bad[0])
+            what = "missing" if np.isnan(w[i]) else repr(float(w[i]))
+            raise DataError(
+                f"{data.name}: weights column {weights_column!r}, {data.where(i)}: "
+                f"weight is {what}; "
+                "weights must be finite and non-negative"
+            )
+        if not w.sum() > 0:
+            raise DataError(
+                f"{data.name}: weights column {weights_column!r} sums to zero; "
+                "give at least one row a positive weight"
+            )
+        weights = w
+
+    side = {id_column, weights_column} - {None}
+    if wanted:
+        candidates = [n for n in wanted if n not in dropped]
+        clash = [n for n in candidates if n in side]
+        if clash:
+            raise UsageError(
+                f"column {clash[0]!r} cannot be both a feature and the id or weights column"
+            )
+    else:
+        candidates = [n for n in names if n not in side and n not in dropped]
+    if not candidates:
+        raise DataError(
+            f"{data.name}: no feature columns left to fit; check --columns and --exclude"
+        )
+
+    cols: list[np.ndarray] = []
+    kept: list[str] = []
+    left_out: list[str] = []
+    for n in candidates:
+        v = _column_values(data, n, requested=bool(wanted))
+        if isinstance(v, str):
+            if wanted:
+                raise DataError(
+                    f"{data.name}: column {n!r} is not numeric ({v}); "
+                    "choose numeric columns with --columns"
+                )
+            left_out.append(n)
+            continue
+        _reject_inf(data, n, v)
+        if np.isnan(v).all():
+            raise DataError(
+                f"{data.name}: column {n!r} is entirely missing (every cell empty); "
+                f"exclude it with --exclude {n}"
+            )
+        cols.append(v)
+        kept.append(n)
+    notices = []
+    if left_out:
+        notices.append(
+            f"left out non-numeric column{'s' if len(left_out) > 1 else ''}: {', '.join(left_out)}"
+        )
+    if not kept:
+        raise DataError(
+            f"{data.name}: no numeric columns (found: {', '.join(names)}); "
+            "check the delimiter or --format, or choose columns with --columns"
+        )
+    X = np.column_stack(cols) if cols else np.empty((data.n_rows, 0))
+    return Features(X, kept, ids, id_column, weights, notices)
+
+
+def read_means(path: str, columns: Sequence[str], n_components: int) -> np.ndarray:
+    """Initial means from a JSON file (list of rows, {"means": …}, or a model) or a CSV file."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read initial means ({exc.strerror})") from exc
+    name = path
+    if path.lower().endswith(".json"):
+        try:
+            doc = json.loads(raw, parse_constant=_reject_constant)
+        except (ValueError, RecursionError) as exc:
+            raise DataError(f"{name}: not valid JSON ({exc}); give a list of mean vectors") from exc
+        if isinstance(doc, dict):
+            doc = doc.get("means")
+        try:
+            means = np.array(doc, dtype=float)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{name}: initial means must be a list of lists of numbers") from exc
+    else:
+        import pyarrow.csv as pacsv
+
+        try:
+            t = pacsv.read_csv(io.BytesIO(raw))
+        except Exception as exc:  # pyarrow raises several types here
+            raise DataError(f"{name}: cannot read initial means as CSV ({exc})") from exc
+        use = [c for c in columns if c in t.column_names]
+        if len(use) == len(columns):
+            t = t.select(use)
+        try:
+            means = np.column_stack(
+                [np.asarray(t.column(i).to_numpy(), dtype=float) for i in range(t.num_columns)]
+            )
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{name}: initial means must be numbers ({exc})") from exc
+    d = len(columns)
+    if means.shape != (n_components, d) or not np.all(np.isfinite(means)):
+        raise DataError(
+            f"{name}: initial means must be {n_components} rows × {d} finite numbers "
+            f"(one row per component, columns {', '.join(columns)}); got shape {means.shape}"
+        )
+    return means
+
+
+def _model_column(data: InputTable, name: str) -> np.ndarray:
+    import pyarrow.types as pat
+
+    col = data.table.column(name)
+    if pat.is_null(col.type) or (
+        (pat.is_string(col.type) or pat.is_large_string(col.type))
+        and all(v is None or v in NA_TOKENS for v in col.unique().to_pylist())
+    ):
+        return np.full(data.n_rows, np.nan)  # nothing observed here: integrated out
+    v = _column_values(data, name, requested=True)
+    if isinstance(v, str):
+        raise DataError(
+            f"{data.name}: column {name!r} is not numeric ({v}); the model needs numbers there"
+        )
+    _reject_inf(data, name, v)
+    return v
+
+
+def model_features(
+    data: InputTable, columns: Sequence[str], id_column: str | None = None
+) -> Features:
+    """A model's columns of a table, matched by name (NaN for missing cells).
+
+    Other columns are ignored; the model's columns that the table lacks are one
+    error listing them all. A column with nothing observed is allowed: its cells
+    are integrated out like any other missing value.
+    """
+    names = data.table.column_names
+    absent = [c for c in columns if c not in names]
+    if absent:
+        raise DataError(
+            f"{data.name}: the model's column{'s' if len(absent) > 1 else ''} "
+            f"{', '.join(map(repr, absent))} {'are' if len(absent) > 1 else 'is'} missing; "
+            f"the model needs {', '.join(columns)} (the file has: {', '.join(names)})"
+        )
+    if id_column is not None and id_column not in names:
+        raise _missing_column(data, id_column, "--id-column")
+    ids = data.table.column(id_column).to_pylist() if id_column is not None else None
+    X = np.column_stack([_model_column(data, c) for c in columns])
+    return Features(X, list(columns), ids, id_column, None)
+
+
+def observed_counts(X: np.ndarray) -> np.ndarray:
+    return np.asarray((~np.isnan(X)).sum(axis=1), dtype=np.int64)

@@ -1,0 +1,229 @@
+"""The model file: a fit as JSON (``model_document``, ``dumps_model``) and back.
+
+``load_model`` checks everything a model file must hold and reports any
+problem as one ``ModelFileError`` line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from emcli import __version__
+from emcli.errors import ModelFileError
+from emcli.model import COVARIANCE_TYPES, FitResult, GMMParams
+
+MODEL_FORMAT = "emcli.gmm"
+MODEL_FORMAT_VERSION = 1
+MODEL_MAX_BYTES = 256 << 20
+MODEL_FIELDS = frozenset(
+    "format format_version emcli_version columns covariance_type n_components n_features "
+    "weights means covariances standardization fit".split()
+)
+MODEL_MAX_FIT_VALUES = 10_000  # numbers, strings and containers in the "fit" block
+
+
+def _finite_or_none(x: float) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def model_document(
+    result: FitResult,
+    columns: Sequence[str],
+    input_sha256: str,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The model file's content: parameters in original units and the fit's record.
+
+    Nothing in it depends on the clock, so the same data and seed give the same bytes.
+    """
+    p = result.params
+    s = result.settings
+    fit = {
+        "log_likelihood": _finite_or_none(result.log_likelihood),
+        "mean_log_likelihood": _finite_or_none(result.mean_log_likelihood),
+        "n_rows": int(result.n_rows),
+        "n": float(result.n),
+        "n_empty_rows": int(result.n_empty_rows),
+        "n_params": int(result.n_params),
+        "bic": _finite_or_none(result.bic),
+        "aic": _finite_or_none(result.aic),
+        "icl": _finite_or_none(result.icl),
+        "converged": bool(result.converged),
+        "n_iter": int(result.n_iter),
+        "best_restart": int(result.best_restart),
+        "covariance_type": s.get("covariance_type", p.covariance_type),
+        "tol": s.get("tol"),
+        "max_iter": s.get("max_iter"),
+        "init": s.get("init"),
+        "n_init": s.get("n_init"),
+        "seed": s.get("seed"),
+        "reg_covar": s.get("reg_covar"),
+        "standardize": s.get("standardize", result.standardization is not None),
+        "dtype": s.get("dtype", "float64"),
+        "missing_fraction": float(result.missing_fraction),
+        "input_sha256": input_sha256,
+    }
+    if extra:
+        fit.update(extra)
+    return {
+        "format": MODEL_FORMAT,
+        "format_version": MODEL_FORMAT_VERSION,
+        "emcli_version": __version__,
+        "columns": list(columns),
+        "covariance_type": p.covariance_type,
+        "n_components": p.n_components,
+        "n_features": p.n_features,
+        "weights": np.asarray(p.weights, dtype=float).tolist(),
+        "means": np.asarray(p.means, dtype=float).tolist(),
+        "covariances": np.asarray(p.covariances, dtype=float).tolist(),
+        "standardization": result.standardization,
+        "fit": fit,
+    }
+
+
+def dumps_model(doc: dict[str, Any]) -> bytes:
+    return (json.dumps(doc, indent=2, allow_nan=False) + "\n").encode("utf-8")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    params: GMMParams
+    columns: list[str]
+    standardization: dict | None
+    fit: dict
+    document: dict
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-finite number {name}")
+
+
+def _num_array(doc: dict, key: str, shape: tuple[int, ...], where: str) -> np.ndarray:
+    v = doc.get(key)
+
+    def well_formed(x: Any) -> bool:
+        # walk level by level to the expected depth (no recursion: nesting cannot crash it)
+        level = [x]
+        for _ in shape:
+            if not all(isinstance(y, list) for y in level):
+                return False
+            level = [z for y in level for z in y]
+        return all(isinstance(y, (int, float)) and not isinstance(y, bool) for y in level)
+
+    if not isinstance(v, list) or not well_formed(v):
+        raise ModelFileError(
+            f"{where}: {key!r} must be an array of numbers with {len(shape)} dimension"
+            f"{'s' if len(shape) != 1 else ''}; re-fit or restore the file"
+        )
+    try:
+        a = np.array(v, dtype=float)
+    except (ValueError, OverflowError) as exc:
+        raise ModelFileError(f"{where}: {key!r} is not a regular array of numbers") from exc
+    if a.shape != shape:
+        raise ModelFileError(f"{where}: {key!r} has shape {a.shape}, expected {shape}")
+    if not np.all(np.isfinite(a)):
+        raise ModelFileError(f"{where}: {key!r} holds a non-finite number")
+    return a
+
+
+def load_model(path: str) -> LoadedModel:
+    """Read and validate a model file; any problem is one ``ModelFileError`` line."""
+    where = path
+    try:
+        size = os.path.getsize(path)
+        if size > MODEL_MAX_BYTES:
+            raise ModelFileError(f"{where}: {size} bytes is too large for a model file")
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        raise ModelFileError(f"{where}: cannot read the model file ({exc.strerror})") from exc
+    try:
+        doc = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise ModelFileError(f"{where}: not a valid emcli model file (bad JSON: {detail})") from exc
+    if not isinstance(doc, dict) or doc.get("format") != MODEL_FORMAT:
+        raise ModelFileError(f'{where}: not an emcli model file (no "format": "{MODEL_FORMAT}")')
+    version = doc.get("format_version")
+    if version != MODEL_FORMAT_VERSION or isinstance(version, bool):
+        raise ModelFileError(
+            f"{where}: model format_version {version!r} is not supported "
+            f"(this emcli reads version {MODEL_FORMAT_VERSION}); re-fit with this version"
+        )
+    unknown = sorted(set(doc) - MODEL_FIELDS)
+    if unknown:
+        raise ModelFileError(
+            f"{where}: unexpected field {unknown[0][:40]!r} in the model file; "
+            "re-fit or restore the file"
+        )
+    cols = doc.get("columns")
+    if (
+        not isinstance(cols, list)
+        or not cols
+        or not all(isinstance(c, str) for c in cols)
+        or len(set(cols)) != len(cols)
+    ):
+        raise ModelFileError(f'{where}: "columns" must be a non-empty list of distinct names')
+    t = doc.get("covariance_type")
+    if t not in COVARIANCE_TYPES:
+        raise ModelFileError(f"{where}: unknown covariance_type {t!r}")
+    weights = doc.get("weights")
+    if not isinstance(weights, list) or not weights:
+        raise ModelFileError(f'{where}: "weights" must be a non-empty array of numbers')
+    K, d = len(weights), len(cols)
+    w = _num_array(doc, "weights", (K,), where)
+    if np.any(w < 0) or abs(float(w.sum()) - 1.0) > 1e-6:
+        raise ModelFileError(f"{where}: weights must be non-negative and sum to 1")
+    means = _num_array(doc, "means", (K, d), where)
+    shape = {"full": (K, d, d), "tied": (d, d), "diag": (K, d), "spherical": (K,)}[t]
+    cov = _num_array(doc, "covariances", shape, where)
+    if t in ("full", "tied"):
+        mats = cov if t == "full" else cov[None]
+        for k, c in enumerate(mats):
+            scale = max(float(np.max(np.abs(c))), 1e-300)
+            if np.max(np.abs(c - c.T)) > 1e-8 * scale:
+                raise ModelFileError(f"{where}: covariance {k} is not symmetric")
+            try:
+                np.linalg.cholesky(c)
+            except np.linalg.LinAlgError as exc:
+                raise ModelFileError(f"{where}: covariance {k} is not positive definite") from exc
+    elif np.any(cov <= 0):
+        raise ModelFileError(f"{where}: covariances must be positive")
+    std = doc.get("standardization")
+    if std is not None:
+        if not isinstance(std, dict):
+            raise ModelFileError(f'{where}: "standardization" must be null or an object')
+        _num_array(std, "center", (d,), where)
+        sc = _num_array(std, "scale", (d,), where)
+        if np.any(sc <= 0):
+            raise ModelFileError(f"{where}: standardization scales must be positive")
+    for key, size in (("n_components", K), ("n_features", d)):
+        given = doc.get(key, size)
+        if isinstance(given, bool) or given != size:
+            raise ModelFileError(
+                f"{where}: {key} is {given!r} but the parameters have {size}; "
+                "re-fit or restore the file"
+            )
+    fit = doc.get("fit", {})
+    if not isinstance(fit, dict):
+        raise ModelFileError(f'{where}: "fit" must be an object')
+    todo: list[Any] = [fit]
+    seen = 0
+    while todo and seen <= MODEL_MAX_FIT_VALUES:
+        x = todo.pop()
+        seen += 1
+        todo.extend(x.values() if isinstance(x, dict) else x if isinstance(x, list) else ())
+    if seen > MODEL_MAX_FIT_VALUES:
+        raise ModelFileError(
+            f'{where}: the "fit" block holds more than {MODEL_MAX_FIT_VALUES} values; '
+            "a model's fit record is small: re-fit or restore the file"
+        )
+    return LoadedModel(GMMParams(t, w, means, cov), list(cols), std, fit, doc)

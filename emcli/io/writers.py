@@ -1,0 +1,275 @@
+"""Output tables: each output's columns, and a table's bytes in CSV, TSV, Parquet or JSON.
+
+The ``*_columns`` functions build name → values dicts (labels, convergence,
+imputed rows, samples, the select-k table); ``render_table`` turns one into bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from emcli.errors import UsageError
+from emcli.model import FitResult, SweepResult
+
+from .readers import InputTable
+
+OUTPUT_FORMATS = ("csv", "tsv", "parquet", "json", "jsonl")
+
+
+def output_format(path: str, default: str = "csv") -> str:
+    if path == "-":
+        return default
+    low = path.lower()
+    for ext, fmt in (
+        (".csv", "csv"),
+        (".tsv", "tsv"),
+        (".parquet", "parquet"),
+        (".pq", "parquet"),
+        (".jsonl", "jsonl"),
+        (".ndjson", "jsonl"),
+        (".json", "json"),
+    ):
+        if low.endswith(ext):
+            return fmt
+    raise UsageError(
+        f"{path}: cannot tell the output format from the extension; "
+        "use .csv, .tsv, .parquet, .json or .jsonl"
+    )
+
+
+def _fmt_float(x: float) -> str:
+    return "" if math.isnan(x) else repr(x)
+
+
+def _cell_strings(values: Any) -> list[str]:
+    if isinstance(values, np.ndarray):
+        if values.dtype.kind == "f":
+            out = list(map(repr, values.tolist()))  # shortest round-trip form
+            for i in np.flatnonzero(np.isnan(values)).tolist():
+                out[i] = ""
+            return out
+        return list(map(str, values.tolist()))
+    out = []
+    for v in values:
+        if v is None:
+            out.append("")
+        elif isinstance(v, float):
+            out.append(_fmt_float(v))
+        elif isinstance(v, bool):
+            out.append("true" if v else "false")
+        else:
+            out.append(str(v))
+    return out
+
+
+def _quote(cell: str, sep: str) -> str:
+    """Minimal CSV quoting, as the csv module's QUOTE_MINIMAL does."""
+    if sep in cell or '"' in cell or "\n" in cell or "\r" in cell:
+        return '"' + cell.replace('"', '""') + '"'
+    return cell
+
+
+def _json_value(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, (np.floating, np.integer, np.bool_)):
+        return _json_value(v.item())
+    if hasattr(v, "isoformat"):
+        return v.isoformat()
+    if isinstance(v, (bytes, bytearray)):
+        return v.decode("utf-8", errors="replace")
+    return v
+
+
+def render_table(columns: dict[str, Any], fmt: str) -> bytes:
+    """Bytes of a table (name → 1-D values) in ``fmt``; floats written as Python's repr."""
+    names = list(columns)
+    if fmt in ("csv", "tsv"):
+        sep = "," if fmt == "csv" else "\t"
+        cells = []
+        for n in names:
+            strings = _cell_strings(columns[n])
+            if not isinstance(columns[n], np.ndarray):  # text may need quoting; numbers never do
+                strings = [_quote(c, sep) for c in strings]
+            cells.append(strings)
+        lines = [sep.join(_quote(n, sep) for n in names)]
+        lines.extend(map(sep.join, zip(*cells, strict=True)))
+        return ("\n".join(lines) + "\n").encode("utf-8")
+    if fmt in ("json", "jsonl"):
+        lists = [
+            columns[n].tolist() if isinstance(columns[n], np.ndarray) else list(columns[n])
+            for n in names
+        ]
+        rows = [
+            {n: _json_value(v) for n, v in zip(names, vals, strict=True)}
+            for vals in zip(*lists, strict=True)
+        ]
+        if fmt == "jsonl":
+            return "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows).encode("utf-8")
+        return (json.dumps(rows, allow_nan=False, indent=1) + "\n").encode("utf-8")
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        arrays = []
+        for n in names:
+            v = columns[n]
+            if isinstance(v, np.ndarray) and v.dtype.kind == "f":
+                arrays.append(pa.array(v, mask=np.isnan(v)))
+            elif isinstance(v, np.ndarray):
+                arrays.append(pa.array(v))
+            else:
+                arrays.append(pa.array(list(v)))
+        sink = io.BytesIO()
+        pq.write_table(pa.table(arrays, names=names), sink)
+        return sink.getvalue()
+    raise UsageError(f"unknown output format {fmt!r}")
+
+
+def labels_columns(
+    result: FitResult,
+    ids: list[Any] | None = None,
+    id_name: str | None = None,
+    probabilities: bool = False,
+) -> dict[str, Any]:
+    """The labels table: id (or row), label, probability, log_density, n_observed[, p_k]."""
+    return scores_columns(
+        result.resp, result.log_density, result.n_observed, ids, id_name, probabilities
+    )
+
+
+def scores_columns(
+    resp: np.ndarray,
+    log_density: np.ndarray,
+    n_observed: np.ndarray,
+    ids: list[Any] | None = None,
+    id_name: str | None = None,
+    probabilities: bool = False,
+) -> dict[str, Any]:
+    """The labels table from responsibilities: what ``fit`` and ``predict`` write."""
+    resp = np.asarray(resp, dtype=np.float64)
+    cols: dict[str, Any] = {}
+    if ids is not None and id_name is not None:
+        cols[id_name] = ids
+    else:
+        cols["row"] = np.arange(1, resp.shape[0] + 1)
+    scores: dict[str, Any] = {
+        "label": np.argmax(resp, axis=1).astype(np.int64),
+        "probability": np.max(resp, axis=1),
+        "log_density": np.asarray(log_density, dtype=np.float64),
+        "n_observed": np.asarray(n_observed, dtype=np.int64),
+    }
+    if probabilities:
+        scores.update((f"p_{k}", resp[:, k].copy()) for k in range(resp.shape[1]))
+    for name, values in scores.items():
+        while name in cols:  # an id column named like an output column keeps its name
+            name = "_" + name
+        cols[name] = values
+    return cols
+
+
+def convergence_columns(result: FitResult) -> dict[str, Any]:
+    """The convergence log: one row per iteration of every restart."""
+    h = result.history
+    return {
+        "init": np.array([r.restart for r in h], dtype=np.int64),
+        "iter": np.array([r.iteration for r in h], dtype=np.int64),
+        "log_likelihood": np.array([r.log_likelihood for r in h], dtype=np.float64),
+        "mean_log_likelihood": np.array([r.mean_log_likelihood for r in h], dtype=np.float64),
+        "delta": np.array([r.delta for r in h], dtype=np.float64),
+        "seconds": np.array([r.seconds for r in h], dtype=np.float64),
+        "event": [r.event for r in h],
+    }
+
+
+def imputed_columns(
+    data: InputTable,
+    columns: Sequence[str],
+    filled: np.ndarray,
+    variance: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """The input table with the model's columns replaced by ``filled``.
+
+    Every other column, the column order and the row order are kept. Observed
+    cells of integer columns stay integers; with ``variance``, ``<column>_var``
+    columns follow the table's own columns.
+    """
+    import pyarrow.types as pat
+
+    where = {c: j for j, c in enumerate(columns)}
+    out: dict[str, Any] = {}
+    for name in data.table.column_names:
+        col = data.table.column(name)
+        if name not in where:
+            out[name] = col.to_pylist()
+            continue
+        values = filled[:, where[name]]
+        if pat.is_integer(col.type):
+            original = col.to_pylist()
+            if None not in original:
+                out[name] = original
+            else:
+                out[name] = [
+                    f if o is None else o
+                    for o, f in zip(original, values.tolist(), strict=True)
+                ]
+        else:
+            out[name] = np.array(values, dtype=np.float64)
+    if variance is not None:
+        for name in columns:
+            var_name = f"{name}_var"
+            while var_name in out:
+                var_name = "_" + var_name
+            out[var_name] = np.array(variance[:, where[name]], dtype=np.float64)
+    return out
+
+
+def sample_columns(
+    columns: Sequence[str], X: np.ndarray, components: np.ndarray
+) -> dict[str, Any]:
+    """Synthetic rows: the model's columns and ``component``."""
+    out: dict[str, Any] = {c: np.array(X[:, j], dtype=np.float64) for j, c in enumerate(columns)}
+    name = "component"
+    while name in out:
+        name = "_" + name
+    out[name] = np.asarray(components, dtype=np.int64)
+    return out
+
+
+def sweep_columns(result: SweepResult) -> dict[str, Any]:
+    """The select-k table: one row per (k, covariance) cell, failed cells included.
+
+    A failed cell has ``status`` "failed", its reason in ``error`` and empty
+    statistics; ``best`` marks the cell chosen by the sweep's criterion.
+    """
+    cells = result.cells
+    fits = [c.result for c in cells]
+
+    def floats(attr: str) -> np.ndarray:
+        return np.array(
+            [float(getattr(r, attr)) if r is not None else math.nan for r in fits],
+            dtype=np.float64,
+        )
+
+    return {
+        "k": np.array([c.k for c in cells], dtype=np.int64),
+        "covariance": [c.covariance_type for c in cells],
+        "log_likelihood": floats("log_likelihood"),
+        "n_params": [int(r.n_params) if r is not None else None for r in fits],
+        "bic": floats("bic"),
+        "aic": floats("aic"),
+        "icl": floats("icl"),
+        "converged": [bool(r.converged) if r is not None else None for r in fits],
+        "n_iter": [int(r.n_iter) if r is not None else None for r in fits],
+        "seconds": np.array([c.seconds for c in cells], dtype=np.float64),
+        "init": [str(r.settings.get("init", "")) if r is not None else None for r in fits],
+        "status": ["ok" if c.ok else "failed" for c in cells],
+        "error": [c.error for c in cells],
+        "best": [i == result.best_index for i in range(len(cells))],
+    }
