@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from emcli import __version__
+from emcli.covariance import COVARIANCE_TYPES, get_model
 from emcli.errors import ModelFileError
-from emcli.model import COVARIANCE_TYPES, FitResult, GMMParams
+from emcli.model import FitResult, GMMParams
 
 MODEL_FORMAT = "emcli.gmm"
 MODEL_FORMAT_VERSION = 1
@@ -183,20 +184,11 @@ def load_model(path: str) -> LoadedModel:
     if np.any(w < 0) or abs(float(w.sum()) - 1.0) > 1e-6:
         raise ModelFileError(f"{where}: weights must be non-negative and sum to 1")
     means = _num_array(doc, "means", (K, d), where)
-    shape = {"full": (K, d, d), "tied": (d, d), "diag": (K, d), "spherical": (K,)}[t]
-    cov = _num_array(doc, "covariances", shape, where)
-    if t in ("full", "tied"):
-        mats = cov if t == "full" else cov[None]
-        for k, c in enumerate(mats):
-            scale = max(float(np.max(np.abs(c))), 1e-300)
-            if np.max(np.abs(c - c.T)) > 1e-8 * scale:
-                raise ModelFileError(f"{where}: covariance {k} is not symmetric")
-            try:
-                np.linalg.cholesky(c)
-            except np.linalg.LinAlgError as exc:
-                raise ModelFileError(f"{where}: covariance {k} is not positive definite") from exc
-    elif np.any(cov <= 0):
-        raise ModelFileError(f"{where}: covariances must be positive")
+    model = get_model(t)
+    cov = _num_array(doc, "covariances", model.shape(K, d), where)
+    problem = model.problem(cov)
+    if problem:
+        raise ModelFileError(f"{where}: {problem}")
     std = doc.get("standardization")
     if std is not None:
         if not isinstance(std, dict):
