@@ -56,7 +56,10 @@ class CovarianceModel:
     """The interface every covariance model offers; see ``MODELS`` for the entries."""
 
     name: str = ""
+    mark: str = "?"  # one letter for text charts
     per_component: bool = True  # False: one covariance shared by every component
+    correlated: bool = True  # off-diagonal terms (False: axis-aligned)
+    isotropic: bool = False  # one variance for every column
     parallel_rows: bool = True  # whether row-chunk threads pay for this model's passes
 
     def shape(self, K: int, d: int) -> tuple[int, ...]:
@@ -200,6 +203,7 @@ def _start_context(w: np.ndarray, col_var: np.ndarray) -> Context:
 
 class Full(_General):
     name = "full"
+    mark = "F"
 
     def shape(self, K, d):
         return (K, d, d)
@@ -227,6 +231,7 @@ class Full(_General):
 
 class Tied(_General):
     name = "tied"
+    mark = "T"
     per_component = False
 
     def shape(self, K, d):
@@ -259,6 +264,7 @@ class _Diagonal(CovarianceModel):
     # their passes are a few thin GEMMs per chunk, bound by memory, not
     # arithmetic: measured, a second thread only adds overhead
     parallel_rows = False
+    correlated = False
 
     def row_width(self, d: int) -> int:
         return 3 * d
@@ -306,6 +312,7 @@ class _Diagonal(CovarianceModel):
 
 class Diag(_Diagonal):
     name = "diag"
+    mark = "D"
 
     def shape(self, K, d):
         return (K, d)
@@ -340,6 +347,8 @@ class Diag(_Diagonal):
 
 class Spherical(_Diagonal):
     name = "spherical"
+    mark = "S"
+    isotropic = True
 
     def shape(self, K, d):
         return (K,)

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .covariance import COVARIANCE_TYPES, MODELS
 from .model import FitResult, IterationRecord
 
 
@@ -124,8 +125,18 @@ class Reporter:
 
 # ---- select-k ----
 
-_SERIES_MARKS = {"full": "F", "diag": "D", "spherical": "S", "tied": "T"}
-_SERIES_STYLES = {"full": "cyan", "diag": "magenta", "spherical": "yellow", "tied": "green"}
+_SERIES_STYLES = ("cyan", "magenta", "yellow", "green", "blue", "red", "bright_cyan")
+
+
+def _series_mark(name: str) -> str:
+    model = MODELS.get(name)
+    return model.mark if model is not None else "?"
+
+
+def _series_style(name: str) -> str:
+    if name not in COVARIANCE_TYPES:
+        return ""
+    return _SERIES_STYLES[COVARIANCE_TYPES.index(name) % len(_SERIES_STYLES)]
 
 
 @contextlib.contextmanager
@@ -258,16 +269,16 @@ def criterion_chart(result: Any, width: int = 80, height: int = 12) -> Any:
                 y = v0 + (v1 - v0) * (c - c0) / (c1 - c0)
                 r = row(y)
                 if grid[r][c] == " ":
-                    grid[r][c], style[r][c] = ".", _SERIES_STYLES.get(cov, "")
-    marks = set(_SERIES_MARKS.values())
+                    grid[r][c], style[r][c] = ".", _series_style(cov)
+    marks = {_series_mark(c) for c in covs}
     shared = False  # two series on one character: show "*" rather than hide one
     for cov, pts in series.items():
         for i, v in pts:
             r, c = row(v), col(i)
-            mark = _SERIES_MARKS.get(cov, "?")
+            mark = _series_mark(cov)
             if grid[r][c] in marks and grid[r][c] != mark:
                 mark, shared = "*", True
-            grid[r][c], style[r][c] = mark, "bold " + _SERIES_STYLES.get(cov, "")
+            grid[r][c], style[r][c] = mark, "bold " + _series_style(cov)
     label_rows = {0: labels[0], (height - 1) // 2: labels[1], height - 1: labels[2]}
     out.append(f"{crit.upper()} against k (lower is better)\n", style="bold")
     for r in range(height):
@@ -291,7 +302,7 @@ def criterion_chart(result: Any, width: int = 80, height: int = 12) -> Any:
     else:
         marker = (note + " ^").rjust(at + 1)
     out.append(" " * (lw + 2) + marker + "\n")
-    legend = "  ".join(f"{_SERIES_MARKS.get(c, '?')} = {c}" for c in covs)
+    legend = "  ".join(f"{_series_mark(c)} = {c}" for c in covs)
     if shared:
         legend += "  * = several"
     out.append(" " * (lw + 2) + legend)
@@ -514,25 +525,20 @@ def describe_model(console: Console, loaded: Any, source: str) -> None:
         console.print(stats)
 
     console.print(_component_table("weights and means", cols, p.means, p.weights))
-    cov = np.asarray(p.covariances, dtype=float)
-    if p.covariance_type == "full":
+    model = p.model
+    full = p.full_covariances()
+    if not model.correlated:
+        variances = np.diagonal(full, axis1=1, axis2=2)
+        note = " (one per component, the same in every column)" if model.isotropic else ""
+        console.print(_component_table("variances" + note, cols, variances))
+    elif model.per_component:
         for k in range(p.n_components):
             console.print(
                 _correlation_table(f"component {k}: standard deviations and correlations", cols,
-                                   cov[k])
+                                   full[k])
             )
-    elif p.covariance_type == "tied":
-        console.print(
-            _correlation_table("every component (tied): standard deviations and correlations",
-                               cols, cov)
-        )
-    elif p.covariance_type == "diag":
-        console.print(_component_table("variances", cols, cov))
     else:
-        table = Table(title="variances (spherical: one per component, every column)",
-                      header_style="bold", title_justify="left")
-        table.add_column("component", justify="right")
-        table.add_column("variance", justify="right")
-        for k in range(p.n_components):
-            table.add_row(str(k), _g(cov[k]))
-        console.print(table)
+        console.print(
+            _correlation_table(f"every component ({model.name}): standard deviations and "
+                               "correlations", cols, full[0])
+        )
