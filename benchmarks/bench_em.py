@@ -306,8 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     core = os.environ.get("OPENBLAS_CORETYPE")
     if core:
         print(f"  WARNING: OPENBLAS_CORETYPE={core} is set; it forces an OpenBLAS kernel and "
-              "can make numpy (and both estimators) much slower (see shared/spec/performance.md). "
-              "Unset it for representative timings.")
+              "can make numpy (and both estimators) much slower. Unset it and "
+              "OPENBLAS_L2_SIZE together for representative timings.")
     print(f"  BLAS threads for both: {args.blas_threads} (threadpoolctl, user_api='blas'); "
           "emcli.GaussianMixture also holds BLAS to 1 thread inside fit "
           "and uses n_jobs chunk threads")

@@ -4,7 +4,7 @@ The reference is a plain row-by-row EM (scipy.stats.multivariate_normal on each
 row's observed sub-vector, conditional moments by explicit inverses), written
 without pattern grouping, sweeps, quad designs or chunking, so that every route
 of ``emcli.gaussian``/``emcli.em`` is compared with the textbook formulas of
-em.md sections 2, 3 and 6.
+docs/e-step.md §2–3, docs/m-step.md §1–4 and docs/loop.md §9.
 """
 
 from __future__ import annotations

@@ -565,7 +565,7 @@ def test_float32_close_to_float64():
 
 # --------------------------------------------------------------------------
 # Precision when clusters are tight and far from the centre of the data
-# (em.md section 3: accumulate around a shift so that S2/N - mu mu^T loses nothing)
+# (docs/m-step.md §2: accumulate around a shift so that S2/N - mu mu^T loses nothing)
 
 
 def _tight_far_clusters(seed: int):

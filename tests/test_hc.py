@@ -1,4 +1,4 @@
-"""The hc start: model-based (VVV) agglomeration on SVD-scaled data (em.md section 5)."""
+"""The hc start: model-based (VVV) agglomeration on SVD-scaled data (docs/starts.md §4)."""
 
 from __future__ import annotations
 

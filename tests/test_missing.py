@@ -334,7 +334,7 @@ def test_ari_mar_close_to_true_parameters():
 
 
 # --------------------------------------------------------------------------
-# Imputation as an output (em.md section 6)
+# Imputation as an output (docs/loop.md §9)
 
 
 def ref_impute(X, weights, means, covs):
@@ -403,7 +403,7 @@ def test_imputation_rmse_close_to_true_parameters():
 
 # --------------------------------------------------------------------------
 # One EM step with missing values against a row-by-row reference M-step
-# (Ghahramani & Jordan 1994; em.md section 3), many random patterns
+# (Ghahramani & Jordan 1994; docs/m-step.md §1), many random patterns
 
 
 def ref_em_step(X, w, t, weights, means, covs):
