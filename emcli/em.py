@@ -14,7 +14,7 @@ Everything here works in "fitting units": the caller (``fitting.py``) centres
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,13 +33,13 @@ from .gaussian import (
     quad_statistics,
 )
 from .model import GMMParams, IterationRecord
-from .sources import MapFn, RowSource
+from .sources import FitRows, MapFn
 from .stats import Candidates, GeneralStats, MaskStats, PassTotals
 
 __all__ = ["Context", "Recovery", "RunResult", "e_pass", "posterior", "run_em"]
 
 
-def prepare(params: GMMParams, dtype: Any, source: RowSource | None = None):
+def prepare(params: GMMParams, dtype: Any, source: FitRows | None = None):
     """Per-iteration factors; the source says how large its rows get and what it can build."""
     max_sq_norm = np.inf if source is None else source.max_sq_norm
     quad_ok = source is not None and source.quad_ok
@@ -108,7 +108,8 @@ def chunk_statistics(
         st = MaskStats(N=wr.sum(axis=0), So=So, Sx=Sx, Sx2=Sx2)
     st.ll = float(chunk.w @ lse)
     # candidates for re-seeding collapsed components: the chunk's K worst-explained rows
-    return PassTotals(st, Candidates.of(lse, chunk.X, log_weights.size))
+    explained = np.where(chunk.w > 0, lse, np.inf)  # rows of zero weight never re-seed
+    return PassTotals(st, Candidates.of(explained, chunk.X, log_weights.size))
 
 
 def _normalise(logp: np.ndarray, log_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -127,7 +128,7 @@ def _normalise(logp: np.ndarray, log_weights: np.ndarray) -> tuple[np.ndarray, n
 
 
 def e_pass(
-    source: RowSource, params: GMMParams, dtype: Any = np.float64, map: MapFn = map
+    source: FitRows, params: GMMParams, dtype: Any = np.float64, map: MapFn = map
 ) -> tuple[PassTotals, GenPrepared | MaskPrepared]:
     """One pass over the rows at ``params``: the totals the M-step needs, and the factors."""
     prep = prepare(params, dtype, source)
@@ -274,7 +275,7 @@ class RunResult:
 
 
 def run_em(
-    source: RowSource,
+    source: FitRows,
     params: GMMParams,
     ctx: Context,
     *,
@@ -337,20 +338,16 @@ def run_em(
 
 
 def posterior(
-    source: RowSource, params: GMMParams, dtype: Any = np.float64, map: MapFn = map
-) -> tuple[np.ndarray, np.ndarray]:
-    """Responsibilities ``(n, K)`` and row log-densities ``(n,)`` over the source's rows."""
-    prep = prepare(params, dtype, source)
+    rows: FitRows, params: GMMParams, dtype: Any = np.float64, map: MapFn = map
+) -> Iterator[tuple[Chunk, np.ndarray, np.ndarray]]:
+    """Each chunk with its responsibilities ``(n, K)`` and row log-densities ``(n,)``."""
+    prep = prepare(params, dtype, rows)
     with np.errstate(divide="ignore"):
         log_w = np.log(params.weights)
 
-    def one(chunk: Chunk) -> tuple[np.ndarray, np.ndarray]:
+    def one(chunk: Chunk) -> tuple[Chunk, np.ndarray, np.ndarray]:
         logp, _ = log_prob(chunk, prep)
         lse, resp = _normalise(logp, log_w)
-        return resp, lse
+        return chunk, resp, lse
 
-    parts = source.collect(one, map)
-    if not parts:
-        return np.empty((0, params.n_components)), np.empty(0)
-    resp, lse = parts
-    return resp, lse
+    return rows.each(one, map)

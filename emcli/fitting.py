@@ -21,7 +21,7 @@ from .errors import DataError, FitError, UsageError
 from .gaussian import Chunk, log_prob_gen, prepare_gen
 from .init import canonical_init, initial_responsibilities, params_from_responsibilities
 from .model import FitResult, GMMParams, IterationRecord
-from .sources import InMemorySource, MapFn, RowSource
+from .sources import ArraySource, FitRows, MapFn, Units
 
 # Squares of deviations must stay finite (and far from overflow) in float64.
 MAX_SPREAD = 1e150
@@ -141,6 +141,19 @@ def row_threads(n_threads: int) -> Iterator[MapFn]:
         yield pool.map
 
 
+def _block_outputs(
+    chunk: Chunk, resp: np.ndarray, log_density: np.ndarray, weights: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """A whole block's responsibilities and log-densities: rows with nothing
+    observed (not in the chunk) get the mixture weights and NaN."""
+    if chunk.index is None:
+        return resp, log_density
+    r = np.tile(weights, (chunk.n_block, 1))
+    ld = np.full(chunk.n_block, np.nan)
+    r[chunk.index], ld[chunk.index] = resp, log_density
+    return r, ld
+
+
 def restart_rng(seed: int, K: int, covariance_index: int, restart: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, K, covariance_index, restart]))
 
@@ -210,17 +223,13 @@ def fit_mixture(
                 f"column {_name(int(wide[0]), column_names)} is too spread out for float32 "
                 "arithmetic; use dtype='float64' or standardize=True"
             )
-    Z = np.subtract(Xu, centre, dtype=np_dtype)  # one copy, in the working precision
-    if standardize:
-        Z /= scale.astype(np_dtype)
+    units = Units(centre, scale if standardize else None, np_dtype)
+    Z = units.apply(Xu)  # for the start
     col_var = var / scale**2
     col_var = np.where(col_var > 0, col_var, 1.0)
-    if chunk_rows is None:
-        width = max(K * d, model.row_width(d))
-        chunk_rows = int(np.clip(DEFAULT_CHUNK_BYTES // (8 * width), 256, 65536))
     if not model.parallel_rows:
         n_threads = 1
-    source: RowSource = InMemorySource(Z, wu, chunk_rows)
+    source = FitRows(ArraySource(X, None if sample_weight is None else w, chunk_rows), units)
     ctx = Context(float(wu.sum()), float(wu.mean()), col_var, float(reg_covar))
 
     user = _user_start(
@@ -263,24 +272,17 @@ def fit_mixture(
         params = best.params
         order = canonical_order(_to_original_units(params, centre, scale))
         params = permute(params, order)
-        resp_u, lse_u = posterior(source, params, np_dtype, pmap)
-
-        # rows with nothing observed (or zero weight) rejoin with the outputs
         log_s = np.log(scale)
-        row_offset = -((~np.isnan(X)) @ log_s)
-        resp = np.tile(params.weights, (n, 1))
-        log_density = np.full(n, np.nan)
-        resp[fit_rows] = resp_u
-        log_density[fit_rows] = lse_u + row_offset[fit_rows]
-        zero_w = usable & ~fit_rows
-        if zero_w.any():
-            other = InMemorySource(
-                ((X[zero_w] - centre) / scale).astype(np_dtype), w[zero_w], chunk_rows
+        resp = np.empty((n, K))
+        log_density = np.empty(n)
+        for chunk, r_c, l_c in posterior(source, params, np_dtype, pmap):
+            rows = slice(chunk.start, chunk.start + chunk.n_block)
+            resp[rows], log_density[rows] = _block_outputs(
+                chunk, r_c, l_c - chunk.obs_sum(log_s), params.weights
             )
-            r0, l0 = posterior(other, params, np_dtype, pmap)
-            resp[zero_w] = r0
-            log_density[zero_w] = l0 + row_offset[zero_w]
+        resp_u = resp[fit_rows]
 
+    row_offset = -((~np.isnan(X)) @ log_s)
     offset = float(wu @ row_offset[fit_rows])
     # the E-step at the returned parameters already summed ll; the final pass
     # above gives the same value up to the order of summation
@@ -384,12 +386,6 @@ def _start_params(Z, w, K, t, init, rng, user, col_var, reg_covar) -> GMMParams:
     )
 
 
-def _centred_source(params: GMMParams, X: np.ndarray, dtype: Any = np.float64):
-    """Rows and parameters shifted by the mixture mean, for accurate log-densities."""
-    c = params.weights @ params.means
-    return params.replace(means=params.means - c), (X - c).astype(dtype)
-
-
 def score_rows(params: GMMParams, X: Any, column_names: Sequence[str] | None = None):
     """Responsibilities ``(n, K)`` and log-densities ``(n,)`` of rows under a fitted mixture.
 
@@ -406,15 +402,18 @@ def score_rows(params: GMMParams, X: Any, column_names: Sequence[str] | None = N
             f"infinite value in row {i}, column {_name(int(j), column_names)}; "
             "replace it or leave the cell empty"
         )
-    n = X.shape[0]
-    usable = ~np.isnan(X).all(axis=1)
-    resp = np.tile(params.weights, (n, 1))
-    log_density = np.full(n, np.nan)
-    if usable.any():
-        shifted, Xc = _centred_source(params, X[usable])
-        source = InMemorySource(Xc, np.ones(Xc.shape[0]))
-        r, lse = posterior(source, shifted)
-        resp[usable], log_density[usable] = r, lse
+    return _score(params, ArraySource(X))
+
+
+def _score(params: GMMParams, source: ArraySource) -> tuple[np.ndarray, np.ndarray]:
+    # rows and parameters shifted by the mixture mean, for accurate log-densities
+    c = params.weights @ params.means
+    rows = FitRows(source, Units(c, None, np.float64))
+    n = source.n_rows
+    resp, log_density = np.empty((n, params.n_components)), np.empty(n)
+    for chunk, r_c, l_c in posterior(rows, params.replace(means=params.means - c)):
+        at = slice(chunk.start, chunk.start + chunk.n_block)
+        resp[at], log_density[at] = _block_outputs(chunk, r_c, l_c, params.weights)
     return resp, log_density
 
 

@@ -16,7 +16,7 @@ spherical covariances need only the mask.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -40,66 +40,91 @@ class Pattern:
         return int(r.stop - r.start) if isinstance(r, slice) else int(r.size)
 
 
-@dataclass
 class Chunk:
-    """A block of rows (NaN = missing) with weights and mask bookkeeping.
+    """A block's rows with something observed, in fitting units (NaN = missing).
 
-    Every row must have at least one observed value: rows with nothing
-    observed are set aside by the caller before EM.
+    ``start`` is the input row number of the block, ``index`` the positions of
+    these rows in it (None: every row), ``n_block`` its length, so outputs can
+    put rows with nothing observed back in place. What the kernels derive
+    from the rows (the zero-filled rows, the mask, the designs) is computed on
+    first use and dropped by ``release`` after a pass; the grouping by
+    missingness pattern, small and costly to find, is kept.
     """
 
-    X: np.ndarray
-    w: np.ndarray
-    keep_designs: bool = True  # a streamed source would rebuild them each pass
-    _mask: np.ndarray | None = field(default=None, init=False, repr=False)
-    _patterns: list[Pattern] | None = field(default=None, init=False, repr=False)
-    _designs: dict = field(default_factory=dict, init=False, repr=False)
-    complete: bool = field(init=False)
-    X0: np.ndarray = field(init=False, repr=False)
-    obs: np.ndarray | None = field(init=False, repr=False)
-    n_obs: np.ndarray = field(init=False, repr=False)
-    complete_rows: np.ndarray = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        nan = np.isnan(self.X)
+    def __init__(
+        self,
+        X: np.ndarray,
+        w: np.ndarray,
+        *,
+        start: int = 0,
+        index: np.ndarray | None = None,
+        n_block: int | None = None,
+    ) -> None:
+        self.X = X
+        self.w = w
+        self.start = start
+        self.index = index
+        self.n_block = X.shape[0] if n_block is None else n_block
+        nan = np.isnan(X)
         self.complete = not bool(nan.any())
-        d = self.X.shape[1]
+        d = X.shape[1]
         if self.complete:
-            self.X0 = self.X
-            self.obs = None
-            self.n_obs = np.full(self.X.shape[0], d, dtype=np.int64)
-            self.complete_rows = np.arange(self.X.shape[0])
+            self.n_obs = np.full(X.shape[0], d, dtype=np.int64)
+            self.complete_rows = np.arange(X.shape[0])
         else:
-            self.X0 = np.where(nan, 0.0, self.X).astype(self.X.dtype, copy=False)
-            self.obs = (~nan).astype(self.X.dtype)
             self.n_obs = d - nan.sum(axis=1)
             self.complete_rows = np.flatnonzero(self.n_obs == d)
-            self._mask = ~nan
+        self._patterns: list[Pattern] | None = None
+        self._derived: dict[str, Any] = {}
 
     @property
     def n(self) -> int:
         return int(self.X.shape[0])
 
-    def groups(self) -> list[Pattern]:
-        """All rows grouped by their observed columns, complete rows included (computed once).
+    def release(self) -> None:
+        """Drop what the kernels derived during a pass (the grouping stays)."""
+        self._derived.clear()
 
-        Rows of a group are a slice when they are contiguous (the in-memory
-        source sorts rows by pattern, so nearly all are).
+    def _get(self, key: str) -> Any:
+        v = self._derived.get(key)
+        if v is None:
+            v = self._derived[key] = _DERIVE[key](self)
+        return v
+
+    @property
+    def mask(self) -> np.ndarray:
+        """Observed cells (True), for incomplete chunks."""
+        return self._get("mask")
+
+    @property
+    def X0(self) -> np.ndarray:
+        """The rows with missing cells as 0."""
+        return self.X if self.complete else self._get("X0")
+
+    @property
+    def obs(self) -> np.ndarray | None:
+        """Observed cells as 1.0 and missing as 0.0 (None for a complete chunk)."""
+        return None if self.complete else self._get("obs")
+
+    def groups(self) -> list[Pattern]:
+        """All rows grouped by their observed columns, complete rows included (found once).
+
+        Rows of a group are a slice when they are contiguous.
         """
         if self._patterns is None:
             d = self.X.shape[1]
             if self.complete:
                 self._patterns = [Pattern(slice(0, self.n), np.arange(d), np.arange(0))]
                 return self._patterns
-            assert self._mask is not None
-            keys = np.packbits(self._mask, axis=1)
+            mask = self.mask
+            keys = np.packbits(mask, axis=1)
             _, inverse = np.unique(keys, axis=0, return_inverse=True)
             inverse = inverse.ravel()
             order = np.argsort(inverse, kind="stable")
             bounds = np.flatnonzero(np.diff(inverse[order])) + 1
             self._patterns = []
             for group in np.split(order, bounds):
-                m = self._mask[group[0]]
+                m = mask[group[0]]
                 rows: Any = group
                 if group[-1] - group[0] + 1 == group.size:
                     rows = slice(int(group[0]), int(group[-1]) + 1)
@@ -112,23 +137,19 @@ class Chunk:
 
     def obs_sum(self, v: np.ndarray) -> np.ndarray:
         """``observed @ v`` for each row (``v`` per column)."""
-        if self.obs is None:
+        obs = self.obs
+        if obs is None:
             return np.full(self.n, float(v.sum()))
-        return self.obs @ v
+        return obs @ v
 
     def design(self, kind: str) -> np.ndarray:
-        """Per-row features that make the E- and M-step one GEMM each (built once).
+        """Per-row features that make the E- and M-step one GEMM each (built per pass).
 
         ``"mask"``: ``[x0^2, x0, observed]`` (``x0`` = x with gaps as 0), for
         diagonal and spherical covariances; ``"quad"``: ``[vech(x0 x0^T), x0, 1]``,
         transposed, for full and tied covariances.
         """
-        D = self._designs.get(kind)
-        if D is None:
-            D = _mask_design(self) if kind == "mask" else _quad_design(self)
-            if self.keep_designs:
-                self._designs[kind] = D
-        return D
+        return self._get("design_" + kind)
 
 
 def _mask_design(chunk: Chunk) -> np.ndarray:
@@ -158,6 +179,15 @@ def _quad_design(chunk: Chunk) -> np.ndarray:
     FT[col : col + d] = XT
     FT[-1] = 1.0
     return FT
+
+
+_DERIVE: dict[str, Any] = {
+    "mask": lambda c: ~np.isnan(c.X),
+    "X0": lambda c: np.where(c.mask, c.X, 0.0).astype(c.X.dtype, copy=False),
+    "obs": lambda c: c.mask.astype(c.X.dtype),
+    "design_mask": lambda c: _mask_design(c),
+    "design_quad": lambda c: _quad_design(c),
+}
 
 
 @lru_cache(maxsize=32)

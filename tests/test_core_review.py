@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy.stats import multivariate_normal as mvn
 
-import emcli.sources.memory as memory
+import emcli.sources.rows as rows_module
 from emcli.fitting import fit_mixture, impute_rows, score_rows
 from emcli.gaussian import sweep_observed
 from emcli.model import GMMParams
@@ -124,7 +124,7 @@ def test_em_matches_row_by_row_reference(t, route, monkeypatch):
     """Weighted EM with holes, tiny chunks (patterns split across chunks, one-row
     groups) and threads, on both full/tied routes: same trajectory as the reference."""
     if route == "whitened":
-        monkeypatch.setattr(memory, "QUAD_DESIGN_BUDGET", 0)
+        monkeypatch.setattr(rows_module, "QUAD_DESIGN_BUDGET", 0)
     X, rng = _holey(1, n=60, d=3)
     w = rng.uniform(0.5, 2.0, X.shape[0])
     K, d, iters = 2, 3, 4

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
 
-import emcli.sources.memory as memory
+import emcli.sources.rows as rows_module
 from emcli.fitting import fit_mixture
 
 
@@ -53,7 +53,7 @@ def test_whitened_route_equals_quad_route(monkeypatch, covariance_type, holes):
         "reg_covar": 0.0,
     }
     quad = fit_mixture(X, **kw)
-    monkeypatch.setattr(memory, "QUAD_DESIGN_BUDGET", 0)
+    monkeypatch.setattr(rows_module, "QUAD_DESIGN_BUDGET", 0)
     whitened = fit_mixture(X, **kw)
     np.testing.assert_allclose(whitened.params.means, quad.params.means, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(

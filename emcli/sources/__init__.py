@@ -1,44 +1,91 @@
 """Where rows come from on each pass.
 
-A row source is the only thing that touches rows. It offers what the EM loop
-needs: apply a per-chunk function to every chunk and add the results in a
-fixed order (``reduce``), and apply one to every chunk and get per-row arrays
-back in input order (``collect``). The executor is handed in as a ``map``
-(the builtin, or a thread pool's), never owned by the source, so the same
-source serves one thread or many, and the answer is the same for any.
+A row source is the only thing that touches rows. It cuts its rows into
+blocks at fixed offsets within each input (``chunk_rows`` rows, the last one
+of each input shorter), whatever the memory or the number of threads, and
+offers two operations on them: apply a function to every block and add the
+results in block order (``reduce``), and apply one to every block and yield
+the results in block order (``each``, for writers). The executor is handed in
+as a ``map`` (the builtin, a thread pool's, or a cluster's), never owned by
+the source, so the same source serves one thread or many and the answer is
+the same for any.
+
+``FitRows`` (``rows.py``) is the EM loop's view of a source: the blocks in
+fitting units, as ``Chunk``s, streamed on every pass or kept in memory.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from itertools import islice
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from emcli.gaussian import Chunk
-
 T = TypeVar("T")
-MapFn = Callable[[Callable[[Any], Any], Iterable[Any]], Iterator[Any]]
+R = TypeVar("R")
+MapFn = Callable[..., Iterable[Any]]
+
+
+@dataclass
+class Block:
+    """Consecutive input rows: features in the data's units (NaN = missing)."""
+
+    X: np.ndarray  # (n, d) float64
+    w: np.ndarray | None  # (n,) row weights, None for all ones
+    start: int  # input row number (from 0, over all inputs) of X[0]
+    extra: Any = None  # what the reader carries along for writers (ids, passed-through columns)
+
+    @property
+    def n(self) -> int:
+        return int(self.X.shape[0])
 
 
 class RowSource(Protocol):
-    """Rows in chunks: in memory, streamed, or distributed."""
+    """Rows in blocks: arrays in memory, streamed files, or partitions on a cluster."""
 
     n_features: int
-    max_sq_norm: float  # an upper bound of |x|^2 over the rows (inf if unknown)
-    quad_ok: bool  # whether full/tied may build the [vech(xx^T), x, 1] design
+    chunk_rows: int
 
-    def reduce(self, fn: Callable[[Chunk], T], map: MapFn = map) -> T:
-        """``fn`` of every chunk, added in chunk order."""
+    def reduce(self, fn: Callable[[Block], T], map: MapFn = map) -> T:
+        """``fn`` of every block, added in block order."""
         ...
 
-    def collect(
-        self, fn: Callable[[Chunk], tuple[np.ndarray, ...]], map: MapFn = map
-    ) -> tuple[np.ndarray, ...]:
-        """``fn`` of every chunk (per-row arrays), concatenated in input row order."""
+    def each(self, fn: Callable[[Block], R], map: MapFn = map) -> Iterator[R]:
+        """``fn`` of every block, yielded in block order."""
         ...
 
 
-from .memory import InMemorySource  # noqa: E402
+def chunk_rows_for(n_features: int) -> int:
+    """Rows per block: about 1 MiB of the widest per-row working set, a multiple of 64.
 
-__all__ = ["InMemorySource", "MapFn", "RowSource"]
+    It depends on the number of columns only, so every source, every model
+    and every number of components cuts the same rows into the same blocks.
+    """
+    d = max(int(n_features), 1)
+    width = max(d * (d + 1) // 2 + d + 1, 8 * d)  # the quad design, or K=8 log-densities
+    rows = (1 << 20) // (8 * width)
+    return int(np.clip(rows // 64 * 64, 256, 65536))
+
+
+def ordered_map(
+    map: MapFn, fn: Callable[[Any], R], items: Iterable[Any], window: int
+) -> Iterator[R]:
+    """``map(fn, items)`` in windows of ``window`` items, so that at most that many
+    results (and inputs) are alive at once, in order."""
+    it = iter(items)
+    while True:
+        part = list(islice(it, window))
+        if not part:
+            return
+        yield from map(fn, part)
+
+
+from .memory import ArraySource  # noqa: E402
+from .rows import FitRows, Units  # noqa: E402
+
+__all__ = [
+    "ArraySource", "Block", "FitRows", "MapFn", "RowSource", "Units", "chunk_rows_for",
+    "ordered_map",
+]

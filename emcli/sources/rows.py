@@ -1,0 +1,89 @@
+"""The EM loop's view of a row source: blocks in fitting units, as chunks.
+
+Rows are either kept (converted once, in memory) or streamed (converted on
+every pass). Both go through the same blocks, so both give the same answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import reduce as _fold
+from operator import add
+from typing import Any, TypeVar
+
+import numpy as np
+
+from emcli.gaussian import Chunk, quad_width
+from emcli.sources import Block, MapFn, RowSource, ordered_map
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+# Per-chunk bytes of [vech(xx^T), x, 1] design that full and tied covariances
+# may build; above it they take the whitened route (one GEMM against the
+# stacked inverse Cholesky factors, nothing built). Designs live for one chunk
+# of one pass, never for the whole table.
+QUAD_DESIGN_BUDGET = 64 << 20
+
+
+@dataclass(frozen=True)
+class Units:
+    """Fitting units: ``(x - centre) / scale`` in the working precision."""
+
+    centre: np.ndarray
+    scale: np.ndarray | None
+    dtype: Any
+
+    def apply(self, X: np.ndarray) -> np.ndarray:
+        Z = np.subtract(X, self.centre, dtype=self.dtype)
+        if self.scale is not None:
+            Z /= self.scale.astype(self.dtype)
+        return Z
+
+    def chunk(self, block: Block) -> Chunk:
+        """The block's rows with something observed, in fitting units."""
+        seen = ~np.isnan(block.X).all(axis=1)
+        w = np.ones(block.n) if block.w is None else np.asarray(block.w, dtype=float)
+        index = None
+        X = block.X
+        if not seen.all():
+            index = np.flatnonzero(seen)
+            X, w = X[index], w[index]
+        return Chunk(self.apply(X), w, start=block.start, index=index, n_block=block.n)
+
+
+def _max_sq_norm(chunk: Chunk) -> float:
+    X0 = chunk.X0
+    return float(np.einsum("ij,ij->i", X0, X0, dtype=float).max()) if chunk.n else 0.0
+
+
+class FitRows:
+    """Chunks in fitting units for every pass, kept in memory or streamed from ``source``."""
+
+    def __init__(self, source: RowSource, units: Units, keep: bool = True) -> None:
+        self.source = source
+        self.units = units
+        self.n_features = source.n_features
+        self.quad_ok = source.chunk_rows * quad_width(self.n_features) * 8 <= QUAD_DESIGN_BUDGET
+        self.kept: list[Chunk] | None = list(source.each(units.chunk)) if keep else None
+        self.max_sq_norm = max(self.each(_max_sq_norm), default=0.0)
+
+    def reduce(self, fn: Callable[[Chunk], T], map: MapFn = map) -> T:
+        """``fn`` of every chunk, added in chunk order."""
+        if self.kept is None:
+            return self.source.reduce(lambda b: fn(self.units.chunk(b)), map)
+        return _fold(add, map(lambda c: _once(fn, c), self.kept))
+
+    def each(self, fn: Callable[[Chunk], R], map: MapFn = map) -> Iterator[R]:
+        """``fn`` of every chunk, in chunk order."""
+        if self.kept is None:
+            return self.source.each(lambda b: fn(self.units.chunk(b)), map)
+        return ordered_map(map, lambda c: _once(fn, c), self.kept, 16)
+
+
+def _once(fn: Callable[[Chunk], T], chunk: Chunk) -> T:
+    try:
+        return fn(chunk)
+    finally:
+        chunk.release()
