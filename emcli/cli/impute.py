@@ -7,36 +7,25 @@ from typing import Annotated
 
 import typer
 
-from emcli.errors import NotConvergedError, UsageError
+from emcli.errors import UsageError
 
 from .app import app, handled
-from .fit import run_fit
+from .fit import require_converged, run_fit
 from .options import (
-    ColumnsOpt,
     Covariance,
     CovarianceOpt,
     DebugOpt,
-    DType,
-    DTypeOpt,
-    ExcludeOpt,
+    FitOptions,
     FormatOpt,
-    IdColumnOpt,
-    InitOpt,
     JsonOpt,
     LabelsOpt,
     LogOpt,
-    MaxIterOpt,
     ModelOpt,
-    NInitOpt,
     OutputOpt,
     ProbabilitiesOpt,
     QuietOpt,
-    RegCovarOpt,
-    SeedOpt,
-    StandardizeOpt,
     StrictOpt,
-    TolOpt,
-    WeightsColumnOpt,
+    fit_options,
 )
 
 VarianceOpt = Annotated[
@@ -58,15 +47,12 @@ ImputeKOpt = Annotated[
 FitOutDirOpt = Annotated[
     str, typer.Option("--out-dir", help="With -k: directory for the fit's files.")
 ]
-# impute's options that only make sense with -k (a fit first)
-_IMPUTE_FIT_ONLY = (
-    "covariance", "init", "tol", "max_iter", "n_init", "seed", "reg_covar", "columns",
-    "exclude", "id_column", "weights_column", "standardize", "out_dir", "labels", "model",
-    "log", "probabilities", "json_", "dtype", "strict",
-)  # fmt: skip
+# impute's own parameters; every other option belongs to the fit and needs -k
+_IMPUTE_OWN = ("paths", "n_components", "output", "variance", "format", "debug", "quiet")
 
 
 @app.command("impute")
+@fit_options(after={"dtype": "format"})
 def impute_command(
     ctx: typer.Context,
     paths: Annotated[
@@ -82,17 +68,8 @@ def impute_command(
     output: OutputOpt = "-",
     variance: VarianceOpt = False,
     covariance: CovarianceOpt = Covariance.full,
-    init: InitOpt = "kmeans",
-    tol: TolOpt = 1e-3,
-    max_iter: MaxIterOpt = 200,
-    n_init: NInitOpt = 1,
-    seed: SeedOpt = 0,
-    reg_covar: RegCovarOpt = 1e-6,
-    columns: ColumnsOpt = None,
-    exclude: ExcludeOpt = None,
-    id_column: IdColumnOpt = None,
-    weights_column: WeightsColumnOpt = None,
-    standardize: StandardizeOpt = False,
+    *,
+    fit: FitOptions,
     out_dir: FitOutDirOpt = ".",
     labels: LabelsOpt = None,
     model: ModelOpt = None,
@@ -100,7 +77,6 @@ def impute_command(
     probabilities: ProbabilitiesOpt = False,
     json_: JsonOpt = False,
     format: FormatOpt = None,
-    dtype: DTypeOpt = DType.float64,
     debug: DebugOpt = False,
     strict: StrictOpt = False,
     quiet: QuietOpt = False,
@@ -114,12 +90,13 @@ def impute_command(
         started = time.perf_counter()
         fmt = format.value if format is not None else None
         out_fmt = io.output_format(output, "csv")
-        fit = None
+        fitted = None
         if n_components is None:
             given = [
-                "--" + name.rstrip("_").replace("_", "-")
-                for name in _IMPUTE_FIT_ONLY
-                if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
+                max(param.opts, key=len)
+                for param in ctx.command.params
+                if param.name not in _IMPUTE_OWN
+                and getattr(ctx.get_parameter_source(param.name), "name", "") == "COMMANDLINE"
             ]
             if given:
                 raise UsageError(
@@ -144,21 +121,11 @@ def impute_command(
                     f"{paths[0]}: with -k, impute fits first and takes DATA only; "
                     "leave out -k to impute with a model file"
                 )
-            fit, table, feats = run_fit(
+            fitted, table, feats = run_fit(
                 paths,
+                fit,
                 n_components=n_components,
                 covariance=covariance.value,
-                init=init,
-                tol=tol,
-                max_iter=max_iter,
-                n_init=n_init,
-                seed=seed,
-                reg_covar=reg_covar,
-                columns=columns,
-                exclude=exclude,
-                id_column=id_column,
-                weights_column=weights_column,
-                standardize=standardize,
                 out_dir=out_dir,
                 labels=labels,
                 model=model,
@@ -166,12 +133,11 @@ def impute_command(
                 probabilities=probabilities,
                 json_=json_,
                 fmt=fmt,
-                dtype=dtype.value,
                 strict=False,
                 quiet=quiet,
                 extra_outputs=[output],
             )
-            params, feature_names = fit.params, feats.columns
+            params, feature_names = fitted.params, feats.columns
         filled, var = impute_rows(params, feats.X)
         cols = io.imputed_columns(table, feature_names, filled, var if variance else None)
         with io.AtomicOutputs() as out:
@@ -189,8 +155,5 @@ def impute_command(
             written=output,
             seconds=time.perf_counter() - started,
         )
-        if strict and fit is not None and not fit.converged:
-            raise NotConvergedError(
-                f"the fit did not converge in {max_iter} iterations (outputs were written); "
-                "raise --max-iter or --tol"
-            )
+        if strict and fitted is not None:
+            require_converged(fitted, fit.max_iter)

@@ -1,10 +1,27 @@
-"""Options shared between the ``emcli`` commands, defined once as ``Annotated`` aliases."""
+"""Options shared between the ``emcli`` commands, each defined once.
+
+Single options are ``Annotated`` aliases (``DataArg``, ``QuietOpt``, …) that a
+command names in its signature. The fit settings that ``fit``, ``select-k``
+and ``impute -k`` share form one group: the dataclass ``FitOptions``, one
+field per option, whose annotation is the Typer option and whose default is
+the option's default. A command takes the whole group as one parameter
+annotated ``FitOptions`` and decorated with ``@fit_options()``: the decorator
+rewrites the command's ``__signature__`` so that Typer sees the group's
+options in that parameter's place (sqlite-utils' ``output_options`` style),
+and on each call collects their values into one ``FitOptions``, passed on to
+the core (``em_settings()`` are the keyword arguments of ``fit_mixture`` and
+``sweep``). A new fit option is therefore one new field of ``FitOptions``.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import os
+from collections.abc import Callable, Mapping
 from enum import Enum
-from typing import Annotated
+from typing import Annotated, Any, TypeVar, get_type_hints
 
 import typer
 
@@ -170,6 +187,91 @@ OutputOpt = Annotated[
         "-o", "--output", help="Output path (.csv/.tsv/.parquet/.json/.jsonl); - for stdout (CSV)."
     ),
 ]
+
+
+@dataclasses.dataclass(frozen=True)
+class FitOptions:
+    """The fit settings, as the user gave them; enum options keep their enum until used."""
+
+    init: InitOpt = "kmeans"
+    tol: TolOpt = 1e-3
+    max_iter: MaxIterOpt = 200
+    n_init: NInitOpt = 1
+    seed: SeedOpt = 0
+    reg_covar: RegCovarOpt = 1e-6
+    columns: ColumnsOpt = None
+    exclude: ExcludeOpt = None
+    id_column: IdColumnOpt = None
+    weights_column: WeightsColumnOpt = None
+    standardize: StandardizeOpt = False
+    dtype: DTypeOpt = DType.float64
+
+    # fields for io.select_features; init names a method or a file, resolved by init_choice
+    COLUMN_CHOICE = ("columns", "exclude", "id_column", "weights_column")
+
+    def column_choice(self) -> dict[str, Any]:
+        """The keyword arguments of ``io.select_features``."""
+        return {name: getattr(self, name) for name in self.COLUMN_CHOICE}
+
+    def em_settings(self) -> dict[str, Any]:
+        """The keyword arguments of ``fit_mixture`` and ``sweep``: the other fields but init."""
+        return {
+            field.name: _plain(getattr(self, field.name))
+            for field in dataclasses.fields(self)
+            if field.name != "init" and field.name not in self.COLUMN_CHOICE
+        }
+
+
+def _plain(value: object) -> object:
+    return value.value if isinstance(value, Enum) else value
+
+
+Command = TypeVar("Command", bound=Callable[..., Any])
+
+
+def fit_options(
+    *, after: Mapping[str, str] | None = None, **defaults: object
+) -> Callable[[Command], Command]:
+    """Give the command's ``FitOptions`` parameter as the group of options it stands for.
+
+    The options appear, in field order, where that parameter stands, except those
+    ``after`` moves behind another of the command's parameters (``{"dtype": "format"}``);
+    ``defaults`` overrides fields' defaults for this command (``tol=1e-5``).
+    """
+    moved = dict(after or {})
+    hints = get_type_hints(FitOptions, include_extras=True)
+    group = [
+        inspect.Parameter(
+            field.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=defaults.get(field.name, field.default),
+            annotation=hints[field.name],
+        )
+        for field in dataclasses.fields(FitOptions)
+    ]
+
+    def decorate(command: Command) -> Command:
+        signature = inspect.signature(command, eval_str=True)
+        [slot] = [p.name for p in signature.parameters.values() if p.annotation is FitOptions]
+        parameters: list[inspect.Parameter] = []
+        for parameter in signature.parameters.values():
+            if parameter.name == slot:
+                parameters += [p for p in group if p.name not in moved]
+            else:  # keyword-only: Typer passes keywords, and defaults may now precede non-defaults
+                parameters.append(parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+            parameters += [p for p in group if moved.get(p.name) == parameter.name]
+        if len(parameters) != len(signature.parameters) - 1 + len(group):
+            raise TypeError(f"{command.__name__}: fit_options(after={moved}) names no parameter")
+
+        @functools.wraps(command)
+        def with_group(**kwargs: Any) -> Any:
+            values = {p.name: kwargs.pop(p.name) for p in group}
+            return command(**kwargs, **{slot: FitOptions(**values)})
+
+        with_group.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+        return with_group  # type: ignore[return-value]
+
+    return decorate
 
 
 def stdout_count(**targets: bool) -> None:

@@ -11,28 +11,18 @@ from typing import Annotated
 
 import typer
 
-from emcli.errors import DataError, FitError, NotConvergedError, UsageError
+from emcli.errors import NotConvergedError, UsageError
 
 from .app import app, handled
+from .fit import fit_paths, naming, read_features, write_fit
 from .options import (
-    ColumnsOpt,
     DataArg,
     DebugOpt,
-    DType,
-    DTypeOpt,
-    ExcludeOpt,
+    FitOptions,
     FormatOpt,
-    IdColumnOpt,
-    InitOpt,
-    MaxIterOpt,
-    NInitOpt,
     ProbabilitiesOpt,
     QuietOpt,
-    RegCovarOpt,
-    SeedOpt,
-    StandardizeOpt,
-    TolOpt,
-    WeightsColumnOpt,
+    fit_options,
     init_choice,
     stdout_count,
 )
@@ -72,6 +62,7 @@ def _one_blas_thread() -> Iterator[None]:
 
 
 @app.command("select-k")
+@fit_options(tol=1e-5, after={"dtype": "strict"})
 def select_k_command(
     data: DataArg,
     k: Annotated[
@@ -122,17 +113,8 @@ def select_k_command(
             "(by default both are tried and the better likelihood kept).",
         ),
     ] = False,
-    init: InitOpt = "kmeans",
-    tol: TolOpt = 1e-5,
-    max_iter: MaxIterOpt = 200,
-    n_init: NInitOpt = 1,
-    seed: SeedOpt = 0,
-    reg_covar: RegCovarOpt = 1e-6,
-    columns: ColumnsOpt = None,
-    exclude: ExcludeOpt = None,
-    id_column: IdColumnOpt = None,
-    weights_column: WeightsColumnOpt = None,
-    standardize: StandardizeOpt = False,
+    *,
+    fit: FitOptions,
     out_dir: Annotated[
         str,
         typer.Option(
@@ -151,169 +133,89 @@ def select_k_command(
     strict: Annotated[
         bool, typer.Option("--strict", help="Exit 3 if the best model did not converge.")
     ] = False,
-    dtype: DTypeOpt = DType.float64,
     quiet: QuietOpt = False,
 ) -> None:
     """Sweep k (and covariance types), pick the best by BIC/AIC/ICL, write its files."""
     with handled(debug):
-        _select_k(
-            data,
-            k_spec=k,
-            covariance_spec=covariance,
-            criterion=criterion.value,
-            jobs=jobs,
-            table_path=table_path,
-            try_hc=not no_hc,
-            init=init,
-            tol=tol,
-            max_iter=max_iter,
-            n_init=n_init,
-            seed=seed,
-            reg_covar=reg_covar,
-            columns=columns,
-            exclude=exclude,
-            id_column=id_column,
-            weights_column=weights_column,
-            standardize=standardize,
-            out_dir=out_dir,
-            probabilities=probabilities,
-            json_=json_,
-            fmt=format.value if format is not None else None,
-            strict=strict,
-            dtype=dtype.value,
-            quiet=quiet,
-        )
+        from emcli import io
+        from emcli.render import Reporter, sweep_progress, sweep_report
+        from emcli.selection import parse_covariances, parse_k
 
+        started = time.perf_counter()
+        stdout_count(**{"--table -": table_path == "-", "--json": json_})
+        k_values = parse_k(k)
+        covariance_types = parse_covariances(covariance)
+        method, means_path = init_choice(fit.init)
+        if means_path is not None:
+            raise UsageError(
+                f"--init {fit.init!r}: select-k tries several k, so it cannot start from a file of "
+                "means; use a method (kmeans, hc, …) or emcli fit"
+            )
+        paths = fit_paths(data, out_dir)
+        table_fmt = io.output_format(table_path, "csv") if table_path is not None else None
 
-def _select_k(
-    data: list[str],
-    *,
-    k_spec: str,
-    covariance_spec: str,
-    criterion: str,
-    jobs: int,
-    table_path: str | None,
-    try_hc: bool,
-    init: str,
-    tol: float,
-    max_iter: int,
-    n_init: int,
-    seed: int,
-    reg_covar: float,
-    columns: list[str] | None,
-    exclude: list[str] | None,
-    id_column: str | None,
-    weights_column: str | None,
-    standardize: bool,
-    out_dir: str,
-    probabilities: bool,
-    json_: bool,
-    fmt: str | None,
-    strict: bool,
-    dtype: str,
-    quiet: bool,
-) -> None:
-    from emcli import io
-    from emcli.render import Reporter, sweep_progress, sweep_report
-    from emcli.selection import parse_covariances, parse_k
+        outputs = [*paths] + ([table_path] if table_path else [])
+        fmt = format.value if format is not None else None
+        reporter = Reporter(quiet)
+        table, feats = read_features(data, fit, fmt, outputs, reporter)
 
-    started = time.perf_counter()
-    stdout_count(**{"--table -": table_path == "-", "--json": json_})
-    k_values = parse_k(k_spec)
-    covariance_types = parse_covariances(covariance_spec)
-    method, means_path = init_choice(init)
-    if means_path is not None:
-        raise UsageError(
-            f"--init {init!r}: select-k tries several k, so it cannot start from a file of "
-            "means; use a method (kmeans, hc, …) or emcli fit"
-        )
-    stem = io.input_stem(data)
-    labels_path = os.path.join(out_dir, f"{stem}.labels.csv")
-    model_path = os.path.join(out_dir, f"{stem}.model.json")
-    log_path = os.path.join(out_dir, f"{stem}.convergence.csv")
-    table_fmt = io.output_format(table_path, "csv") if table_path is not None else None
+        from emcli.selection import sweep
 
-    inputs = io.resolve_inputs(data, fmt)
-    outputs = [labels_path, model_path, log_path] + ([table_path] if table_path else [])
-    io.check_output_paths(outputs, inputs)
-    reporter = Reporter(quiet)
-    table = io.read_table(inputs)
-    feats = io.select_features(
-        table, columns=columns, exclude=exclude, id_column=id_column, weights_column=weights_column
-    )
-    for message in feats.notices:
-        reporter.notice(f"{table.name}: {message}")
-
-    from emcli.selection import sweep
-
-    n_cells = len(k_values) * len(covariance_types)
-    with _one_blas_thread(), sweep_progress(reporter, n_cells) as on_cell:
-        try:
+        n_cells = len(k_values) * len(covariance_types)
+        with _one_blas_thread(), sweep_progress(reporter, n_cells) as on_cell, naming(table.name):
             result = sweep(
                 feats.X,
                 k_values=k_values,
                 covariance_types=covariance_types,
-                criterion=criterion,
+                criterion=criterion.value,
                 sample_weight=feats.weights,
-                n_init=n_init,
-                seed=seed,
-                tol=tol,
-                max_iter=max_iter,
-                reg_covar=reg_covar,
-                standardize=standardize,
                 init=method,
-                try_hc=try_hc,
+                try_hc=not no_hc,
                 jobs=jobs,
                 column_names=feats.columns,
                 on_cell=on_cell,
-                dtype=dtype,
                 n_threads=os.cpu_count() or 1,
+                **fit.em_settings(),
             )
-        except DataError as exc:
-            raise DataError(f"{table.name}: {exc}") from exc
-        except FitError as exc:
-            raise FitError(f"{table.name}: {exc}") from exc
 
-    best = result.best
-    fit = best.result
-    assert fit is not None  # the sweep never picks a failed cell
-    extra: dict[str, object] = {
-        "id_column": id_column,
-        "weights_column": weights_column,
-        "selected_by": {
-            "criterion": result.criterion,
-            "k_values": list(result.k_values),
-            "covariance_types": covariance_types,
-            "try_hc": try_hc,
-        },
-    }
-    doc = io.model_document(fit, feats.columns, table.sha256, extra)
-    model_bytes = io.dumps_model(doc)
-    with io.AtomicOutputs() as out:
-        out.add(
-            labels_path,
-            io.render_table(
-                io.labels_columns(fit, feats.ids, feats.id_name, probabilities), "csv"
-            ),
-        )
-        out.add(model_path, model_bytes)
-        out.add(log_path, io.render_table(io.convergence_columns(fit), "csv"))
+        best = result.best
+        best_fit = best.result
+        assert best_fit is not None  # the sweep never picks a failed cell
+        extra: dict[str, object] = {
+            "id_column": fit.id_column,
+            "weights_column": fit.weights_column,
+            "selected_by": {
+                "criterion": result.criterion,
+                "k_values": list(result.k_values),
+                "covariance_types": covariance_types,
+                "try_hc": not no_hc,
+            },
+        }
+        more = []
         if table_path is not None and table_fmt is not None:
-            out.add(table_path, io.render_table(io.sweep_columns(result), table_fmt))
-        if json_:
-            out.add("-", model_bytes)
-        out.commit()
-    sweep_report(
-        reporter,
-        result,
-        source=table.name,
-        n_rows=table.n_rows,
-        columns=feats.columns,
-        written=[p for p in outputs if p != "-"],
-        seconds=time.perf_counter() - started,
-    )
-    if strict and not fit.converged:
-        raise NotConvergedError(
-            f"the best model (k={best.k}, {best.covariance_type}) did not converge in {max_iter} "
-            "iterations (outputs were written); raise --max-iter or --tol"
+            more.append((table_path, io.render_table(io.sweep_columns(result), table_fmt)))
+        write_fit(
+            best_fit,
+            table,
+            feats,
+            extra,
+            paths,
+            ("csv", "csv"),
+            probabilities=probabilities,
+            json_=json_,
+            more=more,
         )
+        sweep_report(
+            reporter,
+            result,
+            source=table.name,
+            n_rows=table.n_rows,
+            columns=feats.columns,
+            written=[p for p in outputs if p != "-"],
+            seconds=time.perf_counter() - started,
+        )
+        if strict and not best_fit.converged:
+            raise NotConvergedError(
+                f"the best model (k={best.k}, {best.covariance_type}) did not converge in "
+                f"{fit.max_iter} iterations (outputs were written); raise --max-iter or --tol"
+            )
