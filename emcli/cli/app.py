@@ -2,7 +2,8 @@
 
 The command modules (``fit``, ``select_k``, …) register themselves on ``app``;
 ``emcli.cli`` imports them all. Every ``EmcliError`` becomes one stderr line
-``emcli: error: …`` and its exit code (the traceback only with ``--debug``);
+``emcli: error: …`` (the core's parameter names written as flags, by
+``flagged``) and its exit code (the traceback only with ``--debug``);
 Ctrl-C exits 130 leaving no output behind; a closed stdout pipe ends quietly
 with status 0.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import traceback
 from collections.abc import Iterator
@@ -52,6 +54,28 @@ def _root(
 
 # ---- errors, interrupts, pipes ----------------------------------------------------------
 
+# The core names its parameters (``reg_covar``); on the command line they are flags.
+PARAMETER_FLAGS = {
+    "reg_covar": "--reg-covar",
+    "standardize=True": "--standardize",
+    "init method": "--init",
+    "dtype='float64'": "--dtype float64",
+    "n_components": "-k",
+    "max_iter": "--max-iter",
+    "n_init": "--n-init",
+}
+# a whole word, not part of a flag (--n-init), a longer name or a file name (max_iter.csv)
+_PARAMETER = re.compile(
+    r"(?<![\w./\\-])("
+    + "|".join(re.escape(name) for name in sorted(PARAMETER_FLAGS, key=len, reverse=True))
+    + r")(?![\w-]|\.\w)"
+)
+
+
+def flagged(message: str) -> str:
+    """``message`` with the core's parameter names (``PARAMETER_FLAGS``) written as flags."""
+    return _PARAMETER.sub(lambda match: PARAMETER_FLAGS[match.group(1)], message)
+
 
 def _quiet_stdout() -> None:
     """Point stdout at /dev/null so the interpreter's final flush cannot fail."""
@@ -75,7 +99,7 @@ def handled(debug: bool) -> Iterator[None]:
     except EmcliError as exc:
         if debug:
             traceback.print_exc()
-        _stderr_line(f"emcli: error: {exc}")
+        _stderr_line(f"emcli: error: {flagged(str(exc))}")
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         if debug:
