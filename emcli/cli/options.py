@@ -10,7 +10,9 @@ rewrites the command's ``__signature__`` so that Typer sees the group's
 options in that parameter's place (sqlite-utils' ``output_options`` style),
 and on each call collects their values into one ``FitOptions``, passed on to
 the core (``em_settings()`` are the keyword arguments of ``fit_mixture`` and
-``sweep``). A new fit option is therefore one new field of ``FitOptions``.
+``sweep``). A new fit option is therefore one new field of ``FitOptions``
+(which the core's ``fit_mixture`` and ``sweep`` accept as a keyword): it then
+shows in all three commands, and ``impute`` refuses it without ``-k``.
 """
 
 from __future__ import annotations
@@ -206,7 +208,8 @@ class FitOptions:
     standardize: StandardizeOpt = False
     dtype: DTypeOpt = DType.float64
 
-    # fields for io.select_features; init names a method or a file, resolved by init_choice
+    # These fields go to io.select_features; init (a method or a file of means) to
+    # init_choice; every other field, as it is, to fit_mixture and sweep (em_settings).
     COLUMN_CHOICE = ("columns", "exclude", "id_column", "weights_column")
 
     def column_choice(self) -> dict[str, Any]:
