@@ -1,0 +1,139 @@
+"""The Typer app of the ``emcli`` command line, its error wrapper and ``main()``.
+
+The command modules (``fit``, ``select_k``, …) register themselves on ``app``;
+``emcli.cli`` imports them all. Every ``EmcliError`` becomes one stderr line
+``emcli: error: …`` (the core's parameter names written as flags, by
+``flagged``) and its exit code (the traceback only with ``--debug``);
+Ctrl-C exits 130 leaving no output behind; a closed stdout pipe ends quietly
+with status 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import traceback
+from collections.abc import Iterator
+from typing import Annotated
+
+import typer
+
+from emcli import __version__
+from emcli.errors import EmcliError
+
+app = typer.Typer(
+    name="emcli",
+    help="Cluster tables with Gaussian mixtures fitted by EM; missing values are integrated out.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"emcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Cluster tables with Gaussian mixtures fitted by EM; missing values are integrated out."""
+
+
+# ---- errors, interrupts, pipes ----------------------------------------------------------
+
+# The core names its parameters (``reg_covar``); on the command line they are flags.
+PARAMETER_FLAGS = {
+    "reg_covar": "--reg-covar",
+    "standardize=True": "--standardize",
+    "init method": "--init",
+    "dtype='float64'": "--dtype float64",
+    "n_components": "-k",
+    "max_iter": "--max-iter",
+    "n_init": "--n-init",
+}
+# a whole word, not part of a flag (--n-init), a longer name or a file name (max_iter.csv)
+_PARAMETER = re.compile(
+    r"(?<![\w./\\-])("
+    + "|".join(re.escape(name) for name in sorted(PARAMETER_FLAGS, key=len, reverse=True))
+    + r")(?![\w-]|\.\w)"
+)
+
+
+def flagged(message: str) -> str:
+    """``message`` with the core's parameter names (``PARAMETER_FLAGS``) written as flags."""
+    return _PARAMETER.sub(lambda match: PARAMETER_FLAGS[match.group(1)], message)
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def _stderr_line(message: str) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def handled(debug: bool) -> Iterator[None]:
+    """Turn emcli's errors into one stderr line and an exit code."""
+    try:
+        yield
+    except EmcliError as exc:
+        if debug:
+            traceback.print_exc()
+        _stderr_line(f"emcli: error: {flagged(str(exc))}")
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        _stderr_line("emcli: interrupted; no output written")
+        raise typer.Exit(130) from None
+    except BrokenPipeError:
+        _quiet_stdout()
+        raise typer.Exit(0) from None
+    except MemoryError:
+        if debug:
+            traceback.print_exc()
+        _stderr_line(
+            "emcli: error: out of memory; use fewer rows, columns or components, or --dtype float32"
+        )
+        raise typer.Exit(1) from None
+    except Exception as exc:  # a bug, not a user error: still one line unless --debug
+        if debug:
+            traceback.print_exc()
+        detail = str(exc).splitlines()[0][:200] if str(exc) else ""
+        _stderr_line(
+            f"emcli: error: internal error ({type(exc).__name__}: {detail}); "
+            "rerun with --debug and report the traceback"
+        )
+        raise typer.Exit(1) from None
+
+
+def main() -> None:
+    """Entry point of the ``emcli`` script."""
+    try:
+        app(prog_name="emcli")
+    except BrokenPipeError:
+        _quiet_stdout()
+        sys.exit(0)
+    except KeyboardInterrupt:
+        _stderr_line("emcli: interrupted")
+        sys.exit(130)

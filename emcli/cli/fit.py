@@ -1,0 +1,266 @@
+"""``emcli fit``: read a table, fit one mixture, write labels, the model file and the log.
+
+``run_fit`` and ``require_converged`` also serve ``impute -k``; ``fit_paths``, ``read_features``,
+``naming`` and ``write_fit`` also serve ``select-k``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from emcli.errors import DataError, FitError, NotConvergedError, UsageError
+
+from .app import app, handled
+from .options import (
+    Covariance,
+    CovarianceOpt,
+    DataArg,
+    DebugOpt,
+    FitOptions,
+    FormatOpt,
+    JsonOpt,
+    LabelsOpt,
+    LogOpt,
+    ModelOpt,
+    NComponentsOpt,
+    OutDirOpt,
+    ProbabilitiesOpt,
+    QuietOpt,
+    StrictOpt,
+    fit_options,
+    init_choice,
+    stdout_count,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from emcli.io import Features, InputTable
+    from emcli.model import FitResult
+    from emcli.render import Reporter
+
+
+@app.command("fit")
+@fit_options(after={"dtype": "format"})
+def fit_command(
+    data: DataArg,
+    n_components: NComponentsOpt,
+    covariance: CovarianceOpt = Covariance.full,
+    *,
+    fit: FitOptions,
+    out_dir: OutDirOpt = ".",
+    labels: LabelsOpt = None,
+    model: ModelOpt = None,
+    log: LogOpt = None,
+    probabilities: ProbabilitiesOpt = False,
+    json_: JsonOpt = False,
+    format: FormatOpt = None,
+    debug: DebugOpt = False,
+    strict: StrictOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Fit one mixture; write labels, the model file and the convergence log."""
+    with handled(debug):
+        run_fit(
+            data,
+            fit,
+            n_components=n_components,
+            covariance=covariance.value,
+            out_dir=out_dir,
+            labels=labels,
+            model=model,
+            log=log,
+            probabilities=probabilities,
+            json_=json_,
+            fmt=format.value if format is not None else None,
+            strict=strict,
+            quiet=quiet,
+        )
+
+
+def run_fit(
+    data: list[str],
+    fit: FitOptions,
+    *,
+    n_components: int,
+    covariance: str,
+    out_dir: str,
+    labels: str | None,
+    model: str | None,
+    log: str | None,
+    probabilities: bool,
+    json_: bool,
+    fmt: str | None,
+    strict: bool,
+    quiet: bool,
+    extra_outputs: Sequence[str] = (),
+) -> tuple[FitResult, InputTable, Features]:
+    """Read, fit, write the fit's files; ``extra_outputs`` are the caller's (``impute -k``)."""
+    from emcli import io
+    from emcli.render import Reporter
+
+    started = time.perf_counter()
+    stdout_count(
+        **{
+            "--labels -": labels == "-",
+            "--model -": model == "-",
+            "--log -": log == "-",
+            "--json": json_,
+            "--output -": "-" in extra_outputs,
+        }
+    )
+    method, means_path = init_choice(fit.init)
+    default_labels, default_model, default_log = fit_paths(data, out_dir)
+    labels_path = labels or default_labels
+    model_path = model or default_model
+    log_path = log or default_log
+    labels_fmt = io.output_format(labels_path, "csv")
+    log_fmt = io.output_format(log_path, "csv")
+    if model_path != "-" and not model_path.lower().endswith(".json"):
+        raise UsageError(f"{model_path}: the model file is JSON; give it a .json name")
+
+    reporter = Reporter(quiet)
+    table, feats = read_features(
+        data, fit, fmt, [labels_path, model_path, log_path, *extra_outputs], reporter
+    )
+    means_init = None
+    if means_path is not None:
+        means_init = io.read_means(means_path, feats.columns, n_components)
+
+    from threadpoolctl import threadpool_limits
+
+    from emcli.fitting import fit_mixture
+
+    with (
+        threadpool_limits(1, user_api="blas"),
+        reporter.progress(fit.n_init, fit.max_iter) as callback,
+        naming(table.name),
+    ):
+        result = fit_mixture(
+            feats.X,
+            n_components=n_components,
+            covariance_type=covariance,
+            sample_weight=feats.weights,
+            init=method,
+            means_init=means_init,
+            n_threads=os.cpu_count() or 1,
+            column_names=feats.columns,
+            callback=callback,
+            **fit.em_settings(),
+        )
+
+    extra: dict[str, object] = {"id_column": fit.id_column, "weights_column": fit.weights_column}
+    if means_path is not None:
+        extra["init_means_file"] = os.path.basename(means_path)
+    write_fit(
+        result,
+        table,
+        feats,
+        extra,
+        (labels_path, model_path, log_path),
+        (labels_fmt, log_fmt),
+        probabilities=probabilities,
+        json_=json_,
+    )
+    written = [p for p in (labels_path, model_path, log_path) if p != "-"]
+    reporter.fit_summary(
+        result,
+        source=table.name,
+        columns=feats.columns,
+        written=written,
+        seconds=time.perf_counter() - started,
+    )
+    if strict:
+        require_converged(result, fit.max_iter)
+    return result, table, feats
+
+
+def require_converged(result: FitResult, max_iter: int) -> None:
+    """``--strict``: exit 3 when the fit stopped at ``max_iter`` (its outputs are written)."""
+    if not result.converged:
+        raise NotConvergedError(
+            f"the fit did not converge in {max_iter} iterations (outputs were written); "
+            "raise --max-iter or --tol"
+        )
+
+
+def fit_paths(data: list[str], out_dir: str) -> tuple[str, str, str]:
+    """The default labels, model and convergence-log paths: OUT_DIR/STEM.*."""
+    from emcli import io
+
+    stem = io.input_stem(data)
+    return (
+        os.path.join(out_dir, f"{stem}.labels.csv"),
+        os.path.join(out_dir, f"{stem}.model.json"),
+        os.path.join(out_dir, f"{stem}.convergence.csv"),
+    )
+
+
+def read_features(
+    data: list[str],
+    fit: FitOptions,
+    fmt: str | None,
+    outputs: list[str],
+    reporter: Reporter,
+) -> tuple[InputTable, Features]:
+    """Read DATA (after checking that no output overwrites it) and choose its feature columns."""
+    from emcli import io
+
+    inputs = io.resolve_inputs(data, fmt)
+    io.check_output_paths(outputs, inputs)
+    table = io.read_table(inputs)
+    feats = io.select_features(table, **fit.column_choice())
+    for message in feats.notices:
+        reporter.notice(f"{table.name}: {message}")
+    return table, feats
+
+
+@contextlib.contextmanager
+def naming(source: str) -> Iterator[None]:
+    """Prefix the core's data and fit errors with the table they are about."""
+    try:
+        yield
+    except DataError as exc:
+        raise DataError(f"{source}: {exc}") from exc
+    except FitError as exc:
+        raise FitError(f"{source}: {exc}") from exc
+
+
+def write_fit(
+    result: FitResult,
+    table: InputTable,
+    feats: Features,
+    extra: dict[str, object],
+    paths: tuple[str, str, str],
+    formats: tuple[str, str],
+    *,
+    probabilities: bool,
+    json_: bool,
+    more: Sequence[tuple[str, bytes]] = (),
+) -> None:
+    """Write a fit's labels, model file and convergence log (``paths``), all or none.
+
+    ``formats`` are those of the labels and the log; ``more`` are further
+    (path, bytes) outputs written with them; ``json_`` adds the model document on stdout.
+    """
+    from emcli import io
+
+    labels_path, model_path, log_path = paths
+    labels_fmt, log_fmt = formats
+    model_bytes = io.dumps_model(io.model_document(result, feats.columns, table.sha256, extra))
+    with io.AtomicOutputs() as out:
+        out.add(
+            labels_path,
+            io.render_table(
+                io.labels_columns(result, feats.ids, feats.id_name, probabilities), labels_fmt
+            ),
+        )
+        out.add(model_path, model_bytes)
+        out.add(log_path, io.render_table(io.convergence_columns(result), log_fmt))
+        for path, data in more:
+            out.add(path, data)
+        if json_:
+            out.add("-", model_bytes)
+        out.commit()

@@ -1,0 +1,159 @@
+"""``emcli impute``: fill missing cells with their conditional means, from a model or a new fit."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import typer
+
+from emcli.errors import UsageError
+
+from .app import app, handled
+from .fit import require_converged, run_fit
+from .options import (
+    Covariance,
+    CovarianceOpt,
+    DebugOpt,
+    FitOptions,
+    FormatOpt,
+    JsonOpt,
+    LabelsOpt,
+    LogOpt,
+    ModelOpt,
+    OutputOpt,
+    ProbabilitiesOpt,
+    QuietOpt,
+    StrictOpt,
+    fit_options,
+)
+
+VarianceOpt = Annotated[
+    bool,
+    typer.Option(
+        "--variance", help="Add <column>_var: the conditional variance (0 for observed cells)."
+    ),
+]
+ImputeKOpt = Annotated[
+    int | None,
+    typer.Option(
+        "-k",
+        "--n-components",
+        min=1,
+        help="Fit a mixture with this many components first (then DATA only, no MODEL).",
+        show_default=False,
+    ),
+]
+FitOutDirOpt = Annotated[
+    str, typer.Option("--out-dir", help="With -k: directory for the fit's files.")
+]
+# impute's own parameters; every other option belongs to the fit and needs -k
+_IMPUTE_OWN = ("paths", "n_components", "output", "variance", "format", "debug", "quiet")
+
+
+@app.command("impute")
+@fit_options(after={"dtype": "format"})
+def impute_command(
+    ctx: typer.Context,
+    paths: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="[MODEL] DATA",
+            help="MODEL then DATA; or, with -k, DATA only (fitted first). "
+            "DATA as for fit: files, a directory or glob of Parquet files, or -.",
+            show_default=False,
+        ),
+    ],
+    n_components: ImputeKOpt = None,
+    output: OutputOpt = "-",
+    variance: VarianceOpt = False,
+    covariance: CovarianceOpt = Covariance.full,
+    *,
+    fit: FitOptions,
+    out_dir: FitOutDirOpt = ".",
+    labels: LabelsOpt = None,
+    model: ModelOpt = None,
+    log: LogOpt = None,
+    probabilities: ProbabilitiesOpt = False,
+    json_: JsonOpt = False,
+    format: FormatOpt = None,
+    debug: DebugOpt = False,
+    strict: StrictOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Fill every missing cell of the model's columns with E[x_missing | x_observed]."""
+    with handled(debug):
+        from emcli import io
+        from emcli.fitting import impute_rows
+        from emcli.render import Reporter, apply_summary
+
+        started = time.perf_counter()
+        fmt = format.value if format is not None else None
+        out_fmt = io.output_format(output, "csv")
+        fitted = None
+        if n_components is None:
+            given = [
+                max(param.opts, key=len)
+                for param in ctx.command.params
+                if param.name not in _IMPUTE_OWN
+                and getattr(ctx.get_parameter_source(param.name), "name", "") == "COMMANDLINE"
+            ]
+            if given:
+                raise UsageError(
+                    f"{given[0]} is a fit option: give -k K and DATA only to fit first, "
+                    "or leave it out to impute with MODEL"
+                )
+            if len(paths) < 2:
+                raise UsageError(
+                    "impute needs MODEL DATA (a model file, then the data), "
+                    "or DATA -k K to fit first"
+                )
+            model_path, data = paths[0], paths[1:]
+            loaded = io.load_model(model_path)
+            inputs = io.resolve_inputs(data, fmt)
+            io.check_output_paths([output], [*inputs, io.InputFile(model_path, "json")])
+            table = io.read_table(inputs)
+            feats = io.model_features(table, loaded.columns)
+            params, feature_names = loaded.params, loaded.columns
+        else:
+            if paths[0].lower().endswith(".json"):
+                raise UsageError(
+                    f"{paths[0]}: with -k, impute fits first and takes DATA only; "
+                    "leave out -k to impute with a model file"
+                )
+            fitted, table, feats = run_fit(
+                paths,
+                fit,
+                n_components=n_components,
+                covariance=covariance.value,
+                out_dir=out_dir,
+                labels=labels,
+                model=model,
+                log=log,
+                probabilities=probabilities,
+                json_=json_,
+                fmt=fmt,
+                strict=False,
+                quiet=quiet,
+                extra_outputs=[output],
+            )
+            params, feature_names = fitted.params, feats.columns
+        filled, var = impute_rows(params, feats.X)
+        cols = io.imputed_columns(table, feature_names, filled, var if variance else None)
+        with io.AtomicOutputs() as out:
+            out.add(output, io.render_table(cols, out_fmt))
+            out.commit()
+        n_observed = io.observed_counts(feats.X)
+        apply_summary(
+            Reporter(quiet),
+            "imputed",
+            source=table.name,
+            n_rows=table.n_rows,
+            n_empty=int((n_observed == 0).sum()),
+            n_filled=int(feats.X.size - n_observed.sum()),
+            columns=feature_names,
+            written=output,
+            seconds=time.perf_counter() - started,
+        )
+        if strict and fitted is not None:
+            require_converged(fitted, fit.max_iter)

@@ -1,0 +1,300 @@
+"""Options shared between the ``emcli`` commands, each defined once.
+
+Single options are ``Annotated`` aliases (``DataArg``, ``QuietOpt``, …) that a
+command names in its signature. The fit settings that ``fit``, ``select-k``
+and ``impute -k`` share form one group: the dataclass ``FitOptions``, one
+field per option, whose annotation is the Typer option and whose default is
+the option's default. A command takes the whole group as one parameter
+annotated ``FitOptions`` and decorated with ``@fit_options()``: the decorator
+rewrites the command's ``__signature__`` so that Typer sees the group's
+options in that parameter's place (sqlite-utils' ``output_options`` style),
+and on each call collects their values into one ``FitOptions``, passed on to
+the core (``em_settings()`` are the keyword arguments of ``fit_mixture`` and
+``sweep``). A new fit option is therefore one new field of ``FitOptions``
+(which the core's ``fit_mixture`` and ``sweep`` accept as a keyword): it then
+shows in all three commands, and ``impute`` refuses it without ``-k``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import os
+from collections.abc import Callable, Mapping
+from enum import Enum
+from typing import Annotated, Any, TypeVar, get_type_hints
+
+import typer
+
+from emcli.errors import UsageError
+
+
+class Covariance(str, Enum):
+    full = "full"
+    diag = "diag"
+    spherical = "spherical"
+    tied = "tied"
+
+
+class InputFormat(str, Enum):
+    csv = "csv"
+    tsv = "tsv"
+    parquet = "parquet"
+
+
+class DType(str, Enum):
+    float64 = "float64"
+    float32 = "float32"
+
+
+INIT_HELP = (
+    "Starting point: kmeans, kmeans++ (k-means++), random, random-from-data "
+    "(random_from_data), hc, or a JSON/CSV file of initial means (one row per component)."
+)
+
+DataArg = Annotated[
+    list[str],
+    typer.Argument(
+        metavar="DATA",
+        help="Input: .csv, .tsv, .csv.gz, .parquet/.pq, a directory or glob of Parquet files, "
+        "several paths, or - for standard input.",
+        show_default=False,
+    ),
+]
+NComponentsOpt = Annotated[
+    int,
+    typer.Option(
+        "-k", "--n-components", min=1, help="Number of mixture components.", show_default=False
+    ),
+]
+CovarianceOpt = Annotated[
+    Covariance, typer.Option("--covariance", case_sensitive=False, help="Covariance structure.")
+]
+InitOpt = Annotated[str, typer.Option("--init", help=INIT_HELP)]
+TolOpt = Annotated[
+    float,
+    typer.Option(
+        "--tol", min=0.0, help="Stop when the mean per-row log-likelihood changes less than this."
+    ),
+]
+MaxIterOpt = Annotated[int, typer.Option("--max-iter", min=0, help="Iteration cap per restart.")]
+NInitOpt = Annotated[
+    int, typer.Option("--n-init", min=1, help="Restarts; the best log-likelihood wins.")
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="One seed for everything random.")]
+RegCovarOpt = Annotated[
+    float,
+    typer.Option(
+        "--reg-covar",
+        min=0.0,
+        help="Added to covariance diagonals, relative to each column's variance.",
+    ),
+]
+ColumnsOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--columns",
+        help="Feature columns (comma-separated or repeated); "
+        "default: every numeric column except the id and weights columns.",
+        show_default=False,
+    ),
+]
+ExcludeOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--exclude", help="Columns to leave out (comma-separated or repeated).", show_default=False
+    ),
+]
+IdColumnOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--id-column",
+        help="Column passed through to the labels output instead of the row number.",
+        show_default=False,
+    ),
+]
+WeightsColumnOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--weights-column", help="Column of non-negative row weights.", show_default=False
+    ),
+]
+StandardizeOpt = Annotated[
+    bool, typer.Option("--standardize", help="Fit on z-scored columns; report in original units.")
+]
+OutDirOpt = Annotated[
+    str, typer.Option("-o", "--out-dir", help="Directory for the output files (created if needed).")
+]
+LabelsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--labels",
+        help="Labels output path (.csv/.tsv/.parquet/.json/"
+        ".jsonl); - for stdout. Default: OUT_DIR/STEM.labels.csv.",
+        show_default=False,
+    ),
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help="Model file path (.json); - for stdout. Default: OUT_DIR/STEM.model.json.",
+        show_default=False,
+    ),
+]
+LogOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--log",
+        help="Convergence log path; - for stdout. Default: OUT_DIR/STEM.convergence.csv.",
+        show_default=False,
+    ),
+]
+ProbabilitiesOpt = Annotated[
+    bool, typer.Option("--probabilities", help="Add one probability column p_k per component.")
+]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print the model document (as in the model file) to stdout.")
+]
+FormatOpt = Annotated[
+    InputFormat | None,
+    typer.Option(
+        "--format",
+        case_sensitive=False,
+        help="Input format when the extension does not say (stdin: csv).",
+        show_default=False,
+    ),
+]
+DTypeOpt = Annotated[
+    DType,
+    typer.Option(
+        "--dtype", case_sensitive=False, help="Arithmetic precision (sums are always float64)."
+    ),
+]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
+StrictOpt = Annotated[bool, typer.Option("--strict", help="Exit 3 if the fit did not converge.")]
+QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="No progress or summary on stderr.")]
+ModelArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="MODEL",
+        help="Model file (.json) written by emcli fit or select-k.",
+        show_default=False,
+    ),
+]
+OutputOpt = Annotated[
+    str,
+    typer.Option(
+        "-o", "--output", help="Output path (.csv/.tsv/.parquet/.json/.jsonl); - for stdout (CSV)."
+    ),
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class FitOptions:
+    """The fit settings, as the user gave them; enum options keep their enum until used."""
+
+    init: InitOpt = "kmeans"
+    tol: TolOpt = 1e-3
+    max_iter: MaxIterOpt = 200
+    n_init: NInitOpt = 1
+    seed: SeedOpt = 0
+    reg_covar: RegCovarOpt = 1e-6
+    columns: ColumnsOpt = None
+    exclude: ExcludeOpt = None
+    id_column: IdColumnOpt = None
+    weights_column: WeightsColumnOpt = None
+    standardize: StandardizeOpt = False
+    dtype: DTypeOpt = DType.float64
+
+    # These fields go to io.select_features; init (a method or a file of means) to
+    # init_choice; every other field, as it is, to fit_mixture and sweep (em_settings).
+    COLUMN_CHOICE = ("columns", "exclude", "id_column", "weights_column")
+
+    def column_choice(self) -> dict[str, Any]:
+        """The keyword arguments of ``io.select_features``."""
+        return {name: getattr(self, name) for name in self.COLUMN_CHOICE}
+
+    def em_settings(self) -> dict[str, Any]:
+        """The keyword arguments of ``fit_mixture`` and ``sweep``: the other fields but init."""
+        return {
+            field.name: _plain(getattr(self, field.name))
+            for field in dataclasses.fields(self)
+            if field.name != "init" and field.name not in self.COLUMN_CHOICE
+        }
+
+
+def _plain(value: object) -> object:
+    return value.value if isinstance(value, Enum) else value
+
+
+Command = TypeVar("Command", bound=Callable[..., Any])
+
+
+def fit_options(
+    *, after: Mapping[str, str] | None = None, **defaults: object
+) -> Callable[[Command], Command]:
+    """Give the command's ``FitOptions`` parameter as the group of options it stands for.
+
+    The options appear, in field order, where that parameter stands, except those
+    ``after`` moves behind another of the command's parameters (``{"dtype": "format"}``);
+    ``defaults`` overrides fields' defaults for this command (``tol=1e-5``).
+    """
+    moved = dict(after or {})
+    hints = get_type_hints(FitOptions, include_extras=True)
+    group = [
+        inspect.Parameter(
+            field.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=defaults.get(field.name, field.default),
+            annotation=hints[field.name],
+        )
+        for field in dataclasses.fields(FitOptions)
+    ]
+
+    def decorate(command: Command) -> Command:
+        signature = inspect.signature(command, eval_str=True)
+        [slot] = [p.name for p in signature.parameters.values() if p.annotation is FitOptions]
+        parameters: list[inspect.Parameter] = []
+        for parameter in signature.parameters.values():
+            if parameter.name == slot:
+                parameters += [p for p in group if p.name not in moved]
+            else:  # keyword-only: Typer passes keywords, and defaults may now precede non-defaults
+                parameters.append(parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+            parameters += [p for p in group if moved.get(p.name) == parameter.name]
+        if len(parameters) != len(signature.parameters) - 1 + len(group):
+            raise TypeError(f"{command.__name__}: fit_options(after={moved}) names no parameter")
+
+        @functools.wraps(command)
+        def with_group(**kwargs: Any) -> Any:
+            values = {p.name: kwargs.pop(p.name) for p in group}
+            return command(**kwargs, **{slot: FitOptions(**values)})
+
+        with_group.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+        return with_group  # type: ignore[return-value]
+
+    return decorate
+
+
+def stdout_count(**targets: bool) -> None:
+    on = [name for name, used in targets.items() if used]
+    if len(on) > 1:
+        raise UsageError(
+            f"{' and '.join(on)} would both write to stdout; send at most one output to stdout"
+        )
+
+
+def init_choice(init: str) -> tuple[str, str | None]:
+    """(method, None) for a method name, ("kmeans", path) for a file of means."""
+    from emcli.init import ALIASES, INIT_METHODS
+
+    name = ALIASES.get(init, init)
+    if name in INIT_METHODS:
+        return name, None
+    if os.path.isfile(init):
+        return "kmeans", init
+    raise UsageError(
+        f"--init {init!r} is neither a method ({', '.join(INIT_METHODS)}) nor an existing file "
+        "of initial means"
+    )

@@ -1,0 +1,221 @@
+"""``emcli select-k``: sweep k and covariance types, pick the best by BIC/AIC/ICL, write it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from enum import Enum
+from typing import Annotated
+
+import typer
+
+from emcli.errors import NotConvergedError, UsageError
+
+from .app import app, handled
+from .fit import fit_paths, naming, read_features, write_fit
+from .options import (
+    DataArg,
+    DebugOpt,
+    FitOptions,
+    FormatOpt,
+    ProbabilitiesOpt,
+    QuietOpt,
+    fit_options,
+    init_choice,
+    stdout_count,
+)
+
+
+class Criterion(str, Enum):
+    bic = "bic"
+    aic = "aic"
+    icl = "icl"
+
+
+_BLAS_ENV = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+)
+
+
+@contextlib.contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """One BLAS thread here (threadpoolctl) and in worker processes started meanwhile (env)."""
+    from threadpoolctl import threadpool_limits
+
+    saved = {name: os.environ.get(name) for name in _BLAS_ENV}
+    os.environ.update(dict.fromkeys(_BLAS_ENV, "1"))
+    try:
+        with threadpool_limits(1, user_api="blas"):
+            yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@app.command("select-k")
+@fit_options(tol=1e-5, after={"dtype": "strict"})
+def select_k_command(
+    data: DataArg,
+    k: Annotated[
+        str,
+        typer.Option(
+            "-k",
+            "--k",
+            help="Numbers of components to try: a range 1:9 (inclusive; 1:9:2 with a step), "
+            "a list 2,4,8, or a mix.",
+        ),
+    ] = "1:9",
+    covariance: Annotated[
+        str,
+        typer.Option(
+            "--covariance",
+            help="Covariance types to try: a list of full, diag, spherical, tied, or all.",
+        ),
+    ] = "full",
+    criterion: Annotated[
+        Criterion,
+        typer.Option(
+            "--criterion", case_sensitive=False, help="Picks the best cell; lower is better."
+        ),
+    ] = Criterion.bic,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "-j",
+            "--jobs",
+            min=1,
+            help="Cells fitted in parallel processes (results identical to --jobs 1).",
+        ),
+    ] = 1,
+    table_path: Annotated[
+        str | None,
+        typer.Option(
+            "--table",
+            help="Write the sweep table (one row per k and covariance) here: "
+            ".csv/.tsv/.parquet/.json/.jsonl, or - for stdout.",
+            show_default=False,
+        ),
+    ] = None,
+    no_hc: Annotated[
+        bool,
+        typer.Option(
+            "--no-hc",
+            help="With --init kmeans, do not also try the hc start in each cell "
+            "(by default both are tried and the better likelihood kept).",
+        ),
+    ] = False,
+    *,
+    fit: FitOptions,
+    out_dir: Annotated[
+        str,
+        typer.Option(
+            "-o",
+            "--out-dir",
+            help="Directory for the best model's files: STEM.model.json, STEM.labels.csv, "
+            "STEM.convergence.csv (created if needed).",
+        ),
+    ] = ".",
+    probabilities: ProbabilitiesOpt = False,
+    json_: Annotated[
+        bool, typer.Option("--json", help="Print the best model's document to stdout.")
+    ] = False,
+    format: FormatOpt = None,
+    debug: DebugOpt = False,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Exit 3 if the best model did not converge.")
+    ] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Sweep k (and covariance types), pick the best by BIC/AIC/ICL, write its files."""
+    with handled(debug):
+        from emcli import io
+        from emcli.render import Reporter, sweep_progress, sweep_report
+        from emcli.selection import parse_covariances, parse_k
+
+        started = time.perf_counter()
+        stdout_count(**{"--table -": table_path == "-", "--json": json_})
+        k_values = parse_k(k)
+        covariance_types = parse_covariances(covariance)
+        method, means_path = init_choice(fit.init)
+        if means_path is not None:
+            raise UsageError(
+                f"--init {fit.init!r}: select-k tries several k, so it cannot start from a file of "
+                "means; use a method (kmeans, hc, …) or emcli fit"
+            )
+        paths = fit_paths(data, out_dir)
+        table_fmt = io.output_format(table_path, "csv") if table_path is not None else None
+
+        outputs = [*paths] + ([table_path] if table_path else [])
+        fmt = format.value if format is not None else None
+        reporter = Reporter(quiet)
+        table, feats = read_features(data, fit, fmt, outputs, reporter)
+
+        from emcli.selection import sweep
+
+        n_cells = len(k_values) * len(covariance_types)
+        with _one_blas_thread(), sweep_progress(reporter, n_cells) as on_cell, naming(table.name):
+            result = sweep(
+                feats.X,
+                k_values=k_values,
+                covariance_types=covariance_types,
+                criterion=criterion.value,
+                sample_weight=feats.weights,
+                init=method,
+                try_hc=not no_hc,
+                jobs=jobs,
+                column_names=feats.columns,
+                on_cell=on_cell,
+                n_threads=os.cpu_count() or 1,
+                **fit.em_settings(),
+            )
+
+        best = result.best
+        best_fit = best.result
+        assert best_fit is not None  # the sweep never picks a failed cell
+        extra: dict[str, object] = {
+            "id_column": fit.id_column,
+            "weights_column": fit.weights_column,
+            "selected_by": {
+                "criterion": result.criterion,
+                "k_values": list(result.k_values),
+                "covariance_types": covariance_types,
+                "try_hc": not no_hc,
+            },
+        }
+        more = []
+        if table_path is not None and table_fmt is not None:
+            more.append((table_path, io.render_table(io.sweep_columns(result), table_fmt)))
+        write_fit(
+            best_fit,
+            table,
+            feats,
+            extra,
+            paths,
+            ("csv", "csv"),
+            probabilities=probabilities,
+            json_=json_,
+            more=more,
+        )
+        sweep_report(
+            reporter,
+            result,
+            source=table.name,
+            n_rows=table.n_rows,
+            columns=feats.columns,
+            written=[p for p in outputs if p != "-"],
+            seconds=time.perf_counter() - started,
+        )
+        if strict and not best_fit.converged:
+            raise NotConvergedError(
+                f"the best model (k={best.k}, {best.covariance_type}) did not converge in "
+                f"{fit.max_iter} iterations (outputs were written); raise --max-iter or --tol"
+            )
