@@ -1,7 +1,7 @@
 """Errors that carry the exit code the command line uses for them.
 
 The core raises these with a message that says what went wrong and what to
-try; ``cli.py`` turns one into a single stderr line and the exit code.
+try; the command line (``emcli/cli/app.py``) turns one into a single stderr line and the exit code.
 """
 
 from __future__ import annotations
@@ -38,6 +38,6 @@ class ModelFileError(EmcliError, ValueError):
 
 
 class NotConvergedError(EmcliError):
-    """Raised only under ``--strict`` when a fit stopped at ``max_iter`` (exit 3)."""
+    """A fit stopped at ``max_iter``; raised only under the command line's ``--strict`` (exit 3)."""
 
     exit_code = 3

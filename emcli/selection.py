@@ -28,7 +28,7 @@ def parse_k(spec: str) -> list[int]:
     """
     text = str(spec).strip()
     if not text:
-        raise UsageError("--k is empty; give a range like 1:9 or a list like 2,4,8")
+        raise UsageError("k_values is empty; give a range like 1:9 or a list like 2,4,8")
     values: set[int] = set()
     for part in text.split(","):
         part = part.strip()
@@ -40,10 +40,11 @@ def parse_k(spec: str) -> list[int]:
                 lo, hi = bits[0], bits[1]
                 step = bits[2] if len(bits) == 3 else 1
                 if step < 1:
-                    raise UsageError(f"--k {spec!r}: the step in {part!r} must be at least 1")
+                    raise UsageError(f"k_values {spec!r}: the step in {part!r} must be at least 1")
                 if lo > hi:
                     raise UsageError(
-                        f"--k {spec!r}: the range {part!r} is empty; write it low:high, e.g. 1:9"
+                        f"k_values {spec!r}: the range {part!r} is empty; "
+                        "write it low:high, e.g. 1:9"
                     )
                 values.update(range(lo, hi + 1, step))
             else:
@@ -52,11 +53,12 @@ def parse_k(spec: str) -> list[int]:
             if isinstance(exc, UsageError):
                 raise
             raise UsageError(
-                f"--k {spec!r}: cannot read {part!r}; give a range like 1:9 or a list like 2,4,8"
+                f"k_values {spec!r}: cannot read {part!r}; "
+                "give a range like 1:9 or a list like 2,4,8"
             ) from None
     bad = sorted(v for v in values if v < 1)
     if bad:
-        raise UsageError(f"--k {spec!r}: every k must be at least 1, got {bad[0]}")
+        raise UsageError(f"k_values {spec!r}: every k must be at least 1, got {bad[0]}")
     return sorted(values)
 
 
@@ -177,9 +179,9 @@ def _edge_warning(best_k: int, k_values: Sequence[int]) -> str:
     if len(k_values) < 2:
         return ""
     if best_k == max(k_values):
-        return f"the best k ({best_k}) is the largest tried; extend --k"
+        return f"the best k ({best_k}) is the largest tried; extend k_values"
     if best_k == min(k_values) and best_k > 1:
-        return f"the best k ({best_k}) is the smallest tried; extend --k down"
+        return f"the best k ({best_k}) is the smallest tried; extend k_values down"
     return ""
 
 

@@ -41,11 +41,16 @@ def test_flags_and_other_words_pass_through(message):
     assert flagged(message) == message
 
 
-def test_every_flag_is_an_option_of_fit():
-    fit = get_command(app).commands["fit"]
-    flags = {opt for param in fit.params for opt in param.opts}
+def test_every_flag_is_an_option_of_fit_or_select_k():
+    commands = get_command(app).commands
+    flags = {opt for name in ("fit", "select-k") for param in commands[name].params
+             for opt in param.opts}
     for flag in PARAMETER_FLAGS.values():
         assert flag.split()[0] in flags, flag
+
+
+def test_k_values_reads_as_the_k_flag():
+    assert flagged("k_values '1:x': cannot read '1:x'") == "--k '1:x': cannot read '1:x'"
 
 
 def test_the_error_wrapper_prints_flags(capsys):

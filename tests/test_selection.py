@@ -115,7 +115,7 @@ def test_well_separated_selects_true_k_and_warns_at_the_edge():
     # the same data swept only up to the true k: the best is at the edge
     edge = sweep(X, k_values=[1, 2, 3], covariance_types=["full"])
     assert edge.best.k == 3
-    assert edge.edge_warning == "the best k (3) is the largest tried; extend --k"
+    assert edge.edge_warning == "the best k (3) is the largest tried; extend k_values"
 
 
 def test_edge_warning_at_the_smallest_k():

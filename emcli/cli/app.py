@@ -63,6 +63,7 @@ PARAMETER_FLAGS = {
     "n_components": "-k",
     "max_iter": "--max-iter",
     "n_init": "--n-init",
+    "k_values": "--k",
 }
 # a whole word, not part of a flag (--n-init), a longer name or a file name (max_iter.csv)
 _PARAMETER = re.compile(

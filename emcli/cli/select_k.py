@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ import typer
 
 from emcli.errors import NotConvergedError, UsageError
 
-from .app import app, handled
+from .app import app, flagged, handled
 from .fit import fit_paths, naming, read_features, write_fit
 from .options import (
     DataArg,
@@ -207,7 +208,7 @@ def select_k_command(
         )
         sweep_report(
             reporter,
-            result,
+            dataclasses.replace(result, edge_warning=flagged(result.edge_warning)),
             source=table.name,
             n_rows=table.n_rows,
             columns=feats.columns,

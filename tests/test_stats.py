@@ -1,0 +1,97 @@
+"""Per-chunk statistics are values: they add, have a zero, pickle, and do not
+depend on how the rows were cut into chunks."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from emcli.em import chunk_statistics, prepare
+from emcli.gaussian import Chunk
+from emcli.model import GMMParams
+from emcli.stats import Candidates, GeneralStats, MaskStats, PassTotals
+
+
+def _params(t: str, K: int = 3, d: int = 4) -> GMMParams:
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(K, d, d)) / 2
+    covs = A @ np.swapaxes(A, 1, 2) + 0.5 * np.eye(d)
+    cov = {
+        "full": covs,
+        "tied": covs[0],
+        "diag": np.diagonal(covs, axis1=1, axis2=2).copy(),
+        "spherical": np.diagonal(covs, axis1=1, axis2=2).mean(axis=1),
+    }[t]
+    return GMMParams(t, np.full(K, 1 / K), rng.normal(size=(K, d)), cov)
+
+
+def _rows(n: int = 600, d: int = 4, holes: float = 0.2) -> np.ndarray:
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(n, d)) * 2
+    X[rng.random(X.shape) < holes] = np.nan
+    X[np.isnan(X).all(axis=1), 0] = 0.5
+    return X
+
+
+def _pass(params: GMMParams, X: np.ndarray, cut: int) -> PassTotals:
+    prep = prepare(params, np.float64)
+    log_w = np.log(params.weights)
+    parts = [
+        chunk_statistics(Chunk(X[s : s + cut], np.ones(len(X[s : s + cut]))), prep, log_w)
+        for s in range(0, len(X), cut)
+    ]
+    total = parts[0]
+    for p in parts[1:]:
+        total = total + p
+    return total
+
+
+@pytest.mark.parametrize("t", ["full", "tied", "diag", "spherical"])
+def test_chunk_cuts_change_the_sums_only_by_rounding(t):
+    params = _params(t)
+    X = _rows()
+    whole, pieces = _pass(params, X, len(X)), _pass(params, X, 97)
+    a, b = whole.stats, pieces.stats
+    assert b.ll == pytest.approx(a.ll, rel=1e-12)
+    if isinstance(a, GeneralStats):
+        prep = prepare(params, np.float64)
+        for x, y in zip(a.scatter(prep), b.scatter(prep), strict=True):
+            np.testing.assert_allclose(y, x, rtol=1e-10, atol=1e-10)
+    else:
+        for name in ("N", "So", "Sx", "Sx2"):
+            np.testing.assert_allclose(getattr(b, name), getattr(a, name), rtol=1e-10, atol=1e-10)
+    # the re-seed candidates are the same K rows whatever the cuts
+    np.testing.assert_array_equal(pieces.worst.rows, whole.worst.rows)
+
+
+@pytest.mark.parametrize("cls", [GeneralStats, MaskStats])
+def test_zero_is_the_identity_and_values_pickle(cls):
+    t = "full" if cls is GeneralStats else "diag"
+    total = _pass(_params(t), _rows(), 128)
+    st = total.stats
+    assert isinstance(st, cls)
+    same = cls.zero() + st
+    back = pickle.loads(pickle.dumps(total))
+    for f in ("ll", "N", "S1", "S2", "F", "So", "Sx", "Sx2"):
+        if hasattr(st, f):
+            np.testing.assert_array_equal(np.asarray(getattr(same, f), float),
+                                          np.asarray(getattr(st, f), float))
+            np.testing.assert_array_equal(np.asarray(getattr(back.stats, f), float),
+                                          np.asarray(getattr(st, f), float))
+    np.testing.assert_array_equal(back.worst.rows, total.worst.rows)
+
+
+def test_candidates_keep_the_lowest_rows_in_any_grouping():
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=50)
+    rows = rng.normal(size=(50, 2))
+    one = Candidates.of(values, rows, 4)
+    parts = [Candidates.of(values[s : s + 7], rows[s : s + 7], 4) for s in range(0, 50, 7)]
+    merged = parts[0]
+    for p in parts[1:]:
+        merged = merged + p
+    lowest = np.argsort(values)[:4]
+    np.testing.assert_array_equal(one.values, values[lowest])
+    np.testing.assert_array_equal(merged.rows, rows[lowest])
