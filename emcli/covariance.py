@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import UsageError
 from .gaussian import GenPrepared, MaskPrepared, prepare_gen, prepare_mask, quad_width
-from .stats import GeneralStats, MaskStats
+from .stats import GeneralStats, MaskStats, StartStats
 
 
 @dataclass
@@ -61,6 +61,7 @@ class CovarianceModel:
     correlated: bool = True  # off-diagonal terms (False: axis-aligned)
     isotropic: bool = False  # one variance for every column
     parallel_rows: bool = True  # whether row-chunk threads pay for this model's passes
+    start_cross: bool = True  # whether its first M-step needs the cross sums of StartStats
 
     def shape(self, K: int, d: int) -> tuple[int, ...]:
         """The shape of ``covariances`` (scikit-learn's for the four classic models)."""
@@ -115,7 +116,7 @@ class CovarianceModel:
         raise NotImplementedError
 
     def prepare(
-        self, means: np.ndarray, cov: np.ndarray, dtype: Any, max_sq_norm: float, quad_ok: bool
+        self, means: np.ndarray, cov: np.ndarray, dtype: Any, quad_ok: bool
     ) -> GenPrepared | MaskPrepared:
         """Per-iteration factors for the E-step (docs/e-step.md §5)."""
         raise NotImplementedError
@@ -127,10 +128,13 @@ class CovarianceModel:
         raise NotImplementedError
 
     def start(
-        self, X: np.ndarray, obs: np.ndarray, wr: np.ndarray, w: np.ndarray, means: np.ndarray,
-        N: np.ndarray, So: np.ndarray, col_var: np.ndarray, reg_covar: float,
+        self, st: StartStats, delta: np.ndarray, N: np.ndarray, ctx: Context
     ) -> np.ndarray:
-        """Covariances of the first M-step from a partition (docs/starts.md §5)."""
+        """Covariances of the first M-step from a partition (docs/starts.md §5).
+
+        ``st`` holds the sums about the reference points, ``delta`` the new
+        means minus them, ``N`` the components' weights.
+        """
         raise NotImplementedError
 
 
@@ -171,10 +175,9 @@ class _General(CovarianceModel):
     def precisions(self, cov: np.ndarray) -> np.ndarray:
         return np.linalg.inv(cov)
 
-    def prepare(self, means, cov, dtype, max_sq_norm, quad_ok):
+    def prepare(self, means, cov, dtype, quad_ok):
         K, d = means.shape
-        bound = max_sq_norm if quad_ok else np.inf  # no quad design: whitened route
-        return prepare_gen(means, self.to_full(cov, K, d), not self.per_component, dtype, bound)
+        return prepare_gen(means, self.to_full(cov, K, d), not self.per_component, dtype, quad_ok)
 
     def m_step(self, stats: GeneralStats, prep: GenPrepared, means, ctx):
         N, S1, S2 = stats.scatter(prep)
@@ -188,17 +191,10 @@ class _General(CovarianceModel):
         """Covariances from each component's centred scatter ``W`` (K, d, d) and weight ``N``."""
         raise NotImplementedError
 
-    def start(self, X, obs, wr, w, means, N, So, col_var, reg_covar):
-        K, d = means.shape
-        W = np.empty((K, d, d))
-        for k in range(K):  # gaps filled by the component's mean
-            F = np.where(obs, X, means[k]) - means[k]
-            W[k] = (F * wr[:, k, None]).T @ F
-        return self._from_scatter(W, N, _start_context(w, col_var)) + np.diag(reg_covar * col_var)
-
-
-def _start_context(w: np.ndarray, col_var: np.ndarray) -> Context:
-    return Context(float(w.sum()), float(w.mean()), col_var, 0.0)
+    def start(self, st, delta, N, ctx):
+        # gaps count as the component's mean: they add nothing to the scatter
+        W = st.scatter(delta)
+        return self._from_scatter(W, N, ctx) + np.diag(ctx.reg_covar * ctx.col_var)
 
 
 class Full(_General):
@@ -265,6 +261,7 @@ class _Diagonal(CovarianceModel):
     # arithmetic: measured, a second thread only adds overhead
     parallel_rows = False
     correlated = False
+    start_cross = False
 
     def row_width(self, d: int) -> int:
         return 3 * d
@@ -283,8 +280,8 @@ class _Diagonal(CovarianceModel):
     def precisions(self, cov: np.ndarray) -> np.ndarray:
         return 1.0 / cov
 
-    def prepare(self, means, cov, dtype, max_sq_norm, quad_ok):
-        return prepare_mask(means, self._variances(cov, means.shape[1]), max_sq_norm, dtype)
+    def prepare(self, means, cov, dtype, quad_ok):
+        return prepare_mask(means, self._variances(cov, means.shape[1]), dtype)
 
     def _variances(self, cov: np.ndarray, d: int) -> np.ndarray:
         """Per-coordinate variances ``(K, d)``."""
@@ -303,11 +300,10 @@ class _Diagonal(CovarianceModel):
     def _from_sums(self, ss, So, seen, col_var, reg_covar) -> np.ndarray:
         raise NotImplementedError
 
-    def start(self, X, obs, wr, w, means, N, So, col_var, reg_covar):
-        X0 = np.where(obs, X, 0.0)
-        K = means.shape[0]
-        ss = np.stack([wr[:, k] @ (obs * (X0 - means[k]) ** 2) for k in range(K)])
-        return self._from_sums(ss, So, So > 0, col_var, reg_covar)
+    def start(self, st, delta, N, ctx):
+        So = st.So
+        assert So is not None
+        return self._from_sums(st.squares(delta), So, So > 0, ctx.col_var, ctx.reg_covar)
 
 
 class Diag(_Diagonal):

@@ -40,11 +40,10 @@ __all__ = ["Context", "Recovery", "RunResult", "e_pass", "posterior", "run_em"]
 
 
 def prepare(params: GMMParams, dtype: Any, source: FitRows | None = None):
-    """Per-iteration factors; the source says how large its rows get and what it can build."""
-    max_sq_norm = np.inf if source is None else source.max_sq_norm
-    quad_ok = source is not None and source.quad_ok
+    """Per-iteration factors; the source says whether its chunks may build the quad design."""
+    quad_ok = source is None or source.quad_ok
     cov = np.asarray(params.covariances, float)
-    return params.model.prepare(params.means, cov, dtype, max_sq_norm, quad_ok)
+    return params.model.prepare(params.means, cov, dtype, quad_ok)
 
 
 def log_prob(chunk: Chunk, prep: GenPrepared | MaskPrepared) -> tuple[np.ndarray, dict]:
@@ -109,7 +108,9 @@ def chunk_statistics(
     st.ll = float(chunk.w @ lse)
     # candidates for re-seeding collapsed components: the chunk's K worst-explained rows
     explained = np.where(chunk.w > 0, lse, np.inf)  # rows of zero weight never re-seed
-    return PassTotals(st, Candidates.of(explained, chunk.X, log_weights.size))
+    with np.errstate(divide="ignore"):
+        log_max = float(chunk.w @ np.log(resp.max(axis=1))) if chunk.n else 0.0
+    return PassTotals(st, Candidates.of(explained, chunk.X, log_weights.size), log_max)
 
 
 def _normalise(logp: np.ndarray, log_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -272,6 +273,7 @@ class RunResult:
     converged: bool
     n_iter: int
     history: list[IterationRecord]
+    log_max: float  # ICL's entropy term at the returned parameters
 
 
 def run_em(
@@ -330,7 +332,9 @@ def run_em(
         prev = mean_ll
         t += 1
     n_iter = t
-    return RunResult(params, history[-1].log_likelihood, converged, n_iter, history)
+    return RunResult(
+        params, history[-1].log_likelihood, converged, n_iter, history, totals.log_max
+    )
 
 
 # --------------------------------------------------------------------------

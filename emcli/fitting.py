@@ -1,8 +1,11 @@
-"""Fit a mixture to an array: checks, units, restarts, canonical order, outputs.
+"""Fit a mixture to rows: checks, units, starts, restarts, canonical order.
 
-``fit_mixture`` is the one function every caller uses (the estimator, the
-command line, the sweep). It takes arrays and returns a ``FitResult``; it does
-no I/O and prints nothing. Progress leaves through ``callback``.
+``fit_source`` fits the rows of any row source (arrays, streamed files) and
+returns a ``FitResult`` without per-row outputs; ``fit_mixture`` fits an array
+and adds them. Both do no I/O and print nothing; progress leaves through
+``callback``. The passes over the rows: one scan (counts, moments, checks),
+one sample for the start, then per restart one pass for the first M-step and
+one per EM iteration (docs/loop.md).
 """
 
 from __future__ import annotations
@@ -10,34 +13,39 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from .covariance import COVARIANCE_TYPES, Context, get_model
-from .criteria import criteria
 from .em import _normalise, posterior, run_em
 from .errors import DataError, FitError, UsageError
 from .gaussian import Chunk, log_prob_gen, prepare_gen
-from .init import canonical_init, initial_responsibilities, params_from_responsibilities
+from .hc import MAX_ROWS
+from .init import (
+    Sample,
+    canonical_init,
+    draw_sample,
+    make_partition,
+    seed_key,
+    start_params,
+)
 from .model import FitResult, GMMParams, IterationRecord
-from .sources import ArraySource, FitRows, MapFn, Units
+from .sources import ArraySource, FitRows, MapFn, RowSource, Units, chunk_rows_for
+from .stats import ColumnScan, scan_block
 
 # Squares of deviations must stay finite (and far from overflow) in float64.
 MAX_SPREAD = 1e150
-DEFAULT_CHUNK_BYTES = 1 << 20  # per-chunk working set: about an L2 cache
+KMEANS_SAMPLE = 100_000  # rows the k-means start works on
 
 
 def _name(j: int, column_names: Sequence[str] | None) -> str:
     return repr(column_names[j]) if column_names is not None else f"{j}"
 
 
-def check_data(
-    X: Any,
-    sample_weight: Any = None,
-    column_names: Sequence[str] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Validate ``X`` (NaN allowed) and weights; return float arrays."""
+def as_rows(X: Any, sample_weight: Any = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """``X`` as a 2-D float array and the weights as a float vector (or None)."""
     try:
         X = np.asarray(X, dtype=float)
     except (TypeError, ValueError) as exc:
@@ -51,63 +59,53 @@ def check_data(
     n, d = X.shape
     if n == 0 or d == 0:
         raise DataError(f"X has shape {X.shape}; it needs at least one row and one column")
-    inf = np.isinf(X)
-    if inf.any():
-        i, j = (int(v) for v in np.argwhere(inf)[0])
+    if sample_weight is None:
+        return X, None
+    w = np.asarray(sample_weight, dtype=float).reshape(-1)
+    if w.shape[0] != n:
+        raise DataError(f"sample_weight has {w.shape[0]} values but X has {n} rows")
+    return X, w
+
+
+def scan_rows(
+    source: RowSource, column_names: Sequence[str] | None = None, map: MapFn = map
+) -> ColumnScan:
+    """One pass over the rows: counts and moments, with every content check."""
+    scan: ColumnScan = source.reduce(lambda b: scan_block(b.X, b.w, b.start), map)
+    if scan.first_inf is not None:
+        i, j = scan.first_inf
         raise DataError(
             f"infinite value in row {i}, column {_name(j, column_names)}; "
             "replace it with a finite number or leave the cell empty to treat it as missing"
         )
-    empty_cols = np.flatnonzero(np.isnan(X).all(axis=0))
+    empty_cols = np.flatnonzero(scan.seen == 0)
     if empty_cols.size:
         names = ", ".join(_name(int(j), column_names) for j in empty_cols)
         raise DataError(f"column {names} has no observed value; exclude it")
-    with np.errstate(invalid="ignore"):
-        spread = np.nanmax(X, axis=0) - np.nanmin(X, axis=0)
-        big = np.flatnonzero(~(spread < MAX_SPREAD))
+    with np.errstate(invalid="ignore", over="ignore"):
+        spread = scan.hi - scan.lo
+    big = np.flatnonzero(~(spread < MAX_SPREAD))
     if big.size:
         j = int(big[0])
         raise DataError(
             f"column {_name(j, column_names)} spans {spread[j]:.3g}, too wide to square in "
             "double precision; rescale it (e.g. divide by a power of ten) or use log values"
         )
-    if sample_weight is None:
-        w = np.ones(n)
-    else:
-        w = np.asarray(sample_weight, dtype=float).reshape(-1)
-        if w.shape[0] != n:
-            raise DataError(f"sample_weight has {w.shape[0]} values but X has {n} rows")
-        bad = np.flatnonzero(~np.isfinite(w) | (w < 0))
-        if bad.size:
-            raise DataError(
-                f"weight in row {bad[0]} is {w[bad[0]]}; weights must be finite and non-negative"
-            )
-        if w.sum() <= 0:
-            raise DataError("the weights sum to zero; give at least one row a positive weight")
-    return X, w
+    if scan.first_bad_weight is not None:
+        i, v = scan.first_bad_weight
+        raise DataError(f"weight in row {i} is {v}; weights must be finite and non-negative")
+    if scan.sum_w <= 0 and scan.n_rows > scan.n_empty:
+        raise DataError("the weights sum to zero; give at least one row a positive weight")
+    return scan
 
 
-def _weighted_moments(X: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted mean and variance of each column over its observed values.
-
-    Two passes over blocks of rows, so no temporary is as large as ``X``.
-    """
-    n, d = X.shape
-    step = max(1, (1 << 22) // max(d, 1))
-    blocks = range(0, n, step)
-    s1, sw = np.zeros(d), np.zeros(d)
-    for b in blocks:
-        Xb, wb = X[b : b + step], w[b : b + step]
-        obs = ~np.isnan(Xb)
-        s1 += wb @ np.where(obs, Xb, 0.0)
-        sw += wb @ obs
-    mean = s1 / np.maximum(sw, 1e-300)
-    s2 = np.zeros(d)
-    for b in blocks:
-        Xb, wb = X[b : b + step], w[b : b + step]
-        dev = np.nan_to_num(Xb - mean, nan=0.0)
-        s2 += wb @ (dev * dev)
-    return mean, s2 / np.maximum(sw, 1e-300)
+def check_data(
+    X: Any, sample_weight: Any = None, column_names: Sequence[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate ``X`` (NaN allowed) and weights; return float arrays."""
+    X, w = as_rows(X, sample_weight)
+    scan_rows(ArraySource(X, w), column_names)
+    return X, np.ones(X.shape[0]) if w is None else w
 
 
 def _to_fitting_units(params: GMMParams, c: np.ndarray, s: np.ndarray) -> GMMParams:
@@ -141,29 +139,26 @@ def row_threads(n_threads: int) -> Iterator[MapFn]:
         yield pool.map
 
 
-def _block_outputs(
-    chunk: Chunk, resp: np.ndarray, log_density: np.ndarray, weights: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """A whole block's responsibilities and log-densities: rows with nothing
-    observed (not in the chunk) get the mixture weights and NaN."""
-    if chunk.index is None:
-        return resp, log_density
-    r = np.tile(weights, (chunk.n_block, 1))
-    ld = np.full(chunk.n_block, np.nan)
-    r[chunk.index], ld[chunk.index] = resp, log_density
-    return r, ld
-
-
 def restart_rng(seed: int, K: int, covariance_index: int, restart: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, K, covariance_index, restart]))
 
 
-def fit_mixture(
-    X: Any,
+def working_set(
+    n_rows: int, d: int, K: int, itemsize: int, n_threads: int, kept: bool = True
+) -> int:
+    """Bytes a fit holds: the rows in fitting units and their bookkeeping when
+    ``kept``, the start's sample, and each thread's chunk with its temporaries."""
+    chunk = chunk_rows_for(d) * (d * (d + 1) // 2 + 3 * d + 4 * K + 8) * 8 * 3
+    sample = min(n_rows, KMEANS_SAMPLE) * (d + 2) * 8
+    rows = n_rows * (d * itemsize + 24) if kept else 0
+    return rows + sample + max(1, n_threads) * chunk
+
+
+def fit_source(
+    source: RowSource,
     *,
     n_components: int,
     covariance_type: str = "full",
-    sample_weight: Any = None,
     init: str = "kmeans",
     means_init: Any = None,
     weights_init: Any = None,
@@ -176,11 +171,17 @@ def fit_mixture(
     standardize: bool = False,
     dtype: str = "float64",
     n_threads: int = 1,
-    chunk_rows: int | None = None,
+    max_memory: int | None = None,
     column_names: Sequence[str] | None = None,
     callback: Callable[[IterationRecord], None] | None = None,
 ) -> FitResult:
-    """Fit a Gaussian mixture by EM, integrating missing values (NaN) out exactly."""
+    """Fit a Gaussian mixture by EM to the rows of ``source``, NaN integrated out exactly.
+
+    With ``max_memory`` (bytes), the rows are kept in memory in fitting units
+    when that working set fits, and streamed from the source on every pass
+    otherwise; either way the result is the same. The result has no per-row
+    outputs: ``score_blocks`` gives them block by block.
+    """
     model = get_model(covariance_type)
     K = int(n_components)
     if K < 1:
@@ -192,71 +193,63 @@ def fit_mixture(
     if dtype not in ("float64", "float32"):
         raise UsageError(f"dtype must be float64 or float32, got {dtype!r}")
     init = canonical_init(init) if means_init is None else "means"
-    X, w = check_data(X, sample_weight, column_names)
-    n, d = X.shape
-    n_obs = (~np.isnan(X)).sum(axis=1)
-    usable = n_obs > 0
-    fit_rows = usable & (w > 0)
-    if int(fit_rows.sum()) < K:
-        raise DataError(
-            f"only {int(fit_rows.sum())} usable rows (with an observed value and positive weight) "
-            f"for {K} components; use fewer components"
-        )
-
-    Xu, wu = (X, w) if fit_rows.all() else (X[fit_rows], w[fit_rows])
-    centre, var = _weighted_moments(Xu, wu)
-    if standardize:
-        const = np.flatnonzero(var <= 0)
-        if const.size:
-            raise DataError(
-                f"column {_name(int(const[0]), column_names)} is constant, so it cannot be "
-                "standardised; exclude it"
-            )
-        scale = np.sqrt(var)
-    else:
-        scale = np.ones(d)
+    d = source.n_features
     np_dtype = np.float32 if dtype == "float32" else np.float64
-    if dtype == "float32" and not standardize:
-        wide = np.flatnonzero(~(np.sqrt(var) * 1e3 < np.finfo(np.float32).max ** 0.5))
-        if wide.size:
+    threads = max(1, int(n_threads)) if model.parallel_rows else 1
+    with row_threads(threads) as pmap:
+        scan = scan_rows(source, column_names, pmap)
+        if scan.n_fit < K:
             raise DataError(
-                f"column {_name(int(wide[0]), column_names)} is too spread out for float32 "
-                "arithmetic; use dtype='float64' or standardize=True"
+                f"only {scan.n_fit} usable rows (with an observed value and positive weight) "
+                f"for {K} components; use fewer components"
             )
-    units = Units(centre, scale if standardize else None, np_dtype)
-    Z = units.apply(Xu)  # for the start
-    col_var = var / scale**2
-    col_var = np.where(col_var > 0, col_var, 1.0)
-    if not model.parallel_rows:
-        n_threads = 1
-    source = FitRows(ArraySource(X, None if sample_weight is None else w, chunk_rows), units)
-    ctx = Context(float(wu.sum()), float(wu.mean()), col_var, float(reg_covar))
-
-    user = _user_start(
-        means_init, weights_init, precisions_init, covariance_type, K, d, centre, scale
-    )
-    cov_index = COVARIANCE_TYPES.index(covariance_type)
-    best = None
-    best_restart = -1
-    history: list[IterationRecord] = []
-    errors: list[str] = []
-    with row_threads(n_threads) as pmap:
+        centre, var = scan.mean, scan.variance
+        if standardize:
+            const = np.flatnonzero(var <= 0)
+            if const.size:
+                raise DataError(
+                    f"column {_name(int(const[0]), column_names)} is constant, so it cannot be "
+                    "standardised; exclude it"
+                )
+            scale = np.sqrt(var)
+        else:
+            scale = np.ones(d)
+        if dtype == "float32" and not standardize:
+            wide = np.flatnonzero(~(np.sqrt(var) * 1e3 < np.finfo(np.float32).max ** 0.5))
+            if wide.size:
+                raise DataError(
+                    f"column {_name(int(wide[0]), column_names)} is too spread out for float32 "
+                    "arithmetic; use dtype='float64' or standardize=True"
+                )
+        col_var = var / scale**2
+        col_var = np.where(col_var > 0, col_var, 1.0)
+        itemsize = np.dtype(np_dtype).itemsize
+        need = working_set(scan.n_rows, d, K, itemsize, threads)
+        least = working_set(scan.n_rows, d, K, itemsize, threads, kept=False)
+        if max_memory is not None and least > max_memory:
+            raise DataError(
+                f"max_memory={max_memory} bytes is too small for {d} columns and {K} "
+                f"components; allow at least {least} bytes"
+            )
+        keep = max_memory is None or need <= max_memory
+        units = Units(centre, scale if standardize else None, np_dtype)
+        rows = FitRows(source, units, keep=keep)
+        ctx = Context(scan.sum_w, scan.sum_w / scan.n_fit, col_var, float(reg_covar))
+        user = _user_start(
+            means_init, weights_init, precisions_init, covariance_type, K, d, centre, scale
+        )
+        samples = _samples(rows, init, user, K, seed, scan, pmap)
+        cov_index = COVARIANCE_TYPES.index(covariance_type)
+        best, best_restart = None, -1
+        history: list[IterationRecord] = []
+        errors: list[str] = []
         for r in range(int(n_init)):
             rng = restart_rng(int(seed), K, cov_index, r)
             try:
-                start = _start_params(
-                    Z, wu, K, covariance_type, init, rng, user, col_var, reg_covar
-                )
+                start = _start_params(rows, samples, K, covariance_type, init, rng, user, ctx, pmap)
                 run = run_em(
-                    source,
-                    start,
-                    ctx,
-                    tol=tol,
-                    max_iter=int(max_iter),
-                    restart=r,
-                    dtype=np_dtype,
-                    callback=callback,
-                    map=pmap,
+                    rows, start, ctx, tol=tol, max_iter=int(max_iter), restart=r,
+                    dtype=np_dtype, callback=callback, map=pmap,
                 )
             except FitError as exc:
                 errors.append(str(exc))
@@ -266,61 +259,41 @@ def fit_mixture(
             history.extend(run.history)
             if best is None or run.log_likelihood > best.log_likelihood:
                 best, best_restart = run, r
-        if best is None:
-            raise FitError(f"every restart failed: {errors[-1]}")
+    if best is None:
+        raise FitError(f"every restart failed: {errors[-1]}")
 
-        params = best.params
-        order = canonical_order(_to_original_units(params, centre, scale))
-        params = permute(params, order)
-        log_s = np.log(scale)
-        resp = np.empty((n, K))
-        log_density = np.empty(n)
-        for chunk, r_c, l_c in posterior(source, params, np_dtype, pmap):
-            rows = slice(chunk.start, chunk.start + chunk.n_block)
-            resp[rows], log_density[rows] = _block_outputs(
-                chunk, r_c, l_c - chunk.obs_sum(log_s), params.weights
-            )
-        resp_u = resp[fit_rows]
-
-    row_offset = -((~np.isnan(X)) @ log_s)
-    offset = float(wu @ row_offset[fit_rows])
-    # the E-step at the returned parameters already summed ll; the final pass
-    # above gives the same value up to the order of summation
+    params = best.params
+    params = permute(params, canonical_order(_to_original_units(params, centre, scale)))
+    # log-densities in the data's units: each observed cell adds -log(scale)
+    offset = -float(np.log(scale) @ scan.sw)
     ll = best.log_likelihood + offset
-    sum_w = float(wu.sum())
+    sum_w = scan.sum_w
     history = [
-        IterationRecord(
-            h.restart,
-            h.iteration,
-            h.log_likelihood + offset,
-            h.mean_log_likelihood + offset / sum_w,
-            h.delta,
-            h.seconds,
-            h.event,
-        )
+        replace(h, log_likelihood=h.log_likelihood + offset,
+                mean_log_likelihood=h.mean_log_likelihood + offset / sum_w)
         for h in history
     ]
     p = model.n_params(K, d)
-    crit = criteria(ll, p, sum_w, resp_u, wu)
+    bic = -2.0 * ll + p * np.log(sum_w)
     return FitResult(
         params=_to_original_units(params, centre, scale),
         log_likelihood=ll,
         mean_log_likelihood=ll / sum_w,
         n=sum_w,
-        n_rows=n,
-        n_empty_rows=int((~usable).sum()),
+        n_rows=scan.n_rows,
+        n_empty_rows=scan.n_empty,
         n_params=p,
-        bic=crit["bic"],
-        aic=crit["aic"],
-        icl=crit["icl"],
+        bic=float(bic),
+        aic=float(-2.0 * ll + 2.0 * p),
+        icl=float(bic - 2.0 * best.log_max),
         converged=best.converged,
         n_iter=best.n_iter,
         best_restart=best_restart,
         history=tuple(history),
-        resp=resp,
-        log_density=log_density,
-        n_observed=n_obs,
-        missing_fraction=float(np.isnan(X).mean()),
+        resp=None,
+        log_density=None,
+        n_observed=None,
+        missing_fraction=scan.n_missing / (scan.n_rows * d),
         settings={
             "covariance_type": covariance_type,
             "init": init,
@@ -335,7 +308,50 @@ def fit_mixture(
         standardization={"center": centre.tolist(), "scale": scale.tolist()}
         if standardize
         else None,
+        in_memory=keep,
     )
+
+
+def fit_mixture(
+    X: Any,
+    *,
+    n_components: int,
+    sample_weight: Any = None,
+    chunk_rows: int | None = None,
+    **options: Any,
+) -> FitResult:
+    """Fit a Gaussian mixture by EM to an array, integrating missing values (NaN) out exactly.
+
+    Takes the options of ``fit_source``; the result has per-row outputs.
+    """
+    X, w = as_rows(X, sample_weight)
+    source = ArraySource(X, w, chunk_rows)
+    result = fit_source(source, n_components=n_components, **options)
+    resp, log_density = _score(result.params, source)
+    return replace(
+        result, resp=resp, log_density=log_density, n_observed=(~np.isnan(X)).sum(axis=1)
+    )
+
+
+@dataclass
+class _Samples:
+    kmeans: Sample | None
+    hc: Sample | None
+
+
+def _samples(rows: FitRows, init: str, user, K: int, seed: int, scan: ColumnScan, pmap) -> _Samples:
+    """The rows the start works on: drawn once per fit, shared by its restarts."""
+    if user is not None and {"means", "weights", "covariances"} <= user.keys():
+        return _Samples(None, None)
+    needs = "hc" if init == "hc" else ("" if init in ("means", "random") else "kmeans")
+    kmeans = hc = None
+    if needs == "kmeans":
+        kmeans = draw_sample(rows, KMEANS_SAMPLE, seed_key(seed, 1), scan.n_fit, scan.sum_w,
+                             False, pmap)
+    if needs == "hc":  # mclust's hc depends on the data alone: the key is the row count
+        cap = max(MAX_ROWS, K)
+        hc = draw_sample(rows, cap, seed_key(scan.n_fit, cap), scan.n_fit, scan.sum_w, True, pmap)
+    return _Samples(kmeans, hc)
 
 
 def _user_start(means_init, weights_init, precisions_init, t, K, d, centre, scale):
@@ -370,12 +386,17 @@ def _user_start(means_init, weights_init, precisions_init, t, K, d, centre, scal
     return out
 
 
-def _start_params(Z, w, K, t, init, rng, user, col_var, reg_covar) -> GMMParams:
+def _start_params(rows, samples, K, t, init, rng, user, ctx, pmap) -> GMMParams:
     means = None if user is None else user.get("means")
     if user is not None and {"means", "weights", "covariances"} <= user.keys():
         return GMMParams(t, user["weights"], user["means"], user["covariances"])
-    resp = initial_responsibilities(Z, w, K, init, rng, means=means)
-    start = params_from_responsibilities(Z, w, resp, t, col_var, reg_covar)
+    d = rows.n_features
+    empty = Sample(np.zeros((0, d)), np.zeros(0), np.zeros(0, dtype=np.int64))
+    part = make_partition(
+        init, K, samples.kmeans if samples.kmeans is not None else empty, rng,
+        means=means, hc_sample=samples.hc,
+    )
+    start = start_params(rows, part, t, ctx, pmap)
     if user is None:
         return start
     return GMMParams(
@@ -406,15 +427,57 @@ def score_rows(params: GMMParams, X: Any, column_names: Sequence[str] | None = N
 
 
 def _score(params: GMMParams, source: ArraySource) -> tuple[np.ndarray, np.ndarray]:
-    # rows and parameters shifted by the mixture mean, for accurate log-densities
-    c = params.weights @ params.means
-    rows = FitRows(source, Units(c, None, np.float64))
     n = source.n_rows
     resp, log_density = np.empty((n, params.n_components)), np.empty(n)
-    for chunk, r_c, l_c in posterior(rows, params.replace(means=params.means - c)):
-        at = slice(chunk.start, chunk.start + chunk.n_block)
-        resp[at], log_density[at] = _block_outputs(chunk, r_c, l_c, params.weights)
+    for block in score_blocks(params, source):
+        at = slice(block.start, block.start + len(block.log_density))
+        resp[at], log_density[at] = block.resp, block.log_density
     return resp, log_density
+
+
+@dataclass
+class BlockScores:
+    """Per-row outputs of one block: rows with nothing observed get the mixture
+    weights and a NaN log-density."""
+
+    start: int
+    resp: np.ndarray  # (n, K)
+    log_density: np.ndarray  # (n,)
+    n_observed: np.ndarray  # (n,)
+    extra: Any = None  # the block's reader payload (ids, passed-through columns)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.argmax(self.resp, axis=1)
+
+
+def score_blocks(
+    params: GMMParams, source: RowSource, map: MapFn = map
+) -> Iterator[BlockScores]:
+    """Responsibilities and log-densities of every row of ``source``, block by block.
+
+    Rows and parameters are shifted by the mixture mean, for accurate
+    log-densities; every pass over the same rows gives the same numbers.
+    """
+    c = params.weights @ params.means
+    rows = FitRows(source, Units(c, None, np.float64), keep=False)
+    for chunk, r_c, l_c in posterior(rows, params.replace(means=params.means - c), map=map):
+        resp, ld = _block_outputs(chunk, r_c, l_c, params.weights)
+        n_obs = np.zeros(chunk.n_block, dtype=np.int64)
+        n_obs[slice(None) if chunk.index is None else chunk.index] = chunk.n_obs
+        yield BlockScores(chunk.start, resp, ld, n_obs, chunk.extra)
+
+
+def _block_outputs(
+    chunk: Chunk, resp: np.ndarray, log_density: np.ndarray, weights: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """A whole block's responsibilities and log-densities, empty rows put back."""
+    if chunk.index is None:
+        return resp, log_density
+    r = np.tile(weights, (chunk.n_block, 1))
+    ld = np.full(chunk.n_block, np.nan)
+    r[chunk.index], ld[chunk.index] = resp, log_density
+    return r, ld
 
 
 def sample_mixture(
@@ -461,7 +524,7 @@ def impute_rows(params: GMMParams, X: Any) -> tuple[np.ndarray, np.ndarray]:
     if partial.size == 0:
         return filled, variance
     chunk = Chunk(X[partial] - mix_mean, np.ones(partial.size))
-    prep = prepare_gen(params.means - mix_mean, covs, False, np.float64)
+    prep = prepare_gen(params.means - mix_mean, covs, False, np.float64, quad_ok=False)
     logp, cache = log_prob_gen(chunk, prep)
     with np.errstate(divide="ignore"):
         _, resp = _normalise(logp, np.log(params.weights))

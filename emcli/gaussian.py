@@ -59,8 +59,11 @@ class Chunk:
         start: int = 0,
         index: np.ndarray | None = None,
         n_block: int | None = None,
+        extra: Any = None,
     ) -> None:
         self.X = X
+        self.extra = extra
+        self._max_sq: float | None = None
         self.w = w
         self.start = start
         self.index = index
@@ -80,6 +83,15 @@ class Chunk:
     @property
     def n(self) -> int:
         return int(self.X.shape[0])
+
+    @property
+    def max_sq_norm(self) -> float:
+        """The largest ``|x|^2`` of a row (missing cells as 0), found once."""
+        if self._max_sq is None:
+            X0 = self.X0
+            sq = np.einsum("ij,ij->i", X0, X0, dtype=float)
+            self._max_sq = float(sq.max()) if self.n else 0.0
+        return self._max_sq
 
     def release(self) -> None:
         """Drop what the kernels derived during a pass (the grouping stays)."""
@@ -213,6 +225,7 @@ class GenPrepared:
     b: np.ndarray  # (K*d,): means whitened
     shared: bool  # tied: one factor for every component
     coef: np.ndarray | None = None  # (D, K): log-density as a linear map of the quad design
+    quad_limit: float = -np.inf  # the quad route serves chunks whose rows have |x|^2 below it
 
 
 # The quad design expands (x - mu)^T P (x - mu); the rounding error of that
@@ -238,12 +251,13 @@ def cholesky_components(cov: np.ndarray) -> tuple[np.ndarray | None, list[int]]:
 
 
 def prepare_gen(
-    means: np.ndarray, cov: np.ndarray, shared: bool, dtype: Any, max_sq_norm: float = np.inf
+    means: np.ndarray, cov: np.ndarray, shared: bool, dtype: Any, quad_ok: bool = True
 ) -> GenPrepared:
     """Factor each component once per iteration; raises LinAlgError if one is not PD.
 
-    ``max_sq_norm`` bounds ``|x|^2`` over the rows; when the quad expansion is
-    accurate for rows that large (and the arithmetic is float64), ``coef`` is set.
+    With ``quad_ok`` and float64 arithmetic, ``coef`` is set, and ``quad_limit``
+    says up to which ``|x|^2`` the quad expansion is accurate: each chunk takes
+    the quad route when its largest row is below it (docs/e-step.md §6).
     """
     K, d = means.shape
     L, bad = cholesky_components(cov)
@@ -257,8 +271,8 @@ def prepare_gen(
     prep = GenPrepared(means, cov, L, log_det, W, b.astype(dtype), shared)
     P = np.swapaxes(Linv, 1, 2) @ Linv
     lam_max = np.linalg.eigvalsh(P)[:, -1]
-    term = lam_max * (max_sq_norm + (means**2).sum(axis=1))
-    if np.dtype(dtype) == np.float64 and np.all(term < QUAD_MAX_TERM):
+    if np.dtype(dtype) == np.float64 and quad_ok:
+        prep.quad_limit = float(np.min(QUAD_MAX_TERM / lam_max - (means**2).sum(axis=1)))
         iu, ju, two = vech_weights(d)
         Pm = np.einsum("kab,kb->ka", P, means)
         const = -0.5 * (d * LOG_2PI + log_det + np.einsum("ka,ka->k", Pm, means))
@@ -416,7 +430,7 @@ def log_prob_gen(chunk: Chunk, prep: GenPrepared) -> tuple[np.ndarray, dict]:
     out = np.empty((chunk.n, K))
     cache: dict = {"patterns": []}
     rows = chunk.complete_rows
-    if prep.coef is not None:
+    if prep.coef is not None and chunk.max_sq_norm < prep.quad_limit:
         FT = chunk.design("quad")
         if chunk.complete:
             cache["quad"] = (FT, None)
@@ -468,17 +482,18 @@ def log_prob_gen(chunk: Chunk, prep: GenPrepared) -> tuple[np.ndarray, dict]:
 class MaskPrepared:
     means: np.ndarray  # (K, d)
     var: np.ndarray  # (K, d): per-coordinate variances (spherical: repeated)
-    expand: bool = True  # the [x0^2, x0, observed] GEMM is accurate for these rows
+    # the [x0^2, x0, observed] GEMM is accurate for chunks whose rows have |x|^2 below it
+    expand_limit: float = -np.inf
 
 
-def prepare_mask(
-    means: np.ndarray, var: np.ndarray, max_sq_norm: float = np.inf, dtype: Any = np.float64
-) -> MaskPrepared:
+def prepare_mask(means: np.ndarray, var: np.ndarray, dtype: Any = np.float64) -> MaskPrepared:
     if not np.all(np.isfinite(var)) or np.any(var <= 0):
         raise np.linalg.LinAlgError("a variance is not positive")
-    term = (max_sq_norm + means**2) / var  # size of the expanded terms, as in the quad path
-    exact = np.dtype(dtype) == np.float64  # float32 would cancel in the expanded form
-    return MaskPrepared(means, var, exact and bool(np.all(term < QUAD_MAX_TERM)))
+    prep = MaskPrepared(means, var)
+    if np.dtype(dtype) == np.float64:  # float32 would cancel in the expanded form
+        # the expanded terms are about (|x|^2 + mu^2) / var, as in the quad route
+        prep.expand_limit = float(np.min(QUAD_MAX_TERM * var - means**2))
+    return prep
 
 
 def log_prob_mask(chunk: Chunk, prep: MaskPrepared) -> tuple[np.ndarray, dict]:
@@ -489,7 +504,7 @@ def log_prob_mask(chunk: Chunk, prep: MaskPrepared) -> tuple[np.ndarray, dict]:
     (tight components far from the data's centre) ``(x - mu)^2 / s2`` directly.
     """
     prec = 1.0 / prep.var
-    if not prep.expand:
+    if not chunk.max_sq_norm < prep.expand_limit:
         obs = 1.0 if chunk.obs is None else chunk.obs
         out = np.empty((chunk.n, prep.means.shape[0]))
         for k in range(prep.means.shape[0]):

@@ -25,6 +25,7 @@ Distances use column-mean-filled data, as every start does (docs/starts.md).
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -238,6 +239,39 @@ def _tree(Xs: np.ndarray, ws: np.ndarray, m: int, alpha: float = ALPHA):
     return hit
 
 
+@dataclass
+class HcCut:
+    """The tree of a sample cut at K clusters, and how any other row joins one."""
+
+    K: int
+    labels: np.ndarray  # (m,) cluster of each sample row, numbered by first appearance
+    T: np.ndarray  # (d, r) the SVD map
+    moments: tuple[np.ndarray, np.ndarray, np.ndarray] | None  # N, M, W in scaled units
+    a: float
+    order: np.ndarray  # the tree's cluster numbers to those of ``labels``
+
+    def assign(self, Xf: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Clusters of mean-filled rows ``Xf`` (``rows``: their input row numbers)."""
+        if self.moments is None:  # every sampled row is the same point
+            return (rows % self.K).astype(np.intp)
+        N, M, W = self.moments
+        return self.order[_gaussian_assign(Xf @ self.T, N, M, W, self.a)]
+
+
+def hc_cut(Xs: np.ndarray, ws: np.ndarray, K: int, ward_clusters: int = WARD_CLUSTERS) -> HcCut:
+    """Build (or reuse) the tree of the mean-filled sample ``Xs`` and cut it at ``K``."""
+    m = min(Xs.shape[0], max(int(ward_clusters), 4 * K))
+    T, Zs, groups, merges, a = _tree(np.ascontiguousarray(Xs), ws, m)
+    if Zs is None:
+        return HcCut(K, np.arange(Xs.shape[0]) % K, T, None, a, np.arange(K))
+    labels = cut(merges, m, K)[groups]
+    moments = _cluster_moments(Zs, ws, labels, K)
+    # number clusters by first appearance, so the labels are canonical
+    _, first = np.unique(labels, return_index=True)
+    order = np.argsort(np.argsort(first))
+    return HcCut(K, order[labels].astype(np.intp), T, moments, a, order)
+
+
 def hc_labels(
     X: np.ndarray,
     w: np.ndarray,
@@ -278,18 +312,9 @@ def hc_labels(
     else:
         sample = np.arange(n)
         ws = w
-    m = min(sample.size, max(int(ward_clusters), 4 * K))
-    T, Zs, groups, merges, a = _tree(np.ascontiguousarray(Xf[sample]), ws, m)
-    if Zs is None:
-        return np.arange(n) % K
-    labels_s = cut(merges, m, K)[groups]
+    tree = hc_cut(Xf[sample], ws, K, ward_clusters)
     if sample.size == n:
-        labels = labels_s
-    else:
-        N, M, W = _cluster_moments(Zs, ws, labels_s, K)
-        labels = _gaussian_assign(Xf @ T, N, M, W, a)
-        labels[sample] = labels_s
-    # number clusters by first appearance, so the labels are canonical
-    _, first = np.unique(labels, return_index=True)
-    order = np.argsort(np.argsort(first))
-    return order[labels].astype(np.intp)
+        return tree.labels
+    labels = tree.assign(Xf, np.arange(n))
+    labels[sample] = tree.labels
+    return labels

@@ -7,12 +7,17 @@ Every method takes an ``np.random.Generator`` and nothing global.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from .covariance import get_model
+from .covariance import Context, get_model
 from .errors import UsageError
-from .hc import hc_labels, mean_filled
+from .gaussian import Chunk
+from .hc import HcCut, hc_cut, hc_labels, mean_filled
 from .model import GMMParams
+from .sources import FitRows, MapFn
+from .stats import StartStats
 
 KMEANS_SAMPLE = 100_000
 INIT_METHODS = ("kmeans", "kmeans++", "random", "random-from-data", "hc")
@@ -114,26 +119,189 @@ def initial_responsibilities(
     return nearest(Xf, centres)
 
 
-def params_from_responsibilities(
-    X: np.ndarray,
-    w: np.ndarray,
-    resp: np.ndarray,
-    covariance_type: str,
-    col_var: np.ndarray,
-    reg_covar: float,
+# --------------------------------------------------------------------------
+# Starts over a row source: a sample in one pass, a partition, one pass of sums
+
+
+def row_uniforms(key: int, rows: np.ndarray) -> np.ndarray:
+    """A uniform number in (0, 1) for each input row number, from ``key`` alone.
+
+    A counter-based generator (SplitMix64 of the row number), so every row
+    gets the same number however the rows are cut into chunks or spread over
+    workers.
+    """
+    offset = np.uint64((int(key) * 0x9E3779B97F4A7C15 + 0x9E3779B97F4A7C15) % (1 << 64))
+    z = rows.astype(np.uint64) + offset
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return ((z >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
+
+
+def seed_key(*entropy: int) -> int:
+    """A 64-bit key for ``row_uniforms`` from integers."""
+    return int(np.random.SeedSequence(list(entropy)).generate_state(1, np.uint64)[0])
+
+
+@dataclass
+class Sample:
+    """Rows drawn from the fitted rows, in fitting units, in input order."""
+
+    X: np.ndarray  # (m, d), NaN = missing
+    w: np.ndarray  # (m,) their weights
+    rows: np.ndarray  # (m,) input row numbers, increasing
+
+
+def _global_rows(chunk: Chunk) -> np.ndarray:
+    local = np.arange(chunk.n) if chunk.index is None else chunk.index
+    return chunk.start + local
+
+
+def draw_sample(
+    rows: FitRows, m: int, key: int, n_fit: int, sum_w: float, weighted: bool, map: MapFn = map
+) -> Sample:
+    """At most ``m`` of the fitted rows, without replacement, in one pass (usually).
+
+    Each row gets the exponential key ``-log(u) / v`` (``u`` from
+    ``row_uniforms``, ``v`` its weight if ``weighted`` else 1) and the ``m``
+    smallest keys win (Efraimidis and Spirakis). A threshold known from the
+    row count keeps only a few more than ``m`` candidates per pass; in the rare
+    case that too few pass it, the threshold doubles and the pass is repeated.
+    """
+    total = sum_w if weighted else float(n_fit)
+    limit = np.inf if n_fit <= m else (m + 4.0 * np.sqrt(m) + 16.0) / max(total, 1e-300)
+    while True:
+        t = limit
+
+        def pick(chunk: Chunk, t: float = t) -> tuple[np.ndarray, ...]:
+            g = _global_rows(chunk)
+            v = chunk.w if weighted else (chunk.w > 0).astype(float)
+            with np.errstate(divide="ignore"):
+                keys = -np.log(row_uniforms(key, g)) / v
+            keep = np.flatnonzero(keys < t) if np.isfinite(t) else np.flatnonzero(v > 0)
+            return keys[keep], chunk.X[keep].astype(float), chunk.w[keep], g[keep]
+
+        parts = list(rows.each(pick, map))
+        keys, X, w, g = (np.concatenate(p) for p in zip(*parts, strict=True))
+        if keys.size >= min(m, n_fit) or not np.isfinite(t):
+            break
+        limit = 2.0 * t
+    if keys.size > m:
+        win = np.sort(np.argsort(keys, kind="stable")[:m])
+        X, w, g = X[win], w[win], g[win]
+    return Sample(X, w, g)
+
+
+@dataclass
+class Partition:
+    """How a start splits the rows of any chunk into ``K`` groups.
+
+    By the nearest of ``centres`` (gaps filled with the column means, which
+    are 0 in fitting units), by the ``hc`` tree (its sample rows keep the
+    tree's labels, the others join the densest merged cluster), or at random
+    (soft, from ``random_key``). ``ref`` are the reference points the sums are
+    taken about.
+    """
+
+    K: int
+    ref: np.ndarray
+    centres: np.ndarray | None = None
+    hc: HcCut | None = None
+    hc_rows: np.ndarray | None = None
+    random_key: int | None = None
+
+    def resp(self, chunk: Chunk) -> np.ndarray:
+        Xf = chunk.X0
+        if self.centres is not None:
+            return nearest(Xf, self.centres)
+        g = _global_rows(chunk)
+        if self.random_key is not None:
+            u = row_uniforms(self.random_key, (g[:, None] * self.K + np.arange(self.K)).ravel())
+            r = u.reshape(-1, self.K)
+            return r / r.sum(axis=1, keepdims=True)
+        assert self.hc is not None and self.hc_rows is not None
+        labels = self.hc.assign(Xf, g)
+        at = np.searchsorted(self.hc_rows, g)
+        inside = at < self.hc_rows.size
+        inside[inside] = self.hc_rows[at[inside]] == g[inside]
+        labels[inside] = self.hc.labels[at[inside]]
+        return hard(labels, self.K)
+
+
+def make_partition(
+    method: str,
+    K: int,
+    sample: Sample,
+    rng: np.random.Generator,
+    *,
+    means: np.ndarray | None = None,
+    hc_sample: Sample | None = None,
+) -> Partition:
+    """The partition of a start ``method`` (see ``INIT_METHODS``), from the sample."""
+    d = sample.X.shape[1]
+    Xf = np.nan_to_num(sample.X, nan=0.0)
+    if means is not None:
+        return Partition(K, means, centres=means)
+    method = canonical_init(method)
+    if method == "random":
+        return Partition(K, np.zeros((K, d)), random_key=int(rng.integers(0, 2**63)))
+    if method == "random-from-data":
+        complete = np.flatnonzero(~np.isnan(sample.X).any(axis=1))
+        pool = complete if complete.size >= K else np.arange(len(Xf))
+        centres = Xf[rng.choice(pool, size=K, replace=False)]
+        return Partition(K, centres, centres=centres)
+    if method == "hc":
+        assert hc_sample is not None
+        cut = hc_cut(np.nan_to_num(hc_sample.X, nan=0.0), np.ones(len(hc_sample.w)), K)
+        return Partition(K, np.zeros((K, d)), hc=cut, hc_rows=hc_sample.rows)
+    centres = kmeans_plus_plus(Xf, sample.w, K, rng)
+    if method == "kmeans":
+        centres = lloyd(Xf, sample.w, centres)
+    return Partition(K, centres, centres=centres)
+
+
+def start_sums(chunk: Chunk, part: Partition, cross: bool) -> StartStats:
+    """One chunk's ``StartStats`` under the partition (docs/starts.md §5)."""
+    wr = part.resp(chunk) * chunk.w[:, None]
+    O = np.ones(chunk.X.shape) if chunk.obs is None else chunk.obs.astype(float)
+    X0 = chunk.X0.astype(float)
+    K, d = part.ref.shape
+    Sy, Syy_d = np.zeros((K, d)), np.zeros((K, d))
+    Syy, Syo, Soo = (np.zeros((K, d, d)) for _ in range(3))
+    for k in range(K):
+        sel = np.flatnonzero(wr[:, k] > 0)
+        if sel.size == 0:
+            continue
+        r = wr[sel, k]
+        Ok = O[sel]
+        Y0 = (X0[sel] - part.ref[k]) * Ok
+        Sy[k] = r @ Y0
+        Syy_d[k] = r @ (Y0 * Y0)
+        if cross:
+            Yr = Y0 * r[:, None]
+            Syy[k] = Yr.T @ Y0
+            Syo[k] = Yr.T @ Ok
+            Soo[k] = (Ok * r[:, None]).T @ Ok
+    st = StartStats(N=wr.sum(axis=0), So=wr.T @ O, Sy=Sy, Syy_d=Syy_d)
+    if cross:
+        st.Syy, st.Syo, st.Soo = Syy, Syo, Soo
+    return st
+
+
+def start_params(
+    rows: FitRows, part: Partition, covariance_type: str, ctx: Context, map: MapFn = map
 ) -> GMMParams:
-    """The starting M-step: observed values only, no conditional-covariance term.
+    """The first M-step from the partition, in one pass over the rows.
 
     Means come from each component's observed entries; covariances from the
-    rows with their gaps filled by that component's mean.
+    rows with their gaps counted as that component's mean (no conditional
+    covariance term): docs/starts.md §5.
     """
-    obs = ~np.isnan(X)
-    X0 = np.where(obs, X, 0.0)
-    wr = resp * w[:, None]
-    N = wr.sum(axis=0) + 10 * np.finfo(float).eps
-    So = wr.T @ obs
-    fallback = (w @ X0) / np.maximum(w @ obs, 1e-300)
-    means = np.where(So > 0, (wr.T @ X0) / np.where(So > 0, So, 1.0), fallback)
     model = get_model(covariance_type)
-    cov = model.start(X, obs, wr, w, means, N, So, col_var, reg_covar)
-    return GMMParams(covariance_type, N / N.sum(), means, cov)
+    st = rows.reduce(lambda c: start_sums(c, part, model.start_cross), map)
+    assert st.N is not None and st.So is not None and st.Sy is not None
+    N = st.N + 10 * np.finfo(float).eps
+    seen = st.So > 0
+    delta = np.where(seen, st.Sy / np.where(seen, st.So, 1.0), -part.ref)  # mean: ref + delta
+    cov = model.start(st, delta, N, ctx)
+    return GMMParams(covariance_type, N / N.sum(), part.ref + delta, cov)

@@ -90,20 +90,26 @@ class FitResult:
     n_iter: int
     best_restart: int
     history: tuple[IterationRecord, ...]
-    resp: np.ndarray
-    log_density: np.ndarray
-    n_observed: np.ndarray
+    resp: np.ndarray | None  # None when the rows were not given as an array
+    log_density: np.ndarray | None
+    n_observed: np.ndarray | None
     missing_fraction: float
     settings: dict = field(default_factory=dict)
     standardization: dict | None = None
+    in_memory: bool = True  # whether the rows were kept in memory (else streamed every pass)
+
+    def _rows(self) -> np.ndarray:
+        if self.resp is None:
+            raise ValueError("this fit has no per-row outputs; score the rows block by block")
+        return self.resp
 
     @property
     def labels(self) -> np.ndarray:
-        return np.argmax(self.resp, axis=1)
+        return np.argmax(self._rows(), axis=1)
 
     @property
     def probability(self) -> np.ndarray:
-        return np.max(self.resp, axis=1)
+        return np.max(self._rows(), axis=1)
 
 
 @dataclass(frozen=True)

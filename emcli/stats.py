@@ -123,6 +123,118 @@ class PassTotals:
 
     stats: GeneralStats | MaskStats
     worst: Candidates
+    log_max: float = 0.0  # sum w log max_k r: the entropy term of ICL (docs/criteria.md §1)
 
     def __add__(self, other: PassTotals) -> PassTotals:
-        return PassTotals(self.stats + other.stats, self.worst + other.worst)
+        return PassTotals(
+            self.stats + other.stats, self.worst + other.worst, self.log_max + other.log_max
+        )
+
+
+@dataclass
+class ColumnScan:
+    """One pass over the raw rows: counts, column moments and what input checks need.
+
+    Moments are over the rows that are fitted (something observed, positive
+    weight), weighted, merged block by block with Chan's update so that no
+    digits are lost to a large mean; ranges are over every row.
+    """
+
+    n_rows: int
+    n_empty: int  # rows with nothing observed
+    n_fit: int  # rows with something observed and a positive weight
+    n_missing: int  # missing cells, over every row
+    sum_w: float  # weight of the fitted rows
+    sw: np.ndarray  # (d,) weight of the observed cells of fitted rows
+    mean: np.ndarray  # (d,) weighted mean of those cells
+    m2: np.ndarray  # (d,) weighted sum of squared deviations from it
+    seen: np.ndarray  # (d,) observed cells over every row
+    lo: np.ndarray  # (d,) smallest observed value (inf if none)
+    hi: np.ndarray  # (d,) largest observed value (-inf if none)
+    first_inf: tuple[int, int] | None  # (row, column) of the first infinite value
+    first_bad_weight: tuple[int, float] | None  # (row, weight) of the first unusable weight
+
+    def __add__(self, o: ColumnScan) -> ColumnScan:
+        sw = self.sw + o.sw
+        share = np.divide(o.sw, sw, out=np.zeros_like(sw), where=sw > 0)
+        delta = o.mean - self.mean
+        return ColumnScan(
+            self.n_rows + o.n_rows,
+            self.n_empty + o.n_empty,
+            self.n_fit + o.n_fit,
+            self.n_missing + o.n_missing,
+            self.sum_w + o.sum_w,
+            sw,
+            self.mean + share * delta,
+            self.m2 + o.m2 + delta**2 * self.sw * share,
+            self.seen + o.seen,
+            np.minimum(self.lo, o.lo),
+            np.maximum(self.hi, o.hi),
+            self.first_inf if self.first_inf is not None else o.first_inf,
+            self.first_bad_weight if self.first_bad_weight is not None else o.first_bad_weight,
+        )
+
+    @property
+    def variance(self) -> np.ndarray:
+        return self.m2 / np.maximum(self.sw, 1e-300)
+
+
+def scan_block(X: np.ndarray, w: np.ndarray | None, start: int) -> ColumnScan:
+    """``ColumnScan`` of one block of raw rows (``start``: its first row's number)."""
+    n, d = X.shape
+    w = np.ones(n) if w is None else np.asarray(w, dtype=float)
+    bad_w = np.flatnonzero(~np.isfinite(w) | (w < 0))
+    first_bad = (start + int(bad_w[0]), float(w[bad_w[0]])) if bad_w.size else None
+    inf = np.isinf(X)
+    first_inf = None
+    if inf.any():
+        i, j = np.argwhere(inf)[0]
+        first_inf = (start + int(i), int(j))
+    obs = ~np.isnan(X) & ~inf
+    n_obs = obs.sum(axis=1)
+    wf = np.where((n_obs > 0) & (w > 0) & np.isfinite(w), w, 0.0)
+    X0 = np.where(obs, X, 0.0)
+    sw = wf @ obs
+    mean = np.divide(wf @ X0, sw, out=np.zeros(d), where=sw > 0)
+    dev = np.where(obs, X0 - mean, 0.0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        m2 = wf @ (dev * dev)
+        lo = np.where(obs, X0, np.inf).min(axis=0, initial=np.inf)
+        hi = np.where(obs, X0, -np.inf).max(axis=0, initial=-np.inf)
+    return ColumnScan(
+        n, int((n_obs == 0).sum()), int(np.count_nonzero(wf)), int(np.isnan(X).sum()),
+        float(wf.sum()), sw, mean, m2, obs.sum(axis=0), lo, hi, first_inf, first_bad,
+    )
+
+
+@dataclass
+class StartStats(_Sum):
+    """Sums of the first M-step from a partition, about reference points ``ref`` (K, d).
+
+    With ``y = x - ref_k`` zero where a cell is missing and ``o`` the mask:
+    ``Sy = sum r y``, ``Syy_d = sum r y²`` and, for models with correlations,
+    ``Syy = sum r y yᵀ``, ``Syo = sum r y oᵀ``, ``Soo = sum r o oᵀ``
+    (docs/starts.md §5).
+    """
+
+    N: np.ndarray | None = None
+    So: np.ndarray | None = None
+    Sy: np.ndarray | None = None
+    Syy_d: np.ndarray | None = None
+    Syy: np.ndarray | None = None
+    Syo: np.ndarray | None = None
+    Soo: np.ndarray | None = None
+
+    def squares(self, delta: np.ndarray) -> np.ndarray:
+        """``sum r o (y - delta)²`` per component and column."""
+        assert self.Syy_d is not None and self.Sy is not None and self.So is not None
+        return self.Syy_d - 2.0 * delta * self.Sy + delta**2 * self.So
+
+    def scatter(self, delta: np.ndarray) -> np.ndarray:
+        """``sum r [o (y - delta)] [o (y - delta)]ᵀ`` per component."""
+        assert self.Syy is not None and self.Syo is not None and self.Soo is not None
+        cross = self.Syo * delta[:, None, :]
+        return (
+            self.Syy - cross - np.swapaxes(cross, 1, 2)
+            + delta[:, :, None] * delta[:, None, :] * self.Soo
+        )

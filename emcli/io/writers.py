@@ -139,6 +139,8 @@ def labels_columns(
     probabilities: bool = False,
 ) -> dict[str, Any]:
     """The labels table: id (or row), label, probability, log_density, n_observed[, p_k]."""
+    assert result.resp is not None and result.log_density is not None
+    assert result.n_observed is not None
     return scores_columns(
         result.resp, result.log_density, result.n_observed, ids, id_name, probabilities
     )

@@ -50,12 +50,9 @@ class Units:
         if not seen.all():
             index = np.flatnonzero(seen)
             X, w = X[index], w[index]
-        return Chunk(self.apply(X), w, start=block.start, index=index, n_block=block.n)
-
-
-def _max_sq_norm(chunk: Chunk) -> float:
-    X0 = chunk.X0
-    return float(np.einsum("ij,ij->i", X0, X0, dtype=float).max()) if chunk.n else 0.0
+        return Chunk(
+            self.apply(X), w, start=block.start, index=index, n_block=block.n, extra=block.extra
+        )
 
 
 class FitRows:
@@ -67,7 +64,6 @@ class FitRows:
         self.n_features = source.n_features
         self.quad_ok = source.chunk_rows * quad_width(self.n_features) * 8 <= QUAD_DESIGN_BUDGET
         self.kept: list[Chunk] | None = list(source.each(units.chunk)) if keep else None
-        self.max_sq_norm = max(self.each(_max_sq_norm), default=0.0)
 
     def reduce(self, fn: Callable[[Chunk], T], map: MapFn = map) -> T:
         """``fn`` of every chunk, added in chunk order."""
