@@ -14,9 +14,10 @@ import numpy as np
 from .covariance import COVARIANCE_TYPES, get_model
 from .criteria import CRITERIA
 from .errors import DataError, FitError, UsageError
-from .fitting import check_data, fit_mixture
+from .fitting import check_data, fit_mixture, fit_source
 from .init import canonical_init
 from .model import FitResult, SweepCell, SweepResult
+from .sources import RowSource
 
 # --------------------------------------------------------------------------
 # Parsing the sweep's ranges (shared by the command line and the Python API)
@@ -86,7 +87,7 @@ def parse_covariances(spec: str) -> list[str]:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(X: np.ndarray, w: np.ndarray | None, options: dict) -> None:
+def _init_worker(X: Any, w: np.ndarray | None, options: dict) -> None:
     _WORKER.update(X=X, w=w, options=options)
 
 
@@ -95,7 +96,7 @@ def _fit_in_worker(k: int, covariance_type: str) -> SweepCell:
 
 
 def fit_cell(
-    X: np.ndarray,
+    X: np.ndarray | RowSource,
     w: np.ndarray | None,
     k: int,
     covariance_type: str,
@@ -121,10 +122,15 @@ def fit_cell(
         if name == "hc" and name != init:
             opts["n_init"] = 1
         try:
-            res = fit_mixture(
-                X, n_components=k, covariance_type=covariance_type, sample_weight=w,
-                init=name, **opts,
-            )
+            if isinstance(X, np.ndarray):
+                res = fit_mixture(
+                    X, n_components=k, covariance_type=covariance_type, sample_weight=w,
+                    init=name, **opts,
+                )
+            else:  # a row source: per-row outputs come later, from score_blocks
+                res = fit_source(
+                    X, n_components=k, covariance_type=covariance_type, init=name, **opts
+                )
         except (FitError, DataError) as exc:
             errors.append(str(exc))
             continue
@@ -205,6 +211,7 @@ def sweep(
     on_cell: Callable[[SweepCell], None] | None = None,
     dtype: str = "float64",
     n_threads: int = 1,
+    max_memory: int | None = None,
 ) -> SweepResult:
     """Fit every (k, covariance) cell and pick the one with the lowest ``criterion``.
 
@@ -215,7 +222,8 @@ def sweep(
     never wins; if every cell fails, ``FitError`` names the first reason.
     ``on_cell`` is called in this process as each cell completes. ``dtype``
     and ``n_threads`` are passed to each fit (row-chunk threads only with
-    ``jobs=1``).
+    ``jobs=1``); ``max_memory`` bounds all cells that run at once together.
+    ``X`` is an array (cells then have per-row outputs) or a row source.
     """
     criterion = str(criterion).lower()
     if criterion not in CRITERIA:
@@ -234,8 +242,14 @@ def sweep(
     if jobs < 1:
         raise UsageError(f"jobs must be at least 1, got {jobs}")
     init = canonical_init(init)
-    Xa, w = check_data(X, sample_weight, column_names)
-    w_arg = None if sample_weight is None else w
+    Xa: Any
+    if isinstance(X, RowSource):
+        Xa, w_arg = X, None
+    else:
+        Xa, w = check_data(X, sample_weight, column_names)
+        w_arg = None if sample_weight is None else w
+    tasks = [(k, c) for k in ks for c in covs]
+    at_once = min(jobs, len(tasks))
     options: dict[str, Any] = {
         "init": init, "try_hc": bool(try_hc), "n_init": int(n_init), "seed": int(seed),
         "tol": float(tol), "max_iter": int(max_iter), "reg_covar": float(reg_covar),
@@ -244,8 +258,8 @@ def sweep(
         "dtype": str(dtype),
         # row-chunk threads inside a cell only when cells are not already in parallel
         "n_threads": int(n_threads) if int(jobs) == 1 else 1,
+        "max_memory": None if max_memory is None else int(max_memory) // at_once,
     }
-    tasks = [(k, c) for k in ks for c in covs]
     cells: list[SweepCell | None] = [None] * len(tasks)
     if jobs == 1 or len(tasks) == 1:
         for i, (k, c) in enumerate(tasks):

@@ -172,6 +172,24 @@ DTypeOpt = Annotated[
         "--dtype", case_sensitive=False, help="Arithmetic precision (sums are always float64)."
     ),
 ]
+MaxMemoryOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--max-memory",
+        metavar="SIZE",
+        help="Bound on what emcli holds (512MB, 4GB, 2GiB; default: half the memory available). "
+        "Rows stay in memory when they fit, else every pass streams from the input.",
+    ),
+]
+TmpDirOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tmp-dir",
+        metavar="DIR",
+        help="Where CSV, TSV and standard input are converted to a columnar file that later "
+        "passes read (default: the system's temporary directory); removed on exit.",
+    ),
+]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Exit 3 if the fit did not converge.")]
 QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="No progress or summary on stderr.")]
@@ -207,10 +225,14 @@ class FitOptions:
     weights_column: WeightsColumnOpt = None
     standardize: StandardizeOpt = False
     dtype: DTypeOpt = DType.float64
+    max_memory: MaxMemoryOpt = None
+    tmp_dir: TmpDirOpt = None
 
     # These fields go to io.select_features; init (a method or a file of means) to
-    # init_choice; every other field, as it is, to fit_mixture and sweep (em_settings).
+    # init_choice; tmp_dir to the reader; max_memory, in bytes, and every other
+    # field, as it is, to fit_mixture and sweep (em_settings).
     COLUMN_CHOICE = ("columns", "exclude", "id_column", "weights_column")
+    READING = ("tmp_dir",)
 
     def column_choice(self) -> dict[str, Any]:
         """The keyword arguments of ``io.select_features``."""
@@ -218,11 +240,54 @@ class FitOptions:
 
     def em_settings(self) -> dict[str, Any]:
         """The keyword arguments of ``fit_mixture`` and ``sweep``: the other fields but init."""
-        return {
+        out = {
             field.name: _plain(getattr(self, field.name))
             for field in dataclasses.fields(self)
-            if field.name != "init" and field.name not in self.COLUMN_CHOICE
+            if field.name != "init" and field.name not in self.COLUMN_CHOICE + self.READING
         }
+        out["max_memory"] = memory_budget(self.max_memory)
+        return out
+
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
+          "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
+          "tib": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``512MB``, ``4GB``, ``2GiB``, ``1e9`` (decimal units, or binary with i)."""
+    t = text.strip().lower().replace(" ", "")
+    number = t.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = t[len(number):]
+    try:
+        value = float(number)
+    except ValueError:
+        value = float("nan")
+    if unit not in _UNITS or not value > 0 or value == float("inf"):
+        raise UsageError(
+            f"--max-memory {text!r}: give a size like 512MB, 4GB or 2GiB"
+        )
+    return int(value * _UNITS[unit])
+
+
+def available_memory() -> int:
+    """Memory the system can give now (MemAvailable), or its physical memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def memory_budget(text: str | None) -> int:
+    """``--max-memory`` in bytes; by default half the memory available."""
+    return parse_size(text) if text is not None else available_memory() // 2
 
 
 def _plain(value: object) -> object:

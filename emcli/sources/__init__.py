@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -42,6 +42,7 @@ class Block:
         return int(self.X.shape[0])
 
 
+@runtime_checkable
 class RowSource(Protocol):
     """Rows in blocks: arrays in memory, streamed files, or partitions on a cluster."""
 
