@@ -102,6 +102,8 @@ class Reporter:
                 f"{result.log_likelihood:.6g} (mean {result.mean_log_likelihood:.6g})",
             ),
             ("BIC / AIC / ICL", f"{result.bic:.6g} / {result.aic:.6g} / {result.icl:.6g}"),
+            ("rows held", "in memory" if result.in_memory
+             else "streamed from the input on every pass (above --max-memory)"),
             ("time", f"{seconds:.2f} s"),
         ]
         for k, v in items:
