@@ -150,6 +150,7 @@ class Sample:
     X: np.ndarray  # (m, d), NaN = missing
     w: np.ndarray  # (m,) their weights
     rows: np.ndarray  # (m,) input row numbers, increasing
+    whole: bool = False  # every fitted row is in it
 
 
 def _global_rows(chunk: Chunk) -> np.ndarray:
@@ -189,7 +190,7 @@ def draw_sample(
     if keys.size > m:
         win = np.sort(np.argsort(keys, kind="stable")[:m])
         X, w, g = X[win], w[win], g[win]
-    return Sample(X, w, g)
+    return Sample(X, w, g, whole=keys.size == n_fit)
 
 
 @dataclass
@@ -252,7 +253,10 @@ def make_partition(
         return Partition(K, centres, centres=centres)
     if method == "hc":
         assert hc_sample is not None
-        cut = hc_cut(np.nan_to_num(hc_sample.X, nan=0.0), np.ones(len(hc_sample.w)), K)
+        # drawn in proportion to their weights, sampled rows count once each; all rows
+        # (no sampling) keep their weights
+        ws = hc_sample.w if hc_sample.whole else np.ones(len(hc_sample.w))
+        cut = hc_cut(np.nan_to_num(hc_sample.X, nan=0.0), ws, K)
         return Partition(K, np.zeros((K, d)), hc=cut, hc_rows=hc_sample.rows)
     centres = kmeans_plus_plus(Xf, sample.w, K, rng)
     if method == "kmeans":
