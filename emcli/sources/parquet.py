@@ -29,7 +29,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import pyarrow.types as pat
 
-from emcli.errors import DataError
+from emcli.errors import DataError, UsageError
 from emcli.io.features import TablePart, choose_columns, part_features
 from emcli.io.readers import InputFile
 from emcli.sources import Block, MapFn, chunk_rows_for, ordered_map
@@ -97,6 +97,23 @@ class _File:
             self._handle = None
 
 
+def _stamp(path: str, file_format: str, columns: Sequence[str]) -> _Stamp:
+    """What ``path`` looks like now, checked to have ``columns``."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror}); check the path") from exc
+    f = _File(path, file_format)
+    f.close()
+    missing = [c for c in columns if c not in f.schema.names]
+    if missing:
+        raise DataError(
+            f"{path}: no column {missing[0]!r} (the file has: {', '.join(f.schema.names)}); "
+            "give files that all have the columns being read"
+        )
+    return _Stamp(st.st_size, st.st_mtime_ns, f.schema, f.n_rows)
+
+
 def _changed(path: str, stamp: _Stamp, now: _File | None = None) -> str | None:
     """How ``path`` differs from ``stamp``, or None if it does not."""
     try:
@@ -159,24 +176,9 @@ class ParquetSource:
         self.chunk_rows = int(chunk_rows or chunk_rows_for(self.n_features))
         self.notices: list[str] = []
         self._read = list(dict.fromkeys([*self.columns, *(c for c in (weights, ids) if c)]))
-        self._stamps = [self._stamp(path) for path in self.files]
+        self._stamps = [_stamp(path, file_format, self._read) for path in self.files]
         self.file_rows = [s.n_rows for s in self._stamps]
         self.n_rows = sum(self.file_rows)
-
-    def _stamp(self, path: str) -> _Stamp:
-        try:
-            st = os.stat(path)
-        except OSError as exc:
-            raise DataError(f"{path}: cannot read ({exc.strerror}); check the path") from exc
-        f = _File(path, self.file_format)
-        f.close()
-        missing = [c for c in self._read if c not in f.schema.names]
-        if missing:
-            raise DataError(
-                f"{path}: no column {missing[0]!r} (the file has: {', '.join(f.schema.names)}); "
-                "give files that all have the columns being read"
-            )
-        return _Stamp(st.st_size, st.st_mtime_ns, f.schema, f.n_rows)
 
     @property
     def schemas(self) -> list[Any]:
@@ -273,6 +275,8 @@ def open_parquet(
 
     Every input is a Parquet file, or every one an Arrow IPC file (format ``arrow``).
     """
+    if not inputs:
+        raise UsageError("no input given; pass Parquet files or a directory of them")
     for f in inputs:
         if f.path == "-":
             raise DataError("<stdin>: standard input cannot be read again on every pass; "
@@ -286,8 +290,8 @@ def open_parquet(
                         "give files of one format")
     file_format = formats.pop()
     paths = [f.path for f in inputs]
-    probe = ParquetSource(paths, [], chunk_rows=1, file_format=file_format)
-    schemas = probe.schemas
+    stamps = [_stamp(path, file_format, []) for path in paths]
+    schemas = [s.schema for s in stamps]
     for path, schema in zip(paths, schemas, strict=True):
         names = schema.names
         dup = sorted({c for c in names if names.count(c) > 1})
@@ -299,7 +303,7 @@ def open_parquet(
                 f"({', '.join(schemas[0].names)}); give files with the same columns"
             )
     display = paths[0] if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} more)"
-    if probe.n_rows == 0:
+    if not any(s.n_rows for s in stamps):
         raise DataError(f"{display}: no data rows; give a file with rows")
     choice = choose_columns(
         _combined_schema(schemas),
