@@ -11,7 +11,7 @@ import io
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -19,6 +19,37 @@ from emcli.errors import DataError, UsageError
 
 from .modelfile import _reject_constant
 from .readers import NA_TOKENS, InputTable
+
+
+class Cells(Protocol):
+    """Where cells come from, for messages: an ``InputTable`` or a ``TablePart``."""
+
+    table: Any  # pyarrow.Table
+    name: str
+
+    def where(self, i: int) -> str: ...
+
+
+@dataclass
+class TablePart:
+    """Some consecutive rows of one file (rows from ``first_row``, counted from 0)."""
+
+    table: Any  # pyarrow.Table
+    name: str  # the file, for messages
+    first_row: int = 0
+
+    def where(self, i: int) -> str:
+        return f"row {self.first_row + i + 1}"
+
+
+@dataclass(frozen=True)
+class ColumnChoice:
+    """The columns a fit reads, chosen from a schema: features, id, weights."""
+
+    features: list[str]
+    id_name: str | None
+    weights_name: str | None
+    notices: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -58,7 +89,7 @@ def _is_numeric_type(t: Any) -> bool:
     return bool(pat.is_integer(t) or pat.is_floating(t) or pat.is_decimal(t))
 
 
-def _reject_inf(data: InputTable, name: str, v: np.ndarray) -> None:
+def _reject_inf(data: Cells, name: str, v: np.ndarray) -> None:
     """One error naming the first infinite cell of column ``name``, if any."""
     inf = np.flatnonzero(np.isinf(v))
     if inf.size:
@@ -91,20 +122,29 @@ def _column_values(
     data: InputTable, name: str, *, requested: bool, role: str = "column"
 ) -> np.ndarray | str:
     """Float values of a column, or a reason (str) it is not numeric."""
+    return _cell_values(data, name, data.table.column(name), role=role)
+
+
+def _cell_values(
+    data: Cells, name: str, col: Any, *, role: str = "column", whole: bool = True
+) -> np.ndarray | str:
+    """Float values of cells ``col`` of column ``name``, or a reason (str) they are not numeric.
+
+    ``whole``: the cells are the whole column, so a column with nothing in it
+    is an error here; a part of a column may be empty.
+    """
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.types as pat
 
-    col = data.table.column(name)
     t = col.type
     if pat.is_null(t):
-        raise DataError(
-            f"{data.name}: {role} {name!r} is entirely missing (every cell empty); "
-            f"exclude it with --exclude {name}"
-        )
+        if not whole:
+            return np.full(len(col), np.nan)
+        raise _entirely_missing(data.name, role, name)
     if _is_numeric_type(t):
         return _float_values(col.cast(pa.float64()))
-    if pat.is_string(t) or pat.is_large_string(t):
+    if _is_text_type(t):
         try:
             fast = pc.cast(col, pa.float64())
             if not any(s in NA_TOKENS for s in pc.unique(col).to_pylist() if s is not None):
@@ -113,7 +153,7 @@ def _column_values(
             pass
         values = col.to_pylist()
         out, present, bad = _parse_text_numbers(values)
-        if present == 0:
+        if present == 0 and whole:
             raise DataError(
                 f"{data.name}: {role} {name!r} is entirely missing (every cell empty or NA); "
                 f"exclude it with --exclude {name}"
@@ -129,6 +169,19 @@ def _column_values(
                 "fix the cell, or leave it empty to mark it missing"
             )
         return f"text such as {values[bad[0]]!r} in {data.where(bad[0])}"
+    return _type_reason(t)
+
+
+def _is_text_type(t: Any) -> bool:
+    import pyarrow.types as pat
+
+    return bool(pat.is_string(t) or pat.is_large_string(t))
+
+
+def _type_reason(t: Any) -> str:
+    """Why a column of a type that is neither numbers nor text is not numeric."""
+    import pyarrow.types as pat
+
     if pat.is_binary(t) or pat.is_large_binary(t):
         return "bytes that are not UTF-8 text"
     return f"type {t}"
@@ -142,14 +195,97 @@ def _split_names(values: Iterable[str] | None) -> list[str]:
 
 
 def _missing_column(data: InputTable, name: str, option: str) -> DataError:
+    return _no_such_column(data.name, data.table.column_names, name, option)
+
+
+def _no_such_column(where: str, names: Sequence[str], name: str, option: str) -> DataError:
     import difflib
 
-    close = difflib.get_close_matches(name, data.table.column_names, n=1)
+    close = difflib.get_close_matches(name, names, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
     return DataError(
-        f"{data.name}: no column {name!r} for {option}; {hint}"
-        f"the columns are: {', '.join(data.table.column_names)}"
+        f"{where}: no column {name!r} for {option}; {hint}"
+        f"the columns are: {', '.join(names)}"
     )
+
+
+def _asked_columns(
+    where: str,
+    names: Sequence[str],
+    columns: Sequence[str] | None,
+    exclude: Sequence[str] | None,
+    id_column: str | None,
+    weights_column: str | None,
+) -> tuple[list[str], list[str]]:
+    """The ``--columns`` and ``--exclude`` names, each checked to be a column, like the rest."""
+    wanted = list(dict.fromkeys(_split_names(columns)))  # a column named twice is one feature
+    dropped = _split_names(exclude)
+    for n, opt in [(n, "--columns") for n in wanted] + [(n, "--exclude") for n in dropped]:
+        if n not in names:
+            raise _no_such_column(where, names, n, opt)
+    for side_name, opt in ((id_column, "--id-column"), (weights_column, "--weights-column")):
+        if side_name is not None and side_name not in names:
+            raise _no_such_column(where, names, side_name, opt)
+    return wanted, dropped
+
+
+def _candidates(
+    where: str, names: Sequence[str], wanted: list[str], dropped: list[str], side: set[Any]
+) -> list[str]:
+    """The columns that may be features: those asked for, or all but the id, weights, excluded."""
+    if wanted:
+        candidates = [n for n in wanted if n not in dropped]
+        clash = [n for n in candidates if n in side]
+        if clash:
+            raise UsageError(
+                f"column {clash[0]!r} cannot be both a feature and the id or weights column"
+            )
+    else:
+        candidates = [n for n in names if n not in side and n not in dropped]
+    if not candidates:
+        raise DataError(f"{where}: no feature columns left to fit; check --columns and --exclude")
+    return candidates
+
+
+def _kept_notices(
+    where: str, names: Sequence[str], kept: list[str], left_out: list[str]
+) -> list[str]:
+    """The notice for the non-numeric columns left out; an error if no column is left."""
+    notices = []
+    if left_out:
+        notices.append(
+            f"left out non-numeric column{'s' if len(left_out) > 1 else ''}: {', '.join(left_out)}"
+        )
+    if not kept:
+        raise DataError(
+            f"{where}: no numeric columns (found: {', '.join(names)}); "
+            "check the delimiter or --format, or choose columns with --columns"
+        )
+    return notices
+
+
+def _not_numeric_weights(where: str, name: str, reason: str) -> DataError:
+    return DataError(
+        f"{where}: weights column {name!r} is not numeric ({reason}); "
+        "give a column of non-negative numbers"
+    )
+
+
+def _weight_values(data: Cells, name: str, col: Any, whole: bool = True) -> np.ndarray:
+    """Row weights of cells ``col``, checked to be finite and non-negative."""
+    w = _cell_values(data, name, col, role="weights column", whole=whole)
+    if isinstance(w, str):
+        raise _not_numeric_weights(data.name, name, w)
+    bad = np.flatnonzero(~np.isfinite(w) | (w < 0))
+    if bad.size:
+        i = int(bad[0])
+        what = "missing" if np.isnan(w[i]) else repr(float(w[i]))
+        raise DataError(
+            f"{data.name}: weights column {name!r}, {data.where(i)}: "
+            f"weight is {what}; "
+            "weights must be finite and non-negative"
+        )
+    return w
 
 
 def select_features(
@@ -165,35 +301,14 @@ def select_features(
     Non-numeric columns that were not asked for are left out, with a notice.
     """
     names = data.table.column_names
-    wanted = list(dict.fromkeys(_split_names(columns)))  # a column named twice is one feature
-    dropped = _split_names(exclude)
-    for n, opt in [(n, "--columns") for n in wanted] + [(n, "--exclude") for n in dropped]:
-        if n not in names:
-            raise _missing_column(data, n, opt)
-    for side_name, opt in ((id_column, "--id-column"), (weights_column, "--weights-column")):
-        if side_name is not None and side_name not in names:
-            raise _missing_column(data, side_name, opt)
+    wanted, dropped = _asked_columns(data.name, names, columns, exclude, id_column, weights_column)
 
     ids = None
     if id_column is not None:
         ids = data.table.column(id_column).to_pylist()
     weights = None
     if weights_column is not None:
-        w = _column_values(data, weights_column, requested=True, role="weights column")
-        if isinstance(w, str):
-            raise DataError(
-                f"{data.name}: weights column {weights_column!r} is not numeric ({w}); "
-                "give a column of non-negative numbers"
-            )
-        bad = np.flatnonzero(~np.isfinite(w) | (w < 0))
-        if bad.size:
-            i = int(bad[0])
-            what = "missing" if np.isnan(w[i]) else repr(float(w[i]))
-            raise DataError(
-                f"{data.name}: weights column {weights_column!r}, {data.where(i)}: "
-                f"weight is {what}; "
-                "weights must be finite and non-negative"
-            )
+        w = _weight_values(data, weights_column, data.table.column(weights_column))
         if not w.sum() > 0:
             raise DataError(
                 f"{data.name}: weights column {weights_column!r} sums to zero; "
@@ -202,20 +317,7 @@ def select_features(
         weights = w
 
     side = {id_column, weights_column} - {None}
-    if wanted:
-        candidates = [n for n in wanted if n not in dropped]
-        clash = [n for n in candidates if n in side]
-        if clash:
-            raise UsageError(
-                f"column {clash[0]!r} cannot be both a feature and the id or weights column"
-            )
-    else:
-        candidates = [n for n in names if n not in side and n not in dropped]
-    if not candidates:
-        raise DataError(
-            f"{data.name}: no feature columns left to fit; check --columns and --exclude"
-        )
-
+    candidates = _candidates(data.name, names, wanted, dropped, side)
     cols: list[np.ndarray] = []
     kept: list[str] = []
     left_out: list[str] = []
@@ -223,32 +325,96 @@ def select_features(
         v = _column_values(data, n, requested=bool(wanted))
         if isinstance(v, str):
             if wanted:
-                raise DataError(
-                    f"{data.name}: column {n!r} is not numeric ({v}); "
-                    "choose numeric columns with --columns"
-                )
+                raise _not_numeric(data.name, n, v)
             left_out.append(n)
             continue
         _reject_inf(data, n, v)
         if np.isnan(v).all():
-            raise DataError(
-                f"{data.name}: column {n!r} is entirely missing (every cell empty); "
-                f"exclude it with --exclude {n}"
-            )
+            raise _entirely_missing(data.name, "column", n)
         cols.append(v)
         kept.append(n)
-    notices = []
-    if left_out:
-        notices.append(
-            f"left out non-numeric column{'s' if len(left_out) > 1 else ''}: {', '.join(left_out)}"
-        )
-    if not kept:
-        raise DataError(
-            f"{data.name}: no numeric columns (found: {', '.join(names)}); "
-            "check the delimiter or --format, or choose columns with --columns"
-        )
+    notices = _kept_notices(data.name, names, kept, left_out)
     X = np.column_stack(cols) if cols else np.empty((data.n_rows, 0))
     return Features(X, kept, ids, id_column, weights, notices)
+
+
+def _not_numeric(where: str, name: str, reason: str) -> DataError:
+    return DataError(
+        f"{where}: column {name!r} is not numeric ({reason}); "
+        "choose numeric columns with --columns"
+    )
+
+
+def choose_columns(
+    schema: Any,
+    where: str,
+    *,
+    columns: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    id_column: str | None = None,
+    weights_column: str | None = None,
+) -> ColumnChoice:
+    """``select_features``'s choice of columns made from a pyarrow schema alone.
+
+    The types decide: numbers are features; text is a feature when
+    ``--columns`` names it (its cells are then read as numbers, as
+    ``select_features`` reads them) and is left out with a notice otherwise,
+    since a schema cannot tell text that holds numbers; other types are left
+    out, or an error when asked for. ``where`` names the input in messages.
+    """
+    import pyarrow.types as pat
+
+    names = list(schema.names)
+    wanted, dropped = _asked_columns(where, names, columns, exclude, id_column, weights_column)
+    if weights_column is not None:
+        t = schema.field(weights_column).type
+        if pat.is_null(t):
+            raise _entirely_missing(where, "weights column", weights_column)
+        if not (_is_numeric_type(t) or _is_text_type(t)):
+            raise _not_numeric_weights(where, weights_column, _type_reason(t))
+    kept: list[str] = []
+    left_out: list[str] = []
+    for n in _candidates(where, names, wanted, dropped, {id_column, weights_column} - {None}):
+        t = schema.field(n).type
+        if pat.is_null(t):
+            raise _entirely_missing(where, "column", n)
+        if _is_numeric_type(t) or (wanted and _is_text_type(t)):
+            kept.append(n)
+        elif wanted:
+            raise _not_numeric(where, n, _type_reason(t))
+        else:
+            left_out.append(n)
+    notices = _kept_notices(where, names, kept, left_out)
+    return ColumnChoice(kept, id_column, weights_column, notices)
+
+
+def _entirely_missing(where: str, role: str, name: str) -> DataError:
+    return DataError(
+        f"{where}: {role} {name!r} is entirely missing (every cell empty); "
+        f"exclude it with --exclude {name}"
+    )
+
+
+def part_features(
+    part: Cells, features: Sequence[str], weights: str | None = None, ids: str | None = None
+) -> tuple[np.ndarray, np.ndarray | None, Any]:
+    """Features (float64, NaN = missing), weights and ids of some rows of one file.
+
+    The cells are converted and checked as ``select_features`` does each
+    column; the checks that need a whole column (a column with nothing
+    observed, weights that sum to zero) are the caller's.
+    """
+    t = part.table
+    X = np.empty((t.num_rows, len(features)))
+    for j, n in enumerate(features):
+        v = _cell_values(part, n, t.column(n), whole=False)
+        if isinstance(v, str):
+            raise _not_numeric(part.name, n, v)
+        _reject_inf(part, n, v)
+        X[:, j] = v
+    w = None if weights is None else _weight_values(part, weights, t.column(weights), whole=False)
+    extra = None if ids is None else t.column(ids).combine_chunks()
+    return X, w, extra
 
 
 def read_means(path: str, columns: Sequence[str], n_components: int) -> np.ndarray:

@@ -1,0 +1,326 @@
+"""Rows streamed from Parquet files (or Arrow IPC files) on every pass, a block at a time.
+
+Nothing is kept between passes but the files' names and what they looked like
+when the source was opened (size, modification time, schema, rows); every
+pass checks each file against that, so a file rewritten during a fit is an
+error, never a fit of mixed rows.
+
+Blocks are cut at fixed offsets within each file, ``chunk_rows`` rows each
+(the last one of a file shorter), whatever the row groups or record batches,
+so a source over files A and B cuts each file as ``ArraySource`` cuts it.
+
+Memory: a pass holds a few blocks and one record batch. Parquet is read with
+``pre_buffer=False`` and a buffered stream (``buffer_size``): without these,
+pyarrow reads a whole column chunk, i.e. all of a row group, before the first
+batch, and a file written as one row group would be read whole.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import reduce as _fold
+from operator import add
+from typing import Any, TypeVar
+
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+import pyarrow.types as pat
+
+from emcli.errors import DataError, UsageError
+from emcli.io.features import TablePart, choose_columns, part_features
+from emcli.io.readers import InputFile
+from emcli.sources import Block, MapFn, chunk_rows_for, ordered_map
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+FILE_FORMATS = ("parquet", "arrow")
+# Bytes a Parquet column reader buffers; it reads a page at a time (pages are
+# about 1 MiB) instead of the whole column chunk.
+READ_BUFFER = 1 << 18
+# Rows pyarrow decodes at a time, at least: small batches cost time, not memory.
+MIN_BATCH_ROWS = 1 << 14
+
+
+@dataclass(frozen=True)
+class _Stamp:
+    """What a file looked like when the source was opened."""
+
+    size: int
+    mtime_ns: int
+    schema: Any  # pyarrow.Schema
+    n_rows: int
+
+
+class _File:
+    """One open input: its schema, its rows, and its record batches of some columns."""
+
+    def __init__(self, path: str, file_format: str) -> None:
+        self.path = path
+        self.format = file_format
+        self._handle: Any = None
+        try:
+            if file_format == "parquet":
+                self._handle = pq.ParquetFile(
+                    path, pre_buffer=False, buffer_size=READ_BUFFER, memory_map=False
+                )
+                self.schema = self._handle.schema_arrow
+                self.n_rows = int(self._handle.metadata.num_rows)
+            else:
+                self._handle = pa.OSFile(path)
+                self._ipc = ipc.open_file(self._handle)
+                self.schema = self._ipc.schema
+                self.n_rows = int(self._ipc.count_rows())
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            self.close()
+            raise self.unreadable(exc) from exc
+
+    def unreadable(self, exc: Exception) -> DataError:
+        what = "Parquet" if self.format == "parquet" else "an Arrow IPC file"
+        return DataError(f"{self.path}: cannot read as {what} ({exc}); check the file or --format")
+
+    def batches(self, columns: list[str], batch_rows: int, use_threads: bool) -> Iterator[Any]:
+        if self.format == "parquet":
+            yield from self._handle.iter_batches(
+                batch_size=batch_rows, columns=columns, use_threads=use_threads
+            )
+            return
+        for i in range(self._ipc.num_record_batches):
+            yield self._ipc.get_batch(i).select(columns)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+def _stamp(path: str, file_format: str, columns: Sequence[str]) -> _Stamp:
+    """What ``path`` looks like now, checked to have ``columns``."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror}); check the path") from exc
+    f = _File(path, file_format)
+    f.close()
+    missing = [c for c in columns if c not in f.schema.names]
+    if missing:
+        raise DataError(
+            f"{path}: no column {missing[0]!r} (the file has: {', '.join(f.schema.names)}); "
+            "give files that all have the columns being read"
+        )
+    return _Stamp(st.st_size, st.st_mtime_ns, f.schema, f.n_rows)
+
+
+def _changed(path: str, stamp: _Stamp, now: _File | None = None) -> str | None:
+    """How ``path`` differs from ``stamp``, or None if it does not."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return f"it can no longer be read: {exc.strerror}"
+    if st.st_size != stamp.size:
+        return f"its size went from {stamp.size} to {st.st_size} bytes"
+    if st.st_mtime_ns != stamp.mtime_ns:
+        return "its modification time changed"
+    if now is not None and not now.schema.equals(stamp.schema):
+        return "its columns or their types changed"
+    if now is not None and now.n_rows != stamp.n_rows:
+        return f"its rows went from {stamp.n_rows} to {now.n_rows}"
+    return None
+
+
+def _check_unchanged(path: str, stamp: _Stamp, now: _File | None = None) -> None:
+    why = _changed(path, stamp, now)
+    if why is not None:
+        raise DataError(
+            f"{path}: the file changed while emcli was reading it ({why}); every pass reads "
+            "the inputs again, so leave them unchanged until emcli ends, or give it a copy"
+        )
+
+
+class ParquetSource:
+    """Rows of Parquet (or Arrow IPC) files, read from the files on every pass.
+
+    ``features`` are the columns of ``Block.X`` (float64, NaN for missing
+    cells, converted as ``io.select_features`` converts them), ``weights`` the
+    column of ``Block.w`` and ``ids`` the column carried as ``Block.extra`` (a
+    pyarrow Array). Rows are numbered over the files in the order given.
+    """
+
+    window = 16  # blocks (read, and their results) alive at once in ``each``
+
+    def __init__(
+        self,
+        files: Sequence[str],
+        features: Sequence[str],
+        *,
+        weights: str | None = None,
+        ids: str | None = None,
+        chunk_rows: int | None = None,
+        file_format: str = "parquet",
+        use_threads: bool = True,
+    ) -> None:
+        if file_format not in FILE_FORMATS:
+            raise ValueError(f"file_format must be one of {FILE_FORMATS}, not {file_format!r}")
+        if not files:
+            raise ValueError("ParquetSource needs at least one file")
+        self.files = [os.fspath(f) for f in files]
+        self.file_format = file_format
+        self.columns = list(features)
+        self.weights = weights
+        self.ids = ids
+        self.use_threads = use_threads
+        self.n_features = len(self.columns)
+        self.chunk_rows = int(chunk_rows or chunk_rows_for(self.n_features))
+        self.notices: list[str] = []
+        self._read = list(dict.fromkeys([*self.columns, *(c for c in (weights, ids) if c)]))
+        self._stamps = [_stamp(path, file_format, self._read) for path in self.files]
+        self.file_rows = [s.n_rows for s in self._stamps]
+        self.n_rows = sum(self.file_rows)
+
+    @property
+    def schemas(self) -> list[Any]:
+        """Each file's pyarrow schema, as it was when the source was opened."""
+        return [s.schema for s in self._stamps]
+
+    def reduce(self, fn: Callable[[Block], T], map: MapFn = map) -> T:
+        """``fn`` of every block, added in block order as the results come."""
+        return _fold(add, self.each(fn, map))
+
+    def each(self, fn: Callable[[Block], R], map: MapFn = map) -> Iterator[R]:
+        """``fn`` of every block, yielded in block order; ``window`` blocks read at a time."""
+        return ordered_map(map, lambda part: fn(self._block(*part)), self._parts(), self.window)
+
+    def _block(self, start: int, part: TablePart) -> Block:
+        X, w, extra = part_features(part, self.columns, self.weights, self.ids)
+        return Block(X, w, start, extra)
+
+    def _parts(self) -> Iterator[tuple[int, TablePart]]:
+        """(first row over all files, the rows of one block as read), for one pass."""
+        start = 0
+        for path, stamp in zip(self.files, self._stamps, strict=True):
+            for part in self._file_parts(path, stamp):
+                yield start + part.first_row, part
+            start += stamp.n_rows
+
+    def _file_parts(self, path: str, stamp: _Stamp) -> Iterator[TablePart]:
+        _check_unchanged(path, stamp)
+        try:
+            f = _File(path, self.file_format)
+        except DataError:
+            _check_unchanged(path, stamp)
+            raise
+        c, n_held, done = self.chunk_rows, 0, 0
+        held: list[Any] = []
+        try:
+            _check_unchanged(path, stamp, f)
+            for batch in self._batches(f, stamp):
+                held.append(batch)
+                n_held += batch.num_rows
+                while n_held >= c:
+                    rows = pa.Table.from_batches(held)
+                    yield TablePart(rows.slice(0, c), path, done)
+                    held, n_held, done = rows.slice(c).to_batches(), n_held - c, done + c
+            if n_held:
+                yield TablePart(pa.Table.from_batches(held), path, done)
+                done += n_held
+        finally:
+            f.close()
+        _check_unchanged(path, stamp)
+        if done != stamp.n_rows:
+            _check_unchanged(path, stamp, f)
+            raise DataError(f"{path}: read {done} rows where the file says {stamp.n_rows}")
+
+    def _batches(self, f: _File, stamp: _Stamp) -> Iterator[Any]:
+        it = f.batches(self._read, max(self.chunk_rows, MIN_BATCH_ROWS), self.use_threads)
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            except (pa.ArrowException, OSError, ValueError) as exc:
+                _check_unchanged(f.path, stamp)
+                raise f.unreadable(exc) from exc
+            if batch.num_rows:
+                yield batch
+
+
+def _combined_schema(schemas: list[Any]) -> Any:
+    """One schema for files with the same columns: text where any file has text, as the
+    in-memory reader makes it, else the first type that is not all-missing."""
+    fields = []
+    for i, field in enumerate(schemas[0]):
+        types = [s.field(i).type for s in schemas]
+        text = [t for t in types if pat.is_string(t) or pat.is_large_string(t)]
+        known = [t for t in types if not pat.is_null(t)]
+        fields.append(field.with_type((text or known or [field.type])[0]))
+    return pa.schema(fields)
+
+
+def open_parquet(
+    inputs: Sequence[InputFile],
+    *,
+    columns: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    id_column: str | None = None,
+    weights_column: str | None = None,
+    chunk_rows: int | None = None,
+    use_threads: bool = True,
+) -> ParquetSource:
+    """A ``ParquetSource`` over resolved inputs (``io.resolve_inputs``), choosing its columns
+    from the files' schemas as ``io.choose_columns`` does; its ``notices`` say what was
+    left out.
+
+    Every input is a Parquet file, or every one an Arrow IPC file (format ``arrow``).
+    """
+    if not inputs:
+        raise UsageError("no input given; pass Parquet files or a directory of them")
+    for f in inputs:
+        if f.path == "-":
+            raise DataError("<stdin>: standard input cannot be read again on every pass; "
+                            "give Parquet files")
+        if f.format not in FILE_FORMATS:
+            raise DataError(f"{f.path}: {f.format.upper()} is not read on every pass; "
+                            "give Parquet files")
+    formats = {f.format for f in inputs}
+    if len(formats) > 1:
+        raise DataError(f"{inputs[0].path} …: the inputs mix Parquet and Arrow IPC files; "
+                        "give files of one format")
+    file_format = formats.pop()
+    paths = [f.path for f in inputs]
+    stamps = [_stamp(path, file_format, []) for path in paths]
+    schemas = [s.schema for s in stamps]
+    for path, schema in zip(paths, schemas, strict=True):
+        names = schema.names
+        dup = sorted({c for c in names if names.count(c) > 1})
+        if dup:
+            raise DataError(f"{path}: column name {dup[0]!r} appears more than once; rename one")
+        if names != schemas[0].names:
+            raise DataError(
+                f"{path}: its columns ({', '.join(names)}) differ from those of {paths[0]} "
+                f"({', '.join(schemas[0].names)}); give files with the same columns"
+            )
+    display = paths[0] if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} more)"
+    if not any(s.n_rows for s in stamps):
+        raise DataError(f"{display}: no data rows; give a file with rows")
+    choice = choose_columns(
+        _combined_schema(schemas),
+        display,
+        columns=columns,
+        exclude=exclude,
+        id_column=id_column,
+        weights_column=weights_column,
+    )
+    source = ParquetSource(
+        paths,
+        choice.features,
+        weights=choice.weights_name,
+        ids=choice.id_name,
+        chunk_rows=chunk_rows,
+        file_format=file_format,
+        use_threads=use_threads,
+    )
+    source.notices = list(choice.notices)
+    return source
