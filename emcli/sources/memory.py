@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from functools import reduce as _fold
 from operator import add
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -16,20 +16,33 @@ R = TypeVar("R")
 
 
 class ArraySource:
-    """An array of rows (and optional weights), cut into blocks at fixed offsets."""
+    """An array of rows (and optional weights), cut into blocks at fixed offsets.
+
+    ``extra`` (a sequence with one item per row, e.g. ids) is sliced along.
+    """
 
     def __init__(
-        self, X: np.ndarray, w: np.ndarray | None = None, chunk_rows: int | None = None
+        self,
+        X: np.ndarray,
+        w: np.ndarray | None = None,
+        chunk_rows: int | None = None,
+        extra: Sequence[Any] | None = None,
     ) -> None:
         self.X = X
         self.w = w
+        self.extra = extra
         self.n_rows, self.n_features = X.shape
         self.chunk_rows = int(chunk_rows or chunk_rows_for(self.n_features))
 
     def blocks(self) -> Iterator[Block]:
-        c, w = self.chunk_rows, self.w
+        c, w, e = self.chunk_rows, self.w, self.extra
         for s in range(0, self.n_rows, c):
-            yield Block(self.X[s : s + c], None if w is None else w[s : s + c], s)
+            yield Block(
+                self.X[s : s + c],
+                None if w is None else w[s : s + c],
+                s,
+                None if e is None else e[s : s + c],
+            )
 
     def reduce(self, fn: Callable[[Block], T], map: MapFn = map) -> T:
         return _fold(add, map(fn, self.blocks()))
