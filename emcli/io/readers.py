@@ -324,7 +324,9 @@ def _read_delimited(f: InputFile, data: bytes, name: str) -> Any:
     data = check_head(f, data, name)
     check_utf8(data, name)
     delimiter = delimiter_of(f)
-    parse = pacsv.ParseOptions(delimiter=delimiter)
+    # a quoted field may hold newlines: without this, pyarrow cuts its 1 MB blocks at any
+    # newline, so a file over 1 MB with one was refused ("Expected 2 columns, got 1")
+    parse = pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True)
     column_types: dict[str, Any] = {}
     for _ in range(10_000):
         convert = pacsv.ConvertOptions(
