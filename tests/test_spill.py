@@ -17,7 +17,10 @@ import time
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from emcli import io
 from emcli.errors import DataError
@@ -115,11 +118,12 @@ def test_a_late_text_token_is_reported_and_the_id_keeps_its_text(tmp_path):
     n = 5000
     lines = ["id,x,y,kind"] + [f"{i:04d},{i},{i * 0.5},{'uv'[i % 2]}" for i in range(n)]
     lines[4001] = "4000,oops,2000.0,u"  # row 4001, many blocks after the first
+    lines[3] = "NA,2,1.0,u"  # an id that reads as an NA token stays that text
     path = write(tmp_path / "late.csv", "\n".join(lines) + "\n")
     with spill_delimited(inputs(path), str(tmp_path), keep_text={"id"}, block_size=1024) as spill:
         assert len(pa.ipc.open_file(spill.path).read_all().to_batches()) > 20
         assert spill.schema.types == [pa.string(), pa.float64(), pa.float64(), pa.string()]
-        assert columns_of(spill)["id"][:3] == ["0000", "0001", "0002"]
+        assert columns_of(spill)["id"][:4] == ["0000", "0001", "NA", "0003"]
         assert columns_of(spill)["kind"][-2:] == ["u", "v"]
         assert spill.text_columns == ["id", "kind"] and spill.turned_text == ["x"]
         stray = spill.strays["x"]
@@ -328,3 +332,38 @@ def test_a_full_disk_mid_write_is_one_data_error_and_no_file(tmp_path):
     assert out.stdout.startswith(f"{spill_dir}: cannot write the temporary copy")
     assert "--tmp-dir" in out.stdout and out.stdout.count("\n") == 1
     assert os.listdir(spill_dir) == []
+
+
+cells = st.text(alphabet='ab1 ,"\n\r', max_size=6)
+
+
+def quoted(v: str) -> str:
+    return '"' + v.replace('"', '""') + '"' if not v or set(v) & set(',"\n\r') else v
+
+
+@given(
+    rows=st.lists(st.tuples(cells, cells, st.booleans()), min_size=1, max_size=40),
+    block_size=st.integers(1, 64),
+)
+@settings(max_examples=200)
+def test_rows_are_cut_where_pyarrow_reads_them(tmp_path_factory, rows, block_size):
+    # quoted cells holding quotes, delimiters and newlines; unquoted ones with stray quotes
+    lines = ["p,q"]
+    for p, q, raw in rows:
+        stray = "x" + "".join(c for c in q if c not in ",\n\r")
+        lines.append(f"{quoted(p)},{stray if raw else quoted(q)}")
+    data = ("\n".join(lines) + "\n").encode()
+    tmp = tmp_path_factory.mktemp("cut")
+    path = tmp / "c.csv"
+    path.write_bytes(data)
+    want = pacsv.read_csv(
+        pa.BufferReader(data),
+        parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(
+            column_types={"p": pa.string(), "q": pa.string()}, strings_can_be_null=False
+        ),
+    )
+    with spill_delimited(
+        inputs(str(path)), str(tmp), keep_text={"p", "q"}, block_size=block_size
+    ) as spill:
+        assert columns_of(spill) == want.to_pydict()
