@@ -74,14 +74,24 @@ class InputTable:
 
     def where(self, i: int) -> str:
         """Where 0-based row ``i`` of the combined table came from, for messages."""
-        if len(self.parts) <= 1:
-            return f"row {i + 1}"
-        start = 0
-        for name, n in self.parts:
-            if i < start + n:
-                return f"row {i - start + 1} of {name} (row {i + 1} of the combined input)"
-            start += n
+        return where_row(self.parts, i)
+
+
+def where_row(parts: Sequence[tuple[str, int]], i: int) -> str:
+    """Where 0-based row ``i`` of inputs with ``parts`` (name, rows) came from, for messages."""
+    if len(parts) <= 1:
         return f"row {i + 1}"
+    start = 0
+    for name, n in parts:
+        if i < start + n:
+            return f"row {i - start + 1} of {name} (row {i + 1} of the combined input)"
+        start += n
+    return f"row {i + 1}"
+
+
+def display_name(parts: Sequence[tuple[str, int]]) -> str:
+    """The inputs' name in messages: the file, or the first file and how many more."""
+    return parts[0][0] if len(parts) == 1 else f"{parts[0][0]} (+{len(parts) - 1} more)"
 
 
 def _format_from_name(path: str) -> tuple[str | None, bool]:
@@ -180,6 +190,19 @@ def _one_file(path: str, fmt: str | None) -> InputFile:
     return InputFile(path, fmt or guessed or "csv", gz)
 
 
+def input_name(f: InputFile) -> str:
+    """The input's name in messages: its path, or "<stdin>"."""
+    return "<stdin>" if f.path == "-" else f.path
+
+
+def delimiter_of(f: InputFile) -> str:
+    return "\t" if f.format == "tsv" else ","
+
+
+def cannot_read(path: str, exc: OSError) -> DataError:
+    return DataError(f"{path}: cannot read ({exc.strerror}); check the path and permissions")
+
+
 def _read_bytes(f: InputFile, stdin: Any = None) -> bytes:
     if f.path == "-":
         stream = stdin if stdin is not None else sys.stdin.buffer
@@ -188,16 +211,18 @@ def _read_bytes(f: InputFile, stdin: Any = None) -> bytes:
         with open(f.path, "rb") as fh:
             return fh.read()
     except OSError as exc:
-        raise DataError(
-            f"{f.path}: cannot read ({exc.strerror}); check the path and permissions"
-        ) from exc
+        raise cannot_read(f.path, exc) from exc
 
 
-def _ragged_line(data: bytes, delimiter: str) -> tuple[int, int, int] | None:
-    """(line number, fields, expected) of the first row whose field count differs."""
+def _ragged_line(
+    data: bytes, delimiter: str, expected: int | None = None
+) -> tuple[int, int, int] | None:
+    """(line number, fields, expected) of the first row whose field count differs.
+
+    The first row is the header unless ``expected`` (the header's field count) is given.
+    """
     text = data.decode("utf-8", errors="replace")
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    expected = None
     for row in reader:
         if expected is None:
             expected = len(row)
@@ -224,38 +249,84 @@ def _hash_file(path: str, digest: Any) -> None:
             while block := fh.read(1 << 20):
                 digest.update(block)
     except OSError as exc:
-        raise DataError(
-            f"{path}: cannot read ({exc.strerror}); check the path and permissions"
-        ) from exc
+        raise cannot_read(path, exc) from exc
 
 
-def _read_delimited(f: InputFile, data: bytes, name: str) -> Any:
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
+def is_gzip(f: InputFile, head: bytes) -> bool:
+    """Whether the input is gzip-compressed: by its name or its first two bytes."""
+    return f.compressed or head[:2] == b"\x1f\x8b"
 
-    if f.compressed or data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as exc:
-            raise DataError(
-                f"{name}: not a valid gzip file ({exc}); re-compress or decompress it"
-            ) from exc
-    if not data or data.isspace():
-        raise DataError(f"{name}: the file is empty; it needs a header line and data rows")
+
+def not_gzip(name: str, exc: BaseException) -> DataError:
+    return DataError(f"{name}: not a valid gzip file ({exc}); re-compress or decompress it")
+
+
+def empty_file(name: str) -> DataError:
+    return DataError(f"{name}: the file is empty; it needs a header line and data rows")
+
+
+def check_head(f: InputFile, data: bytes, name: str, whole: bool = True) -> bytes:
+    """The decompressed start of a delimited input without its BOM, once checked.
+
+    Refuses an empty input (``whole``: ``data`` is all of it) and Parquet bytes.
+    """
+    if whole and (not data or data.isspace()):
+        raise empty_file(name)
     if data.startswith(b"PAR1"):
         raise DataError(
             f"{name}: this is Parquet data, not {f.format.upper()}; pass --format parquet"
         )
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
+    return data
+
+
+def check_utf8(data: bytes, name: str, line: int = 0) -> None:
+    """Refuse invalid UTF-8 in ``data``, which starts a line; ``line`` lines come before it."""
     bad = _bad_utf8(data)
     if bad is not None:
         raise DataError(
-            f"{name}: line {bad[0]} (byte {bad[1]}) is not valid UTF-8; "
+            f"{name}: line {bad[0] + line} (byte {bad[1]}) is not valid UTF-8; "
             "re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
         )
-    delimiter = "\t" if f.format == "tsv" else ","
-    parse = pacsv.ParseOptions(delimiter=delimiter)
+
+
+def parse_error(
+    f: InputFile, name: str, exc: Exception, data: bytes, expected: int | None = None, line: int = 0
+) -> DataError:
+    """The message for a CSV/TSV that pyarrow could not parse.
+
+    ``data`` is the text parsed (whole rows, with the header unless ``expected`` gives
+    the header's field count); ``line`` lines of the input come before it.
+    """
+    msg = str(exc)
+    if "Empty CSV" in msg:
+        return empty_file(name)
+    ragged = _ragged_line(data, delimiter_of(f), expected)
+    if ragged is not None:
+        got_line, got, want = ragged
+        return DataError(
+            f"{name}: line {got_line + line} has {got} fields but the header has {want}; "
+            "fix that row (quote fields that contain the delimiter)"
+        )
+    return DataError(f"{name}: cannot parse as {f.format.upper()} ({msg}); fix the file")
+
+
+def _read_delimited(f: InputFile, data: bytes, name: str) -> Any:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    if is_gzip(f, data):
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as exc:
+            raise not_gzip(name, exc) from exc
+    data = check_head(f, data, name)
+    check_utf8(data, name)
+    delimiter = delimiter_of(f)
+    # a quoted field may hold newlines: without this, pyarrow cuts its 1 MB blocks at any
+    # newline, so a file over 1 MB with one was refused ("Expected 2 columns, got 1")
+    parse = pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True)
     column_types: dict[str, Any] = {}
     for _ in range(10_000):
         convert = pacsv.ConvertOptions(
@@ -278,20 +349,7 @@ def _read_delimited(f: InputFile, data: bytes, name: str) -> Any:
                 if idx < len(header) and header[idx] not in column_types:
                     column_types[header[idx]] = pa.string()
                     continue
-            if "Empty CSV" in msg:
-                raise DataError(
-                    f"{name}: the file is empty; it needs a header line and data rows"
-                ) from exc
-            ragged = _ragged_line(data, delimiter)
-            if ragged is not None:
-                line, got, want = ragged
-                raise DataError(
-                    f"{name}: line {line} has {got} fields but the header has {want}; "
-                    "fix that row (quote fields that contain the delimiter)"
-                ) from exc
-            raise DataError(
-                f"{name}: cannot parse as {f.format.upper()} ({msg}); fix the file"
-            ) from exc
+            raise parse_error(f, name, exc, data) from exc
     raise DataError(f"{name}: cannot parse as {f.format.upper()}")  # pragma: no cover
 
 
@@ -325,7 +383,7 @@ def read_table(
     tables: list[Any] = []
     parts: list[tuple[str, int]] = []
     for f in files:
-        name = "<stdin>" if f.path == "-" else f.path
+        name = input_name(f)
         if f.format == "parquet" and f.path != "-":
             _hash_file(f.path, digest)
             t = _read_parquet(f, None, name)
@@ -337,18 +395,9 @@ def read_table(
                 if f.format == "parquet"
                 else _read_delimited(f, data, name)
             )
-        names = t.column_names
-        dup = sorted({c for c in names if names.count(c) > 1})
-        if dup:
-            raise DataError(f"{name}: column name {dup[0]!r} appears more than once; rename one")
-        if any(c.strip() == "" for c in names):
-            pos = [i + 1 for i, c in enumerate(names) if c.strip() == ""][0]
-            raise DataError(f"{name}: column {pos} has no name in the header; give it one")
-        if tables and names != tables[0].column_names:
-            raise DataError(
-                f"{name}: its columns ({', '.join(names)}) differ from those of {parts[0][0]} "
-                f"({', '.join(tables[0].column_names)}); give files with the same columns"
-            )
+        check_columns(
+            name, t.column_names, (parts[0][0], tables[0].column_names) if tables else None
+        )
         tables.append(t)
         parts.append((name, t.num_rows))
     if len(tables) == 1:
@@ -361,11 +410,33 @@ def read_table(
                 f"{parts[0][0]}…: the inputs' column types do not agree ({exc}); "
                 "give files with the same columns and types"
             ) from exc
-    display = parts[0][0] if len(parts) == 1 else f"{parts[0][0]} (+{len(parts) - 1} more)"
+    display = display_name(parts)
     if table.num_rows == 0:
-        raise DataError(f"{display}: no data rows (only a header); give a file with rows")
+        raise no_rows(display)
     first = files[0].path
     return InputTable(table, display, input_stem([first]), files, digest.hexdigest(), parts)
+
+
+def check_columns(
+    name: str, names: list[str], first: tuple[str, list[str]] | None = None
+) -> None:
+    """Refuse duplicate or empty column names, and columns that differ from the
+    first file's (``first``: its name and columns)."""
+    dup = sorted({c for c in names if names.count(c) > 1})
+    if dup:
+        raise DataError(f"{name}: column name {dup[0]!r} appears more than once; rename one")
+    if any(c.strip() == "" for c in names):
+        pos = [i + 1 for i, c in enumerate(names) if c.strip() == ""][0]
+        raise DataError(f"{name}: column {pos} has no name in the header; give it one")
+    if first is not None and names != first[1]:
+        raise DataError(
+            f"{name}: its columns ({', '.join(names)}) differ from those of {first[0]} "
+            f"({', '.join(first[1])}); give files with the same columns"
+        )
+
+
+def no_rows(display: str) -> DataError:
+    return DataError(f"{display}: no data rows (only a header); give a file with rows")
 
 
 def _text_where_types_differ(tables: list[Any]) -> list[Any]:
