@@ -1,0 +1,134 @@
+"""Open the command line's inputs as a row source: what every pass reads.
+
+- Parquet files, directories and globs: streamed in record batches on every
+  pass (``sources/parquet.py``).
+- CSV, TSV and ``.csv.gz`` files small enough for memory: read whole, as
+  arrays (the fastest way for the common case).
+- Larger delimited files and standard input, which cannot be re-read
+  cheaply: converted in one pass to an Arrow IPC file under ``tmp_dir``
+  (``spill.py``), which later passes stream; it is removed on exit, on error
+  and on Ctrl-C.
+
+Whichever way, the same rows give the same numbers: the model does not depend
+on how the input was read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from emcli.errors import DataError
+from emcli.io.features import _kept_notices, _not_numeric, choose_columns, select_features
+from emcli.io.readers import InputFile, _hash_file, read_table
+from emcli.io.spill import spill_delimited
+from emcli.sources import ArraySource, RowSource
+
+# A delimited file is read whole when its size times this stays within the budget
+# (text, the pyarrow table and the float columns are alive together while reading).
+TEXT_OVERHEAD = 6
+
+
+@dataclass
+class OpenedRows:
+    """An opened input: its rows as a source, and what messages and outputs need."""
+
+    source: RowSource
+    name: str  # for messages
+    stem: str  # output stem
+    columns: list[str]  # the feature columns, in order
+    id_name: str | None
+    sha256: str
+    n_rows: int
+    notices: list[str] = field(default_factory=list)
+    how: str = ""  # "parquet", "memory" or "spill"
+
+
+def _all_parquet(inputs: Sequence[InputFile]) -> bool:
+    return all(f.format == "parquet" and f.path != "-" for f in inputs)
+
+
+def _small(inputs: Sequence[InputFile], budget: int | None) -> bool:
+    import os
+
+    if any(f.path == "-" for f in inputs):
+        return False
+    if budget is None:
+        return True
+    try:
+        size = sum(os.path.getsize(f.path) for f in inputs)
+    except OSError:
+        return True  # read_table names the file it cannot read
+    gz = any(f.path.lower().endswith(".gz") for f in inputs)
+    return size * TEXT_OVERHEAD * (8 if gz else 1) <= budget
+
+
+def _sha256(paths: Sequence[str]) -> str:
+    digest = hashlib.sha256()
+    for p in paths:
+        _hash_file(p, digest)
+    return digest.hexdigest()
+
+
+@contextmanager
+def open_rows(
+    inputs: Sequence[InputFile],
+    *,
+    columns: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    id_column: str | None = None,
+    weights_column: str | None = None,
+    tmp_dir: str | None = None,
+    budget: int | None = None,
+    stdin: Any = None,
+) -> Iterator[OpenedRows]:
+    """The inputs as an ``OpenedRows``; a spill file lives as long as the context."""
+    from emcli.io.readers import input_stem
+    from emcli.sources.parquet import open_parquet
+
+    if _all_parquet(inputs):
+        pq = open_parquet(inputs, columns=columns, exclude=exclude, id_column=id_column,
+                          weights_column=weights_column)
+        files = pq.files
+        name = files[0] if len(files) == 1 else f"{files[0]} (+{len(files) - 1} more)"
+        yield OpenedRows(pq, name, input_stem([f.path for f in inputs]), list(pq.columns),
+                         pq.ids, _sha256(files), pq.n_rows, list(pq.notices), "parquet")
+        return
+    if _small(inputs, budget):
+        table = read_table(inputs, stdin=stdin)
+        feats = select_features(table, columns=columns, exclude=exclude, id_column=id_column,
+                                weights_column=weights_column)
+        arrays = ArraySource(feats.X, feats.weights, extra=feats.ids)
+        yield OpenedRows(arrays, table.name, table.stem, list(feats.columns), feats.id_name,
+                         table.sha256, table.n_rows, list(feats.notices), "memory")
+        return
+    keep = {id_column} if id_column else set()
+    with spill_delimited(inputs, tmp_dir, stdin, keep_text=keep) as sp:
+        picked = choose_columns(sp.schema, sp.name, columns=columns, exclude=exclude,
+                                id_column=id_column, weights_column=weights_column)
+        features, left_out = [], []
+        for c in picked.features:
+            reason = sp.not_numeric(c)
+            if reason is None:
+                features.append(c)
+            elif columns:
+                raise _not_numeric(sp.name, c, reason)
+            else:
+                left_out.append(c)
+        if weights_column is not None:
+            reason = sp.not_numeric(weights_column, "weights column")
+            if reason is not None:
+                raise DataError(f"{sp.name}: weights column {weights_column!r} is not numeric "
+                                f"({reason}); give a numeric weights column")
+        notices = list(picked.notices)
+        if left_out:
+            notices += _kept_notices(sp.name, sp.schema.names, features, left_out)
+        from emcli.sources.parquet import ParquetSource
+
+        src = ParquetSource([sp.path], features, weights=weights_column, ids=picked.id_name,
+                            file_format="arrow")
+        yield OpenedRows(src, sp.name, sp.stem, features, picked.id_name, sp.sha256, sp.n_rows,
+                         notices, "spill")
