@@ -223,3 +223,27 @@ def test_fit_with_labels_to_a_full_stdout_writes_no_model_or_log(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if "error" in line]
     assert errors == ["emcli: error: cannot write to standard output: No space left on device"]
     assert os.listdir(tmp_path) == []
+
+
+def test_sigterm_during_the_commit_rolls_back_then_ends_the_process(tmp_path):
+    (tmp_path / "a.csv").write_bytes(b"old a\n")
+    code = """
+        import os, signal
+        from emcli import io
+        from emcli.io import outputs
+
+        def rename(src, dst):
+            os.replace(src, dst)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        outputs._rename = rename
+        with io.AtomicOutputs() as out:
+            out.add("a.csv", b"new a\\n")
+            out.add("b.csv", b"new b\\n")
+            out.commit()
+        print("not reached")
+    """
+    proc = _run(code, subprocess.PIPE, tmp_path)
+    assert proc.returncode == -signal.SIGTERM and proc.stderr == ""
+    assert _listing(tmp_path) == ["a.csv"]
+    assert (tmp_path / "a.csv").read_bytes() == b"old a\n"

@@ -278,6 +278,9 @@ class AtomicOutputs:
                     held.check()
             except BaseException as exc:
                 kept = _roll_back(swap)
+                for s in self._staged:  # before a held SIGTERM ends the process
+                    with contextlib.suppress(OSError):
+                        os.unlink(s.tmp)
                 swap.backups = [b for b in swap.backups if (b[0], b[1]) not in kept]
                 if kept:
                     target, backup = kept[0]
