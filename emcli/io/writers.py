@@ -1,25 +1,37 @@
 """Output tables: each output's columns, and a table's bytes in CSV, TSV, Parquet or JSON.
 
 The ``*_columns`` functions build name → values dicts (labels, convergence,
-imputed rows, samples, the select-k table); ``render_table`` turns one into bytes.
+imputed rows, samples, the select-k table). ``open_table_writer`` writes such a
+table batch by batch into a binary file object, in bounded memory, for every
+format (a JSON array too: its rows stream between ``[`` and ``]``);
+``render_table`` is the one-batch case and returns the bytes.
+
+The bytes do not depend on how the rows are cut into batches: CSV, TSV, JSON
+and JSON Lines are the same bytes for any batching, and Parquet reads back as
+the same table. Floats are written as Python's ``repr`` (the shortest form that
+reads back to the same float); NaN and None are empty cells (CSV/TSV) or
+``null`` (JSON, Parquet).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from emcli.errors import UsageError
+from emcli.errors import DataError, UsageError
 from emcli.model import FitResult, SweepResult
 
 from .readers import InputTable
 
 OUTPUT_FORMATS = ("csv", "tsv", "parquet", "json", "jsonl")
+
+# A Parquet row group is written once this many rows or bytes are pending.
+PARQUET_ROW_GROUP_ROWS = 1 << 20
+PARQUET_ROW_GROUP_BYTES = 64 << 20
 
 
 def output_format(path: str, default: str = "csv") -> str:
@@ -43,29 +55,187 @@ def output_format(path: str, default: str = "csv") -> str:
     )
 
 
+def fmt_needs_whole_table(fmt: str) -> bool:
+    """Whether writing ``fmt`` holds the whole table in memory: no output format does.
+
+    A JSON array streams its rows between ``[`` and ``]``; Parquet holds at most
+    one row group (``TableWriter.buffered_bytes`` says how much).
+    """
+    _check_format(fmt)
+    return False
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in OUTPUT_FORMATS:
+        raise UsageError(f"unknown output format {fmt!r}")
+
+
+class ByteSink(Protocol):
+    """Where a ``TableWriter`` writes: any binary file object (a file, ``BytesIO``, stdout)."""
+
+    def write(self, data: bytes | memoryview, /) -> object: ...
+
+
+class TableWriter:
+    """Writes one table into ``target`` batch by batch; ``close`` ends it (the target stays open).
+
+    Every batch has the same column names in the same order, each a 1-D
+    sequence of one length: numpy arrays, lists, or pyarrow arrays. Use
+    ``open_table_writer`` to make one.
+    """
+
+    def __init__(self, target: ByteSink, fmt: str, names: Sequence[str] | None = None) -> None:
+        self.target = target
+        self.fmt = fmt
+        self.names: list[str] | None = list(names) if names is not None else None
+        self.rows_written = 0
+        self.closed = False
+
+    @property
+    def buffered_rows(self) -> int:
+        """Rows given to ``write`` and held in memory, not yet written to the target."""
+        return 0
+
+    @property
+    def buffered_bytes(self) -> int:
+        """About how many bytes of those rows the writer holds in memory."""
+        return 0
+
+    def write(self, columns: dict[str, Any]) -> None:
+        """Write one batch of rows (name → values, all of one length)."""
+        if self.closed:
+            raise ValueError("write to a closed TableWriter")
+        names = list(columns)
+        if self.names is None:
+            self.names = names
+        elif names != self.names:
+            raise ValueError(f"batch columns {names} differ from the table's {self.names}")
+        lengths = {len(v) for v in columns.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"batch columns have different lengths {sorted(lengths)}")
+        n = lengths.pop() if lengths else 0
+        self._write(columns, n)
+        self.rows_written += n
+
+    def close(self) -> None:
+        """Write what is pending and the end of the table (CSV header if no batch came)."""
+        if not self.closed:
+            self.closed = True
+            self._close()
+
+    def discard(self) -> None:
+        """End without writing anything more: the output is being thrown away."""
+        self.closed = True
+
+    def _write(self, columns: dict[str, Any], n: int) -> None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        pass
+
+    def __enter__(self) -> TableWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.discard()
+
+
+def open_table_writer(
+    target: ByteSink,
+    fmt: str,
+    *,
+    names: Sequence[str] | None = None,
+    schema: Any = None,
+    row_group_rows: int = PARQUET_ROW_GROUP_ROWS,
+    row_group_bytes: int = PARQUET_ROW_GROUP_BYTES,
+) -> TableWriter:
+    """A writer of one ``fmt`` table into ``target``.
+
+    ``names`` gives the header of a table to which no batch may come (a batch
+    sets them otherwise). For Parquet, ``schema`` (a ``pyarrow.Schema``) fixes
+    the column types; without it the first row group's values set them, and a
+    later batch must cast to them. A row group is written once ``row_group_rows``
+    rows or ``row_group_bytes`` bytes are pending, and at ``close``.
+    """
+    _check_format(fmt)
+    if fmt in ("csv", "tsv"):
+        return _DelimitedWriter(target, fmt, names)
+    if fmt in ("json", "jsonl"):
+        return _JsonWriter(target, fmt, names)
+    return _ParquetWriter(target, names, schema, row_group_rows, row_group_bytes)
+
+
+def render_table(columns: dict[str, Any], fmt: str) -> bytes:
+    """Bytes of a table (name → 1-D values) in ``fmt``: one batch of ``open_table_writer``."""
+    import io
+
+    sink = io.BytesIO()
+    writer = open_table_writer(sink, fmt, names=list(columns))
+    writer.write(columns)
+    writer.close()
+    return sink.getvalue()
+
+
+def _plain(values: Any) -> Any:
+    """A pyarrow array as numpy (floats, integers without nulls) or a list; others as they are."""
+    import pyarrow as pa
+    import pyarrow.types as pat
+
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if not isinstance(values, pa.Array):
+        return values
+    floating = pat.is_floating(values.type)
+    if not (floating or pat.is_integer(values.type)) or (values.null_count and not floating):
+        return values.to_pylist()
+    kind = "f" if floating else "i" if pat.is_signed_integer(values.type) else "u"
+    dtype = np.dtype(f"{kind}{values.type.bit_width // 8}")
+    validity, data = values.buffers()
+    span = slice(values.offset, values.offset + len(values))
+    out = np.frombuffer(data, dtype=dtype)[span].astype(np.float64 if floating else dtype)
+    if values.null_count:
+        bits = np.unpackbits(np.frombuffer(validity, dtype=np.uint8), bitorder="little")
+        out[~bits[span].astype(bool)] = np.nan
+    return out
+
+
+# pa.array() and pa.scalar() import pandas (0.2 s of start-up); arrays built from
+# buffers do not, so the CSV path builds its arrays with these.
+
+
+def _numeric_array(values: np.ndarray) -> Any:
+    import pyarrow as pa
+
+    values = np.ascontiguousarray(values)
+    kind = pa.from_numpy_dtype(values.dtype)
+    return pa.Array.from_buffers(kind, len(values), [None, pa.py_buffer(values)])
+
+
+def _bool_array(values: np.ndarray) -> Any:
+    import pyarrow as pa
+
+    bits = np.packbits(np.asarray(values, dtype=bool), bitorder="little")
+    return pa.Array.from_buffers(pa.bool_(), len(values), [None, pa.py_buffer(bits)])
+
+
+def _string_array(cells: list[str]) -> Any:
+    import pyarrow as pa
+
+    encoded = [c.encode("utf-8") for c in cells]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)), out=offsets[1:])
+    data = pa.py_buffer(b"".join(encoded))
+    return pa.Array.from_buffers(pa.large_string(), len(cells), [None, pa.py_buffer(offsets), data])
+
+
+# ---- CSV and TSV ------------------------------------------------------------------------
+
+
 def _fmt_float(x: float) -> str:
     return "" if math.isnan(x) else repr(x)
-
-
-def _cell_strings(values: Any) -> list[str]:
-    if isinstance(values, np.ndarray):
-        if values.dtype.kind == "f":
-            out = list(map(repr, values.tolist()))  # shortest round-trip form
-            for i in np.flatnonzero(np.isnan(values)).tolist():
-                out[i] = ""
-            return out
-        return list(map(str, values.tolist()))
-    out = []
-    for v in values:
-        if v is None:
-            out.append("")
-        elif isinstance(v, float):
-            out.append(_fmt_float(v))
-        elif isinstance(v, bool):
-            out.append("true" if v else "false")
-        else:
-            out.append(str(v))
-    return out
 
 
 def _quote(cell: str, sep: str) -> str:
@@ -73,6 +243,92 @@ def _quote(cell: str, sep: str) -> str:
     if sep in cell or '"' in cell or "\n" in cell or "\r" in cell:
         return '"' + cell.replace('"', '""') + '"'
     return cell
+
+
+def _float_cells(values: np.ndarray) -> Any:
+    """Floats as ``repr`` writes them (NaN empty), as a pyarrow large_string array.
+
+    pyarrow's cast finds the same shortest digits as ``repr``, and writes them
+    the same way for non-integral finite floats of magnitude in [1e-4, 1e10);
+    the others (integral values, tiny and large magnitudes, NaN, inf) are
+    written by ``repr`` and put in place.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    values = np.asarray(values, dtype=np.float64)  # float32 cells as their float64 repr
+    strings = _numeric_array(values).cast(pa.large_string())
+    size = np.abs(values)
+    with np.errstate(invalid="ignore"):
+        redo = ~np.isfinite(values) | (values == np.trunc(values)) | (size < 1e-4) | (size >= 1e10)
+    if redo.any():
+        fixed = _string_array(list(map(_fmt_float, values[redo].tolist())))
+        strings = pc.replace_with_mask(strings, _bool_array(redo), fixed)
+    return strings
+
+
+def _text_cells(values: Any, sep: str) -> Any:
+    """One column's cells as a pyarrow large_string array without nulls."""
+    import pyarrow as pa
+
+    values = _plain(values)
+    if isinstance(values, np.ndarray):  # numbers are never quoted
+        if values.dtype.kind == "f":
+            return _float_cells(values)
+        if values.dtype.kind in "iu":
+            return _numeric_array(values).cast(pa.large_string())
+        return _string_array(list(map(str, values.tolist())))
+    cells = []
+    for v in values:
+        if v is None:
+            cells.append("")
+        elif isinstance(v, float):
+            cells.append(_fmt_float(v))
+        elif isinstance(v, bool):
+            cells.append("true" if v else "false")
+        else:
+            cells.append(_quote(str(v), sep))
+    return _string_array(cells)
+
+
+def _joined_lines(cells: list[Any], sep: str) -> Any:
+    """The bytes of ``cells``' rows, each ending in a newline, as a buffer."""
+    import pyarrow.compute as pc
+
+    def text(s: str) -> Any:
+        return _string_array([s])[0]
+
+    lines = pc.binary_join_element_wise(*cells, text(sep)) if len(cells) > 1 else cells[0]
+    lines = pc.binary_join_element_wise(lines, text(""), text("\n"))
+    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int64)
+    start, stop = offsets[lines.offset], offsets[lines.offset + len(lines)]
+    return memoryview(lines.buffers()[2])[start:stop]
+
+
+class _DelimitedWriter(TableWriter):
+    def __init__(self, target: ByteSink, fmt: str, names: Sequence[str] | None) -> None:
+        super().__init__(target, fmt, names)
+        self.sep = "," if fmt == "csv" else "\t"
+        self.header_written = False
+
+    def _header(self) -> None:
+        if not self.header_written:
+            self.header_written = True
+            line = self.sep.join(_quote(n, self.sep) for n in self.names or [])
+            self.target.write((line + "\n").encode("utf-8"))
+
+    def _write(self, columns: dict[str, Any], n: int) -> None:
+        self._header()
+        if n and columns:
+            cells = [_text_cells(v, self.sep) for v in columns.values()]
+            self.target.write(_joined_lines(cells, self.sep))
+
+    def _close(self) -> None:
+        if self.names is not None:
+            self._header()
+
+
+# ---- JSON and JSON Lines ----------------------------------------------------------------
 
 
 def _json_value(v: Any) -> Any:
@@ -87,49 +343,143 @@ def _json_value(v: Any) -> Any:
     return v
 
 
-def render_table(columns: dict[str, Any], fmt: str) -> bytes:
-    """Bytes of a table (name → 1-D values) in ``fmt``; floats written as Python's repr."""
-    names = list(columns)
-    if fmt in ("csv", "tsv"):
-        sep = "," if fmt == "csv" else "\t"
-        cells = []
-        for n in names:
-            strings = _cell_strings(columns[n])
-            if not isinstance(columns[n], np.ndarray):  # text may need quoting; numbers never do
-                strings = [_quote(c, sep) for c in strings]
-            cells.append(strings)
-        lines = [sep.join(_quote(n, sep) for n in names)]
-        lines.extend(map(sep.join, zip(*cells, strict=True)))
-        return ("\n".join(lines) + "\n").encode("utf-8")
-    if fmt in ("json", "jsonl"):
-        lists = [
-            columns[n].tolist() if isinstance(columns[n], np.ndarray) else list(columns[n])
-            for n in names
-        ]
-        rows = [
-            {n: _json_value(v) for n, v in zip(names, vals, strict=True)}
-            for vals in zip(*lists, strict=True)
-        ]
-        if fmt == "jsonl":
-            return "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows).encode("utf-8")
-        return (json.dumps(rows, allow_nan=False, indent=1) + "\n").encode("utf-8")
-    if fmt == "parquet":
+class _JsonWriter(TableWriter):
+    """JSON Lines: one object a line. JSON: an array written as ``json.dumps(rows, indent=1)``."""
+
+    def _write(self, columns: dict[str, Any], n: int) -> None:
+        names = list(columns)
+        lists = []
+        for v in columns.values():
+            v = _plain(v)
+            lists.append(v.tolist() if isinstance(v, np.ndarray) else list(v))
+        texts = []
+        for vals in zip(*lists, strict=True):
+            row = {k: _json_value(v) for k, v in zip(names, vals, strict=True)}
+            if self.fmt == "jsonl":
+                texts.append(json.dumps(row, allow_nan=False) + "\n")
+            else:  # an element of the array, indented one level
+                first = not texts and self.rows_written == 0
+                text = json.dumps(row, allow_nan=False, indent=1).replace("\n", "\n ")
+                texts.append(("[\n " if first else ",\n ") + text)
+        if texts:
+            self.target.write("".join(texts).encode("utf-8"))
+
+    def _close(self) -> None:
+        if self.fmt == "json":
+            self.target.write(b"\n]\n" if self.rows_written else b"[]\n")
+
+
+# ---- Parquet ----------------------------------------------------------------------------
+
+
+def _arrow_column(values: Any) -> Any:
+    import pyarrow as pa
+
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return values
+    if isinstance(values, np.ndarray) and values.dtype.kind == "f":
+        return pa.array(values, mask=np.isnan(values))
+    if isinstance(values, np.ndarray):
+        return pa.array(values)
+    return pa.array(list(values))
+
+
+class _ParquetWriter(TableWriter):
+    """Batches gather into row groups of ``row_group_rows`` rows or ``row_group_bytes`` bytes."""
+
+    def __init__(
+        self,
+        target: ByteSink,
+        names: Sequence[str] | None,
+        schema: Any,
+        row_group_rows: int,
+        row_group_bytes: int,
+    ) -> None:
+        super().__init__(target, "parquet", names if schema is None else schema.names)
+        self.schema = schema
+        self.row_group_rows = row_group_rows
+        self.row_group_bytes = row_group_bytes
+        self.pending: list[Any] = []
+        self.writer: Any = None
+        self.gate = _Gate(target)
+
+    @property
+    def buffered_rows(self) -> int:
+        return sum(t.num_rows for t in self.pending)
+
+    @property
+    def buffered_bytes(self) -> int:
+        return sum(t.nbytes for t in self.pending)
+
+    def _write(self, columns: dict[str, Any], n: int) -> None:
+        import pyarrow as pa
+
+        arrays = [_arrow_column(v) for v in columns.values()]
+        self.pending.append(pa.table(arrays, names=list(columns)))
+        if self.buffered_rows >= self.row_group_rows or self.buffered_bytes >= self.row_group_bytes:
+            self._flush()
+
+    def _flush(self) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        arrays = []
-        for n in names:
-            v = columns[n]
-            if isinstance(v, np.ndarray) and v.dtype.kind == "f":
-                arrays.append(pa.array(v, mask=np.isnan(v)))
-            elif isinstance(v, np.ndarray):
-                arrays.append(pa.array(v))
-            else:
-                arrays.append(pa.array(list(v)))
-        sink = io.BytesIO()
-        pq.write_table(pa.table(arrays, names=names), sink)
-        return sink.getvalue()
-    raise UsageError(f"unknown output format {fmt!r}")
+        if self.writer is None:
+            if self.pending:
+                table = pa.concat_tables(self.pending, promote_options="permissive")
+            else:  # no batch came: columns of unknown type
+                table = pa.table({n: pa.nulls(0) for n in self.names or []})
+            schema = self.schema if self.schema is not None else table.schema
+            self.writer = pq.ParquetWriter(self.gate, schema)
+        elif not self.pending:
+            return
+        else:
+            table = pa.concat_tables(self.pending, promote_options="permissive")
+        self.pending = []
+        schema = self.writer.schema
+        if not table.schema.equals(schema):
+            table = _cast_to(table, schema)
+        self.writer.write_table(table, row_group_size=self.row_group_rows)
+
+    def _close(self) -> None:
+        self._flush()
+        self.writer.close()
+
+    def discard(self) -> None:
+        super().discard()
+        self.pending = []
+        self.gate.open = False
+        if self.writer is not None:  # its footer goes nowhere
+            self.writer.close()
+
+
+class _Gate:
+    """The target as pyarrow's writer sees it; once shut, writes go nowhere."""
+
+    closed = False
+
+    def __init__(self, target: ByteSink) -> None:
+        self.target = target
+        self.open = True
+
+    def write(self, data: bytes) -> None:
+        if self.open:
+            self.target.write(data)
+
+
+def _cast_to(table: Any, schema: Any) -> Any:
+    import pyarrow as pa
+
+    for field, column in zip(schema, table.columns, strict=True):
+        if column.type != field.type:
+            try:
+                column.cast(field.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise DataError(
+                    f"column {field.name!r}: values of type {column.type} do not fit the "
+                    f"Parquet column's type {field.type}, which its first rows set; "
+                    "write CSV or JSON Lines instead"
+                ) from exc
+    return table.cast(schema)
 
 
 def labels_columns(
