@@ -71,7 +71,9 @@ class Reporter:
         columns: Sequence[str],
         written: Sequence[str],
         seconds: float,
+        counts: np.ndarray | None = None,
     ) -> None:
+        """The fit's summary; ``counts``: rows per component (default: from the result's labels)."""
         if self.quiet:
             return
         p = result.params
@@ -114,7 +116,8 @@ class Reporter:
         comp.add_column("weight", justify="right")
         comp.add_column("rows", justify="right")
         comp.add_column("mean")
-        counts = np.bincount(result.labels, minlength=p.n_components)
+        if counts is None:
+            counts = np.bincount(result.labels, minlength=p.n_components)
         for j in range(p.n_components):
             mean = ", ".join(f"{x:.4g}" for x in p.means[j][:6])
             if p.n_features > 6:

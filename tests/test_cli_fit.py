@@ -571,7 +571,7 @@ def test_an_unexpected_error_is_one_line_without_a_traceback(tmp_path, monkeypat
         raise ValueError("Probabilities contain NaN\nsecond line")
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(emcli.fitting, "fit_mixture", broken)
+    monkeypatch.setattr(emcli.fitting, "fit_source", broken)
     data = shutil.copy(SAMPLE_DATA / "faithful.csv", tmp_path / "faithful.csv")
     result = runner.invoke(app, ["fit", str(data), "-k", "2"])
     assert result.exit_code == 1 and not isinstance(result.exception, ValueError)

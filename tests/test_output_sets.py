@@ -200,14 +200,17 @@ def test_a_full_stdout_is_one_line_and_leaves_no_file(tmp_path, rows):
     assert os.listdir(tmp_path) == []
 
 
-def test_a_closed_pipe_commits_no_file_and_ends_quietly(tmp_path):
+def test_a_closed_pipe_ends_quietly_and_still_writes_the_files(tmp_path):
+    """``| head``: the reader has what it wants; the rest of stdout is dropped and the
+    other files of the set are written, as ``emcli fit --labels - | head`` expects."""
     head = ["head", "-c", "10"]
     reader = subprocess.Popen(head, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
     proc = _run(WRITE_SET.replace("int(sys.argv[1])", "2_000_000"), reader.stdin, tmp_path)
     reader.stdin.close()
     reader.wait()
     assert proc.returncode == 0 and proc.stderr == ""
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(tmp_path) == ["model.json"]
+    assert (tmp_path / "model.json").read_bytes() == b"{}\n"
 
 
 def test_fit_with_labels_to_a_full_stdout_writes_no_model_or_log(tmp_path):

@@ -1,6 +1,6 @@
 """``emcli fit``: read a table, fit one mixture, write labels, the model file and the log.
 
-``run_fit`` and ``require_converged`` also serve ``impute -k``; ``fit_paths``, ``read_features``,
+``run_fit`` and ``require_converged`` also serve ``impute -k``; ``fit_paths``, ``open_input``,
 ``naming`` and ``write_fit`` also serve ``select-k``.
 """
 
@@ -11,6 +11,8 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from emcli.errors import DataError, FitError, NotConvergedError, UsageError
 
@@ -37,7 +39,7 @@ from .options import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from emcli.io import Features, InputTable
+    from emcli.io.rows import OpenedRows
     from emcli.model import FitResult
     from emcli.render import Reporter
 
@@ -96,7 +98,7 @@ def run_fit(
     strict: bool,
     quiet: bool,
     extra_outputs: Sequence[str] = (),
-) -> tuple[FitResult, InputTable, Features]:
+) -> tuple[FitResult, OpenedRows]:
     """Read, fit, write the fit's files; ``extra_outputs`` are the caller's (``impute -k``)."""
     from emcli import io
     from emcli.render import Reporter
@@ -122,59 +124,60 @@ def run_fit(
         raise UsageError(f"{model_path}: the model file is JSON; give it a .json name")
 
     reporter = Reporter(quiet)
-    table, feats = read_features(
+    with open_input(
         data, fit, fmt, [labels_path, model_path, log_path, *extra_outputs], reporter
-    )
-    means_init = None
-    if means_path is not None:
-        means_init = io.read_means(means_path, feats.columns, n_components)
+    ) as rows:
+        means_init = None
+        if means_path is not None:
+            means_init = io.read_means(means_path, rows.columns, n_components)
 
-    from threadpoolctl import threadpool_limits
+        from threadpoolctl import threadpool_limits
 
-    from emcli.fitting import fit_mixture
+        from emcli.fitting import fit_source
 
-    with (
-        threadpool_limits(1, user_api="blas"),
-        reporter.progress(fit.n_init, fit.max_iter) as callback,
-        naming(table.name),
-    ):
-        result = fit_mixture(
-            feats.X,
-            n_components=n_components,
-            covariance_type=covariance,
-            sample_weight=feats.weights,
-            init=method,
-            means_init=means_init,
-            n_threads=os.cpu_count() or 1,
-            column_names=feats.columns,
-            callback=callback,
-            **fit.em_settings(),
+        with (
+            threadpool_limits(1, user_api="blas"),
+            reporter.progress(fit.n_init, fit.max_iter) as callback,
+            naming(rows.name),
+        ):
+            result = fit_source(
+                rows.source,
+                n_components=n_components,
+                covariance_type=covariance,
+                init=method,
+                means_init=means_init,
+                n_threads=os.cpu_count() or 1,
+                column_names=rows.columns,
+                callback=callback,
+                **fit.em_settings(),
+            )
+
+        extra: dict[str, object] = {
+            "id_column": fit.id_column, "weights_column": fit.weights_column
+        }
+        if means_path is not None:
+            extra["init_means_file"] = os.path.basename(means_path)
+        counts = write_fit(
+            result,
+            rows,
+            extra,
+            (labels_path, model_path, log_path),
+            (labels_fmt, log_fmt),
+            probabilities=probabilities,
+            json_=json_,
         )
-
-    extra: dict[str, object] = {"id_column": fit.id_column, "weights_column": fit.weights_column}
-    if means_path is not None:
-        extra["init_means_file"] = os.path.basename(means_path)
-    write_fit(
-        result,
-        table,
-        feats,
-        extra,
-        (labels_path, model_path, log_path),
-        (labels_fmt, log_fmt),
-        probabilities=probabilities,
-        json_=json_,
-    )
     written = [p for p in (labels_path, model_path, log_path) if p != "-"]
     reporter.fit_summary(
         result,
-        source=table.name,
-        columns=feats.columns,
+        source=rows.name,
+        columns=rows.columns,
         written=written,
         seconds=time.perf_counter() - started,
+        counts=counts,
     )
     if strict:
         require_converged(result, fit.max_iter)
-    return result, table, feats
+    return result, rows
 
 
 def require_converged(result: FitResult, max_iter: int) -> None:
@@ -198,23 +201,28 @@ def fit_paths(data: list[str], out_dir: str) -> tuple[str, str, str]:
     )
 
 
-def read_features(
+@contextlib.contextmanager
+def open_input(
     data: list[str],
     fit: FitOptions,
     fmt: str | None,
     outputs: list[str],
     reporter: Reporter,
-) -> tuple[InputTable, Features]:
-    """Read DATA (after checking that no output overwrites it) and choose its feature columns."""
+) -> Iterator[OpenedRows]:
+    """DATA as a row source (after checking that no output overwrites it), with its
+    feature columns chosen; a temporary copy of CSV or stdin lives as long as the context."""
     from emcli import io
+    from emcli.io.rows import open_rows
+
+    from .options import memory_budget
 
     inputs = io.resolve_inputs(data, fmt)
     io.check_output_paths(outputs, inputs)
-    table = io.read_table(inputs)
-    feats = io.select_features(table, **fit.column_choice())
-    for message in feats.notices:
-        reporter.notice(f"{table.name}: {message}")
-    return table, feats
+    budget = memory_budget(fit.max_memory)
+    with open_rows(inputs, **fit.column_choice(), tmp_dir=fit.tmp_dir, budget=budget) as rows:
+        for message in rows.notices:
+            reporter.notice(f"{rows.name}: {message}")
+        yield rows
 
 
 @contextlib.contextmanager
@@ -230,8 +238,7 @@ def naming(source: str) -> Iterator[None]:
 
 def write_fit(
     result: FitResult,
-    table: InputTable,
-    feats: Features,
+    rows: OpenedRows,
     extra: dict[str, object],
     paths: tuple[str, str, str],
     formats: tuple[str, str],
@@ -239,24 +246,29 @@ def write_fit(
     probabilities: bool,
     json_: bool,
     more: Sequence[tuple[str, bytes]] = (),
-) -> None:
+) -> np.ndarray:
     """Write a fit's labels, model file and convergence log (``paths``), all or none.
 
-    ``formats`` are those of the labels and the log; ``more`` are further
-    (path, bytes) outputs written with them; ``json_`` adds the model document on stdout.
+    The labels stream block by block, in input order. ``formats`` are those of
+    the labels and the log; ``more`` are further (path, bytes) outputs written
+    with them; ``json_`` adds the model document on stdout. Returns how many
+    rows each component labels.
     """
     from emcli import io
+    from emcli.fitting import row_threads, score_blocks
 
     labels_path, model_path, log_path = paths
     labels_fmt, log_fmt = formats
-    model_bytes = io.dumps_model(io.model_document(result, feats.columns, table.sha256, extra))
-    with io.AtomicOutputs() as out:
-        out.add(
-            labels_path,
-            io.render_table(
-                io.labels_columns(result, feats.ids, feats.id_name, probabilities), labels_fmt
-            ),
-        )
+    model_bytes = io.dumps_model(io.model_document(result, rows.columns, rows.sha256, extra))
+    counts = np.zeros(result.params.n_components, dtype=np.int64)
+    with io.AtomicOutputs() as out, row_threads(os.cpu_count() or 1) as pmap:
+        table = out.stage_table(labels_path, labels_fmt)
+        for block in score_blocks(result.params, rows.source, pmap):
+            table.write(io.scores_columns(
+                block.resp, block.log_density, block.n_observed, block.extra, rows.id_name,
+                probabilities, first_row=block.start + 1,
+            ))
+            counts += np.bincount(block.labels, minlength=counts.size)
         out.add(model_path, model_bytes)
         out.add(log_path, io.render_table(io.convergence_columns(result), log_fmt))
         for path, data in more:
@@ -264,3 +276,4 @@ def write_fit(
         if json_:
             out.add("-", model_bytes)
         out.commit()
+    return counts

@@ -112,8 +112,6 @@ def impute_command(
             loaded = io.load_model(model_path)
             inputs = io.resolve_inputs(data, fmt)
             io.check_output_paths([output], [*inputs, io.InputFile(model_path, "json")])
-            table = io.read_table(inputs)
-            feats = io.model_features(table, loaded.columns)
             params, feature_names = loaded.params, loaded.columns
         else:
             if paths[0].lower().endswith(".json"):
@@ -121,7 +119,7 @@ def impute_command(
                     f"{paths[0]}: with -k, impute fits first and takes DATA only; "
                     "leave out -k to impute with a model file"
                 )
-            fitted, table, feats = run_fit(
+            fitted, rows = run_fit(
                 paths,
                 fit,
                 n_components=n_components,
@@ -137,7 +135,10 @@ def impute_command(
                 quiet=quiet,
                 extra_outputs=[output],
             )
-            params, feature_names = fitted.params, feats.columns
+            params, feature_names = fitted.params, rows.columns
+            inputs = io.resolve_inputs(paths, fmt)
+        table = io.read_table(inputs)
+        feats = io.model_features(table, feature_names)
         filled, var = impute_rows(params, feats.X)
         cols = io.imputed_columns(table, feature_names, filled, var if variance else None)
         with io.AtomicOutputs() as out:

@@ -15,7 +15,7 @@ import typer
 from emcli.errors import NotConvergedError, UsageError
 
 from .app import app, flagged, handled
-from .fit import fit_paths, naming, read_features, write_fit
+from .fit import fit_paths, naming, open_input, write_fit
 from .options import (
     DataArg,
     DebugOpt,
@@ -158,60 +158,61 @@ def select_k_command(
         outputs = [*paths] + ([table_path] if table_path else [])
         fmt = format.value if format is not None else None
         reporter = Reporter(quiet)
-        table, feats = read_features(data, fit, fmt, outputs, reporter)
-
         from emcli.selection import sweep
 
-        n_cells = len(k_values) * len(covariance_types)
-        with _one_blas_thread(), sweep_progress(reporter, n_cells) as on_cell, naming(table.name):
-            result = sweep(
-                feats.X,
-                k_values=k_values,
-                covariance_types=covariance_types,
-                criterion=criterion.value,
-                sample_weight=feats.weights,
-                init=method,
-                try_hc=not no_hc,
-                jobs=jobs,
-                column_names=feats.columns,
-                on_cell=on_cell,
-                n_threads=os.cpu_count() or 1,
-                **fit.em_settings(),
-            )
+        with open_input(data, fit, fmt, outputs, reporter) as rows:
+            n_cells = len(k_values) * len(covariance_types)
+            with (
+                _one_blas_thread(),
+                sweep_progress(reporter, n_cells) as on_cell,
+                naming(rows.name),
+            ):
+                result = sweep(
+                    rows.source,
+                    k_values=k_values,
+                    covariance_types=covariance_types,
+                    criterion=criterion.value,
+                    init=method,
+                    try_hc=not no_hc,
+                    jobs=jobs,
+                    column_names=rows.columns,
+                    on_cell=on_cell,
+                    n_threads=os.cpu_count() or 1,
+                    **fit.em_settings(),
+                )
 
-        best = result.best
-        best_fit = best.result
-        assert best_fit is not None  # the sweep never picks a failed cell
-        extra: dict[str, object] = {
-            "id_column": fit.id_column,
-            "weights_column": fit.weights_column,
-            "selected_by": {
-                "criterion": result.criterion,
-                "k_values": list(result.k_values),
-                "covariance_types": covariance_types,
-                "try_hc": not no_hc,
-            },
-        }
-        more = []
-        if table_path is not None and table_fmt is not None:
-            more.append((table_path, io.render_table(io.sweep_columns(result), table_fmt)))
-        write_fit(
-            best_fit,
-            table,
-            feats,
-            extra,
-            paths,
-            ("csv", "csv"),
-            probabilities=probabilities,
-            json_=json_,
-            more=more,
-        )
+            best = result.best
+            best_fit = best.result
+            assert best_fit is not None  # the sweep never picks a failed cell
+            extra: dict[str, object] = {
+                "id_column": fit.id_column,
+                "weights_column": fit.weights_column,
+                "selected_by": {
+                    "criterion": result.criterion,
+                    "k_values": list(result.k_values),
+                    "covariance_types": covariance_types,
+                    "try_hc": not no_hc,
+                },
+            }
+            more = []
+            if table_path is not None and table_fmt is not None:
+                more.append((table_path, io.render_table(io.sweep_columns(result), table_fmt)))
+            write_fit(
+                best_fit,
+                rows,
+                extra,
+                paths,
+                ("csv", "csv"),
+                probabilities=probabilities,
+                json_=json_,
+                more=more,
+            )
         sweep_report(
             reporter,
             dataclasses.replace(result, edge_warning=flagged(result.edge_warning)),
-            source=table.name,
-            n_rows=table.n_rows,
-            columns=feats.columns,
+            source=rows.name,
+            n_rows=rows.n_rows,
+            columns=rows.columns,
             written=[p for p in outputs if p != "-"],
             seconds=time.perf_counter() - started,
         )

@@ -20,7 +20,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, NoReturn
+from typing import Any, BinaryIO
 
 from emcli.errors import DataError, EmcliError, UsageError
 
@@ -99,14 +99,19 @@ class OutputFile:
     def write(self, data: bytes | memoryview) -> int:
         if self.closed:
             raise ValueError(f"{self.path}: write to a closed output")
+        self._written += len(data)
+        if self._fh is None and _STDOUT_GONE:
+            return len(data)
         try:
             n = self._stream().write(data)
         except OSError as exc:
             self._failed(exc)
-        self._written += len(data)
+            return len(data)
         return n if n is not None else len(data)
 
     def flush(self) -> None:
+        if self._fh is None and _STDOUT_GONE:
+            return
         try:
             self._stream().flush()
         except OSError as exc:
@@ -129,9 +134,10 @@ class OutputFile:
             except OSError as exc:
                 self._failed(exc)
 
-    def _failed(self, exc: OSError) -> NoReturn:
+    def _failed(self, exc: OSError) -> None:
         if self._fh is None:
             _stdout_failed(exc)
+            return
         raise DataError(
             f"{self.path}: cannot write ({exc.strerror or exc}); no output file was changed"
         ) from exc
@@ -415,11 +421,19 @@ def _umask() -> int:
     return mask
 
 
-def _stdout_failed(exc: OSError) -> NoReturn:
-    """Report stdout's failure; a closed pipe stays a BrokenPipeError (the CLI ends quietly)."""
-    if isinstance(exc, BrokenPipeError) or exc.errno == errno.EPIPE:
-        raise exc
+# Set when the reader of standard output has gone (a closed pipe, as ``| head``):
+# it wants no more, so what else emcli writes to stdout is dropped, and the files
+# of the set are still written.
+_STDOUT_GONE = False
+
+
+def _stdout_failed(exc: OSError) -> None:
+    """Report stdout's failure; a closed pipe is no failure: stdout is dropped from then on."""
+    global _STDOUT_GONE
     _quiet_stdout()
+    if isinstance(exc, BrokenPipeError) or exc.errno == errno.EPIPE:
+        _STDOUT_GONE = True
+        return
     raise OutputWriteError(
         f"cannot write to standard output: {exc.strerror or exc}"
     ) from exc

@@ -101,7 +101,8 @@ def open_rows(
         table = read_table(inputs, stdin=stdin)
         feats = select_features(table, columns=columns, exclude=exclude, id_column=id_column,
                                 weights_column=weights_column)
-        arrays = ArraySource(feats.X, feats.weights, extra=feats.ids)
+        segments = [rows for _, rows in table.parts] or None
+        arrays = ArraySource(feats.X, feats.weights, extra=feats.ids, segments=segments)
         yield OpenedRows(arrays, table.name, table.stem, list(feats.columns), feats.id_name,
                          table.sha256, table.n_rows, list(feats.notices), "memory")
         return
@@ -129,6 +130,6 @@ def open_rows(
         from emcli.sources.parquet import ParquetSource
 
         src = ParquetSource([sp.path], features, weights=weights_column, ids=picked.id_name,
-                            file_format="arrow")
+                            file_format="arrow", segments=[[rows for _, rows in sp.parts]])
         yield OpenedRows(src, sp.name, sp.stem, features, picked.id_name, sp.sha256, sp.n_rows,
                          notices, "spill")

@@ -500,17 +500,21 @@ def scores_columns(
     resp: np.ndarray,
     log_density: np.ndarray,
     n_observed: np.ndarray,
-    ids: list[Any] | None = None,
+    ids: Any = None,
     id_name: str | None = None,
     probabilities: bool = False,
+    first_row: int = 1,
 ) -> dict[str, Any]:
-    """The labels table from responsibilities: what ``fit`` and ``predict`` write."""
+    """The labels table from responsibilities: what ``fit`` and ``predict`` write.
+
+    ``first_row`` numbers the rows when there are no ids (a later block's rows).
+    """
     resp = np.asarray(resp, dtype=np.float64)
     cols: dict[str, Any] = {}
     if ids is not None and id_name is not None:
         cols[id_name] = ids
     else:
-        cols["row"] = np.arange(1, resp.shape[0] + 1)
+        cols["row"] = np.arange(first_row, first_row + resp.shape[0])
     scores: dict[str, Any] = {
         "label": np.argmax(resp, axis=1).astype(np.int64),
         "probability": np.max(resp, axis=1),

@@ -18,7 +18,9 @@ R = TypeVar("R")
 class ArraySource:
     """An array of rows (and optional weights), cut into blocks at fixed offsets.
 
-    ``extra`` (a sequence with one item per row, e.g. ids) is sliced along.
+    ``extra`` (a sequence with one item per row, e.g. ids) is sliced along;
+    ``segments`` are the row counts of the inputs the rows came from (blocks
+    are cut at fixed offsets within each, as a source over those files cuts).
     """
 
     def __init__(
@@ -27,22 +29,25 @@ class ArraySource:
         w: np.ndarray | None = None,
         chunk_rows: int | None = None,
         extra: Sequence[Any] | None = None,
+        segments: Sequence[int] | None = None,
     ) -> None:
         self.X = X
         self.w = w
         self.extra = extra
+        self.segments = list(segments) if segments else [X.shape[0]]
         self.n_rows, self.n_features = X.shape
         self.chunk_rows = int(chunk_rows or chunk_rows_for(self.n_features))
 
     def blocks(self) -> Iterator[Block]:
         c, w, e = self.chunk_rows, self.w, self.extra
-        for s in range(0, self.n_rows, c):
-            yield Block(
-                self.X[s : s + c],
-                None if w is None else w[s : s + c],
-                s,
-                None if e is None else e[s : s + c],
-            )
+        first = 0
+        for rows in self.segments:
+            for s in range(first, first + rows, c):
+                t = min(s + c, first + rows)
+                yield Block(
+                    self.X[s:t], None if w is None else w[s:t], s, None if e is None else e[s:t]
+                )
+            first += rows
 
     def reduce(self, fn: Callable[[Block], T], map: MapFn = map) -> T:
         return _fold(add, map(fn, self.blocks()))

@@ -24,6 +24,7 @@ from functools import reduce as _fold
 from operator import add
 from typing import Any, TypeVar
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
@@ -161,7 +162,10 @@ class ParquetSource:
         chunk_rows: int | None = None,
         file_format: str = "parquet",
         use_threads: bool = True,
+        segments: Sequence[Sequence[int]] | None = None,
     ) -> None:
+        """``segments``: for each file, the row counts of the inputs it holds (a spill of
+        several CSV files): blocks are cut at fixed offsets within each input."""
         if file_format not in FILE_FORMATS:
             raise ValueError(f"file_format must be one of {FILE_FORMATS}, not {file_format!r}")
         if not files:
@@ -179,6 +183,10 @@ class ParquetSource:
         self._stamps = [_stamp(path, file_format, self._read) for path in self.files]
         self.file_rows = [s.n_rows for s in self._stamps]
         self.n_rows = sum(self.file_rows)
+        self._ends = [
+            np.cumsum(seg).tolist() if seg else [n]
+            for seg, n in zip(segments or [[]] * len(self.files), self.file_rows, strict=True)
+        ]
 
     @property
     def schemas(self) -> list[Any]:
@@ -200,26 +208,33 @@ class ParquetSource:
     def _parts(self) -> Iterator[tuple[int, TablePart]]:
         """(first row over all files, the rows of one block as read), for one pass."""
         start = 0
-        for path, stamp in zip(self.files, self._stamps, strict=True):
-            for part in self._file_parts(path, stamp):
+        for path, stamp, ends in zip(self.files, self._stamps, self._ends, strict=True):
+            for part in self._file_parts(path, stamp, ends):
                 yield start + part.first_row, part
             start += stamp.n_rows
 
-    def _file_parts(self, path: str, stamp: _Stamp) -> Iterator[TablePart]:
+    def _file_parts(self, path: str, stamp: _Stamp, ends: list[int]) -> Iterator[TablePart]:
         _check_unchanged(path, stamp)
         try:
             f = _File(path, self.file_format)
         except DataError:
             _check_unchanged(path, stamp)
             raise
-        c, n_held, done = self.chunk_rows, 0, 0
+        n_held, done, seg = 0, 0, 0
         held: list[Any] = []
+
+        def need() -> int:  # rows of the next block: up to chunk_rows, within one input
+            nonlocal seg
+            while seg < len(ends) - 1 and ends[seg] <= done:
+                seg += 1
+            return max(1, min(self.chunk_rows, ends[seg] - done))
+
         try:
             _check_unchanged(path, stamp, f)
             for batch in self._batches(f, stamp):
                 held.append(batch)
                 n_held += batch.num_rows
-                while n_held >= c:
+                while n_held >= (c := need()):
                     rows = pa.Table.from_batches(held)
                     yield TablePart(rows.slice(0, c), path, done)
                     held, n_held, done = rows.slice(c).to_batches(), n_held - c, done + c
