@@ -228,8 +228,8 @@ def fit_source(
         least = working_set(scan.n_rows, d, K, itemsize, threads, kept=False)
         if max_memory is not None and least > max_memory:
             raise DataError(
-                f"max_memory={max_memory} bytes is too small for {d} columns and {K} "
-                f"components; allow at least {least} bytes"
+                f"max_memory of {max_memory / 1e6:.3g} MB is too small for {d} columns and {K} "
+                f"components; give at least {np.ceil(least / 1e5) / 10:.1f}MB"
             )
         keep = max_memory is None or need <= max_memory
         units = Units(centre, scale if standardize else None, np_dtype)

@@ -64,6 +64,7 @@ PARAMETER_FLAGS = {
     "max_iter": "--max-iter",
     "n_init": "--n-init",
     "k_values": "--k",
+    "max_memory": "--max-memory",
 }
 # a whole word, not part of a flag (--n-init), a longer name or a file name (max_iter.csv)
 _PARAMETER = re.compile(

@@ -1,0 +1,138 @@
+"""Tables larger than memory: under --max-memory every pass streams from the input,
+and the outputs are byte for byte those of the same fit in memory.
+
+Real Parquet files (many row groups, one huge row group, several files), CSV
+and stdin through the spill, the installed ``emcli`` in a subprocess.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import one_error_line, popen_emcli, run_emcli, write_generated_csv
+
+from emcli.fitting import working_set
+
+N = 60_000
+
+
+def _rows(n: int = N, seed: int = 0, holes: float = 0.05) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = np.array([[0.0, 0.0, 0.0], [5.0, 5.0, 0.0], [0.0, 6.0, 6.0]])
+    X = centres[rng.integers(0, 3, n)] + rng.normal(size=(n, 3))
+    X[rng.random(X.shape) < holes] = np.nan
+    X[7] = np.nan
+    return X
+
+
+def _budget(n: int = N) -> str:
+    """Between what a streamed fit needs and what keeping the rows would need."""
+    threads = os.cpu_count() or 1
+    least = working_set(n, 3, 3, 8, threads, kept=False)
+    need = working_set(n, 3, 3, 8, threads)
+    assert least < need
+    return str((least + need) // 2)
+
+
+def _write_parquet(path: Path, X: np.ndarray, row_group_size: int) -> None:
+    table = pa.table({"x": X[:, 0], "y": X[:, 1], "z": X[:, 2]})
+    pq.write_table(table, path, row_group_size=row_group_size)
+
+
+def _fit(tmp_path: Path, data: list[str], out: str, *extra: str, stdin: bytes | None = None):
+    proc = run_emcli(["fit", *data, "-k", "3", "--n-init", "2", "-o", out, *extra], tmp_path,
+                     input=stdin)
+    assert proc.returncode == 0, proc.stderr.decode()
+    return proc
+
+
+def _outputs(tmp_path: Path, out: str) -> dict[str, bytes]:
+    files = sorted((tmp_path / out).iterdir())
+    return {f.name.split(".", 1)[1]: f.read_bytes() for f in files if "convergence" not in f.name}
+
+
+@pytest.mark.parametrize("row_group_size", [5_000, N])  # many row groups; one huge one
+def test_streamed_parquet_gives_the_in_memory_bytes(tmp_path, row_group_size):
+    _write_parquet(tmp_path / "big.parquet", _rows(), row_group_size)
+    mem = _fit(tmp_path, ["big.parquet"], "mem")
+    streamed = _fit(tmp_path, ["big.parquet"], "st", "--max-memory", _budget())
+    assert b"in memory" in mem.stderr
+    assert b"streamed from the input" in streamed.stderr
+    assert _outputs(tmp_path, "mem") == _outputs(tmp_path, "st")
+    labels = (tmp_path / "st" / "big.labels.csv").read_text().splitlines()
+    assert len(labels) == N + 1  # every input row, the one with nothing observed included
+
+
+def test_several_parquet_files_and_csv_through_the_spill_agree(tmp_path):
+    X = _rows()
+    (tmp_path / "parts").mkdir()
+    _write_parquet(tmp_path / "parts" / "a.parquet", X[:40_000], 10_000)
+    _write_parquet(tmp_path / "parts" / "b.parquet", X[40_000:], 10_000)
+    write_generated_csv(tmp_path / "a.csv", X[:40_000], with_id=False, text_column=False)
+    write_generated_csv(tmp_path / "b.csv", X[40_000:], with_id=False, text_column=False)
+    budget = _budget()
+    tmp = tmp_path / "tmpdir"
+    tmp.mkdir()
+    _fit(tmp_path, ["parts"], "pq", "--max-memory", budget)
+    csv_mem = _fit(tmp_path, ["a.csv", "b.csv"], "csv")
+    _fit(tmp_path, ["a.csv", "b.csv"], "spill", "--max-memory", budget, "--tmp-dir", str(tmp))
+    assert b"streamed" not in csv_mem.stderr
+    labels = {name: (tmp_path / name).glob("*.labels.csv") for name in ("pq", "csv", "spill")}
+    got = {name: next(paths).read_bytes() for name, paths in labels.items()}
+    assert got["pq"] == got["csv"] == got["spill"]
+    assert list(tmp.iterdir()) == []  # the spill is gone after success
+
+
+def test_stdin_goes_through_the_spill_and_matches_the_file(tmp_path):
+    X = _rows(n=20_000)
+    path = write_generated_csv(tmp_path / "d.csv", X, with_id=True, text_column=True)
+    tmp = tmp_path / "tmpdir"
+    tmp.mkdir()
+    _fit(tmp_path, ["d.csv", "--id-column", "id"], "file")
+    _fit(tmp_path, ["-", "--id-column", "id", "--tmp-dir", str(tmp)], "stdin",
+         stdin=path.read_bytes())
+    a = (tmp_path / "file" / "d.labels.csv").read_bytes()
+    b = (tmp_path / "stdin" / "stdin.labels.csv").read_bytes()
+    assert a == b and a.startswith(b"id,label,")
+    assert list(tmp.iterdir()) == []
+
+
+def test_max_memory_bad_and_too_small(tmp_path):
+    _write_parquet(tmp_path / "t.parquet", _rows(n=2_000), 1_000)
+    bad = run_emcli(["fit", "t.parquet", "-k", "3", "--max-memory", "5XB"], tmp_path)
+    assert bad.returncode == 2 and b"--max-memory" in bad.stderr
+    small = run_emcli(["fit", "t.parquet", "-k", "3", "--max-memory", "1KB"], tmp_path)
+    line = one_error_line(small.stderr)
+    assert small.returncode == 1
+    assert "--max-memory" in line and "at least" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.parquet"]
+
+
+def test_ctrl_c_during_a_streamed_csv_fit_leaves_no_output_and_no_spill(tmp_path):
+    write_generated_csv(tmp_path / "big.csv", _rows(), with_id=False, text_column=False)
+    tmp = tmp_path / "tmpdir"
+    tmp.mkdir()
+    proc = popen_emcli(
+        ["fit", "big.csv", "-k", "3", "--tol", "0", "--max-iter", "100000", "-o", "out",
+         "--max-memory", _budget(), "--tmp-dir", str(tmp)],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list(tmp.iterdir()):
+        time.sleep(0.05)  # the spill is being written
+    time.sleep(1.0)
+    assert proc.poll() is None, "the fit ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr.decode()
+    assert b"Traceback" not in stderr
+    assert list(tmp.iterdir()) == []
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
