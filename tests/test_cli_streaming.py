@@ -116,15 +116,16 @@ def test_max_memory_bad_and_too_small(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.parquet"]
 
 
-def test_ctrl_c_during_a_streamed_csv_fit_leaves_no_output_and_no_spill(tmp_path):
-    write_generated_csv(tmp_path / "big.csv", _rows(), with_id=False, text_column=False)
+def test_ctrl_c_during_a_streamed_stdin_fit_leaves_no_output_and_no_spill(tmp_path):
+    path = write_generated_csv(tmp_path / "big.csv", _rows(), with_id=False, text_column=False)
     tmp = tmp_path / "tmpdir"
     tmp.mkdir()
-    proc = popen_emcli(
-        ["fit", "big.csv", "-k", "3", "--tol", "0", "--max-iter", "100000", "-o", "out",
-         "--max-memory", _budget(), "--tmp-dir", str(tmp)],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
+    with open(path, "rb") as stdin:
+        proc = popen_emcli(
+            ["fit", "-", "-k", "3", "--tol", "0", "--max-iter", "100000", "-o", "out",
+             "--max-memory", _budget(), "--tmp-dir", str(tmp)],
+            cwd=tmp_path, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not list(tmp.iterdir()):
         time.sleep(0.05)  # the spill is being written

@@ -59,15 +59,18 @@ class RowSource(Protocol):
 
 
 def chunk_rows_for(n_features: int) -> int:
-    """Rows per block: about 1 MiB of the widest per-row working set, a multiple of 64.
+    """Rows per block: about 8 MiB of the widest per-row working set, a multiple of 64.
 
     It depends on the number of columns only, so every source, every model
     and every number of components cuts the same rows into the same blocks.
+    Measured at d=16, K=8 (full): blocks of ~7000 rows pass 1.25x faster on one
+    thread and 2.6x faster on two than blocks of ~800 (Python's per-block cost
+    and the GIL), although their quad design no longer fits in L2.
     """
     d = max(int(n_features), 1)
     width = max(d * (d + 1) // 2 + d + 1, 8 * d)  # the quad design, or K=8 log-densities
-    rows = (1 << 20) // (8 * width)
-    return int(np.clip(rows // 64 * 64, 256, 65536))
+    rows = (8 << 20) // (8 * width)
+    return int(np.clip(rows // 64 * 64, 1024, 65536))
 
 
 def ordered_map(
