@@ -71,18 +71,32 @@ class Chunk:
         nan = np.isnan(X)
         self.complete = not bool(nan.any())
         d = X.shape[1]
-        if self.complete:
-            self.n_obs = np.full(X.shape[0], d, dtype=np.int64)
-            self.complete_rows = np.arange(X.shape[0])
-        else:
-            self.n_obs = d - nan.sum(axis=1)
-            self.complete_rows = np.flatnonzero(self.n_obs == d)
+        # kept per row only for incomplete chunks: complete ones derive them when asked
+        self._n_obs: np.ndarray | None = None
+        self._complete_rows: np.ndarray | None = None
+        if not self.complete:
+            self._n_obs = d - nan.sum(axis=1)
+            self._complete_rows = np.flatnonzero(self._n_obs == d)
         self._patterns: list[Pattern] | None = None
         self._derived: dict[str, Any] = {}
 
     @property
     def n(self) -> int:
         return int(self.X.shape[0])
+
+    @property
+    def n_obs(self) -> np.ndarray:
+        """Observed cells per row."""
+        if self._n_obs is None:
+            return np.full(self.n, self.X.shape[1], dtype=np.int64)
+        return self._n_obs
+
+    @property
+    def complete_rows(self) -> np.ndarray:
+        """Positions of the rows with every cell observed."""
+        if self._complete_rows is None:
+            return np.arange(self.n)
+        return self._complete_rows
 
     @property
     def max_sq_norm(self) -> float:

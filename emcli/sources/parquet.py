@@ -150,7 +150,9 @@ class ParquetSource:
     pyarrow Array). Rows are numbered over the files in the order given.
     """
 
-    window = 16  # blocks (read, and their results) alive at once in ``each``
+    # blocks (read, and their results) alive at once in ``each``: enough to keep two
+    # threads busy; each more costs ~10 MB of transient memory at d=16
+    window = 4
 
     def __init__(
         self,
