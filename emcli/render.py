@@ -419,8 +419,9 @@ def apply_summary(
     n_components: int = 0,
     n_filled: int | None = None,
     columns: Sequence[str] = (),
+    counts: np.ndarray | None = None,
 ) -> None:
-    """One or two lines after predict, impute or sample."""
+    """One or two lines after predict, impute or sample (``counts``: rows per component)."""
     if reporter.quiet:
         return
     line = f"{verb} {n_rows} rows of {source}"
@@ -432,8 +433,9 @@ def apply_summary(
     if written != "-":
         line += f"; wrote {written}"
     reporter.console.print(line, markup=False)
-    if labels is not None and n_components:
+    if counts is None and labels is not None and n_components:
         counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_components)
+    if counts is not None:
         reporter.console.print(
             "rows per component: " + ", ".join(f"{k}: {int(c)}" for k, c in enumerate(counts)),
             markup=False,

@@ -137,3 +137,19 @@ def test_ctrl_c_during_a_streamed_stdin_fit_leaves_no_output_and_no_spill(tmp_pa
     assert b"Traceback" not in stderr
     assert list(tmp.iterdir()) == []
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_predict_streams_parquet_and_matches_the_csv_in_memory(tmp_path):
+    X = _rows(n=30_000, seed=5)
+    _write_parquet(tmp_path / "new.parquet", X, 7_000)
+    write_generated_csv(tmp_path / "new.csv", X, with_id=False, text_column=False)
+    _fit(tmp_path, ["new.parquet"], "fit")
+    model = str(tmp_path / "fit" / "new.model.json")
+    got = {}
+    for name in ("new.parquet", "new.csv"):
+        proc = run_emcli(["predict", model, name, "--labels", f"{name}.labels.csv"], tmp_path)
+        assert proc.returncode == 0, proc.stderr.decode()
+        got[name] = (tmp_path / f"{name}.labels.csv").read_bytes()
+    assert got["new.parquet"] == got["new.csv"]
+    # the fit's own labels are the model's predictions of its rows
+    assert got["new.parquet"] == (tmp_path / "fit" / "new.labels.csv").read_bytes()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Annotated
 
+import numpy as np
 import typer
 
 from emcli.errors import DataError
@@ -43,7 +45,8 @@ def predict_command(
     """Labels, probabilities and log-densities of new rows under a fitted model (NaN allowed)."""
     with handled(debug):
         from emcli import io
-        from emcli.fitting import score_rows
+        from emcli.fitting import row_threads, score_blocks
+        from emcli.io.rows import open_model_rows
         from emcli.render import Reporter, apply_summary
 
         started = time.perf_counter()
@@ -51,31 +54,38 @@ def predict_command(
         loaded = io.load_model(model)
         inputs = io.resolve_inputs(data, format.value if format is not None else None)
         io.check_output_paths([labels], [*inputs, io.InputFile(model, "json")])
-        table = io.read_table(inputs)
-        if id_column is None:  # the fit's id column, when the new file has it too
-            stored = loaded.fit.get("id_column")
-            if isinstance(stored, str) and stored in table.table.column_names:
-                id_column = stored
-        feats = io.model_features(table, loaded.columns, id_column)
-        try:
-            resp, log_density = score_rows(loaded.params, feats.X, loaded.columns)
-        except DataError as exc:
-            raise DataError(f"{table.name}: {exc}") from exc
-        n_observed = io.observed_counts(feats.X)
-        cols = io.scores_columns(
-            resp, log_density, n_observed, feats.ids, feats.id_name, probabilities
-        )
-        with io.AtomicOutputs() as out:
-            out.add(labels, io.render_table(cols, labels_fmt))
+        stored = loaded.fit.get("id_column")  # the default: the fit's, when the file has it
+        counts = np.zeros(loaded.params.n_components, dtype=np.int64)
+        n_empty = 0
+        with (
+            open_model_rows(
+                inputs, loaded.columns, id_column,
+                default_id=stored if isinstance(stored, str) else None,
+            ) as rows,
+            io.AtomicOutputs() as out,
+            row_threads(os.cpu_count() or 1) as pmap,
+        ):
+            table = out.stage_table(labels, labels_fmt)
+            try:
+                for block in score_blocks(loaded.params, rows.source, pmap):
+                    table.write(io.scores_columns(
+                        block.resp, block.log_density, block.n_observed, block.extra,
+                        rows.id_name, probabilities, first_row=block.start + 1,
+                    ))
+                    counts += np.bincount(block.labels, minlength=counts.size)
+                    n_empty += int((block.n_observed == 0).sum())
+            except DataError as exc:
+                raise DataError(f"{rows.name}: {exc}") from exc
             out.commit()
         apply_summary(
             Reporter(quiet),
             "scored",
-            source=table.name,
-            n_rows=table.n_rows,
-            n_empty=int((n_observed == 0).sum()),
-            labels=resp.argmax(axis=1),
+            source=rows.name,
+            n_rows=rows.n_rows,
+            n_empty=n_empty,
+            counts=counts,
             n_components=loaded.params.n_components,
             written=labels,
             seconds=time.perf_counter() - started,
         )
+

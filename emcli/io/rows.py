@@ -133,3 +133,51 @@ def open_rows(
                             file_format="arrow", segments=[[rows for _, rows in sp.parts]])
         yield OpenedRows(src, sp.name, sp.stem, features, picked.id_name, sp.sha256, sp.n_rows,
                          notices, "spill")
+
+
+@contextmanager
+def open_model_rows(
+    inputs: Sequence[InputFile],
+    model_columns: Sequence[str],
+    id_column: str | None = None,
+    *,
+    default_id: str | None = None,
+) -> Iterator[OpenedRows]:
+    """A model's columns of the inputs, matched by name, as a row source.
+
+    Parquet is streamed; delimited inputs are read whole (as ``model_features``).
+    Without ``id_column``, ``default_id`` is the id column when the input has it.
+    """
+    from emcli.io.features import _no_such_column, model_features
+    from emcli.io.readers import input_stem
+
+    if _all_parquet(inputs):
+        from emcli.sources.parquet import ParquetSource, _stamp
+
+        files = [f.path for f in inputs]
+        names = _stamp(files[0], "parquet", []).schema.names
+        name = files[0] if len(files) == 1 else f"{files[0]} (+{len(files) - 1} more)"
+        absent = [c for c in model_columns if c not in names]
+        if absent:
+            many = len(absent) > 1
+            raise DataError(
+                f"{name}: the model's column{'s' if many else ''} "
+                f"{', '.join(map(repr, absent))} {'are' if many else 'is'} missing; "
+                f"the model needs {', '.join(model_columns)} (the file has: {', '.join(names)})"
+            )
+        if id_column is None and default_id in names:
+            id_column = default_id
+        if id_column is not None and id_column not in names:
+            raise _no_such_column(name, names, id_column, "--id-column")
+        src = ParquetSource(files, model_columns, ids=id_column)
+        yield OpenedRows(src, name, input_stem(files), list(model_columns), id_column,
+                         "", src.n_rows, [], "parquet")
+        return
+    table = read_table(inputs)
+    if id_column is None and default_id in table.table.column_names:
+        id_column = default_id
+    feats = model_features(table, model_columns, id_column)
+    segments = [rows for _, rows in table.parts] or None
+    arrays = ArraySource(feats.X, None, extra=feats.ids, segments=segments)
+    yield OpenedRows(arrays, table.name, table.stem, list(model_columns), id_column,
+                     table.sha256, table.n_rows, [], "memory")
