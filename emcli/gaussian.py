@@ -334,6 +334,11 @@ def sweep_observed(S: np.ndarray, O: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return A[node], log_det[node]
 
 
+# Patterns whose batched algebra (several (G, K, d, d) arrays) is done at once: the
+# working set of a chunk with many missingness patterns stays bounded.
+PATTERN_BATCH = 256
+
+
 def pattern_quad(prep: GenPrepared, O: np.ndarray) -> dict[str, np.ndarray]:
     """Per pattern and component, everything the quad path needs, batched.
 
@@ -375,11 +380,16 @@ def quad_statistics(chunk: Chunk, prep: GenPrepared, cache: dict, wr: np.ndarray
     group): deviations from the observed part of the means, then mapped by
     ``T`` to the full deviation ``xhat - mu`` and completed by ``C``.
     """
-    FT, pq = cache["quad"]
-    groups = chunk.groups()
-    raw = np.stack([FT[:, g.rows] @ wr[g.rows] for g in groups])
-    single = np.array([g.size == 1 for g in groups])
-    return quad_deviations(raw, prep.means, pq, single)
+    FT, batches = cache["quad"]
+    K, d = prep.means.shape
+    S1, S2 = np.zeros((K, d)), np.zeros((K, d, d))
+    for groups, pq in batches:
+        raw = np.stack([FT[:, g.rows] @ wr[g.rows] for g in groups])
+        single = np.array([g.size == 1 for g in groups])
+        s1, s2 = quad_deviations(raw, prep.means, pq, single)
+        S1 += s1
+        S2 += s2
+    return S1, S2
 
 
 def quad_deviations(
@@ -450,13 +460,17 @@ def log_prob_gen(chunk: Chunk, prep: GenPrepared) -> tuple[np.ndarray, dict]:
             cache["quad"] = (FT, None)
             return (prep.coef.T @ FT).T, cache
         groups = chunk.groups()
-        O = np.zeros((len(groups), d), dtype=bool)
-        for g, grp in enumerate(groups):
-            O[g, grp.observed] = True
-        pq = pattern_quad(prep, O)
-        for g, grp in enumerate(groups):
-            out[grp.rows] = (pq["coef"][g].T @ FT[:, grp.rows]).T
-        cache["quad"] = (FT, pq)
+        batches = []
+        for first in range(0, len(groups), PATTERN_BATCH):
+            part = groups[first : first + PATTERN_BATCH]
+            O = np.zeros((len(part), d), dtype=bool)
+            for g, grp in enumerate(part):
+                O[g, grp.observed] = True
+            pq = pattern_quad(prep, O)
+            for g, grp in enumerate(part):
+                out[grp.rows] = (pq["coef"][g].T @ FT[:, grp.rows]).T
+            batches.append((part, pq))
+        cache["quad"] = (FT, batches)
         return out, cache
     if rows.size:
         Xc = chunk.X if chunk.complete else chunk.X[rows]
