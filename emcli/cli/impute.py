@@ -137,21 +137,30 @@ def impute_command(
             )
             params, feature_names = fitted.params, rows.columns
             inputs = io.resolve_inputs(paths, fmt)
-        table = io.read_table(inputs)
-        feats = io.model_features(table, feature_names)
-        filled, var = impute_rows(params, feats.X)
-        cols = io.imputed_columns(table, feature_names, filled, var if variance else None)
-        with io.AtomicOutputs() as out:
-            out.add(output, io.render_table(cols, out_fmt))
+        from emcli.io.rows import open_model_rows
+
+        n_empty = n_filled = 0
+        with (
+            open_model_rows(inputs, feature_names, passthrough=True) as rows,
+            io.AtomicOutputs() as out,
+        ):
+            table = out.stage_table(output, out_fmt)
+            for block in rows.source.each(lambda b: b):  # in input order, a block at a time
+                filled, var = impute_rows(params, block.X)
+                table.write(io.imputed_columns(
+                    block.extra, feature_names, filled, var if variance else None
+                ))
+                n_observed = io.observed_counts(block.X)
+                n_empty += int((n_observed == 0).sum())
+                n_filled += int(block.X.size - n_observed.sum())
             out.commit()
-        n_observed = io.observed_counts(feats.X)
         apply_summary(
             Reporter(quiet),
             "imputed",
-            source=table.name,
-            n_rows=table.n_rows,
-            n_empty=int((n_observed == 0).sum()),
-            n_filled=int(feats.X.size - n_observed.sum()),
+            source=rows.name,
+            n_rows=rows.n_rows,
+            n_empty=n_empty,
+            n_filled=n_filled,
             columns=feature_names,
             written=output,
             seconds=time.perf_counter() - started,

@@ -142,11 +142,14 @@ def open_model_rows(
     id_column: str | None = None,
     *,
     default_id: str | None = None,
+    passthrough: bool = False,
 ) -> Iterator[OpenedRows]:
     """A model's columns of the inputs, matched by name, as a row source.
 
     Parquet is streamed; delimited inputs are read whole (as ``model_features``).
     Without ``id_column``, ``default_id`` is the id column when the input has it.
+    With ``passthrough``, each block's ``extra`` holds all its input columns (a
+    pyarrow Table; for delimited inputs, the whole table is kept in memory).
     """
     from emcli.io.features import _no_such_column, model_features
     from emcli.io.readers import input_stem
@@ -169,7 +172,7 @@ def open_model_rows(
             id_column = default_id
         if id_column is not None and id_column not in names:
             raise _no_such_column(name, names, id_column, "--id-column")
-        src = ParquetSource(files, model_columns, ids=id_column)
+        src = ParquetSource(files, model_columns, ids=id_column, passthrough=passthrough)
         yield OpenedRows(src, name, input_stem(files), list(model_columns), id_column,
                          "", src.n_rows, [], "parquet")
         return
@@ -178,6 +181,21 @@ def open_model_rows(
         id_column = default_id
     feats = model_features(table, model_columns, id_column)
     segments = [rows for _, rows in table.parts] or None
-    arrays = ArraySource(feats.X, None, extra=feats.ids, segments=segments)
+    extra = _TableRows(table.table) if passthrough else feats.ids
+    arrays = ArraySource(feats.X, None, extra=extra, segments=segments)
     yield OpenedRows(arrays, table.name, table.stem, list(model_columns), id_column,
                      table.sha256, table.n_rows, [], "memory")
+
+
+@dataclass
+class _TableRows:
+    """A pyarrow Table sliced by rows as a sequence is (``ArraySource``'s ``extra``)."""
+
+    table: Any
+
+    def __len__(self) -> int:
+        return int(self.table.num_rows)
+
+    def __getitem__(self, rows: slice) -> Any:
+        start, stop, _ = rows.indices(len(self))
+        return self.table.slice(start, stop - start)

@@ -25,8 +25,6 @@ import numpy as np
 from emcli.errors import DataError, UsageError
 from emcli.model import FitResult, SweepResult
 
-from .readers import InputTable
-
 OUTPUT_FORMATS = ("csv", "tsv", "parquet", "json", "jsonl")
 
 # A Parquet row group is written once this many rows or bytes are pending.
@@ -545,12 +543,12 @@ def convergence_columns(result: FitResult) -> dict[str, Any]:
 
 
 def imputed_columns(
-    data: InputTable,
+    table: Any,
     columns: Sequence[str],
     filled: np.ndarray,
     variance: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """The input table with the model's columns replaced by ``filled``.
+    """The input rows (a pyarrow Table) with the model's columns replaced by ``filled``.
 
     Every other column, the column order and the row order are kept. Observed
     cells of integer columns stay integers; with ``variance``, ``<column>_var``
@@ -560,8 +558,8 @@ def imputed_columns(
 
     where = {c: j for j, c in enumerate(columns)}
     out: dict[str, Any] = {}
-    for name in data.table.column_names:
-        col = data.table.column(name)
+    for name in table.column_names:
+        col = table.column(name)
         if name not in where:
             out[name] = col.to_pylist()
             continue

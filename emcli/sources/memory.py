@@ -28,7 +28,7 @@ class ArraySource:
         X: np.ndarray,
         w: np.ndarray | None = None,
         chunk_rows: int | None = None,
-        extra: Sequence[Any] | None = None,
+        extra: Any = None,
         segments: Sequence[int] | None = None,
     ) -> None:
         self.X = X

@@ -165,9 +165,12 @@ class ParquetSource:
         file_format: str = "parquet",
         use_threads: bool = True,
         segments: Sequence[Sequence[int]] | None = None,
+        passthrough: bool = False,
     ) -> None:
         """``segments``: for each file, the row counts of the inputs it holds (a spill of
-        several CSV files): blocks are cut at fixed offsets within each input."""
+        several CSV files): blocks are cut at fixed offsets within each input.
+        ``passthrough``: every column is read, and ``Block.extra`` is the block's
+        whole pyarrow Table (for outputs that carry every input column)."""
         if file_format not in FILE_FORMATS:
             raise ValueError(f"file_format must be one of {FILE_FORMATS}, not {file_format!r}")
         if not files:
@@ -181,7 +184,10 @@ class ParquetSource:
         self.n_features = len(self.columns)
         self.chunk_rows = int(chunk_rows or chunk_rows_for(self.n_features))
         self.notices: list[str] = []
+        self.passthrough = passthrough
         self._read = list(dict.fromkeys([*self.columns, *(c for c in (weights, ids) if c)]))
+        if passthrough:
+            self._read = list(_stamp(self.files[0], file_format, []).schema.names)
         self._stamps = [_stamp(path, file_format, self._read) for path in self.files]
         self.file_rows = [s.n_rows for s in self._stamps]
         self.n_rows = sum(self.file_rows)
@@ -205,7 +211,7 @@ class ParquetSource:
 
     def _block(self, start: int, part: TablePart) -> Block:
         X, w, extra = part_features(part, self.columns, self.weights, self.ids)
-        return Block(X, w, start, extra)
+        return Block(X, w, start, part.table if self.passthrough else extra)
 
     def _parts(self) -> Iterator[tuple[int, TablePart]]:
         """(first row over all files, the rows of one block as read), for one pass."""
