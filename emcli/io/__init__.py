@@ -12,6 +12,14 @@ Row numbers in messages and in the labels' ``row`` column count data rows from
 
 from __future__ import annotations
 
+from .columns import (
+    convergence_columns,
+    imputed_columns,
+    labels_columns,
+    sample_columns,
+    scores_columns,
+    sweep_columns,
+)
 from .features import (
     Features,
     model_features,
@@ -50,16 +58,10 @@ from .writers import (
     OUTPUT_FORMATS,
     ByteSink,
     TableWriter,
-    convergence_columns,
     fmt_needs_whole_table,
-    imputed_columns,
-    labels_columns,
     open_table_writer,
     output_format,
     render_table,
-    sample_columns,
-    scores_columns,
-    sweep_columns,
 )
 
 __all__ = [
