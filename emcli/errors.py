@@ -19,6 +19,10 @@ class DataError(EmcliError, ValueError):
     exit_code = 1
 
 
+class MemoryBudgetError(DataError):
+    """``max_memory`` is too small for the work asked (exit 1)."""
+
+
 class UsageError(EmcliError, ValueError):
     """Something the command line alone shows to be wrong (exit 2)."""
 

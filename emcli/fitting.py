@@ -20,7 +20,7 @@ import numpy as np
 
 from .covariance import COVARIANCE_TYPES, Context, get_model
 from .em import _normalise, posterior, run_em
-from .errors import DataError, FitError, UsageError
+from .errors import DataError, FitError, MemoryBudgetError, UsageError
 from .gaussian import Chunk, log_prob_gen, prepare_gen
 from .hc import MAX_ROWS
 from .init import (
@@ -154,6 +154,13 @@ def working_set(
     return rows + sample + max(1, n_threads) * chunk
 
 
+def too_little_memory(budget: int, least: int, d: int, K: int) -> MemoryBudgetError:
+    return MemoryBudgetError(
+        f"max_memory of {budget / 1e6:.3g} MB is too small for {d} columns and {K} "
+        f"components; give at least {np.ceil(least / 1e5) / 10:.1f}MB"
+    )
+
+
 def fit_source(
     source: RowSource,
     *,
@@ -227,10 +234,7 @@ def fit_source(
         need = working_set(scan.n_rows, d, K, itemsize, threads)
         least = working_set(scan.n_rows, d, K, itemsize, threads, kept=False)
         if max_memory is not None and least > max_memory:
-            raise DataError(
-                f"max_memory of {max_memory / 1e6:.3g} MB is too small for {d} columns and {K} "
-                f"components; give at least {np.ceil(least / 1e5) / 10:.1f}MB"
-            )
+            raise too_little_memory(max_memory, least, d, K)
         keep = max_memory is None or need <= max_memory
         units = Units(centre, scale if standardize else None, np_dtype)
         rows = FitRows(source, units, keep=keep)

@@ -190,7 +190,7 @@ def draw_sample(
     if keys.size > m:
         win = np.sort(np.argsort(keys, kind="stable")[:m])
         X, w, g = X[win], w[win], g[win]
-    return Sample(X, w, g, whole=keys.size == n_fit)
+    return Sample(X, w, g, whole=len(g) == n_fit)
 
 
 @dataclass

@@ -13,8 +13,8 @@ import numpy as np
 
 from .covariance import COVARIANCE_TYPES, get_model
 from .criteria import CRITERIA
-from .errors import DataError, FitError, UsageError
-from .fitting import check_data, fit_mixture, fit_source
+from .errors import DataError, FitError, MemoryBudgetError, UsageError
+from .fitting import check_data, fit_mixture, fit_source, too_little_memory, working_set
 from .init import canonical_init
 from .model import FitResult, SweepCell, SweepResult
 from .sources import RowSource
@@ -131,6 +131,8 @@ def fit_cell(
                 res = fit_source(
                     X, n_components=k, covariance_type=covariance_type, init=name, **opts
                 )
+        except MemoryBudgetError:
+            raise  # not this cell's failure: the whole sweep needs more memory
         except (FitError, DataError) as exc:
             errors.append(str(exc))
             continue
@@ -250,6 +252,12 @@ def sweep(
         w_arg = None if sample_weight is None else w
     tasks = [(k, c) for k in ks for c in covs]
     at_once = min(jobs, len(tasks))
+    if max_memory is not None:  # every cell must fit its share, the largest k included
+        threads = int(n_threads) if jobs == 1 else 1
+        n_rows, d = Xa.shape if isinstance(Xa, np.ndarray) else (Xa.n_rows, Xa.n_features)
+        least = working_set(n_rows, d, ks[-1], 8, threads, kept=False) * at_once
+        if least > max_memory:
+            raise too_little_memory(int(max_memory), least, d, ks[-1])
     options: dict[str, Any] = {
         "init": init, "try_hc": bool(try_hc), "n_init": int(n_init), "seed": int(seed),
         "tol": float(tol), "max_iter": int(max_iter), "reg_covar": float(reg_covar),

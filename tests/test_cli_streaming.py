@@ -176,3 +176,39 @@ def test_impute_streams_parquet_and_matches_the_csv_in_memory(tmp_path):
     seen = ~np.isnan(X)
     np.testing.assert_array_equal(filled[seen], X[seen])
     assert not np.isnan(filled).any()
+
+
+def test_impute_k_from_stdin_reads_the_rows_twice(tmp_path):
+    path = write_generated_csv(tmp_path / "s.csv", _rows(n=3_000, seed=8), with_id=True,
+                               text_column=False)
+    args = ["-k", "3", "--id-column", "id", "-q"]
+    a = run_emcli(["impute", "-", *args, "-o", "from_stdin.csv", "--out-dir", "o1"], tmp_path,
+                  input=path.read_bytes())
+    b = run_emcli(["impute", "s.csv", *args, "-o", "from_file.csv", "--out-dir", "o2"], tmp_path)
+    assert a.returncode == 0 and b.returncode == 0, a.stderr.decode() + b.stderr.decode()
+    assert (tmp_path / "from_stdin.csv").read_bytes() == (tmp_path / "from_file.csv").read_bytes()
+
+
+def test_parquet_files_with_number_and_text_ids_write_one_text_id_column(tmp_path):
+    X = _rows(n=2_000, seed=9)
+    pq.write_table(pa.table({"id": np.arange(1_000), "x": X[:1_000, 0], "y": X[:1_000, 1]}),
+                   tmp_path / "a.parquet")
+    pq.write_table(pa.table({"id": [f"s{i}" for i in range(1_000)], "x": X[1_000:, 0],
+                             "y": X[1_000:, 1]}), tmp_path / "b.parquet")
+    proc = run_emcli(["fit", "a.parquet", "b.parquet", "-k", "2", "--id-column", "id", "-q",
+                      "--labels", "l.parquet"], tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()
+    ids = pq.read_table(tmp_path / "l.parquet").column("id").to_pylist()
+    assert ids == [str(i) for i in range(1_000)] + [f"s{i}" for i in range(1_000)]
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_select_k_with_too_little_memory_is_one_line_not_failed_cells(tmp_path, jobs):
+    _write_parquet(tmp_path / "d.parquet", _rows(n=5_000), 1_000)
+    budget = working_set(5_000, 3, 2, 8, 1, kept=False) + 1  # enough for k=2 only
+    proc = run_emcli(["select-k", "d.parquet", "--k", "1:6", "--jobs", jobs,
+                      "--max-memory", str(budget)], tmp_path)
+    line = one_error_line(proc.stderr)
+    assert proc.returncode == 1 and "--max-memory" in line and "give at least" in line
+    assert b"failed (skipped)" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.parquet"]

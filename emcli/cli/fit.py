@@ -10,7 +10,7 @@ import contextlib
 import os
 import time
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -98,6 +98,7 @@ def run_fit(
     strict: bool,
     quiet: bool,
     extra_outputs: Sequence[str] = (),
+    stdin: Any = None,
 ) -> tuple[FitResult, OpenedRows]:
     """Read, fit, write the fit's files; ``extra_outputs`` are the caller's (``impute -k``)."""
     from emcli import io
@@ -125,7 +126,7 @@ def run_fit(
 
     reporter = Reporter(quiet)
     with open_input(
-        data, fit, fmt, [labels_path, model_path, log_path, *extra_outputs], reporter
+        data, fit, fmt, [labels_path, model_path, log_path, *extra_outputs], reporter, stdin
     ) as rows:
         means_init = None
         if means_path is not None:
@@ -208,6 +209,7 @@ def open_input(
     fmt: str | None,
     outputs: list[str],
     reporter: Reporter,
+    stdin: Any = None,
 ) -> Iterator[OpenedRows]:
     """DATA as a row source (after checking that no output overwrites it), with its
     feature columns chosen; a temporary copy of CSV or stdin lives as long as the context."""
@@ -219,7 +221,9 @@ def open_input(
     inputs = io.resolve_inputs(data, fmt)
     io.check_output_paths(outputs, inputs)
     budget = memory_budget(fit.max_memory)
-    with open_rows(inputs, **fit.column_choice(), tmp_dir=fit.tmp_dir, budget=budget) as rows:
+    with open_rows(
+        inputs, **fit.column_choice(), tmp_dir=fit.tmp_dir, budget=budget, stdin=stdin
+    ) as rows:
         for message in rows.notices:
             reporter.notice(f"{rows.name}: {message}")
         yield rows

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io as stdio
+import sys
 import time
 from typing import Annotated
 
@@ -91,6 +93,7 @@ def impute_command(
         fmt = format.value if format is not None else None
         out_fmt = io.output_format(output, "csv")
         fitted = None
+        stdin = None
         if n_components is None:
             given = [
                 max(param.opts, key=len)
@@ -119,6 +122,8 @@ def impute_command(
                     f"{paths[0]}: with -k, impute fits first and takes DATA only; "
                     "leave out -k to impute with a model file"
                 )
+            # the rows are read twice (to fit, then to impute): standard input is kept
+            stdin = stdio.BytesIO(sys.stdin.buffer.read()) if "-" in paths else None
             fitted, rows = run_fit(
                 paths,
                 fit,
@@ -134,14 +139,17 @@ def impute_command(
                 strict=False,
                 quiet=quiet,
                 extra_outputs=[output],
+                stdin=stdin,
             )
+            if stdin is not None:
+                stdin.seek(0)
             params, feature_names = fitted.params, rows.columns
             inputs = io.resolve_inputs(paths, fmt)
         from emcli.io.rows import open_model_rows
 
         n_empty = n_filled = 0
         with (
-            open_model_rows(inputs, feature_names, passthrough=True) as rows,
+            open_model_rows(inputs, feature_names, passthrough=True, stdin=stdin) as rows,
             io.AtomicOutputs() as out,
         ):
             table = out.stage_table(output, out_fmt)

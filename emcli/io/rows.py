@@ -143,6 +143,7 @@ def open_model_rows(
     *,
     default_id: str | None = None,
     passthrough: bool = False,
+    stdin: Any = None,
 ) -> Iterator[OpenedRows]:
     """A model's columns of the inputs, matched by name, as a row source.
 
@@ -176,7 +177,7 @@ def open_model_rows(
         yield OpenedRows(src, name, input_stem(files), list(model_columns), id_column,
                          "", src.n_rows, [], "parquet")
         return
-    table = read_table(inputs)
+    table = read_table(inputs, stdin=stdin)
     if id_column is None and default_id in table.table.column_names:
         id_column = default_id
     feats = model_features(table, model_columns, id_column)

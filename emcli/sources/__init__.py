@@ -47,6 +47,7 @@ class RowSource(Protocol):
     """Rows in blocks: arrays in memory, streamed files, or partitions on a cluster."""
 
     n_features: int
+    n_rows: int
     chunk_rows: int
 
     def reduce(self, fn: Callable[[Block], T], map: MapFn = map) -> T:

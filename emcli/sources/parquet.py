@@ -191,6 +191,9 @@ class ParquetSource:
         self._stamps = [_stamp(path, file_format, self._read) for path in self.files]
         self.file_rows = [s.n_rows for s in self._stamps]
         self.n_rows = sum(self.file_rows)
+        # what travels to the outputs has one type over all files (text where any
+        # file has text), so that a writer sees the same columns in every block
+        self._common = _combined_schema([s.schema for s in self._stamps])
         self._ends = [
             np.cumsum(seg).tolist() if seg else [n]
             for seg, n in zip(segments or [[]] * len(self.files), self.file_rows, strict=True)
@@ -211,7 +214,11 @@ class ParquetSource:
 
     def _block(self, start: int, part: TablePart) -> Block:
         X, w, extra = part_features(part, self.columns, self.weights, self.ids)
-        return Block(X, w, start, part.table if self.passthrough else extra)
+        if self.passthrough:
+            return Block(X, w, start, _cast(part.table, self._common))
+        if extra is not None:
+            extra = _cast_column(extra, self._common.field(self.ids).type)
+        return Block(X, w, start, extra)
 
     def _parts(self) -> Iterator[tuple[int, TablePart]]:
         """(first row over all files, the rows of one block as read), for one pass."""
@@ -271,6 +278,21 @@ class ParquetSource:
                 raise f.unreadable(exc) from exc
             if batch.num_rows:
                 yield batch
+
+
+def _cast_column(values: Any, to: Any) -> Any:
+    if values.type.equals(to):
+        return values
+    if pat.is_string(to) or pat.is_large_string(to):
+        return pa.array([None if v is None else str(v) for v in values.to_pylist()], type=to)
+    return values.cast(to)
+
+
+def _cast(table: Any, schema: Any) -> Any:
+    """``table`` with each column of the type ``schema`` gives it."""
+    cols = [_cast_column(table.column(n).combine_chunks(), schema.field(n).type)
+            for n in table.column_names]
+    return pa.table(cols, names=table.column_names)
 
 
 def _combined_schema(schemas: list[Any]) -> Any:
