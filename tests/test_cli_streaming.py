@@ -139,36 +139,35 @@ def test_ctrl_c_during_a_streamed_stdin_fit_leaves_no_output_and_no_spill(tmp_pa
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
 
 
-def test_predict_streams_parquet_and_matches_the_csv_in_memory(tmp_path):
-    X = _rows(n=30_000, seed=5)
+def _apply_to_parquet_and_csv(tmp_path: Path, X: np.ndarray, command: str, *args: str):
+    """Fit the rows as Parquet, then run ``command`` MODEL on them as Parquet (streamed)
+    and as CSV (in memory); the two output files' bytes."""
     _write_parquet(tmp_path / "new.parquet", X, 7_000)
     write_generated_csv(tmp_path / "new.csv", X, with_id=False, text_column=False)
     _fit(tmp_path, ["new.parquet"], "fit")
     model = str(tmp_path / "fit" / "new.model.json")
     got = {}
     for name in ("new.parquet", "new.csv"):
-        proc = run_emcli(["predict", model, name, "--labels", f"{name}.labels.csv"], tmp_path)
+        out = f"{name}.out.csv"
+        proc = run_emcli([command, model, name, *args, out], tmp_path)
         assert proc.returncode == 0, proc.stderr.decode()
-        got[name] = (tmp_path / f"{name}.labels.csv").read_bytes()
-    assert got["new.parquet"] == got["new.csv"]
+        got[name] = (tmp_path / out).read_bytes()
+    return got["new.parquet"], got["new.csv"]
+
+
+def test_predict_streams_parquet_and_matches_the_csv_in_memory(tmp_path):
+    streamed, in_memory = _apply_to_parquet_and_csv(tmp_path, _rows(n=30_000, seed=5),
+                                                    "predict", "--labels")
+    assert streamed == in_memory
     # the fit's own labels are the model's predictions of its rows
-    assert got["new.parquet"] == (tmp_path / "fit" / "new.labels.csv").read_bytes()
+    assert streamed == (tmp_path / "fit" / "new.labels.csv").read_bytes()
 
 
 def test_impute_streams_parquet_and_matches_the_csv_in_memory(tmp_path):
     X = _rows(n=30_000, seed=6, holes=0.2)
-    _write_parquet(tmp_path / "new.parquet", X, 7_000)
-    write_generated_csv(tmp_path / "new.csv", X, with_id=False, text_column=False)
-    _fit(tmp_path, ["new.parquet"], "fit")
-    model = str(tmp_path / "fit" / "new.model.json")
-    got = {}
-    for name in ("new.parquet", "new.csv"):
-        proc = run_emcli(["impute", model, name, "-o", f"{name}.filled.csv", "--variance"],
-                         tmp_path)
-        assert proc.returncode == 0, proc.stderr.decode()
-        got[name] = (tmp_path / f"{name}.filled.csv").read_bytes()
-    assert got["new.parquet"] == got["new.csv"]
-    lines = got["new.csv"].decode().splitlines()
+    streamed, in_memory = _apply_to_parquet_and_csv(tmp_path, X, "impute", "--variance", "-o")
+    assert streamed == in_memory
+    lines = in_memory.decode().splitlines()
     assert lines[0] == "x,y,z,x_var,y_var,z_var" and len(lines) == 30_001
     # observed cells come back as they were; every gap is filled
     rows = [line.split(",") for line in lines[1:]]

@@ -23,7 +23,7 @@ from typing import Any
 
 from emcli.errors import DataError
 from emcli.io.features import _kept_notices, _not_numeric, choose_columns, select_features
-from emcli.io.readers import InputFile, _hash_file, read_table
+from emcli.io.readers import InputFile, _hash_file, display_name, read_table
 from emcli.io.spill import spill_delimited
 from emcli.sources import ArraySource, RowSource
 
@@ -93,7 +93,7 @@ def open_rows(
         pq = open_parquet(inputs, columns=columns, exclude=exclude, id_column=id_column,
                           weights_column=weights_column)
         files = pq.files
-        name = files[0] if len(files) == 1 else f"{files[0]} (+{len(files) - 1} more)"
+        name = display_name([(f, 0) for f in files])
         yield OpenedRows(pq, name, input_stem([f.path for f in inputs]), list(pq.columns),
                          pq.ids, _sha256(files), pq.n_rows, list(pq.notices), "parquet")
         return
@@ -160,7 +160,7 @@ def open_model_rows(
 
         files = [f.path for f in inputs]
         names = _stamp(files[0], "parquet", []).schema.names
-        name = files[0] if len(files) == 1 else f"{files[0]} (+{len(files) - 1} more)"
+        name = display_name([(f, 0) for f in files])
         absent = [c for c in model_columns if c not in names]
         if absent:
             many = len(absent) > 1

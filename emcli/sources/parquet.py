@@ -32,7 +32,7 @@ import pyarrow.types as pat
 
 from emcli.errors import DataError, UsageError
 from emcli.io.features import TablePart, choose_columns, part_features
-from emcli.io.readers import InputFile
+from emcli.io.readers import InputFile, display_name
 from emcli.sources import Block, MapFn, chunk_rows_for, ordered_map
 
 T = TypeVar("T")
@@ -350,7 +350,7 @@ def open_parquet(
                 f"{path}: its columns ({', '.join(names)}) differ from those of {paths[0]} "
                 f"({', '.join(schemas[0].names)}); give files with the same columns"
             )
-    display = paths[0] if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} more)"
+    display = display_name([(p, 0) for p in paths])
     if not any(s.n_rows for s in stamps):
         raise DataError(f"{display}: no data rows; give a file with rows")
     choice = choose_columns(
