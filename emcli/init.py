@@ -14,7 +14,7 @@ import numpy as np
 from .covariance import Context, get_model
 from .errors import UsageError
 from .gaussian import Chunk
-from .hc import HcCut, hc_cut, hc_labels, mean_filled
+from .hc import HcCut, hc_cut
 from .model import GMMParams
 from .sources import FitRows, MapFn
 from .stats import StartStats
@@ -85,38 +85,6 @@ def hard(labels: np.ndarray, K: int) -> np.ndarray:
 
 def nearest(Xf: np.ndarray, centres: np.ndarray) -> np.ndarray:
     return hard(np.argmin(_sq_dist(Xf, centres), axis=1), centres.shape[0])
-
-
-def initial_responsibilities(
-    X: np.ndarray,
-    w: np.ndarray,
-    K: int,
-    method: str,
-    rng: np.random.Generator,
-    means: np.ndarray | None = None,
-) -> np.ndarray:
-    """A soft or hard partition of the rows into ``K`` groups."""
-    n = X.shape[0]
-    Xf = mean_filled(X, w)
-    if means is not None:
-        return nearest(Xf, means)
-    method = canonical_init(method)
-    if method == "random":
-        resp = rng.uniform(size=(n, K))
-        return resp / resp.sum(axis=1, keepdims=True)
-    if method == "random-from-data":
-        complete = np.flatnonzero(~np.isnan(X).any(axis=1))
-        pool = complete if complete.size >= K else np.arange(n)
-        return nearest(Xf, Xf[rng.choice(pool, size=K, replace=False)])
-    if method == "hc":
-        return hard(hc_labels(X, w, K, rng), K)
-    sample = np.arange(n)
-    if n > KMEANS_SAMPLE:
-        sample = np.sort(rng.choice(n, size=KMEANS_SAMPLE, replace=False))
-    centres = kmeans_plus_plus(Xf[sample], w[sample], K, rng)
-    if method == "kmeans":
-        centres = lloyd(Xf[sample], w[sample], centres)
-    return nearest(Xf, centres)
 
 
 # --------------------------------------------------------------------------
