@@ -19,7 +19,8 @@ class GaussianMixture:
     Parameters follow ``sklearn.mixture.GaussianMixture``; ``reg_covar`` is
     relative to each column's variance, ``standardize`` fits on z-scores and
     reports in original units, ``n_jobs`` splits row chunks over threads
-    (BLAS is held to one thread during the fit).
+    (BLAS is held to one thread during the fit). ``compare_kmeans`` also runs
+    k-means from the same start and sets ``kmeans_comparison_`` (docs/compare.md).
     """
 
     def __init__(
@@ -39,6 +40,7 @@ class GaussianMixture:
         standardize: bool = False,
         dtype: str = "float64",
         n_jobs: int | None = None,
+        compare_kmeans: bool = False,
     ) -> None:
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -54,6 +56,7 @@ class GaussianMixture:
         self.standardize = standardize
         self.dtype = dtype
         self.n_jobs = n_jobs
+        self.compare_kmeans = compare_kmeans
 
     # scikit-learn's parameter protocol
     _param_names = (
@@ -71,6 +74,7 @@ class GaussianMixture:
         "standardize",
         "dtype",
         "n_jobs",
+        "compare_kmeans",
     )
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
@@ -116,6 +120,7 @@ class GaussianMixture:
                 standardize=self.standardize,
                 dtype=self.dtype,
                 n_threads=threads,
+                compare_kmeans=self.compare_kmeans,
             )
         self._set_result(result)
         return self
@@ -131,6 +136,7 @@ class GaussianMixture:
         self.n_iter_ = result.n_iter
         self.lower_bound_ = result.mean_log_likelihood
         self.history_ = result.history
+        self.kmeans_comparison_ = result.kmeans_comparison
         self.n_features_in_ = p.n_features
         self.precisions_ = p.model.precisions(np.asarray(p.covariances, float))
 
