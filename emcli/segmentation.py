@@ -134,7 +134,7 @@ def segment(
     ``options`` go to ``fit_mixture`` (``n_init``, ``tol``, ``max_iter``, …)."""
     H, W = visible.shape
     n_visible = int(visible.sum())
-    ks = sorted(set(int(k) for k in k_values))
+    ks = sorted({int(k) for k in k_values})
     if n_visible < max(ks):
         raise UsageError(
             f"the image has {n_visible} visible pixels, fewer than k={max(ks)}; use a smaller k"

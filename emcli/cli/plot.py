@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -62,9 +62,9 @@ def plot_command(
             out.commit()
         reporter = Reporter(quiet)
         if not quiet:
+            seconds = time.perf_counter() - started
             reporter.console.print(
-                f"wrote {', '.join(p for p, _ in pictures)} ({time.perf_counter() - started:.2f} s)",
-                markup=False,
+                f"wrote {', '.join(p for p, _ in pictures)} ({seconds:.2f} s)", markup=False
             )
 
 
@@ -91,7 +91,7 @@ def _logged_fit(loaded, log: str):
                                strict=True)
     )
     fit = loaded.fit
-    fields = {f.name: None for f in dataclasses.fields(FitResult)}
+    fields: dict[str, Any] = {f.name: None for f in dataclasses.fields(FitResult)}
     fields.update(
         params=loaded.params, history=history, converged=bool(fit.get("converged", True)),
         n_iter=int(fit.get("n_iter", 0)), best_restart=int(fit.get("best_restart", 0)),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io as stdio
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +52,7 @@ def read_image(path: str, max_pixels: int | None = None) -> ImageData:
     Image.MAX_IMAGE_PIXELS = None  # checked here, before decoding, as one line
     try:
         try:
-            img = Image.open(stdio.BytesIO(data))
+            img: Any = Image.open(stdio.BytesIO(data))
         except UnidentifiedImageError:
             raise DataError(
                 f"{path}: not an image Pillow can read; give a PNG, JPEG or TIFF file"
