@@ -192,3 +192,19 @@ def test_fit_summary_and_model_carry_the_kmeans_comparison(tmp_path: Path) -> No
     gm = fit_mixture(np.genfromtxt(SAMPLE_DATA / "faithful.csv", delimiter=",", skip_header=1),
                      n_components=2)
     assert gm.kmeans_comparison is None
+
+
+def test_convergence_marks_recovery_events_in_red(tmp_path: Path) -> None:
+    from emcli.plots.figures import convergence_png
+
+    rng = np.random.default_rng(14)
+    X = np.vstack([np.zeros((50, 2)), rng.normal(size=(50, 2)) + 5])
+    res = fit_mixture(X, n_components=2, reg_covar=0.0, n_init=3)
+    assert any(h.event for h in res.history)
+    (tmp_path / "events.png").write_bytes(convergence_png(res, "with events"))
+    calm = fit_mixture(X[50:], n_components=2, n_init=3)
+    assert not any(h.event for h in calm.history)
+    (tmp_path / "calm.png").write_bytes(convergence_png(calm, "without"))
+    red = (255, 0, 0)
+    assert near(pixels(tmp_path / "events.png"), red, 30) > 20
+    assert near(pixels(tmp_path / "calm.png"), red, 30) == 0

@@ -12,7 +12,7 @@ import typer
 
 from emcli.errors import UsageError
 
-from .app import app, handled
+from .app import app, flagged, handled
 from .options import (
     Covariance,
     CovarianceOpt,
@@ -122,6 +122,8 @@ def run_segment(
         )
     result = seg.result
     params = result.params
+    if seg.sweep is not None and seg.sweep.edge_warning:
+        reporter.notice(f"{image}: {flagged(seg.sweep.edge_warning)}")
     extra = {
         "image": {
             "file": os.path.basename(image), "width": W, "height": H, "mode": img.mode,

@@ -109,9 +109,10 @@ def _histogram(ax: Any, params: GMMParams, points: PlotPoints, j: int, colours: 
     hi = max(seen.max(), (params.means[:, j] + 3 * sd).max())
     grid = np.linspace(lo, hi, 400)
     parts = component_densities(params, j, grid)
+    ax.plot(grid, parts.sum(axis=0), color="black", linewidth=2.6, label="mixture", alpha=0.45)
     for k in range(parts.shape[0]):
-        ax.plot(grid, parts[k], color=colours[k], linewidth=1.2, label=f"component {k}")
-    ax.plot(grid, parts.sum(axis=0), color="black", linewidth=1.6, label="mixture")
+        ax.plot(grid, parts[k], color=colours[k], linewidth=1.4, linestyle="--",
+                label=f"component {k} (weight {params.weights[k]:.2f})")
     ax.set_xlabel(name)
     ax.set_ylabel("density")
 
@@ -239,7 +240,7 @@ def convergence_png(result: FitResult, title: str) -> bytes:
                 continue
             best = r == result.best_restart
             ax.plot([h.iteration for h in rows], [h.log_likelihood for h in rows],
-                    color=colour, linewidth=2.2 if best else 1.0,
+                    color=colour, linewidth=2.2 if best else 1.0, zorder=3 if best else 2,
                     marker="o" if len(rows) <= 30 else None, markersize=3,
                     label=f"restart {r}" + (" (kept)" if best else ""))
             events = [h for h in rows if h.event]
