@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UsageError
+from .errors import DataError, UsageError
 from .fitting import fit_mixture, score_rows
 from .model import FitResult, GMMParams, SweepResult
 from .selection import sweep
@@ -136,7 +136,7 @@ def segment(
     n_visible = int(visible.sum())
     ks = sorted({int(k) for k in k_values})
     if n_visible < max(ks):
-        raise UsageError(
+        raise DataError(
             f"the image has {n_visible} visible pixels, fewer than k={max(ks)}; use a smaller k"
         )
     picked = fitted_pixels(visible, seed, max_fit_pixels)

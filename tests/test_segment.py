@@ -116,10 +116,16 @@ def test_decompression_bomb_limit_is_one_line_and_max_pixels_lifts_it(tmp_path: 
     assert r.returncode == 0, r.stderr
 
 
-def test_not_an_image_is_one_line(tmp_path: Path) -> None:
+def test_not_an_image_or_nothing_visible_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "x.png").write_text("not a png")
     r = run_emcli(["segment", tmp_path / "x.png", "-k", "2"], tmp_path)
     assert r.returncode == 1 and "not an image" in one_error_line(r.stderr)
+    Image.new("RGBA", (8, 8), (10, 20, 30, 0)).save(tmp_path / "clear.png")
+    r = run_emcli(["segment", tmp_path / "clear.png", "-k", "2", "-o", tmp_path / "o"], tmp_path)
+    assert r.returncode == 1 and "0 visible pixels" in one_error_line(r.stderr)
+    assert not (tmp_path / "o").exists()
+    r = run_emcli(["segment", tmp_path / "nope.png", "-k", "2"], tmp_path)
+    assert r.returncode == 2 and "no such image" in one_error_line(r.stderr)
 
 
 def test_image_modes_are_converted(tmp_path: Path) -> None:

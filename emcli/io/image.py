@@ -91,7 +91,7 @@ def _as_rgba(img: object) -> tuple[np.ndarray, np.ndarray]:
         g = np.clip(grey / top, 0.0, 1.0).astype(np.float32)
         return np.repeat(g[..., None], 3, axis=2), np.full(g.shape, 255, dtype=np.uint8)
     rgba = np.asarray(img.convert("RGBA"))  # type: ignore[attr-defined]
-    return (rgba[..., :3] / np.float32(255.0)).astype(np.float32), rgba[..., 3]
+    return (rgba[..., :3] / np.float32(255.0)).astype(np.float32, copy=False), rgba[..., 3]
 
 
 def rgba_png(rgba: np.ndarray) -> bytes:

@@ -91,10 +91,9 @@ def _ellipses(ax: Any, means: np.ndarray, covs: np.ndarray, colours: np.ndarray)
     for k in range(means.shape[0]):
         for n_sigma, style in ((1.0, "-"), (2.0, "--")):
             w, h, angle = ellipse(covs[k], n_sigma)
-            ax.add_patch(Ellipse(means[k], w, h, angle=angle, fill=False, edgecolor="black",
-                                 linewidth=1.6, linestyle=style, alpha=0.8))
+            # a darker shade of the component's colour, to stand out from its points
             ax.add_patch(Ellipse(means[k], w, h, angle=angle, fill=False,
-                                 edgecolor=colours[k], linewidth=1.0, linestyle=style))
+                                 edgecolor=colours[k] * 0.55, linewidth=1.5, linestyle=style))
         ax.plot(*means[k], marker="+", color="black", markersize=8)
 
 
@@ -129,7 +128,7 @@ def _legend(fig: Any, colours: np.ndarray, weights: np.ndarray) -> None:
         Line2D([], [], color="black", linestyle="-", label="1σ"),
         Line2D([], [], color="black", linestyle="--", label="2σ"),
     ]
-    fig.legend(handles=handles, loc="upper right", title="component", fontsize=8,
+    fig.legend(handles=handles, loc="center right", title="component", fontsize=8,
                title_fontsize=9, frameon=False)
 
 
