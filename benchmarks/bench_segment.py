@@ -17,12 +17,12 @@ Unset OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE together for this command.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+from bench_memory import peak_rss
 
 EMCLI = str(Path(sys.executable).with_name("emcli"))
 SKLEARN_JOB = """
@@ -67,21 +67,6 @@ def make_image(path: Path, side: int) -> None:
     Image.fromarray(rgba, "RGBA").save(path)
 
 
-def peak_mb(args: list[str]) -> tuple[float, float]:
-    """Peak RSS (MB) and wall time of one child process."""
-    code = (
-        "import resource, subprocess, sys, time; t = time.perf_counter(); "
-        "r = subprocess.run(sys.argv[1:]); "
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, "
-        "time.perf_counter() - t, r.returncode)"
-    )
-    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                         check=True).stdout.split()
-    if out[2] != "0":
-        raise SystemExit(f"{args[0]} failed")
-    return float(out[0]), float(out[1])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--side", type=int, default=4000, help="image side in pixels")
@@ -92,10 +77,10 @@ def main() -> None:
         mp = a.side * a.side / 1e6
         print(f"image: {a.side}×{a.side} = {mp:.1f} megapixels, {image.stat().st_size / 1e6:.1f} "
               "MB PNG; machine shared with other jobs: times are noisy")
-        base = {k: peak_mb([sys.executable, "-c", v])[0] for k, v in BASELINE.items()}
-        em, em_s = peak_mb([EMCLI, "segment", str(image), "-k", "4", "-o", tmp, "-q",
+        base = {k: peak_rss([sys.executable, "-c", v])[0] for k, v in BASELINE.items()}
+        em, em_s = peak_rss([EMCLI, "segment", str(image), "-k", "4", "-o", tmp, "-q",
                             "--max-pixels", str(a.side * a.side)])
-        sk, sk_s = peak_mb([sys.executable, "-c", SKLEARN_JOB, str(image),
+        sk, sk_s = peak_rss([sys.executable, "-c", SKLEARN_JOB, str(image),
                             str(Path(tmp) / "sk.png")])
     for name, peak, below, seconds in (("emcli segment -k 4", em, base["emcli"], em_s),
                                        ("Pillow + scikit-learn", sk, base["sklearn"], sk_s)):
