@@ -208,3 +208,25 @@ def test_convergence_marks_recovery_events_in_red(tmp_path: Path) -> None:
     red = (255, 0, 0)
     assert near(pixels(tmp_path / "events.png"), red, 30) > 20
     assert near(pixels(tmp_path / "calm.png"), red, 30) == 0
+
+
+def test_plot_points_are_a_seeded_sample_of_the_rows() -> None:
+    from emcli.plots.data import plot_points
+    from emcli.sources import ArraySource
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(5000, 2))
+    X[::7, 1] = np.nan
+    res = fit_mixture(X, n_components=2)
+    a = plot_points(res.params, ArraySource(X, chunk_rows=700), 5000, seed=1, limit=300)
+    b = plot_points(res.params, ArraySource(X, chunk_rows=1200), 5000, seed=1, limit=300)
+    c = plot_points(res.params, ArraySource(X), 5000, seed=2, limit=300)
+    assert a.X.shape == (300, 2) and a.sampled
+    np.testing.assert_array_equal(a.X, b.X)  # the rows do not depend on the blocks
+    assert not np.array_equal(np.nan_to_num(a.X), np.nan_to_num(c.X))
+    rows = {tuple(np.nan_to_num(r, nan=-99.0)) for r in X}
+    assert all(tuple(np.nan_to_num(r, nan=-99.0)) in rows for r in a.X)
+    # holes are at their conditional means, observed cells untouched
+    hole = np.isnan(a.X[:, 1])
+    assert hole.any() and np.isfinite(a.filled).all()
+    np.testing.assert_array_equal(a.filled[~hole], a.X[~hole])

@@ -192,3 +192,18 @@ def test_compare_kmeans_in_the_python_api() -> None:
     assert c["rows_changed"] > 0
     resp = GaussianMixture(3, random_state=0).fit(X).predict_proba(X)
     assert c["changed_mean_uncertainty"] > float(np.mean(1 - resp.max(axis=1)))
+
+
+def test_pillow_decompression_warning_never_escapes(tmp_path: Path, monkeypatch) -> None:
+    """Pillow's own limit below the image would warn (an error under pytest); emcli's check
+    replaces it."""
+    import PIL.Image
+
+    from emcli.errors import DataError
+
+    regions_image(tmp_path / "bands.png")
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 1000)
+    assert read_image(str(tmp_path / "bands.png"), max_pixels=10**6).shape == (60, 90)
+    with pytest.raises(DataError, match="--max-pixels 5400"):
+        read_image(str(tmp_path / "bands.png"), max_pixels=5000)
+    assert PIL.Image.MAX_IMAGE_PIXELS == 1000  # put back as it was
