@@ -230,3 +230,11 @@ def test_plot_points_are_a_seeded_sample_of_the_rows() -> None:
     hole = np.isnan(a.X[:, 1])
     assert hole.any() and np.isfinite(a.filled).all()
     np.testing.assert_array_equal(a.filled[~hole], a.X[~hole])
+
+
+def test_a_picture_that_cannot_be_written_leaves_no_output(tmp_path: Path) -> None:
+    (tmp_path / "pics" / "faithful.uncertainty.png").mkdir(parents=True)
+    r = run_emcli(["fit", SAMPLE_DATA / "faithful.csv", "-k", "2", "-o", tmp_path,
+                   "--plot", tmp_path / "pics"], tmp_path)
+    assert r.returncode == 1 and "directory" in one_error_line(r.stderr)
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == []

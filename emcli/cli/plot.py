@@ -10,7 +10,17 @@ import typer
 from emcli.errors import DataError
 
 from .app import app, handled
-from .options import DataArg, DebugOpt, FormatOpt, ModelArg, QuietOpt, SeedOpt
+from .options import (
+    DataArg,
+    DebugOpt,
+    FormatOpt,
+    MaxMemoryOpt,
+    ModelArg,
+    QuietOpt,
+    SeedOpt,
+    TmpDirOpt,
+    memory_budget,
+)
 
 
 @app.command("plot")
@@ -28,6 +38,8 @@ def plot_command(
     ] = None,
     seed: SeedOpt = 0,
     format: FormatOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    tmp_dir: TmpDirOpt = None,
     debug: DebugOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -49,7 +61,11 @@ def plot_command(
         paths = picture_paths(out_dir, stem, kinds)
         io.check_output_paths(paths, [*inputs, io.InputFile(model, "json")])
         result = _logged_fit(loaded, log) if log is not None else None
-        with open_model_rows(inputs, loaded.columns) as rows, io.AtomicOutputs() as out:
+        with (
+            open_model_rows(inputs, loaded.columns, tmp_dir=tmp_dir,
+                            budget=memory_budget(max_memory)) as rows,
+            io.AtomicOutputs() as out,
+        ):
             try:
                 pictures = fit_pictures(
                     loaded.params, rows.source, loaded.columns, n_fit=rows.n_rows, seed=seed,
