@@ -238,3 +238,19 @@ def test_a_picture_that_cannot_be_written_leaves_no_output(tmp_path: Path) -> No
                    "--plot", tmp_path / "pics"], tmp_path)
     assert r.returncode == 1 and "directory" in one_error_line(r.stderr)
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == []
+
+
+def test_a_column_with_no_value_among_the_drawn_rows_still_draws() -> None:
+    from emcli.plots.pictures import fit_pictures
+    from emcli.sources import ArraySource
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 2))
+    X[5:, 1] = np.nan  # column 1 observed in the first five rows only
+    X[:5, 0] = np.nan
+    res = fit_mixture(X, n_components=1)
+    pictures = fit_pictures(res.params, ArraySource(X[5:]), ["a", "b"], n_fit=2995, seed=0,
+                            out_dir="", stem="sparse", name="sparse", result=res)
+    assert [p for p, _ in pictures] == ["sparse.clusters.png", "sparse.uncertainty.png",
+                                        "sparse.convergence.png"]
+    assert all(png.startswith(b"\x89PNG") for _, png in pictures)

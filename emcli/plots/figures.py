@@ -101,11 +101,12 @@ def _histogram(ax: Any, params: GMMParams, points: PlotPoints, j: int, colours: 
                name: str) -> None:
     """Column ``j``'s observed values, the mixture density and its components."""
     seen = points.X[~points.missing[:, j], j]
-    ax.hist(seen, bins=min(60, max(10, int(np.sqrt(seen.size)))), density=True,
-            color="0.8", edgecolor="0.6", linewidth=0.5)
     sd = np.sqrt(params.full_covariances()[:, j, j])
-    lo = min(seen.min(), (params.means[:, j] - 3 * sd).min())
-    hi = max(seen.max(), (params.means[:, j] + 3 * sd).max())
+    lo, hi = (params.means[:, j] - 3 * sd).min(), (params.means[:, j] + 3 * sd).max()
+    if seen.size:  # a column observed in few rows may have none among those drawn
+        ax.hist(seen, bins=min(60, max(10, int(np.sqrt(seen.size)))), density=True,
+                color="0.8", edgecolor="0.6", linewidth=0.5)
+        lo, hi = min(lo, seen.min()), max(hi, seen.max())
     grid = np.linspace(lo, hi, 400)
     parts = component_densities(params, j, grid)
     ax.plot(grid, parts.sum(axis=0), color="black", linewidth=2.6, label="mixture", alpha=0.45)
