@@ -14,8 +14,8 @@ import pytest
 from scipy.stats import multivariate_normal as mvn
 
 import emcli.sources.rows as rows_module
-from emcli.fitting import fit_mixture, impute_rows, score_rows
 from emcli.conditional import spd_inverse
+from emcli.fitting import fit_mixture, impute_rows, score_rows
 from emcli.model import GMMParams
 
 TYPES = ("full", "tied", "diag", "spherical")
