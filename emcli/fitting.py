@@ -547,10 +547,10 @@ def impute_rows(params: GMMParams, X: Any) -> tuple[np.ndarray, np.ndarray]:
     centred = params.means - mix_mean
     for rows, cols, dev, var in conditional_cells(cache["inc"]):
         # x̂_k,m under each component, and the mixture's mean and variance around it
-        xhat = centred[:, cols].transpose(1, 0, 2) + dev  # (N, K, c)
-        r = resp[rows][:, :, None]
-        mean = (r * xhat).sum(axis=1)
-        spread = (r * (np.broadcast_to(var, xhat.shape) + (xhat - mean[:, None, :]) ** 2)).sum(1)
+        xhat = np.take_along_axis(centred[:, None, :], cols[None], axis=2) + dev  # (K, N, c)
+        r = resp[rows].T[:, :, None]
+        mean = (r * xhat).sum(axis=0)
+        spread = (r * (var + (xhat - mean) ** 2)).sum(axis=0)
         at = partial[rows]
         filled[at[:, None], cols] = mean + mix_mean[cols]
         variance[at[:, None], cols] = spread
