@@ -73,14 +73,13 @@ def _general_statistics(
     st = GeneralStats(N=wr.sum(axis=0))
     if "inc" in cache:
         st.S1, st.S2 = incomplete_statistics(cache["inc"], wr)
+    elif "filled" in cache:  # incomplete rows: the raw sums of the filled-in rows
+        mask, found = cache["filled"]
+        S1, S2 = kernels.quad_raw_sums(mask, wr, found)
+        iu, ju, _ = vech_weights(d)
+        st.F = np.concatenate([S2[:, iu, ju].T, S1.T, wr.sum(axis=0)[None]])
     elif "quad" in cache:  # raw sums, moved to the old means once per pass
         st.F = cache["quad"] @ wr
-        if "filled" in cache:  # incomplete rows: what the fills add to the zero-filled sums
-            X0, mask, found = cache["filled"]
-            S1, S2 = kernels.quad_raw_sums(X0, mask, wr, found)
-            iu, ju, _ = vech_weights(d)
-            st.F[: iu.size] += S2[:, iu, ju].T
-            st.F[iu.size : iu.size + d] += S1.T
     else:
         Z = cache["Z"]
         st.Z1 = np.einsum("nk,nkd->kd", wr, Z, dtype=float)
