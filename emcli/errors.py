@@ -42,6 +42,6 @@ class ModelFileError(EmcliError, ValueError):
 
 
 class NotConvergedError(EmcliError):
-    """A fit stopped at ``max_iter``; raised only under the command line's ``--strict`` (exit 3)."""
+    """A fit has warnings (not converged, degenerate, …); raised only under ``--strict`` (3)."""
 
     exit_code = 3

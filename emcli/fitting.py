@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .covariance import COVARIANCE_TYPES, Context, get_model
+from .diagnostics import degenerate_component, fit_warnings, spike_components
 from .em import _normalise, posterior, run_em
 from .errors import DataError, FitError, MemoryBudgetError, UsageError
 from .gaussian import Chunk, log_prob_gen, prepare_gen
@@ -246,8 +247,10 @@ def fit_source(
         cov_index = COVARIANCE_TYPES.index(covariance_type)
         best, best_restart = None, -1
         history: list[IterationRecord] = []
-        errors: list[str] = []
-        for r in range(int(n_init)):
+        failed: list[tuple[int, str]] = []
+        # hc and given starts depend on the data alone: their restarts cannot differ
+        distinct = 1 if init in ("hc", "means") else int(n_init)
+        for r in range(distinct):
             rng = restart_rng(int(seed), K, cov_index, r)
             try:
                 start = _start_params(rows, samples, K, covariance_type, init, rng, user, ctx, pmap)
@@ -256,18 +259,25 @@ def fit_source(
                     dtype=np_dtype, callback=callback, map=pmap,
                 )
             except FitError as exc:
-                errors.append(str(exc))
+                failed.append((r, str(exc)))
                 nan = float("nan")
                 history.append(IterationRecord(r, 0, nan, nan, nan, 0.0, f"restart failed: {exc}"))
                 continue
             history.extend(run.history)
             if best is None or run.log_likelihood > best.log_likelihood:
                 best, best_restart = run, r
-    if best is None:
-        raise FitError(f"every restart failed: {errors[-1]}")
+        if best is None:
+            reasons = "; ".join(f"restart {r}: {why}" for r, why in failed)
+            raise FitError(f"every restart failed ({reasons})" if distinct > 1 else failed[0][1])
+        least = 2.0 * scan.sum_w / max(scan.n_rows - scan.n_empty, 1) if K > 1 else 0.0
+        spikes = (
+            spike_components(rows, best.params, scan.sum_w, least, pmap)
+            if model.per_component else []
+        )
 
     params = best.params
-    params = permute(params, canonical_order(_to_original_units(params, centre, scale)))
+    order = canonical_order(_to_original_units(params, centre, scale))
+    params = permute(params, order)
     # log-densities in the data's units: each observed cell adds -log(scale)
     offset = -float(np.log(scale) @ scan.sw)
     ll = best.log_likelihood + offset
@@ -277,10 +287,17 @@ def fit_source(
                 mean_log_likelihood=h.mean_log_likelihood + offset / sum_w)
         for h in history
     ]
+    reported = _to_original_units(params, centre, scale)
+    warnings = fit_warnings(
+        converged=best.converged, max_iter=int(max_iter), best_restart=best_restart,
+        history=history, failed=failed,
+        degenerate=degenerate_component(reported, sum_w, scan.n_rows - scan.n_empty), spikes=spikes,
+        order=order,
+    )
     p = model.n_params(K, d)
     bic = -2.0 * ll + p * np.log(sum_w)
     return FitResult(
-        params=_to_original_units(params, centre, scale),
+        params=reported,
         log_likelihood=ll,
         mean_log_likelihood=ll / sum_w,
         n=sum_w,
@@ -313,6 +330,9 @@ def fit_source(
         if standardize
         else None,
         in_memory=keep,
+        warnings=tuple(warnings),
+        n_restarts=distinct,
+        failed_restarts=tuple(f"restart {r}: {why}" for r, why in failed),
     )
 
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from .covariance import COVARIANCE_TYPES, get_model
 from .criteria import CRITERIA
+from .diagnostics import degenerate_component
 from .errors import DataError, FitError, MemoryBudgetError, UsageError
 from .fitting import check_data, fit_mixture, fit_source, too_little_memory, working_set
 from .init import canonical_init
@@ -163,15 +164,7 @@ def _degenerate_component(res: FitResult) -> str:
     Such a fit's likelihood rests on regularisation, not data, so it must not
     win a selection (mclust reports no BIC for it).
     """
-    if not res.params.model.per_component or res.params.n_components < 2:
-        return ""
-    rows = res.n_rows - res.n_empty_rows
-    mean_w = res.n / max(rows, 1)
-    N = res.params.weights * res.n
-    k = int(np.argmin(N))
-    if N[k] < 2.0 * mean_w:
-        return f"component {k} holds {N[k] / mean_w:.3g} rows; use fewer components"
-    return ""
+    return degenerate_component(res.params, res.n, res.n_rows - res.n_empty_rows)
 
 
 def _context() -> multiprocessing.context.BaseContext:

@@ -62,6 +62,7 @@ PARAMETER_FLAGS = {
     "dtype='float64'": "--dtype float64",
     "n_components": "-k",
     "max_iter": "--max-iter",
+    "tol": "--tol",
     "n_init": "--n-init",
     "k_values": "--k",
     "max_memory": "--max-memory",

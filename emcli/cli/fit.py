@@ -1,6 +1,6 @@
 """``emcli fit``: read a table, fit one mixture, write labels, the model file and the log.
 
-``run_fit`` and ``require_converged`` also serve ``impute -k``; ``fit_paths``, ``open_input``,
+``run_fit`` and ``require_clean`` also serve ``impute -k``; ``fit_paths``, ``open_input``,
 ``naming`` and ``write_fit`` also serve ``select-k``.
 """
 
@@ -168,6 +168,7 @@ def run_fit(
             json_=json_,
         )
     written = [p for p in (labels_path, model_path, log_path) if p != "-"]
+    report_warnings(reporter, result, rows.name)
     reporter.fit_summary(
         result,
         source=rows.name,
@@ -177,16 +178,27 @@ def run_fit(
         counts=counts,
     )
     if strict:
-        require_converged(result, fit.max_iter)
+        require_clean(result)
     return result, rows
 
 
-def require_converged(result: FitResult, max_iter: int) -> None:
-    """``--strict``: exit 3 when the fit stopped at ``max_iter`` (its outputs are written)."""
-    if not result.converged:
+def report_warnings(reporter: Reporter, result: FitResult, source: str) -> None:
+    """Each of the fit's warnings as one stderr line, also under ``--quiet``."""
+    from .app import flagged
+
+    for message in result.warnings:
+        reporter.warning(f"{source}: {flagged(message)}")
+
+
+def require_clean(result: FitResult, what: str = "the fit") -> None:
+    """``--strict``: exit 3 when the fit has any warning (its outputs are written)."""
+    from .app import flagged
+
+    if result.warnings:
+        n = len(result.warnings)
         raise NotConvergedError(
-            f"the fit did not converge in {max_iter} iterations (outputs were written); "
-            "raise --max-iter or --tol"
+            f"--strict: {what} has {n} warning{'s' if n > 1 else ''} (outputs were written); "
+            f"first: {flagged(result.warnings[0])}"
         )
 
 

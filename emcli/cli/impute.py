@@ -12,7 +12,7 @@ import typer
 from emcli.errors import UsageError
 
 from .app import app, handled
-from .fit import require_converged, run_fit
+from .fit import require_clean, run_fit
 from .options import (
     Covariance,
     CovarianceOpt,
@@ -174,4 +174,4 @@ def impute_command(
             seconds=time.perf_counter() - started,
         )
         if strict and fitted is not None:
-            require_converged(fitted, fit.max_iter)
+            require_clean(fitted)

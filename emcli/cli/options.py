@@ -191,8 +191,18 @@ TmpDirOpt = Annotated[
     ),
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
-StrictOpt = Annotated[bool, typer.Option("--strict", help="Exit 3 if the fit did not converge.")]
-QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="No progress or summary on stderr.")]
+StrictOpt = Annotated[
+    bool,
+    typer.Option(
+        "--strict",
+        help="Exit 3 if the fit has a warning (not converged, degenerate or spike component, "
+        "collapse recovery, failed restart); the outputs are still written.",
+    ),
+]
+QuietOpt = Annotated[
+    bool,
+    typer.Option("-q", "--quiet", help="No progress or summary on stderr (warnings still show)."),
+]
 ModelArg = Annotated[
     str,
     typer.Argument(

@@ -12,10 +12,10 @@ from typing import Annotated
 
 import typer
 
-from emcli.errors import NotConvergedError, UsageError
+from emcli.errors import UsageError
 
 from .app import app, flagged, handled
-from .fit import fit_paths, naming, open_input, write_fit
+from .fit import fit_paths, naming, open_input, report_warnings, require_clean, write_fit
 from .options import (
     DataArg,
     DebugOpt,
@@ -132,7 +132,12 @@ def select_k_command(
     format: FormatOpt = None,
     debug: DebugOpt = False,
     strict: Annotated[
-        bool, typer.Option("--strict", help="Exit 3 if the best model did not converge.")
+        bool,
+        typer.Option(
+            "--strict",
+            help="Exit 3 if the best model has a warning (not converged, degenerate or spike "
+            "component, collapse recovery, failed restart).",
+        ),
     ] = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -207,6 +212,7 @@ def select_k_command(
                 json_=json_,
                 more=more,
             )
+        report_warnings(reporter, best_fit, f"{rows.name} (k={best.k}, {best.covariance_type})")
         sweep_report(
             reporter,
             dataclasses.replace(result, edge_warning=flagged(result.edge_warning)),
@@ -216,8 +222,5 @@ def select_k_command(
             written=[p for p in outputs if p != "-"],
             seconds=time.perf_counter() - started,
         )
-        if strict and not best_fit.converged:
-            raise NotConvergedError(
-                f"the best model (k={best.k}, {best.covariance_type}) did not converge in "
-                f"{fit.max_iter} iterations (outputs were written); raise --max-iter or --tol"
-            )
+        if strict:
+            require_clean(best_fit, f"the best model (k={best.k}, {best.covariance_type})")

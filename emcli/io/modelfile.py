@@ -71,6 +71,9 @@ def model_document(
         "dtype": s.get("dtype", "float64"),
         "missing_fraction": float(result.missing_fraction),
         "input_sha256": input_sha256,
+        "n_restarts": int(result.n_restarts),
+        "failed_restarts": list(result.failed_restarts),
+        "warnings": list(result.warnings),
     }
     if extra:
         fit.update(extra)
