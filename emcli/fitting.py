@@ -269,9 +269,9 @@ def fit_source(
         if best is None:
             reasons = "; ".join(f"restart {r}: {why}" for r, why in failed)
             raise FitError(f"every restart failed ({reasons})" if distinct > 1 else failed[0][1])
-        least = 2.0 * scan.sum_w / max(scan.n_rows - scan.n_empty, 1) if K > 1 else 0.0
+        thin = 2.0 * scan.sum_w / max(scan.n_rows - scan.n_empty, 1) if K > 1 else 0.0
         spikes = (
-            spike_components(rows, best.params, scan.sum_w, least, pmap)
+            spike_components(rows, best.params, scan.sum_w, thin, pmap)
             if model.per_component else []
         )
 
