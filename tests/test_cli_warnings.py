@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_emcli
+from conftest import SAMPLE_DATA, run_emcli
 
 
 def _csv(path: Path, X: np.ndarray) -> Path:
@@ -86,3 +86,27 @@ def test_strict_turns_a_warning_into_exit_3_with_outputs_written(tmp_path, spike
     assert res.returncode == 3, res.stderr
     assert "spike" in res.stderr.decode()
     assert (tmp_path / "spike.model.json").exists()
+
+
+def test_random_start_is_not_declared_converged_while_flat(tmp_path):
+    """--init random starts with every component at the data's centre: EM crawls there
+    before it escapes, and must not stop on the first small change (faithful: -1289
+    against the optimum -1130.26 before)."""
+    res = run_emcli(["fit", SAMPLE_DATA / "faithful.csv", "-k", "2", "--init", "random",
+                     "--n-init", "5", "-q", "-o", tmp_path], tmp_path)
+    assert res.returncode == 0, res.stderr
+    fit = _fit_block(tmp_path, "faithful")
+    assert fit["converged"] and fit["n_iter"] > 8
+    assert fit["log_likelihood"] == pytest.approx(-1130.264, abs=0.05)
+
+
+def test_hc_restarts_run_once_and_the_summary_says_so(tmp_path, spike_csv):
+    res = run_emcli(["fit", spike_csv, "-k", "2", "--init", "hc", "--n-init", "4",
+                     "-o", tmp_path], tmp_path)
+    assert res.returncode == 0, res.stderr
+    text = res.stderr.decode()
+    assert "1 distinct" in text and "4 asked" in text
+    fit = _fit_block(tmp_path, "spike")
+    assert fit["n_restarts"] == 1
+    log = (tmp_path / "spike.convergence.csv").read_text().splitlines()[1:]
+    assert {line.split(",")[0] for line in log} == {"0"}
