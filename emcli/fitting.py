@@ -538,12 +538,12 @@ def impute_rows(params: GMMParams, X: Any) -> tuple[np.ndarray, np.ndarray]:
     nan = np.isnan(X)
     covs = params.full_covariances()
     mix_mean = params.weights @ params.means
-    second = np.einsum(
-        "k,kj->j", params.weights, np.diagonal(covs, axis1=1, axis2=2) + params.means**2
-    )
+    # the variance of a mixture around its mean, Σ_k π_k (Σ_k,jj + (μ_kj − x̄_j)²):
+    # E[x²] − E[x]² would cancel every digit for columns with large means
+    spread = np.diagonal(covs, axis1=1, axis2=2) + (params.means - mix_mean) ** 2
     empty = nan.all(axis=1)
     filled[empty] = mix_mean
-    variance[empty] = second - mix_mean**2
+    variance[empty] = params.weights @ spread
     partial = np.flatnonzero(nan.any(axis=1) & ~empty)
     if partial.size == 0:
         return filled, variance
@@ -557,8 +557,8 @@ def impute_rows(params: GMMParams, X: Any) -> tuple[np.ndarray, np.ndarray]:
         xhat = (params.means[:, None, m] - mix_mean[m]) + dev_m  # (K, nP, |m|)
         r = resp[p.rows]
         mean = np.einsum("nk,knm->nm", r, xhat)
-        sq = np.einsum("nk,knm->nm", r, xhat**2 + np.diagonal(C, axis1=1, axis2=2)[:, None, :])
+        dev = (xhat - mean[None]) ** 2 + np.diagonal(C, axis1=1, axis2=2)[:, None, :]
         rows = partial[p.rows]
         filled[rows[:, None], m[None, :]] = mean + mix_mean[m]
-        variance[rows[:, None], m[None, :]] = np.maximum(sq - mean**2, 0.0)
+        variance[rows[:, None], m[None, :]] = np.einsum("nk,knm->nm", r, dev)
     return filled, variance
