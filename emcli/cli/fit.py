@@ -115,19 +115,22 @@ def run_fit(
         }
     )
     method, means_path = init_choice(fit.init)
-    default_labels, default_model, default_log = fit_paths(data, out_dir)
+    default_labels, default_model, default_log = fit_paths(data, out_dir, fit)
     labels_path = labels or default_labels
     model_path = model or default_model
-    log_path = log or default_log
+    if fit.no_log and log is not None:
+        raise UsageError("--no-log and --log contradict each other; give one")
+    log_path = None if fit.no_log else log or default_log
     labels_fmt = io.output_format(labels_path, "csv")
-    log_fmt = io.output_format(log_path, "csv")
-    if model_path != "-" and not model_path.lower().endswith(".json"):
+    log_fmt = io.output_format(log_path, "csv") if log_path is not None else "csv"
+    if model_path != "-" and not model_path.lower().endswith(".json") and not io.in_place(
+        model_path
+    ):
         raise UsageError(f"{model_path}: the model file is JSON; give it a .json name")
 
     reporter = Reporter(quiet)
-    with open_input(
-        data, fit, fmt, [labels_path, model_path, log_path, *extra_outputs], reporter, stdin
-    ) as rows:
+    paths = [p for p in (labels_path, model_path, log_path) if p is not None]
+    with open_input(data, fit, fmt, [*paths, *extra_outputs], reporter, stdin) as rows:
         means_init = None
         if means_path is not None:
             means_init = io.read_means(means_path, rows.columns, n_components)
@@ -166,8 +169,9 @@ def run_fit(
             (labels_fmt, log_fmt),
             probabilities=probabilities,
             json_=json_,
+            timings=fit.timings,
         )
-    written = [p for p in (labels_path, model_path, log_path) if p != "-"]
+    written = [p for p in paths if p != "-"]
     report_warnings(reporter, result, rows.name)
     reporter.fit_summary(
         result,
@@ -202,15 +206,18 @@ def require_clean(result: FitResult, what: str = "the fit") -> None:
         )
 
 
-def fit_paths(data: list[str], out_dir: str) -> tuple[str, str, str]:
-    """The default labels, model and convergence-log paths: OUT_DIR/STEM.*."""
+def fit_paths(data: list[str], out_dir: str, fit: FitOptions) -> tuple[str, str, str | None]:
+    """The default labels, model and convergence-log paths: OUT_DIR/STEM.* (``--name``
+    STEM; no log under ``--no-log``)."""
     from emcli import io
 
-    stem = io.input_stem(data)
+    stem = io.input_stem(data) if fit.name is None else fit.name
+    if not stem or os.sep in stem or stem in (".", ".."):
+        raise UsageError(f"--name {stem!r}: give a file name stem without a directory")
     return (
         os.path.join(out_dir, f"{stem}.labels.csv"),
         os.path.join(out_dir, f"{stem}.model.json"),
-        os.path.join(out_dir, f"{stem}.convergence.csv"),
+        None if fit.no_log else os.path.join(out_dir, f"{stem}.convergence.csv"),
     )
 
 
@@ -256,19 +263,21 @@ def write_fit(
     result: FitResult,
     rows: OpenedRows,
     extra: dict[str, object],
-    paths: tuple[str, str, str],
+    paths: tuple[str, str, str | None],
     formats: tuple[str, str],
     *,
     probabilities: bool,
     json_: bool,
+    timings: bool = False,
     more: Sequence[tuple[str, bytes]] = (),
 ) -> np.ndarray:
-    """Write a fit's labels, model file and convergence log (``paths``), all or none.
+    """Write a fit's labels, model file and convergence log (``paths``; no log when its
+    path is None), all or none.
 
     The labels stream block by block, in input order. ``formats`` are those of
-    the labels and the log; ``more`` are further (path, bytes) outputs written
-    with them; ``json_`` adds the model document on stdout. Returns how many
-    rows each component labels.
+    the labels and the log (its ``seconds`` column only with ``timings``);
+    ``more`` are further (path, bytes) outputs written with them; ``json_`` adds
+    the model document on stdout. Returns how many rows each component labels.
     """
     from emcli import io
     from emcli.fitting import row_threads, score_blocks
@@ -286,7 +295,8 @@ def write_fit(
             ))
             counts += np.bincount(block.labels, minlength=counts.size)
         out.add(model_path, model_bytes)
-        out.add(log_path, io.render_table(io.convergence_columns(result), log_fmt))
+        if log_path is not None:
+            out.add(log_path, io.render_table(io.convergence_columns(result, timings), log_fmt))
         for path, data in more:
             out.add(path, data)
         if json_:

@@ -157,10 +157,10 @@ def select_k_command(
                 f"--init {fit.init!r}: select-k tries several k, so it cannot start from a file of "
                 "means; use a method (kmeans, hc, …) or emcli fit"
             )
-        paths = fit_paths(data, out_dir)
+        paths = fit_paths(data, out_dir, fit)
         table_fmt = io.output_format(table_path, "csv") if table_path is not None else None
 
-        outputs = [*paths] + ([table_path] if table_path else [])
+        outputs = [p for p in paths if p is not None] + ([table_path] if table_path else [])
         fmt = format.value if format is not None else None
         reporter = Reporter(quiet)
         from emcli.selection import sweep
@@ -201,7 +201,8 @@ def select_k_command(
             }
             more = []
             if table_path is not None and table_fmt is not None:
-                more.append((table_path, io.render_table(io.sweep_columns(result), table_fmt)))
+                table = io.sweep_columns(result, fit.timings)
+                more.append((table_path, io.render_table(table, table_fmt)))
             write_fit(
                 best_fit,
                 rows,
@@ -210,6 +211,7 @@ def select_k_command(
                 ("csv", "csv"),
                 probabilities=probabilities,
                 json_=json_,
+                timings=fit.timings,
                 more=more,
             )
         report_warnings(reporter, best_fit, f"{rows.name} (k={best.k}, {best.covariance_type})")
