@@ -23,6 +23,9 @@ from .sources import RowSource
 # --------------------------------------------------------------------------
 # Parsing the sweep's ranges (shared by the command line and the Python API)
 
+MAX_K_VALUES = 1000  # a sweep fits every k: more is a typo, not a plan
+
+
 def parse_k(spec: str) -> list[int]:
     """Numbers of components from ``"1:9"`` (inclusive), ``"1:9:2"``, ``"2,4,8"`` or a mix.
 
@@ -48,9 +51,17 @@ def parse_k(spec: str) -> list[int]:
                         f"k_values {spec!r}: the range {part!r} is empty; "
                         "write it low:high, e.g. 1:9"
                     )
-                values.update(range(lo, hi + 1, step))
+                span = range(lo, hi + 1, step)
+                if len(values) + len(span) > MAX_K_VALUES:
+                    raise UsageError(
+                        f"k_values {spec!r}: {len(span)} values of k; a sweep tries at most "
+                        f"{MAX_K_VALUES} (e.g. 1:9, or 10:200:10)"
+                    )
+                values.update(span)
             else:
                 values.add(int(part))
+                if len(values) > MAX_K_VALUES:
+                    raise UsageError(f"k_values: a sweep tries at most {MAX_K_VALUES} values of k")
         except ValueError as exc:
             if isinstance(exc, UsageError):
                 raise

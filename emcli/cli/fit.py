@@ -244,7 +244,10 @@ def open_input(
         inputs, **fit.column_choice(), tmp_dir=fit.tmp_dir, budget=budget, stdin=stdin
     ) as rows:
         for message in rows.notices:
-            reporter.notice(f"{rows.name}: {message}")
+            if message.startswith("warning: "):  # names its input itself
+                reporter.warning(message.removeprefix("warning: "))
+            else:
+                reporter.notice(f"{rows.name}: {message}")
         yield rows
 
 
