@@ -124,6 +124,11 @@ def _normalise(logp: np.ndarray, log_weights: np.ndarray) -> tuple[np.ndarray, n
     logp[logp < -700.0] = -np.inf
     np.exp(logp, out=logp)
     total = logp.sum(axis=1, keepdims=True)
+    lost = total[:, 0] == 0  # -inf under every component: the row gets the weights
+    if lost.any():
+        logp[lost] = np.exp(log_weights - np.max(log_weights))
+        total[lost] = logp[lost].sum(axis=1, keepdims=True)
+        top[lost] = -np.inf
     logp /= total
     return np.log(total[:, 0]) + top[:, 0], logp
 
@@ -369,8 +374,11 @@ def posterior(
         log_w = np.log(params.weights)
 
     def one(chunk: Chunk) -> tuple[Chunk, np.ndarray, np.ndarray]:
-        logp, _ = log_prob(chunk, prep)
-        lse, resp = _normalise(logp, log_w)
+        # rows far beyond a model's spread (values near 1e308) overflow to a log-density
+        # of -inf under every component: they get the weights (_normalise)
+        with np.errstate(over="ignore", invalid="ignore"):
+            logp, _ = log_prob(chunk, prep)
+        lse, resp = _normalise(np.where(np.isnan(logp), -np.inf, logp), log_w)
         return chunk, resp, lse
 
     return rows.each(one, map)

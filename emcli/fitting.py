@@ -549,15 +549,17 @@ def impute_rows(params: GMMParams, X: Any) -> tuple[np.ndarray, np.ndarray]:
         return filled, variance
     chunk = Chunk(X[partial] - mix_mean, np.ones(partial.size))
     prep = prepare_gen(params.means - mix_mean, covs, False, np.float64, quad_ok=False)
-    logp, cache = log_prob_gen(chunk, prep)
+    with np.errstate(over="ignore", invalid="ignore"):  # rows near 1e308: as in posterior
+        logp, cache = log_prob_gen(chunk, prep)
     with np.errstate(divide="ignore"):
-        _, resp = _normalise(logp, np.log(params.weights))
+        _, resp = _normalise(np.where(np.isnan(logp), -np.inf, logp), np.log(params.weights))
     for p, _Xo, dev_m, C in cache["patterns"]:
         m = p.missing
         xhat = (params.means[:, None, m] - mix_mean[m]) + dev_m  # (K, nP, |m|)
         r = resp[p.rows]
-        mean = np.einsum("nk,knm->nm", r, xhat)
-        dev = (xhat - mean[None]) ** 2 + np.diagonal(C, axis1=1, axis2=2)[:, None, :]
+        with np.errstate(over="ignore", invalid="ignore"):  # rows near 1e308: inf, no warning
+            mean = np.einsum("nk,knm->nm", r, xhat)
+            dev = (xhat - mean[None]) ** 2 + np.diagonal(C, axis1=1, axis2=2)[:, None, :]
         rows = partial[p.rows]
         filled[rows[:, None], m[None, :]] = mean + mix_mean[m]
         variance[rows[:, None], m[None, :]] = np.einsum("nk,knm->nm", r, dev)

@@ -120,3 +120,42 @@ def test_a_model_file_of_an_older_emcli_without_the_new_fields_loads(tmp_path, m
     old.write_text(json.dumps(doc))
     res = run_emcli(["describe", old, "--json", "-q"], tmp_path)
     assert res.returncode == 0, res.stderr
+
+
+def test_values_near_1e308_fail_cleanly_in_fit(tmp_path):
+    path = tmp_path / "huge.csv"
+    path.write_text("a,b\n1.7e308,1\n1e308,2\n1.5e308,3\n1.6e308,4\n")
+    res = run_emcli(["fit", path, "-k", "1"], tmp_path)
+    _clean(res)
+    assert res.returncode == 1 and "'a'" in one_error_line(res.stderr)
+
+
+def test_values_near_1e308_get_finite_probabilities_in_predict(tmp_path, model_file):
+    path = tmp_path / "huge.csv"
+    path.write_text("eruptions,waiting\n1e308,1\n-1e308,70\n3.5,\n,1e308\n")
+    res = run_emcli(["predict", model_file, path, "--probabilities"], tmp_path)
+    _clean(res)
+    assert res.returncode == 0
+    rows = [line.split(",") for line in res.stdout.decode().splitlines()[1:]]
+    for row in rows:
+        p = [float(x) for x in row[5:]]
+        assert all(np.isfinite(p)) and sum(p) == pytest.approx(1.0)
+    res = run_emcli(["impute", model_file, path, "--variance"], tmp_path)
+    _clean(res)
+    assert res.returncode == 0
+
+
+@pytest.mark.parametrize("key,value", [("means", 1e300), ("covariances", 1e301)])
+def test_an_extreme_but_finite_model_is_refused_on_load(tmp_path, model_file, key, value):
+    doc = json.loads(model_file.read_text())
+    if key == "means":
+        doc["means"][0][0] = value
+    else:
+        doc["covariances"][0][0][0] = value
+    bad = tmp_path / "extreme.model.json"
+    bad.write_text(json.dumps(doc))
+    for args in (["predict", bad, SAMPLE_DATA / "faithful.csv"], ["sample", bad, "-n", "3"]):
+        res = run_emcli(args, tmp_path)
+        _clean(res)
+        assert res.returncode == 1
+        assert "extreme.model.json" in one_error_line(res.stderr)

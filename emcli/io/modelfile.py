@@ -27,7 +27,9 @@ MODEL_FIELDS = frozenset(
     "format format_version emcli_version columns covariance_type n_components n_features "
     "weights means covariances standardization fit".split()
 )
-MODEL_MAX_FIT_VALUES = 10_000  # numbers, strings and containers in the "fit" block
+MODEL_MAX_FIT_VALUES = 10_000
+# Means and standard deviations must square without overflow (as fitting.MAX_SPREAD).
+MODEL_MAX_VALUE = 1e150  # numbers, strings and containers in the "fit" block
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -243,12 +245,22 @@ def load_model(path: str) -> LoadedModel:
     problem = model.problem(cov)
     if problem:
         raise ModelFileError(f"{where}: {problem}")
+    variances = np.diagonal(model.to_full(cov, K, d), axis1=1, axis2=2)
+    if not (np.abs(means).max() < MODEL_MAX_VALUE and variances.max() < MODEL_MAX_VALUE**2):
+        raise ModelFileError(
+            f"{where}: means or standard deviations beyond {MODEL_MAX_VALUE:.0e} cannot be "
+            "evaluated in double precision (their squares overflow); re-fit on rescaled data"
+        )
     std = doc.get("standardization")
     if std is not None:
         if not isinstance(std, dict):
             raise ModelFileError(f'{where}: "standardization" must be null or an object')
-        _num_array(std, "center", (d,), where)
+        c = _num_array(std, "center", (d,), where)
         sc = _num_array(std, "scale", (d,), where)
+        if not (np.abs(c).max() < MODEL_MAX_VALUE and sc.max() < MODEL_MAX_VALUE):
+            raise ModelFileError(
+                f"{where}: standardization values beyond {MODEL_MAX_VALUE:.0e}; re-fit"
+            )
         if np.any(sc <= 0):
             raise ModelFileError(f"{where}: standardization scales must be positive")
     for key, size in (("n_components", K), ("n_features", d)):
