@@ -100,7 +100,22 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(X: Any, w: np.ndarray | None, options: dict) -> None:
+    import signal
+
+    # a terminal's Ctrl-C reaches the workers too: the parent stops them (_stop_pool)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER.update(X=X, w=w, options=options)
+
+
+def _stop_pool(pool: ProcessPoolExecutor) -> None:
+    """End a pool at once: pending cells cancelled, running ones killed (on Ctrl-C or an
+    error; waiting for the running cells could take minutes)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # no public API
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout=1.0)
 
 
 def _fit_in_worker(k: int, covariance_type: str) -> SweepCell:
@@ -280,16 +295,21 @@ def sweep(
             if on_cell is not None:
                 on_cell(cell)
     else:
-        with ProcessPoolExecutor(
+        pool = ProcessPoolExecutor(
             max_workers=min(jobs, len(tasks)), mp_context=_context(),
             initializer=_init_worker, initargs=(Xa, w_arg, options),
-        ) as pool:
+        )
+        try:
             futures = {pool.submit(_fit_in_worker, k, c): i for i, (k, c) in enumerate(tasks)}
             for fut in as_completed(futures):
                 cell = fut.result()
                 cells[futures[fut]] = cell
                 if on_cell is not None:
                     on_cell(cell)
+        except BaseException:
+            _stop_pool(pool)
+            raise
+        pool.shutdown()
     done = tuple(c for c in cells if c is not None)
 
     best_index, best_value = -1, np.inf

@@ -27,6 +27,9 @@ from emcli.errors import DataError, EmcliError, UsageError
 from .readers import InputFile
 from .writers import TableWriter, in_place, open_table_writer
 
+# Output sets this process has committed: after one, a Ctrl-C no longer means "nothing written".
+COMMITTED: list[str] = []
+
 # Seams for tests that inject a fault into a commit (a rename or a backup link that fails).
 _rename = os.replace
 _link = os.link
@@ -274,6 +277,7 @@ class AtomicOutputs:
         except BaseException:
             self.abort()
             raise
+        COMMITTED.extend(s.path for s in self._staged)
         self._staged, self._stdout, self._writers, self._made_dirs = [], [], [], []
 
     def _swap_all(self) -> None:
