@@ -20,6 +20,8 @@ from .em import posterior
 from .model import GMMParams, IterationRecord
 from .sources import FitRows, MapFn
 
+NOT_CONVERGED = "the fit did not converge"
+
 
 def degenerate_component(
     params: GMMParams, n: float, n_rows: int, component: int | None = None
@@ -96,7 +98,7 @@ def fit_warnings(
     out: list[str] = []
     if not converged:
         out.append(
-            f"the fit did not converge in {max_iter} iterations (restart {best_restart}); "
+            f"{NOT_CONVERGED} in {max_iter} iterations (restart {best_restart}); "
             "raise max_iter or tol"
         )
     if degenerate:
