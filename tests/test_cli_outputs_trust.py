@@ -71,3 +71,20 @@ def test_dev_stdout_gets_csv(tmp_path):
     assert res.returncode == 0, res.stderr
     lines = res.stdout.decode().splitlines()
     assert lines[0].startswith("row,label,probability") and len(lines) == 273
+
+
+def test_dev_stdout_redirected_to_a_file_is_written_into_it(tmp_path):
+    """/dev/stdout leads to a regular file here: it is written through, never renamed onto."""
+    import subprocess
+
+    from conftest import emcli_executable
+
+    target = tmp_path / "captured.csv"
+    with open(target, "wb") as fh:
+        res = subprocess.run([emcli_executable(), "fit", FAITHFUL, "-k", "2", "-q",
+                              "--labels", "/dev/stdout", "--no-log", "-o", tmp_path],
+                             stdout=fh, stderr=subprocess.PIPE, cwd=tmp_path, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert Path("/dev/stdout").is_symlink()
+    lines = target.read_text().splitlines()
+    assert lines[0].startswith("row,label") and len(lines) == 273

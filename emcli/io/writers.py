@@ -35,10 +35,15 @@ PARQUET_ROW_GROUP_BYTES = 64 << 20
 
 def in_place(path: str) -> bool:
     """Whether ``path`` is written in place, not staged and renamed: a device, a pipe
-    or a socket (``/dev/null``, ``/dev/stdout``, a named pipe), or anything under /dev."""
+    or a socket (``/dev/null``, a named pipe), or a name under /dev (but /dev/shm) or
+    /proc such as ``/dev/stdout``, which must never be renamed onto even when it
+    leads to a regular file."""
     if path == "-":
         return False
-    if os.path.abspath(path).startswith("/dev/"):
+    where = os.path.abspath(path)
+    if (where.startswith("/dev/") and not where.startswith("/dev/shm/")) or where.startswith(
+        "/proc/"
+    ):
         return True
     try:
         mode = os.stat(path).st_mode
