@@ -38,6 +38,8 @@ from .stats import ColumnScan, scan_block
 
 # Squares of deviations must stay finite (and far from overflow) in float64.
 MAX_SPREAD = 1e150
+# Column variances below this make precisions overflow.
+MIN_VARIANCE = 1e-200
 KMEANS_SAMPLE = 100_000  # rows the k-means start works on
 
 
@@ -229,6 +231,12 @@ def fit_source(
                     f"column {_name(int(wide[0]), column_names)} is too spread out for float32 "
                     "arithmetic; use dtype='float64' or standardize=True"
                 )
+        narrow = np.flatnonzero((var > 0) & (var < MIN_VARIANCE))
+        if narrow.size:  # densities in the data's units would overflow, standardised or not
+            raise DataError(
+                f"column {_name(int(narrow[0]), column_names)} varies by less than 1e-100, "
+                "too little for double precision; rescale it (multiply by a power of ten)"
+            )
         col_var = var / scale**2
         col_var = np.where(col_var > 0, col_var, 1.0)
         itemsize = np.dtype(np_dtype).itemsize

@@ -159,3 +159,13 @@ def test_an_extreme_but_finite_model_is_refused_on_load(tmp_path, model_file, ke
         _clean(res)
         assert res.returncode == 1
         assert "extreme.model.json" in one_error_line(res.stderr)
+
+
+def test_a_column_of_values_near_1e_160_fails_cleanly(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "tiny.csv"
+    np.savetxt(path, rng.normal(size=(100, 2)) * 1e-160, delimiter=",", header="a,b",
+               comments="")
+    res = run_emcli(["fit", path, "-k", "2", "--standardize"], tmp_path)
+    _clean(res)
+    assert res.returncode == 1 and "'a'" in one_error_line(res.stderr)
