@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .conditional import conditional_cells
 from .covariance import COVARIANCE_TYPES, Context, get_model
 from .diagnostics import degenerate_component, fit_warnings, spike_components
 from .em import _normalise, posterior, run_em
@@ -561,14 +562,15 @@ def impute_rows(params: GMMParams, X: Any) -> tuple[np.ndarray, np.ndarray]:
         logp, cache = log_prob_gen(chunk, prep)
     with np.errstate(divide="ignore"):
         _, resp = _normalise(np.where(np.isnan(logp), -np.inf, logp), np.log(params.weights))
-    for p, _Xo, dev_m, C in cache["patterns"]:
-        m = p.missing
-        xhat = (params.means[:, None, m] - mix_mean[m]) + dev_m  # (K, nP, |m|)
-        r = resp[p.rows]
+    centred = params.means - mix_mean
+    for rows, cols, dev, var in conditional_cells(cache["inc"]):
+        # x̂_k,m under each component, and the mixture's mean and variance around it
+        xhat = np.take_along_axis(centred[:, None, :], cols[None], axis=2) + dev  # (K, N, c)
+        r = resp[rows].T[:, :, None]
         with np.errstate(over="ignore", invalid="ignore"):  # rows near 1e308: inf, no warning
-            mean = np.einsum("nk,knm->nm", r, xhat)
-            dev = (xhat - mean[None]) ** 2 + np.diagonal(C, axis1=1, axis2=2)[:, None, :]
-        rows = partial[p.rows]
-        filled[rows[:, None], m[None, :]] = mean + mix_mean[m]
-        variance[rows[:, None], m[None, :]] = np.einsum("nk,knm->nm", r, dev)
+            mean = (r * xhat).sum(axis=0)
+            spread = (r * (var + (xhat - mean) ** 2)).sum(axis=0)
+        at = partial[rows]
+        filled[at[:, None], cols] = mean + mix_mean[cols]
+        variance[at[:, None], cols] = spread
     return filled, variance

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -39,6 +39,7 @@ from .options import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
+    from emcli.io.outputs import AtomicOutputs
     from emcli.io.rows import OpenedRows
     from emcli.model import FitResult
     from emcli.render import Reporter
@@ -98,9 +99,11 @@ def run_fit(
     strict: bool,
     quiet: bool,
     extra_outputs: Sequence[str] = (),
+    stage_more: Callable[[AtomicOutputs, FitResult, OpenedRows], None] | None = None,
     stdin: Any = None,
 ) -> tuple[FitResult, OpenedRows]:
-    """Read, fit, write the fit's files; ``extra_outputs`` are the caller's (``impute -k``)."""
+    """Read, fit, write the fit's files; ``extra_outputs`` are the caller's (``impute -k``),
+    which ``stage_more`` stages with the fit's files: they are committed all or none."""
     from emcli import io
     from emcli.render import Reporter
 
@@ -170,6 +173,7 @@ def run_fit(
             probabilities=probabilities,
             json_=json_,
             timings=fit.timings,
+            stage_more=stage_more,
         )
     written = [p for p in paths if p != "-"]
     report_warnings(reporter, result, rows.name)
@@ -273,14 +277,16 @@ def write_fit(
     json_: bool,
     timings: bool = False,
     more: Sequence[tuple[str, bytes]] = (),
+    stage_more: Callable[[AtomicOutputs, FitResult, OpenedRows], None] | None = None,
 ) -> np.ndarray:
     """Write a fit's labels, model file and convergence log (``paths``; no log when its
     path is None), all or none.
 
     The labels stream block by block, in input order. ``formats`` are those of
     the labels and the log (its ``seconds`` column only with ``timings``);
-    ``more`` are further (path, bytes) outputs written with them; ``json_`` adds
-    the model document on stdout. Returns how many rows each component labels.
+    ``more`` are further (path, bytes) outputs written with them, and
+    ``stage_more`` stages the caller's; ``json_`` adds the model document on
+    stdout. Returns how many rows each component labels.
     """
     from emcli import io
     from emcli.fitting import row_threads, score_blocks
@@ -302,6 +308,8 @@ def write_fit(
             out.add(log_path, io.render_table(io.convergence_columns(result, timings), log_fmt))
         for path, data in more:
             out.add(path, data)
+        if stage_more is not None:
+            stage_more(out, result, rows)
         if json_:
             out.add("-", model_bytes)
         out.commit()
