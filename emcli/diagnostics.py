@@ -48,26 +48,30 @@ def spike_components(
 
     Components of weight below ``least`` (degenerate ones) are not counted again.
     Returns ``(component, distinct rows, share of its weight)`` for each. Rows
-    are grouped by their exact values within each block; each block keeps, per
-    component, the d heaviest distinct rows, and those are added up across
-    blocks (docs/loop.md §11).
+    are grouped by their values within each block (by a random projection of
+    them); each block keeps, per component, the d heaviest distinct rows, and
+    those are added up across blocks (docs/loop.md §11).
     """
     K, d = params.n_components, params.n_features
+    # a row's key: a fixed random projection of its cells (missing ones as an unlikely
+    # value); equal rows share it and different rows almost surely do not, and sorting
+    # one float per row is cheaper than comparing whole rows
+    probe = np.random.default_rng(20260).standard_normal(d) + 1.0
     totals: list[dict[bytes, float]] = [{} for _ in range(K)]
     for chunk, resp, _ in posterior(rows, params, map=map):
-        X = np.ascontiguousarray(chunk.X, dtype=np.float64)
+        X = np.asarray(chunk.X, dtype=np.float64)
         if X.shape[0] == 0:
             continue
-        keys = X.view(np.dtype((np.void, X.itemsize * d))).ravel()
-        uniq, inverse = np.unique(keys, return_inverse=True)
+        key = np.where(np.isnan(X), 3.1e-300, X) @ probe
+        _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
         wr = chunk.w[:, None] * resp
         for k in range(K):
-            per = np.bincount(inverse.ravel(), weights=wr[:, k], minlength=uniq.size)
-            top = np.argsort(per)[::-1][:d]
+            per = np.bincount(inverse.ravel(), weights=wr[:, k], minlength=first.size)
+            top = np.argpartition(per, -d)[-d:] if per.size > d else np.arange(per.size)
             for i in top:
                 if per[i] > 0:
-                    key = uniq[i].tobytes()
-                    totals[k][key] = totals[k].get(key, 0.0) + float(per[i])
+                    row = X[first[i]].tobytes()
+                    totals[k][row] = totals[k].get(row, 0.0) + float(per[i])
     out = []
     N = params.weights * sum_w
     for k in range(K):
