@@ -85,7 +85,8 @@ class GaussianMixture:
     ``numpy.random.RandomState`` or a ``numpy.random.Generator``.
     A doubtful fit issues ``ConvergenceWarning`` (stopped at ``max_iter``) or
     ``FitWarning`` (degenerate or spike components, collapse recovery, failed
-    restarts; docs/loop.md §11).
+    restarts; docs/loop.md §11). ``compare_kmeans`` also runs k-means from the
+    same start and sets ``kmeans_comparison_`` (docs/compare.md).
     """
 
     def __init__(
@@ -108,6 +109,7 @@ class GaussianMixture:
         standardize: bool = False,
         dtype: str = "float64",
         n_jobs: int | None = None,
+        compare_kmeans: bool = False,
     ) -> None:
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -126,6 +128,7 @@ class GaussianMixture:
         self.standardize = standardize
         self.dtype = dtype
         self.n_jobs = n_jobs
+        self.compare_kmeans = compare_kmeans
 
     # scikit-learn's parameter protocol
     _param_names = (
@@ -146,6 +149,7 @@ class GaussianMixture:
         "standardize",
         "dtype",
         "n_jobs",
+        "compare_kmeans",
     )
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
@@ -297,6 +301,7 @@ class GaussianMixture:
                 else list(self.feature_names_in_),
                 callback=self._progress() if self.verbose else None,
                 **start,
+                compare_kmeans=self.compare_kmeans,
             )
         self._set_result(result)
         for message in result.warnings:
@@ -334,6 +339,7 @@ class GaussianMixture:
         self.n_iter_ = result.n_iter
         self.lower_bound_ = result.mean_log_likelihood
         self.history_ = result.history
+        self.kmeans_comparison_ = result.kmeans_comparison
         self.n_features_in_ = p.n_features
         self.precisions_ = p.model.precisions(np.asarray(p.covariances, float))
 

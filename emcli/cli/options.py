@@ -209,6 +209,16 @@ NameOpt = Annotated[
         show_default=False,
     ),
 ]
+PlotOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--plot",
+        metavar="DIR",
+        help="Also write PNG pictures (clusters, uncertainty, convergence) to DIR; "
+        "needs the plot extra: pip install 'emcli[plot]'.",
+        show_default=False,
+    ),
+]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
 StrictOpt = Annotated[
     bool,

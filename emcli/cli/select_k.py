@@ -15,12 +15,22 @@ import typer
 from emcli.errors import UsageError
 
 from .app import app, flagged, handled
-from .fit import fit_paths, naming, open_input, report_warnings, require_clean, write_fit
+from .fit import (
+    draw_fit,
+    fit_paths,
+    naming,
+    open_input,
+    plot_paths,
+    report_warnings,
+    require_clean,
+    write_fit,
+)
 from .options import (
     DataArg,
     DebugOpt,
     FitOptions,
     FormatOpt,
+    PlotOpt,
     ProbabilitiesOpt,
     QuietOpt,
     fit_options,
@@ -129,6 +139,7 @@ def select_k_command(
     json_: Annotated[
         bool, typer.Option("--json", help="Print the best model's document to stdout.")
     ] = False,
+    plot: PlotOpt = None,
     format: FormatOpt = None,
     debug: DebugOpt = False,
     strict: Annotated[
@@ -160,7 +171,9 @@ def select_k_command(
         paths = fit_paths(data, out_dir, fit)
         table_fmt = io.output_format(table_path, "csv") if table_path is not None else None
 
+        pictures = plot_paths(data, plot, "select-k")
         outputs = [p for p in paths if p is not None] + ([table_path] if table_path else [])
+        outputs += pictures
         fmt = format.value if format is not None else None
         reporter = Reporter(quiet)
         from emcli.selection import sweep
@@ -203,6 +216,13 @@ def select_k_command(
             if table_path is not None and table_fmt is not None:
                 table = io.sweep_columns(result, fit.timings)
                 more.append((table_path, io.render_table(table, table_fmt)))
+            more += draw_fit(best_fit, rows, data, plot, fit.seed)
+            if plot is not None:
+                from emcli.plots.pictures import sweep_picture
+
+                more.append(sweep_picture(
+                    result, out_dir=plot, stem=io.input_stem(data), name=rows.name
+                ))
             write_fit(
                 best_fit,
                 rows,

@@ -77,6 +77,11 @@ def model_document(
         "failed_restarts": list(result.failed_restarts),
         "warnings": list(result.warnings),
     }
+    if result.kmeans_comparison is not None:
+        fit["kmeans_comparison"] = {
+            k: v if not isinstance(v, float) else _finite_or_none(v)
+            for k, v in result.kmeans_comparison.items()
+        }
     if extra:
         fit.update(extra)
     return {
