@@ -120,6 +120,11 @@ def _normalise(logp: np.ndarray, log_weights: np.ndarray) -> tuple[np.ndarray, n
     logp[logp < -700.0] = -np.inf
     np.exp(logp, out=logp)
     total = logp.sum(axis=1, keepdims=True)
+    lost = total[:, 0] == 0  # -inf under every component: the row gets the weights
+    if lost.any():
+        logp[lost] = np.exp(log_weights - np.max(log_weights))
+        total[lost] = logp[lost].sum(axis=1, keepdims=True)
+        top[lost] = -np.inf
     logp /= total
     return np.log(total[:, 0]) + top[:, 0], logp
 
@@ -261,6 +266,16 @@ class Recovery:
 # --------------------------------------------------------------------------
 # The loop
 
+# Below this separation (nats) the components do not yet tell rows apart (docs/loop.md §3).
+FLAT = 0.05
+
+
+def separation(mean_log_max: float, weights: np.ndarray) -> float:
+    """Mean ``log max_k r_ik`` above ``log max_k π_k``: 0 when every row's
+    responsibilities are the weights, as at a flat start."""
+    return float(mean_log_max - np.log(np.max(weights)))
+
+
 
 @dataclass
 class RunResult:
@@ -295,6 +310,7 @@ def run_em(
     params, events = recovery.check_start(params, ctx)
     prev: float | None = None
     converged = False
+    flat = False
     tick = time.perf_counter()
     t = 0
     while True:
@@ -313,9 +329,17 @@ def run_em(
             )
         mean_ll = ll / ctx.sum_w
         delta = float("nan") if prev is None else mean_ll - prev
+        # a flat start (components that do not yet tell rows apart) sits near a
+        # saddle, where EM crawls before it escapes: no convergence until the
+        # components are apart and the likelihood's gains no longer grow
+        apart = separation(totals.log_max / ctx.sum_w, params.weights) >= FLAT
+        if t == 0:
+            flat = params.n_components > 1 and not apart
+        elif flat and apart and t > 1 and delta <= history[-1].delta:
+            flat = False
         # an iteration that carried a recovery event moved the parameters by hand:
         # its change in likelihood says nothing about convergence
-        converged = prev is not None and abs(delta) < tol and not events
+        converged = prev is not None and abs(delta) < tol and not events and not flat
         now = time.perf_counter()
         rec = IterationRecord(restart, t, ll, mean_ll, delta, now - tick, "; ".join(events))
         tick = now
@@ -346,8 +370,11 @@ def posterior(
         log_w = np.log(params.weights)
 
     def one(chunk: Chunk) -> tuple[Chunk, np.ndarray, np.ndarray]:
-        logp, _ = log_prob(chunk, prep, moments=False)
-        lse, resp = _normalise(logp, log_w)
+        # rows far beyond a model's spread (values near 1e308) overflow to a log-density
+        # of -inf under every component: they get the weights (_normalise)
+        with np.errstate(over="ignore", invalid="ignore"):
+            logp, _ = log_prob(chunk, prep, moments=False)
+        lse, resp = _normalise(np.where(np.isnan(logp), -np.inf, logp), log_w)
         return chunk, resp, lse
 
     return rows.each(one, map)

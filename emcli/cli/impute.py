@@ -12,7 +12,7 @@ import typer
 from emcli.errors import UsageError
 
 from .app import app, handled
-from .fit import require_converged, run_fit
+from .fit import require_clean, run_fit
 from .options import (
     Covariance,
     CovarianceOpt,
@@ -170,7 +170,7 @@ def impute_command(
             **done,
         )
         if strict and fitted is not None:
-            require_converged(fitted, fit.max_iter)
+            require_clean(fitted)
 
 
 def stage_imputed(

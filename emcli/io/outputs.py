@@ -25,7 +25,10 @@ from typing import Any, BinaryIO
 from emcli.errors import DataError, EmcliError, UsageError
 
 from .readers import InputFile
-from .writers import TableWriter, open_table_writer
+from .writers import TableWriter, in_place, open_table_writer
+
+# Output sets this process has committed: after one, a Ctrl-C no longer means "nothing written".
+COMMITTED: list[str] = []
 
 # Seams for tests that inject a fault into a commit (a rename or a backup link that fails).
 _rename = os.replace
@@ -53,7 +56,10 @@ def same_file(a: str, b: str) -> bool:
 
 def check_output_paths(outputs: Sequence[str], inputs: Sequence[InputFile]) -> None:
     """Refuse an output equal to an input, two outputs to one file, or an unwritable place."""
-    real = [p for p in outputs if p != "-"]
+    real = [p for p in outputs if p != "-" and not in_place(p)]
+    for p in outputs:
+        if in_place(p) and not os.access(p, os.W_OK):
+            raise DataError(f"{p}: cannot write there; choose another output path")
     for i, p in enumerate(real):
         for q in real[:i]:
             if same_file(p, q):
@@ -155,6 +161,7 @@ class _Staged:
     target: str  # absolute
     tmp: str
     file: OutputFile
+    device: bool = False  # written in place at the commit (in_place), like stdout
 
 
 @dataclass
@@ -207,6 +214,11 @@ class AtomicOutputs:
                 sys.stdout.flush()  # text written before stays before
             return OutputFile(None, "standard output")
         target = os.path.abspath(path)
+        if in_place(path):  # a device cannot be renamed onto: staged aside, copied at the commit
+            fd, tmp = tempfile.mkstemp(prefix=".emcli-device.", suffix=".tmp")
+            staged = _Staged(path, target, tmp, OutputFile(os.fdopen(fd, "wb"), path), True)
+            self._staged.append(staged)
+            return staged.file
         if any(os.path.realpath(s.target) == os.path.realpath(target) for s in self._staged):
             raise UsageError(f"{path}: two outputs would go to the same file; give distinct paths")
         parent = os.path.dirname(target)
@@ -258,10 +270,14 @@ class AtomicOutputs:
                 (write_stdout or out.write)(data)
             if self._stdout_streamed or (self._stdout and write_stdout is None):
                 out.flush()  # a full device shows here, before any file is in place
+            for s in [s for s in self._staged if s.device]:  # cannot be rolled back: first
+                _copy_to_device(s)
+                self._staged.remove(s)
             self._swap_all()
         except BaseException:
             self.abort()
             raise
+        COMMITTED.extend(s.path for s in self._staged)
         self._staged, self._stdout, self._writers, self._made_dirs = [], [], [], []
 
     def _swap_all(self) -> None:
@@ -318,6 +334,20 @@ class AtomicOutputs:
 
     def __exit__(self, *exc: object) -> None:
         self.abort()
+
+
+def _copy_to_device(s: _Staged) -> None:
+    """Copy a staged output onto its device (``in_place``) and drop the staged copy."""
+    import shutil
+
+    try:
+        with open(s.tmp, "rb") as src, open(s.target, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    except OSError as exc:
+        raise DataError(f"{s.path}: cannot write ({exc.strerror})") from exc
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(s.tmp)
 
 
 def _backup(target: str, swap: _Swap) -> None:

@@ -108,8 +108,11 @@ def open_rows(
         return
     keep = {id_column} if id_column else set()
     with spill_delimited(inputs, tmp_dir, stdin, keep_text=keep) as sp:
+        from emcli.sources.parquet import big_integer_column
+
         picked = choose_columns(sp.schema, sp.name, columns=columns, exclude=exclude,
-                                id_column=id_column, weights_column=weights_column)
+                                id_column=id_column, weights_column=weights_column,
+                                big=big_integer_column([sp.path], "arrow"))
         features, left_out = [], []
         for c in picked.features:
             reason = sp.not_numeric(c)
