@@ -253,9 +253,15 @@ def patterns(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         code[(keys == full).all(axis=1)] = -1
     order = np.argsort(code, kind="stable")
     order = order[code[order] >= 0]
-    sorted_code = code[order]
-    starts = np.flatnonzero(np.diff(sorted_code)) + 1
-    return order, np.concatenate([[0], starts, [order.size]]).astype(np.int64)
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(code[order])) + 1, [order.size]])
+    # patterns in the order of their first rows: with mostly distinct patterns, the
+    # kernel then walks the chunk's rows in memory order instead of at random
+    size = np.diff(starts)
+    by_first = np.argsort(order[starts[:-1]], kind="stable")
+    pick = np.repeat(starts[:-1][by_first] - np.cumsum(np.r_[0, size[by_first][:-1]]),
+                     size[by_first]) + np.arange(order.size)
+    starts = np.concatenate([[0], np.cumsum(size[by_first])])
+    return order[pick], starts.astype(np.int64)
 
 
 def quad_incomplete(
