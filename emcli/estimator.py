@@ -11,6 +11,7 @@ from threadpoolctl import threadpool_limits
 from .errors import DataError
 from .fitting import fit_mixture, sample_mixture, score_rows
 from .model import FitResult, GMMParams
+from .sources.dask import is_collection
 
 
 class GaussianMixture:
@@ -20,6 +21,12 @@ class GaussianMixture:
     relative to each column's variance, ``standardize`` fits on z-scores and
     reports in original units, ``n_jobs`` splits row chunks over threads
     (BLAS is held to one thread during the fit).
+
+    A Dask DataFrame or Array (NaN allowed) is fitted on a Dask cluster:
+    ``client`` is a ``distributed.Client`` or a scheduler address, by default
+    the active client. Its partitions stay on the workers; ``predict``,
+    ``predict_proba`` and ``score_samples`` of a Dask collection return Dask
+    Arrays.
     """
 
     def __init__(
@@ -39,6 +46,7 @@ class GaussianMixture:
         standardize: bool = False,
         dtype: str = "float64",
         n_jobs: int | None = None,
+        client: Any = None,
     ) -> None:
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -54,6 +62,7 @@ class GaussianMixture:
         self.standardize = standardize
         self.dtype = dtype
         self.n_jobs = n_jobs
+        self.client = client
 
     # scikit-learn's parameter protocol
     _param_names = (
@@ -71,6 +80,7 @@ class GaussianMixture:
         "standardize",
         "dtype",
         "n_jobs",
+        "client",
     )
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
@@ -116,6 +126,7 @@ class GaussianMixture:
                 standardize=self.standardize,
                 dtype=self.dtype,
                 n_threads=threads,
+                client=self.client,
             )
         self._set_result(result)
         return self
@@ -134,23 +145,39 @@ class GaussianMixture:
         self.n_features_in_ = p.n_features
         self.precisions_ = p.model.precisions(np.asarray(p.covariances, float))
 
-    def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None) -> np.ndarray:
-        return self.fit(X, sample_weight=sample_weight).result_.labels
+    def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None) -> Any:
+        self.fit(X, sample_weight=sample_weight)
+        return self.predict(X) if is_collection(X) else self.result_.labels
 
     def _check_fitted(self) -> GMMParams:
         if not hasattr(self, "params_"):
             raise DataError("this GaussianMixture is not fitted yet; call fit(X) first")
         return self.params_
 
-    def predict_proba(self, X: Any) -> np.ndarray:
-        return score_rows(self._check_fitted(), X)[0]
+    def _rows(self, X: Any, which: int, width: int | None) -> Any:
+        """``score_rows``' output ``which`` of ``X``; of a Dask collection, lazily per partition."""
+        params = self._check_fitted()
+        if is_collection(X):
+            from .sources.dask import map_rows
 
-    def predict(self, X: Any) -> np.ndarray:
+            return map_rows(X, lambda part: score_rows(params, part)[which], width)
+        return score_rows(params, X)[which]
+
+    def predict_proba(self, X: Any) -> Any:
+        return self._rows(X, 0, self._check_fitted().n_components)
+
+    def predict(self, X: Any) -> Any:
+        if is_collection(X):
+            from .sources.dask import map_rows
+
+            params = self._check_fitted()
+            labels = lambda part: score_rows(params, part)[0].argmax(axis=1)  # noqa: E731
+            return map_rows(X, labels, None, np.int64)
         return np.argmax(self.predict_proba(X), axis=1)
 
-    def score_samples(self, X: Any) -> np.ndarray:
+    def score_samples(self, X: Any) -> Any:
         """Log-density of each row over its observed values (NaN for an empty row)."""
-        return score_rows(self._check_fitted(), X)[1]
+        return self._rows(X, 1, None)
 
     def score(self, X: Any, y: Any = None) -> float:
         return float(np.nanmean(self.score_samples(X)))

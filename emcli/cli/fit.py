@@ -212,17 +212,20 @@ def open_input(
     stdin: Any = None,
 ) -> Iterator[OpenedRows]:
     """DATA as a row source (after checking that no output overwrites it), with its
-    feature columns chosen; a temporary copy of CSV or stdin lives as long as the context."""
+    feature columns chosen; a temporary copy of CSV or stdin, or the Dask cluster of
+    ``--dask``, lives as long as the context."""
     from emcli import io
     from emcli.io.rows import open_rows
+    from emcli.sources.dask import cluster
 
     from .options import memory_budget
 
     inputs = io.resolve_inputs(data, fmt)
     io.check_output_paths(outputs, inputs)
     budget = memory_budget(fit.max_memory)
-    with open_rows(
-        inputs, **fit.column_choice(), tmp_dir=fit.tmp_dir, budget=budget, stdin=stdin
+    with cluster(fit.dask) as client, open_rows(
+        inputs, **fit.column_choice(), tmp_dir=fit.tmp_dir, budget=budget, stdin=stdin,
+        client=client,
     ) as rows:
         for message in rows.notices:
             reporter.notice(f"{rows.name}: {message}")

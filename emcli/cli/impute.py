@@ -50,7 +50,9 @@ FitOutDirOpt = Annotated[
     str, typer.Option("--out-dir", help="With -k: directory for the fit's files.")
 ]
 # impute's own parameters; every other option belongs to the fit and needs -k
-_IMPUTE_OWN = ("paths", "n_components", "output", "variance", "format", "debug", "quiet")
+_IMPUTE_OWN = (
+    "paths", "n_components", "output", "variance", "format", "dask", "debug", "quiet"
+)
 
 
 @app.command("impute")
@@ -84,7 +86,9 @@ def impute_command(
     quiet: QuietOpt = False,
 ) -> None:
     """Fill every missing cell of the model's columns with E[x_missing | x_observed]."""
-    with handled(debug):
+    from emcli.sources.dask import cluster
+
+    with handled(debug), cluster(fit.dask) as client:  # one cluster for the fit and the rows
         from emcli import io
         from emcli.fitting import impute_rows
         from emcli.render import Reporter, apply_summary
@@ -149,12 +153,15 @@ def impute_command(
 
         n_empty = n_filled = 0
         with (
-            open_model_rows(inputs, feature_names, passthrough=True, stdin=stdin) as rows,
+            open_model_rows(
+                inputs, feature_names, passthrough=True, stdin=stdin, client=client
+            ) as rows,
             io.AtomicOutputs() as out,
         ):
             table = out.stage_table(output, out_fmt)
-            for block in rows.source.each(lambda b: b):  # in input order, a block at a time
-                filled, var = impute_rows(params, block.X)
+            # in input order, a block at a time, filled where the block is
+            done = rows.source.each(lambda b: (b, impute_rows(params, b.X)))
+            for block, (filled, var) in done:
                 table.write(io.imputed_columns(
                     block.extra, feature_names, filled, var if variance else None
                 ))

@@ -190,6 +190,17 @@ TmpDirOpt = Annotated[
         "passes read (default: the system's temporary directory); removed on exit.",
     ),
 ]
+DaskOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dask",
+        metavar="ADDRESS",
+        help="Run on a Dask cluster: a scheduler address (tcp://host:8786), or local / local:N "
+        "for N worker processes on this machine. The workers read the Parquet inputs "
+        "themselves. Needs pip install 'emcli[dask]'.",
+        show_default=False,
+    ),
+]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Exit 3 if the fit did not converge.")]
 QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="No progress or summary on stderr.")]
@@ -227,12 +238,13 @@ class FitOptions:
     dtype: DTypeOpt = DType.float64
     max_memory: MaxMemoryOpt = None
     tmp_dir: TmpDirOpt = None
+    dask: DaskOpt = None
 
     # These fields go to io.select_features; init (a method or a file of means) to
-    # init_choice; tmp_dir to the reader; max_memory, in bytes, and every other
-    # field, as it is, to fit_mixture and sweep (em_settings).
+    # init_choice; tmp_dir to the reader, dask to the cluster it reads on; max_memory,
+    # in bytes, and every other field, as it is, to fit_mixture and sweep (em_settings).
     COLUMN_CHOICE = ("columns", "exclude", "id_column", "weights_column")
-    READING = ("tmp_dir",)
+    READING = ("tmp_dir", "dask")
 
     def column_choice(self) -> dict[str, Any]:
         """The keyword arguments of ``io.select_features``."""

@@ -12,7 +12,15 @@ import typer
 from emcli.errors import DataError
 
 from .app import app, handled
-from .options import DataArg, DebugOpt, FormatOpt, ModelArg, ProbabilitiesOpt, QuietOpt
+from .options import (
+    DaskOpt,
+    DataArg,
+    DebugOpt,
+    FormatOpt,
+    ModelArg,
+    ProbabilitiesOpt,
+    QuietOpt,
+)
 
 PredictIdColumnOpt = Annotated[
     str | None,
@@ -39,6 +47,7 @@ def predict_command(
     probabilities: ProbabilitiesOpt = False,
     id_column: PredictIdColumnOpt = None,
     format: FormatOpt = None,
+    dask: DaskOpt = None,
     debug: DebugOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -48,6 +57,7 @@ def predict_command(
         from emcli.fitting import row_threads, score_blocks
         from emcli.io.rows import open_model_rows
         from emcli.render import Reporter, apply_summary
+        from emcli.sources.dask import cluster
 
         started = time.perf_counter()
         labels_fmt = io.output_format(labels, "csv")
@@ -58,9 +68,10 @@ def predict_command(
         counts = np.zeros(loaded.params.n_components, dtype=np.int64)
         n_empty = 0
         with (
+            cluster(dask) as client,
             open_model_rows(
                 inputs, loaded.columns, id_column,
-                default_id=stored if isinstance(stored, str) else None,
+                default_id=stored if isinstance(stored, str) else None, client=client,
             ) as rows,
             io.AtomicOutputs() as out,
             row_threads(os.cpu_count() or 1) as pmap,

@@ -84,18 +84,25 @@ def open_rows(
     tmp_dir: str | None = None,
     budget: int | None = None,
     stdin: Any = None,
+    client: Any = None,
 ) -> Iterator[OpenedRows]:
-    """The inputs as an ``OpenedRows``; a spill file lives as long as the context."""
+    """The inputs as an ``OpenedRows``; a spill file lives as long as the context.
+
+    With a Dask ``client``, the rows are read and kept by the cluster's workers.
+    """
     from emcli.io.readers import input_stem
     from emcli.sources.parquet import open_parquet
 
+    if client is not None:
+        _cluster_inputs(inputs)
     if _all_parquet(inputs):
         pq = open_parquet(inputs, columns=columns, exclude=exclude, id_column=id_column,
                           weights_column=weights_column)
         files = pq.files
         name = display_name([(f, 0) for f in files])
-        yield OpenedRows(pq, name, input_stem([f.path for f in inputs]), list(pq.columns),
-                         pq.ids, _sha256(files), pq.n_rows, list(pq.notices), "parquet")
+        yield OpenedRows(_placed(pq, client), name, input_stem([f.path for f in inputs]),
+                         list(pq.columns), pq.ids, _sha256(files), pq.n_rows, list(pq.notices),
+                         "parquet" if client is None else "dask")
         return
     if _small(inputs, budget):
         table = read_table(inputs, stdin=stdin)
@@ -144,6 +151,7 @@ def open_model_rows(
     default_id: str | None = None,
     passthrough: bool = False,
     stdin: Any = None,
+    client: Any = None,
 ) -> Iterator[OpenedRows]:
     """A model's columns of the inputs, matched by name, as a row source.
 
@@ -155,6 +163,8 @@ def open_model_rows(
     from emcli.io.features import _no_such_column, model_features
     from emcli.io.readers import input_stem
 
+    if client is not None:
+        _cluster_inputs(inputs)
     if _all_parquet(inputs):
         from emcli.sources.parquet import ParquetSource, _stamp
 
@@ -174,8 +184,8 @@ def open_model_rows(
         if id_column is not None and id_column not in names:
             raise _no_such_column(name, names, id_column, "--id-column")
         src = ParquetSource(files, model_columns, ids=id_column, passthrough=passthrough)
-        yield OpenedRows(src, name, input_stem(files), list(model_columns), id_column,
-                         "", src.n_rows, [], "parquet")
+        yield OpenedRows(_placed(src, client), name, input_stem(files), list(model_columns),
+                         id_column, "", src.n_rows, [], "parquet" if client is None else "dask")
         return
     table = read_table(inputs, stdin=stdin)
     if id_column is None and default_id in table.table.column_names:
@@ -186,6 +196,26 @@ def open_model_rows(
     arrays = ArraySource(feats.X, None, extra=extra, segments=segments)
     yield OpenedRows(arrays, table.name, table.stem, list(model_columns), id_column,
                      table.sha256, table.n_rows, [], "memory")
+
+
+def _cluster_inputs(inputs: Sequence[InputFile]) -> None:
+    """Inputs a Dask cluster's workers can read themselves: Parquet files."""
+    for f in inputs:
+        if f.path == "-":
+            raise DataError("<stdin>: a Dask cluster's workers cannot read standard input; "
+                            "give Parquet files that every worker can see")
+        if f.format != "parquet":
+            raise DataError(f"{f.path}: the Dask workers read Parquet files only; convert it "
+                            "to Parquet, or leave out --dask")
+
+
+def _placed(source: Any, client: Any) -> RowSource:
+    """``source``'s rows, or the same files read and kept by a Dask cluster's workers."""
+    if client is None:
+        return source
+    from emcli.sources.dask import parquet_on_cluster
+
+    return parquet_on_cluster(client, source)
 
 
 @dataclass

@@ -63,18 +63,22 @@ class FitRows:
         self.units = units
         self.n_features = source.n_features
         self.quad_ok = source.chunk_rows * quad_width(self.n_features) * 8 <= QUAD_DESIGN_BUDGET
+        # a source whose rows stay elsewhere (a cluster's workers) is not brought here
+        keep = keep and not getattr(source, "remote", False)
         self.kept: list[Chunk] | None = list(source.each(units.chunk)) if keep else None
 
     def reduce(self, fn: Callable[[Chunk], T], map: MapFn = map) -> T:
         """``fn`` of every chunk, added in chunk order."""
+        units = self.units  # what a remote source ships with ``fn``: not this object
         if self.kept is None:
-            return self.source.reduce(lambda b: fn(self.units.chunk(b)), map)
+            return self.source.reduce(lambda b: fn(units.chunk(b)), map)
         return _fold(add, map(lambda c: _once(fn, c), self.kept))
 
     def each(self, fn: Callable[[Chunk], R], map: MapFn = map) -> Iterator[R]:
         """``fn`` of every chunk, in chunk order."""
+        units = self.units
         if self.kept is None:
-            return self.source.each(lambda b: fn(self.units.chunk(b)), map)
+            return self.source.each(lambda b: fn(units.chunk(b)), map)
         return ordered_map(map, lambda c: _once(fn, c), self.kept, 16)
 
 
