@@ -235,7 +235,8 @@ def fit_source(
         least = working_set(scan.n_rows, d, K, itemsize, threads, kept=False)
         if max_memory is not None and least > max_memory:
             raise too_little_memory(max_memory, least, d, K)
-        keep = max_memory is None or need <= max_memory
+        # a cluster's workers keep its rows whatever this machine's budget
+        keep = max_memory is None or need <= max_memory or getattr(source, "remote", False)
         units = Units(centre, scale if standardize else None, np_dtype)
         rows = FitRows(source, units, keep=keep)
         ctx = Context(scan.sum_w, scan.sum_w / scan.n_fit, col_var, float(reg_covar))

@@ -197,15 +197,29 @@ def test_an_unreachable_scheduler_is_one_line_naming_it(data, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_stdin_and_csv_are_refused_with_one_line(client, tmp_path):
-    address = client.scheduler.address
-    proc = run_emcli(["fit", "-", "-k", "2", "--dask", address], tmp_path, input=b"x,y\n1,2\n")
+def test_stdin_is_refused_with_one_line(client, tmp_path):
+    proc = run_emcli(["fit", "-", "-k", "2", "--dask", client.scheduler.address], tmp_path,
+                     input=b"x,y\n1,2\n")
     assert proc.returncode == 1
     assert "workers cannot read standard input" in one_error_line(proc.stderr)
-    (tmp_path / "t.csv").write_text("x,y\n1,2\n3,4\n")
-    proc = run_emcli(["fit", "t.csv", "-k", "1", "--dask", address], tmp_path)
+
+
+def test_csv_and_tsv_are_read_on_the_workers(client, data, tmp_path):
+    names = []
+    for i, path in enumerate(_files(data)):
+        frame = pq.read_table(path).to_pandas()
+        name = f"part{i}.csv" if i != 1 else f"part{i}.tsv"
+        frame.to_csv(tmp_path / name, index=False, sep="," if i != 1 else "\t")
+        names.append(name)
+    args = ["fit", *names, "-k", "3", "--id-column", "id", "-q"]
+    _ok(run_emcli([*args, "-o", "mem"], tmp_path))
+    _ok(run_emcli([*args, "-o", "dask", "--dask", client.scheduler.address], tmp_path))
+    assert _bytes(tmp_path / "mem") == _bytes(tmp_path / "dask")
+    (tmp_path / "odd.csv").write_text("x0,other\n1,2\n3,4\n")
+    proc = run_emcli(["fit", names[0], "odd.csv", "-k", "1", "--dask", client.scheduler.address],
+                     tmp_path)
     assert proc.returncode == 1
-    assert "t.csv: the Dask workers read Parquet files only" in one_error_line(proc.stderr)
+    assert "odd.csv" in one_error_line(proc.stderr)
 
 
 def test_files_with_other_columns_are_one_line_naming_the_file(client, data, tmp_path):

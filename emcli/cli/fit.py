@@ -215,13 +215,15 @@ def open_input(
     feature columns chosen; a temporary copy of CSV or stdin, or the Dask cluster of
     ``--dask``, lives as long as the context."""
     from emcli import io
-    from emcli.io.rows import open_rows
+    from emcli.io.rows import check_cluster_inputs, open_rows
     from emcli.sources.dask import cluster
 
     from .options import memory_budget
 
     inputs = io.resolve_inputs(data, fmt)
     io.check_output_paths(outputs, inputs)
+    if fit.dask is not None:
+        check_cluster_inputs(inputs)
     budget = memory_budget(fit.max_memory)
     with cluster(fit.dask) as client, open_rows(
         inputs, **fit.column_choice(), tmp_dir=fit.tmp_dir, budget=budget, stdin=stdin,

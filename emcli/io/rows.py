@@ -94,15 +94,16 @@ def open_rows(
     from emcli.sources.parquet import open_parquet
 
     if client is not None:
-        _cluster_inputs(inputs)
+        yield _on_cluster(client, inputs, columns=columns, exclude=exclude,
+                          id_column=id_column, weights_column=weights_column)
+        return
     if _all_parquet(inputs):
         pq = open_parquet(inputs, columns=columns, exclude=exclude, id_column=id_column,
                           weights_column=weights_column)
         files = pq.files
         name = display_name([(f, 0) for f in files])
-        yield OpenedRows(_placed(pq, client), name, input_stem([f.path for f in inputs]),
-                         list(pq.columns), pq.ids, _sha256(files), pq.n_rows, list(pq.notices),
-                         "parquet" if client is None else "dask")
+        yield OpenedRows(pq, name, input_stem([f.path for f in inputs]), list(pq.columns),
+                         pq.ids, _sha256(files), pq.n_rows, list(pq.notices), "parquet")
         return
     if _small(inputs, budget):
         table = read_table(inputs, stdin=stdin)
@@ -164,7 +165,10 @@ def open_model_rows(
     from emcli.io.readers import input_stem
 
     if client is not None:
-        _cluster_inputs(inputs)
+        check_cluster_inputs(inputs)
+        if not _all_parquet(inputs):
+            raise DataError(f"{inputs[0].path}: with --dask, predict and impute read Parquet "
+                            "files; convert the input to Parquet, or leave out --dask")
     if _all_parquet(inputs):
         from emcli.sources.parquet import ParquetSource, _stamp
 
@@ -198,15 +202,34 @@ def open_model_rows(
                      table.sha256, table.n_rows, [], "memory")
 
 
-def _cluster_inputs(inputs: Sequence[InputFile]) -> None:
-    """Inputs a Dask cluster's workers can read themselves: Parquet files."""
-    for f in inputs:
-        if f.path == "-":
-            raise DataError("<stdin>: a Dask cluster's workers cannot read standard input; "
-                            "give Parquet files that every worker can see")
-        if f.format != "parquet":
-            raise DataError(f"{f.path}: the Dask workers read Parquet files only; convert it "
-                            "to Parquet, or leave out --dask")
+def check_cluster_inputs(inputs: Sequence[InputFile]) -> None:
+    """Inputs a Dask cluster's workers can read themselves: files, not standard input."""
+    if any(f.path == "-" for f in inputs):
+        raise DataError("<stdin>: a Dask cluster's workers cannot read standard input; "
+                        "give files that every worker can see")
+
+
+def _on_cluster(client: Any, inputs: Sequence[InputFile], **choice: Any) -> OpenedRows:
+    """The inputs read and kept by a Dask cluster's workers: Parquet files streamed there,
+    CSV and TSV files read whole there, one partition per file."""
+    from emcli.io.readers import input_stem
+    from emcli.sources.dask import delimited_on_cluster, input_sha256
+
+    check_cluster_inputs(inputs)
+    stem = input_stem([f.path for f in inputs])
+    if _all_parquet(inputs):
+        from emcli.sources.parquet import open_parquet
+
+        pq = open_parquet(inputs, **choice)
+        return OpenedRows(_placed(pq, client), display_name([(f, 0) for f in pq.files]), stem,
+                          list(pq.columns), pq.ids, input_sha256(client, inputs), pq.n_rows,
+                          list(pq.notices), "dask")
+    if any(f.format == "parquet" for f in inputs):
+        raise DataError(f"{inputs[0].path} …: the inputs mix Parquet and delimited files; "
+                        "give files of one format with --dask")
+    src, features, id_name, notices, parts = delimited_on_cluster(client, inputs, choice)
+    return OpenedRows(src, display_name(parts), stem, features, id_name,
+                      input_sha256(client, inputs), src.n_rows, notices, "dask")
 
 
 def _placed(source: Any, client: Any) -> RowSource:

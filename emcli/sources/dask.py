@@ -208,8 +208,8 @@ class DaskSource:
     """Rows in partitions on a Dask cluster (see the module docstring).
 
     ``parts`` are futures, in row order, of lists of ``Block``s. ``remote``
-    tells ``FitRows`` that the rows already stay where they are (on the
-    workers): it does not bring them here to keep them.
+    tells ``FitRows`` that the rows stay where they are (on the workers): it
+    keeps its chunks there (``keep``) instead of bringing them here.
     """
 
     remote = True
@@ -239,8 +239,15 @@ class DaskSource:
         finally:
             self.client.cancel(futures)
 
+    def keep(self, fn: Callable[[Block], Any]) -> DaskSource:
+        """A source of ``fn`` of every block, computed once and kept on the workers
+        (the EM loop's chunks in fitting units, with their missing-value patterns grouped)."""
+        return DaskSource(self.client, self._submit(fn), self.n_rows, self.n_features,
+                          self.chunk_rows)
+
     def _submit(self, fn: Callable[[Block], Any]) -> list[Any]:
-        return [self.client.submit(_apply, fn, p, pure=False) for p in self.parts]
+        # one message to the scheduler for all partitions
+        return self.client.map(_apply, [fn] * len(self.parts), self.parts, pure=False)
 
     def release(self) -> None:
         """Let the workers forget the rows."""
@@ -251,7 +258,8 @@ class DaskSource:
 
 def _apply(fn: Callable[[Block], R], blocks: list[Block]) -> list[R]:
     for b in blocks:  # rows that moved between workers arrive as unaligned buffers
-        b.X, b.w = _aligned(b.X), _aligned(b.w)
+        if isinstance(b, Block):
+            b.X, b.w = _aligned(b.X), _aligned(b.w)
     return [fn(b) for b in blocks]
 
 
@@ -337,6 +345,78 @@ def parquet_on_cluster(client: Any, source: Any) -> DaskSource:
         parts.append(client.submit(_parquet_part, path, spec, stamp, first, pure=False))
         first += n
     return DaskSource(client, parts, source.n_rows, source.n_features, source.chunk_rows)
+
+
+# ---- CSV and TSV files, read on the workers -------------------------------------------
+
+
+def _delimited_read(f: Any, choice: dict[str, Any]) -> dict[str, Any]:
+    """One delimited file read whole on a worker, its features chosen as in memory."""
+    from emcli.io.features import select_features
+    from emcli.io.readers import read_table
+
+    try:
+        table = read_table([f])
+        feats = select_features(table, **choice)
+    except DataError as exc:
+        raise DataError(_on_worker(str(exc))) from None
+    return {
+        "X": feats.X, "w": feats.weights, "ids": feats.ids, "n": int(table.n_rows),
+        "meta": (list(feats.columns), feats.id_name, list(feats.notices), table.name),
+    }
+
+
+def _meta(read: dict[str, Any]) -> Any:
+    return read["n"], read["meta"]
+
+
+def _delimited_blocks(read: dict[str, Any], first_row: int, chunk_rows: int) -> list[Block]:
+    return _cut(read["X"], read["w"], first_row, read["ids"], chunk_rows)
+
+
+def delimited_on_cluster(
+    client: Any, inputs: Sequence[Any], choice: dict[str, Any]
+) -> tuple[DaskSource, list[str], str | None, list[str], list[tuple[str, int]]]:
+    """A ``DaskSource`` of CSV or TSV files, each read whole by a worker (one partition
+    per file); with the features, the id column, the notices and (name, rows) per file."""
+    from emcli.sources import chunk_rows_for
+
+    reads = [client.submit(_delimited_read, f, choice, pure=False) for f in inputs]
+    metas = _gather(client, [client.submit(_meta, r, pure=False) for r in reads])
+    features, id_name, notices, name0 = metas[0][1]
+    for _, (feats, _, _, name) in metas[1:]:
+        if feats != features:
+            raise DataError(
+                f"{name}: its feature columns ({', '.join(feats)}) differ from those of {name0} "
+                f"({', '.join(features)}); give files with the same columns, or --columns"
+            )
+    c = chunk_rows_for(len(features))
+    parts, first = [], 0
+    for read, (n, _) in zip(reads, metas, strict=True):
+        parts.append(client.submit(_delimited_blocks, read, first, c, pure=False))
+        first += n
+    source = DaskSource(client, parts, first, len(features), c)
+    return source, features, id_name, notices, [(m[1][3], m[0]) for m in metas]
+
+
+def _input_sha256(files: Sequence[Any]) -> str:
+    """The inputs' SHA-256, as ``io.read_table`` takes it (run on a worker: the bytes are
+    read where the data is)."""
+    import hashlib
+
+    from emcli.io.readers import _hash_file, _read_bytes
+
+    digest = hashlib.sha256()
+    for f in files:
+        if f.format == "parquet":
+            _hash_file(f.path, digest)
+        else:
+            digest.update(_read_bytes(f, None))
+    return digest.hexdigest()
+
+
+def input_sha256(client: Any, files: Sequence[Any]) -> str:
+    return _gather(client, [client.submit(_input_sha256, list(files), pure=False)])[0]
 
 
 # ---- Dask collections (Python) -------------------------------------------------------
