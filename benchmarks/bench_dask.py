@@ -71,7 +71,7 @@ def run(n: int, d: int, K: int, parts: int, iters: int, holes: float) -> dict[st
     for workers in (1, 2):
         with (
             LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                         host="127.0.0.1", dashboard_address=None) as cluster,
+                         host="127.0.0.1", dashboard_address=":0") as cluster,
             Client(cluster) as client,
         ):
             source = collection_on_cluster(da.from_array(X, chunks=(size, d)), client)

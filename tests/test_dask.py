@@ -41,7 +41,7 @@ N_FILE = (9_000, 7_000, 11_000)  # rows of each file (one block each: blocks are
 def client():
     with (
         LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                     dashboard_address=None) as cluster,
+                     dashboard_address=":0") as cluster,
         Client(cluster) as c,
     ):
         yield c
@@ -275,13 +275,23 @@ def test_ctrl_c_on_a_local_cluster_exits_130_and_leaves_nothing(tmp_path):
     proc = popen_emcli(["fit", "big.parquet", "-k", "5", "--tol", "0", "--max-iter", "100000",
                         "--dask", "local:2", "-o", "out", "-q"], tmp_path,
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _interrupt(proc, tmp_path)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _interrupt(proc: subprocess.Popen, tmp_path: Path) -> None:
     me = psutil.Process(proc.pid)
     deadline = time.monotonic() + 90
     workers: list[psutil.Process] = []
-    while time.monotonic() < deadline and len(workers) < 4:  # two nannies, two workers
-        workers = me.children(recursive=True)
+    while time.monotonic() < deadline and len(workers) < 2:  # the two worker processes
+        workers = [p for p in me.children(recursive=True) if _spawned(p)]
         time.sleep(0.2)
-    assert len(workers) >= 4, "the local cluster did not start"
+    assert len(workers) == 2, "the local cluster did not start"
+    children = me.children(recursive=True)
     time.sleep(3.0)  # into the passes
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
@@ -289,7 +299,14 @@ def test_ctrl_c_on_a_local_cluster_exits_130_and_leaves_nothing(tmp_path):
     took = time.monotonic() - sent
     assert proc.returncode == 130, err.decode()
     assert "interrupted" in err.decode() and "Traceback" not in err.decode()
-    assert took < 20  # a hang check; measured well under 2 s on an idle machine
-    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert took < 20  # a hang check; see docs/scaling.md for the time measured
+    gone, alive = psutil.wait_procs(children, timeout=10)
     assert not alive
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def _spawned(p: psutil.Process) -> bool:
+    try:
+        return "spawn_main" in " ".join(p.cmdline())
+    except psutil.Error:
+        return False

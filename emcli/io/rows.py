@@ -15,7 +15,9 @@ on how the input was read.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -217,18 +219,21 @@ def _on_cluster(client: Any, inputs: Sequence[InputFile], **choice: Any) -> Open
 
     check_cluster_inputs(inputs)
     stem = input_stem([f.path for f in inputs])
+    names = [(f.path, 0) for f in inputs]
+    # the workers' working directory is not this one
+    inputs = [dataclasses.replace(f, path=os.path.abspath(f.path)) for f in inputs]
     if _all_parquet(inputs):
         from emcli.sources.parquet import open_parquet
 
         pq = open_parquet(inputs, **choice)
-        return OpenedRows(_placed(pq, client), display_name([(f, 0) for f in pq.files]), stem,
+        return OpenedRows(_placed(pq, client), display_name(names), stem,
                           list(pq.columns), pq.ids, input_sha256(client, inputs), pq.n_rows,
                           list(pq.notices), "dask")
     if any(f.format == "parquet" for f in inputs):
         raise DataError(f"{inputs[0].path} …: the inputs mix Parquet and delimited files; "
                         "give files of one format with --dask")
-    src, features, id_name, notices, parts = delimited_on_cluster(client, inputs, choice)
-    return OpenedRows(src, display_name(parts), stem, features, id_name,
+    src, features, id_name, notices, _ = delimited_on_cluster(client, inputs, choice)
+    return OpenedRows(src, display_name(names), stem, features, id_name,
                       input_sha256(client, inputs), src.n_rows, notices, "dask")
 
 

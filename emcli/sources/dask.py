@@ -23,7 +23,9 @@ killing workers, the fit fails with one line.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from functools import reduce as _fold
 from operator import add
@@ -39,6 +41,7 @@ R = TypeVar("R")
 
 INSTALL = "pip install 'emcli[dask]'"
 CONNECT_TIMEOUT = 5  # seconds to reach a scheduler before giving up
+CLOSE_TIMEOUT = 1  # seconds to close a client or a local cluster
 LOCAL = "local"
 
 
@@ -85,29 +88,57 @@ def cluster(spec: str | None) -> Iterator[Any]:
             "distributed.admin.system-monitor.gil.enabled": False,
         }))
         stack.enter_context(_quiet_logs())
-        if spec == LOCAL or spec.startswith(LOCAL + ":"):
-            n = _local_workers(spec)
-            local = distributed.LocalCluster(
-                n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                dashboard_address=None, worker_dashboard_address=None,
-            )
-            stack.callback(_close, local)
-            client = distributed.Client(local, set_as_default=False)
-        else:
-            try:
-                client = distributed.Client(spec, timeout=CONNECT_TIMEOUT, set_as_default=False)
-            except (OSError, TimeoutError, ValueError, TypeError) as exc:
-                raise DataError(
-                    f"cannot reach the Dask scheduler at {spec} ({_reason(exc)}); check the "
-                    "address and that the scheduler is running"
-                ) from None
-        stack.callback(_close, client)
+        stack.enter_context(warnings.catch_warnings())
+        warnings.simplefilter("ignore")  # dask's advice (ports, graph sizes) is not the user's
+        with _sigint_held():  # a cluster half started cannot be shut down cleanly
+            if spec == LOCAL or spec.startswith(LOCAL + ":"):
+                n = _local_workers(spec)
+                local = distributed.LocalCluster(
+                    n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                    dashboard_address=":0", silence_logs=logging.CRITICAL,
+                )
+                stack.callback(_close, local)
+                client = distributed.Client(local, set_as_default=False)
+                # workers busy in a task outlive a close and hold the exit up (by
+                # seconds): they are this command's own processes and go first
+                stack.callback(_kill, list(client.run(os.getpid).values()))
+            else:
+                try:
+                    client = distributed.Client(
+                        spec, timeout=CONNECT_TIMEOUT, set_as_default=False
+                    )
+                except (OSError, TimeoutError, ValueError, TypeError) as exc:
+                    raise DataError(
+                        f"cannot reach the Dask scheduler at {spec} ({_reason(exc)}); check "
+                        "the address and that the scheduler is running"
+                    ) from None
+            stack.callback(_close, client)
         check_versions(client)
         _active[spec] = client
         try:
             yield client
         finally:
             _active.pop(spec, None)
+
+
+@contextlib.contextmanager
+def _sigint_held() -> Iterator[None]:
+    """Ctrl-C waits until the block ends (then it interrupts as usual). Processes and
+    threads started meanwhile keep it blocked: the workers are shut down by this
+    process, not by the terminal's Ctrl-C."""
+    import signal
+    import threading
+
+    if not hasattr(signal, "pthread_sigmask") or (
+        threading.current_thread() is not threading.main_thread()
+    ):
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def _local_workers(spec: str) -> int:
@@ -125,16 +156,23 @@ def _reason(exc: BaseException) -> str:
 
 
 def _close(thing: Any) -> None:
+    """Close a client or a cluster without waiting long for busy workers (Ctrl-C)."""
     with contextlib.suppress(Exception):
-        thing.close()
+        thing.close(timeout=CLOSE_TIMEOUT)
+
+
+def _kill(pids: list[int]) -> None:
+    import signal
+
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
 
 
 @contextlib.contextmanager
 def _quiet_logs() -> Iterator[None]:
     """Dask's own log lines (a worker lost, a cluster closing) stay off stderr:
     emcli says what matters in one line."""
-    import logging
-
     loggers = [logging.getLogger(n) for n in ("distributed", "tornado", "asyncio")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
@@ -342,7 +380,9 @@ def parquet_on_cluster(client: Any, source: Any) -> DaskSource:
     }
     parts, first = [], 0
     for path, stamp, n in zip(source.files, source._stamps, source.file_rows, strict=True):
-        parts.append(client.submit(_parquet_part, path, spec, stamp, first, pure=False))
+        # the workers' working directory is not this one
+        where = os.path.abspath(path)
+        parts.append(client.submit(_parquet_part, where, spec, stamp, first, pure=False))
         first += n
     return DaskSource(client, parts, source.n_rows, source.n_features, source.chunk_rows)
 
