@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 from scipy.linalg.blas import dsyrk, ssyrk
 
+from . import kernels
+from .conditional import incomplete_statistics
 from .covariance import Context
 from .errors import FitError
 from .gaussian import (
@@ -30,7 +32,7 @@ from .gaussian import (
     log_prob_gen,
     log_prob_mask,
     mask_statistics,
-    quad_statistics,
+    vech_weights,
 )
 from .model import GMMParams, IterationRecord
 from .sources import FitRows, MapFn
@@ -43,12 +45,18 @@ def prepare(params: GMMParams, dtype: Any, source: FitRows | None = None):
     """Per-iteration factors; the source says whether its chunks may build the quad design."""
     quad_ok = source is None or source.quad_ok
     cov = np.asarray(params.covariances, float)
-    return params.model.prepare(params.means, cov, dtype, quad_ok)
+    prep = params.model.prepare(params.means, cov, dtype, quad_ok)
+    if isinstance(prep, GenPrepared) and source is not None:
+        K, d = params.means.shape
+        prep.compiled = kernels.wanted(source.source.n_rows, K, d)
+    return prep
 
 
-def log_prob(chunk: Chunk, prep: GenPrepared | MaskPrepared) -> tuple[np.ndarray, dict]:
+def log_prob(
+    chunk: Chunk, prep: GenPrepared | MaskPrepared, moments: bool = True
+) -> tuple[np.ndarray, dict]:
     if isinstance(prep, GenPrepared):
-        return log_prob_gen(chunk, prep)
+        return log_prob_gen(chunk, prep, moments)
     return log_prob_mask(chunk, prep)
 
 
@@ -63,32 +71,21 @@ def _general_statistics(
 ) -> GeneralStats:
     K, d = prep.means.shape
     st = GeneralStats(N=wr.sum(axis=0))
-    if "quad" in cache:
-        FT, pq = cache["quad"]
-        if pq is None:  # complete chunk: raw sums, moved to the old means once per pass
-            st.F = FT @ wr
-        else:
-            st.S1, st.S2 = quad_statistics(chunk, prep, cache, wr)
-        return st
-    Z = cache.get("Z")
-    if Z is not None:
-        wrc = wr if chunk.complete else wr[chunk.complete_rows]
-        st.Z1 = np.einsum("nk,nkd->kd", wrc, Z, dtype=float)
-        sq = np.sqrt(wrc).astype(Z.dtype)
+    if "inc" in cache:
+        st.S1, st.S2 = incomplete_statistics(cache["inc"], wr)
+    elif "quad" in cache:  # raw sums, moved to the old means once per pass
+        st.F = cache["quad"] @ wr
+        if "filled" in cache:  # incomplete rows: what the fills add to the zero-filled sums
+            X0, mask, found = cache["filled"]
+            S1, S2 = kernels.quad_raw_sums(X0, mask, wr, found)
+            iu, ju, _ = vech_weights(d)
+            st.F[: iu.size] += S2[:, iu, ju].T
+            st.F[iu.size : iu.size + d] += S1.T
+    else:
+        Z = cache["Z"]
+        st.Z1 = np.einsum("nk,nkd->kd", wr, Z, dtype=float)
+        sq = np.sqrt(wr).astype(Z.dtype)
         st.Z2 = np.stack([_syrk_upper(Z[:, k, :] * sq[:, k, None]) for k in range(K)])
-    if not cache["patterns"]:
-        return st
-    S1, S2 = np.zeros((K, d)), np.zeros((K, d, d))
-    for p, Xo, dev_m, C in cache["patterns"]:
-        o, m = p.observed, p.missing
-        wp = wr[p.rows].T  # (K, nP)
-        dev = np.empty((K, p.size, d))
-        dev[:, :, o] = Xo[None] - prep.means[:, None, o]
-        dev[:, :, m] = dev_m
-        S1 += np.einsum("kn,knd->kd", wp, dev)
-        S2 += np.matmul((dev * wp[:, :, None]).transpose(0, 2, 1), dev)
-        S2[:, m[:, None], m[None, :]] += wp.sum(axis=1)[:, None, None] * C
-    st.S1, st.S2 = S1, S2
     return st
 
 
@@ -355,7 +352,7 @@ def posterior(
         log_w = np.log(params.weights)
 
     def one(chunk: Chunk) -> Any:
-        logp, _ = log_prob(chunk, prep)
+        logp, _ = log_prob(chunk, prep, moments=False)
         lse, resp = _normalise(logp, log_w)
         return (chunk, resp, lse) if then is None else then(chunk, resp, lse)
 

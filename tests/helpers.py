@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 
 
@@ -43,3 +46,16 @@ def full_covs(t: str, cov: np.ndarray, K: int, d: int) -> np.ndarray:
     if t == "diag":
         return np.stack([np.diag(c) for c in cov])
     return np.stack([c * np.eye(d) for c in cov])
+
+
+@contextmanager
+def compiled_kernels(on: bool) -> Iterator[None]:
+    """Fits of any size take the compiled kernels for incomplete rows (or never do)."""
+    from emcli import kernels
+
+    old = kernels.COMPILED_MIN_WORK
+    kernels.COMPILED_MIN_WORK = 0 if on else 2**62
+    try:
+        yield
+    finally:
+        kernels.COMPILED_MIN_WORK = old

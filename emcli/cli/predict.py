@@ -17,9 +17,12 @@ from .options import (
     DataArg,
     DebugOpt,
     FormatOpt,
+    MaxMemoryOpt,
     ModelArg,
     ProbabilitiesOpt,
     QuietOpt,
+    TmpDirOpt,
+    memory_budget,
 )
 
 PredictIdColumnOpt = Annotated[
@@ -47,6 +50,8 @@ def predict_command(
     probabilities: ProbabilitiesOpt = False,
     id_column: PredictIdColumnOpt = None,
     format: FormatOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    tmp_dir: TmpDirOpt = None,
     dask: DaskOpt = None,
     debug: DebugOpt = False,
     quiet: QuietOpt = False,
@@ -71,7 +76,8 @@ def predict_command(
             cluster(dask) as client,
             open_model_rows(
                 inputs, loaded.columns, id_column,
-                default_id=stored if isinstance(stored, str) else None, client=client,
+                default_id=stored if isinstance(stored, str) else None,
+                tmp_dir=tmp_dir, budget=memory_budget(max_memory), client=client,
             ) as rows,
             io.AtomicOutputs() as out,
             row_threads(os.cpu_count() or 1) as pmap,
