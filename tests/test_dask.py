@@ -310,3 +310,35 @@ def _spawned(p: psutil.Process) -> bool:
         return "spawn_main" in " ".join(p.cmdline())
     except psutil.Error:
         return False
+
+
+def test_a_worker_with_another_emcli_is_one_line_naming_both_versions(data, tmp_path):
+    # a real worker process whose Python finds another emcli first
+    fake = tmp_path / "other" / "emcli"
+    (fake / "sources").mkdir(parents=True)
+    (fake / "__init__.py").write_text('__version__ = "9.9.9"\n')
+    (fake / "sources" / "__init__.py").write_text("")
+    (fake / "sources" / "dask.py").write_text(
+        "def _emcli_version():\n    import emcli\n\n    return emcli.__version__\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "other"))
+    with (
+        LocalCluster(n_workers=0, processes=True, host="127.0.0.1", dashboard_address=":0")
+        as cluster,
+        Client(cluster) as c,
+    ):
+        address = cluster.scheduler.address
+        worker = subprocess.Popen(
+            [str(Path(sys.executable).parent / "dask"), "worker", address, "--nthreads", "1",
+             "--no-dashboard", "--host", "127.0.0.1"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            c.wait_for_workers(1, timeout=120)
+            proc = run_emcli(["fit", _files(data)[0], "-k", "1", "--dask", address], tmp_path)
+        finally:
+            worker.terminate()
+            worker.wait(timeout=60)
+    assert proc.returncode == 1
+    line = one_error_line(proc.stderr)
+    assert "runs emcli 9.9.9, this machine emcli" in line and emcli.__version__ in line
