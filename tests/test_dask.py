@@ -215,6 +215,14 @@ def test_csv_and_tsv_are_read_on_the_workers(client, data, tmp_path):
     _ok(run_emcli([*args, "-o", "mem"], tmp_path))
     _ok(run_emcli([*args, "-o", "dask", "--dask", client.scheduler.address], tmp_path))
     assert _bytes(tmp_path / "mem") == _bytes(tmp_path / "dask")
+    model = tmp_path / "mem" / "part0.model.json"
+    for command, flag in (("predict", "--labels"), ("impute", "-o")):
+        _ok(run_emcli([command, model, *names, flag, f"{command}.mem.csv", "-q"], tmp_path))
+        _ok(run_emcli([command, model, *names, flag, f"{command}.dask.csv", "-q", "--dask",
+                       client.scheduler.address], tmp_path))
+        mem = (tmp_path / f"{command}.mem.csv").read_bytes()
+        assert mem == (tmp_path / f"{command}.dask.csv").read_bytes()
+        assert mem.count(b"\n") == sum(N_FILE) + 1
     (tmp_path / "odd.csv").write_text("x0,other\n1,2\n3,4\n")
     proc = run_emcli(["fit", names[0], "odd.csv", "-k", "1", "--dask", client.scheduler.address],
                      tmp_path)

@@ -170,11 +170,17 @@ def open_model_rows(
     from emcli.io.features import _no_such_column, check_model_columns, model_features
     from emcli.io.readers import input_stem
 
-    if client is not None:
+    if client is not None and not _all_parquet(inputs):
+        from emcli.sources.dask import delimited_on_cluster
+
         check_cluster_inputs(inputs)
-        if not _all_parquet(inputs):
-            raise DataError(f"{inputs[0].path}: with --dask, predict and impute read Parquet "
-                            "files; convert the input to Parquet, or leave out --dask")
+        model = {"columns": list(model_columns), "id_column": id_column,
+                 "default_id": default_id, "passthrough": passthrough}
+        parts, _, ids, _, _ = delimited_on_cluster(client, _absolute(inputs), {}, model)
+        yield OpenedRows(parts, display_name([(f.path, 0) for f in inputs]),
+                         input_stem([f.path for f in inputs]), list(model_columns), ids, "",
+                         parts.n_rows, [], "dask")
+        return
     if _all_parquet(inputs):
         from emcli.sources.parquet import ParquetSource, _stamp
 
@@ -247,8 +253,7 @@ def _on_cluster(client: Any, inputs: Sequence[InputFile], **choice: Any) -> Open
     check_cluster_inputs(inputs)
     stem = input_stem([f.path for f in inputs])
     names = [(f.path, 0) for f in inputs]
-    # the workers' working directory is not this one
-    inputs = [dataclasses.replace(f, path=os.path.abspath(f.path)) for f in inputs]
+    inputs = _absolute(inputs)
     if _all_parquet(inputs):
         from emcli.sources.parquet import open_parquet
 
@@ -262,6 +267,11 @@ def _on_cluster(client: Any, inputs: Sequence[InputFile], **choice: Any) -> Open
     src, features, id_name, notices, _ = delimited_on_cluster(client, inputs, choice)
     return OpenedRows(src, display_name(names), stem, features, id_name,
                       input_sha256(client, inputs), src.n_rows, notices, "dask")
+
+
+def _absolute(inputs: Sequence[InputFile]) -> list[InputFile]:
+    """The inputs as absolute paths: the workers' working directory is not this one."""
+    return [dataclasses.replace(f, path=os.path.abspath(f.path)) for f in inputs]
 
 
 def _placed(source: Any, client: Any) -> RowSource:

@@ -390,19 +390,31 @@ def parquet_on_cluster(client: Any, source: Any) -> DaskSource:
 # ---- CSV and TSV files, read on the workers -------------------------------------------
 
 
-def _delimited_read(f: Any, choice: dict[str, Any]) -> dict[str, Any]:
-    """One delimited file read whole on a worker, its features chosen as in memory."""
-    from emcli.io.features import select_features
+def _delimited_read(f: Any, choice: dict[str, Any], model: dict[str, Any] | None) -> dict:
+    """One delimited file read whole on a worker: its features chosen as in memory, or
+    a ``model``'s columns (with every column passed along, for ``impute``)."""
+    from emcli.io.features import model_features, select_features
     from emcli.io.readers import read_table
+    from emcli.io.rows import _TableRows
 
     try:
         table = read_table([f])
-        feats = select_features(table, **choice)
+        if model is None:
+            feats = select_features(table, **choice)
+            extra: Any = feats.ids
+            notices = list(feats.notices)
+        else:
+            ids = model["id_column"]
+            if ids is None and model["default_id"] in table.table.column_names:
+                ids = model["default_id"]
+            feats = model_features(table, model["columns"], ids)
+            extra = _TableRows(table.table) if model["passthrough"] else feats.ids
+            notices = []
     except DataError as exc:
         raise DataError(_on_worker(str(exc))) from None
     return {
-        "X": feats.X, "w": feats.weights, "ids": feats.ids, "n": int(table.n_rows),
-        "meta": (list(feats.columns), feats.id_name, list(feats.notices), table.name),
+        "X": feats.X, "w": feats.weights, "ids": extra, "n": int(table.n_rows),
+        "meta": (list(feats.columns), feats.id_name, notices, table.name),
     }
 
 
@@ -415,21 +427,27 @@ def _delimited_blocks(read: dict[str, Any], first_row: int, chunk_rows: int) -> 
 
 
 def delimited_on_cluster(
-    client: Any, inputs: Sequence[Any], choice: dict[str, Any]
+    client: Any, inputs: Sequence[Any], choice: dict[str, Any],
+    model: dict[str, Any] | None = None,
 ) -> tuple[DaskSource, list[str], str | None, list[str], list[tuple[str, int]]]:
     """A ``DaskSource`` of CSV or TSV files, each read whole by a worker (one partition
-    per file); with the features, the id column, the notices and (name, rows) per file."""
+    per file); with the features, the id column, the notices and (name, rows) per file.
+    ``model``: read a model's columns instead (``columns``, ``id_column``,
+    ``default_id``, ``passthrough``)."""
     from emcli.sources import chunk_rows_for
 
-    reads = [client.submit(_delimited_read, f, choice, pure=False) for f in inputs]
+    reads = [client.submit(_delimited_read, f, choice, model, pure=False) for f in inputs]
     metas = _gather(client, [client.submit(_meta, r, pure=False) for r in reads])
     features, id_name, notices, name0 = metas[0][1]
-    for _, (feats, _, _, name) in metas[1:]:
+    for _, (feats, ids, _, name) in metas[1:]:
         if feats != features:
             raise DataError(
                 f"{name}: its feature columns ({', '.join(feats)}) differ from those of {name0} "
                 f"({', '.join(features)}); give files with the same columns, or --columns"
             )
+        if ids != id_name:
+            raise DataError(f"{name}: its id column ({ids}) is not that of {name0} ({id_name}); "
+                            "give files with the same columns, or --id-column")
     c = chunk_rows_for(len(features))
     parts, first = [], 0
     for read, (n, _) in zip(reads, metas, strict=True):
