@@ -350,3 +350,19 @@ def test_a_worker_with_another_emcli_is_one_line_naming_both_versions(data, tmp_
     assert proc.returncode == 1
     line = one_error_line(proc.stderr)
     assert "runs emcli 9.9.9, this machine emcli" in line and emcli.__version__ in line
+
+
+def test_labels_to_a_directory_are_part_files_the_workers_write(client, data, tmp_path):
+    args = ["fit", *_files(data), "-k", "3", "--id-column", "id", "--probabilities", "-q"]
+    _ok(run_emcli([*args, "-o", "mem", "--labels", "mem.labels.parquet"], tmp_path))
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "stale.parquet").write_bytes(b"not ours")  # replaced as a whole
+    _ok(run_emcli([*args, "-o", "dask", "--labels", "old/", "--dask", client.scheduler.address],
+                  tmp_path))
+    parts = sorted(p.name for p in (tmp_path / "old").iterdir())
+    assert parts == [f"part-{i:05d}.parquet" for i in range(len(N_FILE))]
+    got = pq.read_table(tmp_path / "old")
+    want = pq.read_table(tmp_path / "mem.labels.parquet")
+    assert got.equals(want)
+    assert _bytes(tmp_path / "mem") == _bytes(tmp_path / "dask")  # the model file
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing staged left

@@ -10,7 +10,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -38,7 +38,11 @@ from .options import (
     stdout_count,
 )
 
+# ``--labels DIR`` with ``--dask``: one Parquet part file per partition
+PARTS = "parts"
+
 if TYPE_CHECKING:  # pragma: no cover
+    from emcli.fitting import BlockScores
     from emcli.io.outputs import AtomicOutputs
     from emcli.io.rows import OpenedRows
     from emcli.model import FitResult
@@ -122,14 +126,19 @@ def run_fit(
     labels_path = labels or default_labels
     model_path = model or default_model
     log_path = log or default_log
-    labels_fmt = io.output_format(labels_path, "csv")
+    # with --dask, labels to a directory are Parquet part files the workers write
+    parts = fit.dask is not None and labels is not None and (
+        labels.endswith(("/", os.sep)) or os.path.isdir(labels)
+    )
+    labels_fmt = PARTS if parts else io.output_format(labels_path, "csv")
+    checked = os.path.join(labels_path, "part-00000.parquet") if parts else labels_path
     log_fmt = io.output_format(log_path, "csv")
     if model_path != "-" and not model_path.lower().endswith(".json"):
         raise UsageError(f"{model_path}: the model file is JSON; give it a .json name")
 
     reporter = Reporter(quiet)
     with open_input(
-        data, fit, fmt, [labels_path, model_path, log_path, *extra_outputs], reporter, stdin
+        data, fit, fmt, [checked, model_path, log_path, *extra_outputs], reporter, stdin
     ) as rows:
         means_init = None
         if means_path is not None:
@@ -275,15 +284,27 @@ def write_fit(
     labels_path, model_path, log_path = paths
     labels_fmt, log_fmt = formats
     model_bytes = io.dumps_model(io.model_document(result, rows.columns, rows.sha256, extra))
-    counts = np.zeros(result.params.n_components, dtype=np.int64)
+    K = result.params.n_components
+    counts = np.zeros(K, dtype=np.int64)
+    id_name = rows.id_name
+
+    def columns(block: BlockScores) -> dict[str, object]:
+        return io.scores_columns(block.resp, block.log_density, block.n_observed, block.extra,
+                                 id_name, probabilities, first_row=block.start + 1)
+
     with io.AtomicOutputs() as out, row_threads(os.cpu_count() or 1) as pmap:
-        table = out.stage_table(labels_path, labels_fmt)
-        for block in score_blocks(result.params, rows.source, pmap):
-            table.write(io.scores_columns(
-                block.resp, block.log_density, block.n_observed, block.extra, rows.id_name,
-                probabilities, first_row=block.start + 1,
-            ))
-            counts += np.bincount(block.labels, minlength=counts.size)
+        if labels_fmt == PARTS:  # written by the workers, in input order
+            from emcli.sources.dask import written
+
+            staged = written(rows.source, out.stage_dir(labels_path), columns,
+                             lambda block: np.bincount(block.labels, minlength=K))
+            for c in score_blocks(result.params, staged, pmap):  # each block's counts
+                counts += cast(np.ndarray, c)
+        else:
+            table = out.stage_table(labels_path, labels_fmt)
+            for block in score_blocks(result.params, rows.source, pmap):
+                table.write(columns(block))
+                counts += np.bincount(block.labels, minlength=K)
         out.add(model_path, model_bytes)
         out.add(log_path, io.render_table(io.convergence_columns(result), log_fmt))
         for path, data in more:

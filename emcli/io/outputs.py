@@ -14,6 +14,7 @@ import contextlib
 import errno
 import os
 import secrets
+import shutil
 import signal
 import sys
 import tempfile
@@ -237,6 +238,27 @@ class AtomicOutputs:
         self._writers.append(writer)
         return writer
 
+    def stage_dir(self, path: str) -> str:
+        """An empty directory staged for the output directory ``path`` (part files that
+        others write, e.g. a cluster's workers); committed or removed with the rest."""
+        target = os.path.abspath(path)
+        parent = os.path.dirname(target)
+        missing = parent
+        while not os.path.exists(missing) and os.path.dirname(missing) != missing:
+            self._made_dirs.append(missing)
+            missing = os.path.dirname(missing)
+        try:
+            os.makedirs(parent, exist_ok=True)
+            tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp",
+                                   dir=parent)
+            os.chmod(tmp, 0o777 & ~_umask())
+        except OSError as exc:
+            raise DataError(
+                f"{path}: cannot write ({exc.strerror}); choose another output path"
+            ) from exc
+        self._staged.append(_Staged(path, target, tmp, _Parts()))  # type: ignore[arg-type]
+        return tmp
+
     def add(self, path: str, data: bytes) -> None:
         """Stage the whole output ``path``; for ``"-"``, write ``data`` at the commit."""
         if path == "-":
@@ -269,7 +291,8 @@ class AtomicOutputs:
         with _signals_held() as held:
             try:
                 for s in self._staged:
-                    if os.path.isdir(s.target) and not os.path.islink(s.target):
+                    parts = isinstance(s.file, _Parts)
+                    if os.path.isdir(s.target) and not os.path.islink(s.target) and not parts:
                         raise DataError(f"{s.path}: output path is a directory; give a file name")
                     _backup(s.target, swap)
                     held.check()
@@ -286,7 +309,7 @@ class AtomicOutputs:
                 kept = _roll_back(swap)
                 for s in self._staged:  # before a held SIGTERM ends the process
                     with contextlib.suppress(OSError):
-                        os.unlink(s.tmp)
+                        _remove(s.tmp)
                 swap.backups = [b for b in swap.backups if (b[0], b[1]) not in kept]
                 if kept:
                     target, backup = kept[0]
@@ -298,7 +321,7 @@ class AtomicOutputs:
             finally:
                 for _, backup, _ in swap.backups:
                     with contextlib.suppress(OSError):
-                        os.unlink(backup)
+                        _remove(backup)
 
     def abort(self) -> None:
         """Throw away every staged output (what stdout got stays written)."""
@@ -307,7 +330,7 @@ class AtomicOutputs:
         for s in self._staged:
             s.file._discard()
             with contextlib.suppress(OSError):
-                os.unlink(s.tmp)
+                _remove(s.tmp)
         for d in sorted(set(self._made_dirs), key=len, reverse=True):
             with contextlib.suppress(OSError):
                 os.rmdir(d)  # only if empty
@@ -318,6 +341,24 @@ class AtomicOutputs:
 
     def __exit__(self, *exc: object) -> None:
         self.abort()
+
+
+def _remove(path: str) -> None:
+    """Remove a staged or backed-up file, or a directory of part files."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        os.unlink(path)
+
+
+class _Parts:
+    """What a staged directory has where a staged file has its ``OutputFile``."""
+
+    def close(self) -> None:
+        pass
+
+    def _discard(self) -> None:
+        pass
 
 
 def _backup(target: str, swap: _Swap) -> None:
@@ -363,9 +404,11 @@ def _roll_back(swap: _Swap) -> list[tuple[str, str]]:
     for target in restore:
         try:
             if target in backups:
+                if os.path.isdir(backups[target]) and os.path.isdir(target):
+                    shutil.rmtree(target)  # a directory of parts cannot be replaced whole
                 os.replace(backups[target], target)
             else:
-                os.unlink(target)
+                _remove(target)
         except OSError:
             if target in backups:
                 kept.append((target, backups[target]))

@@ -294,6 +294,51 @@ class DaskSource:
         self.parts = []
 
 
+class _Writing(DaskSource):
+    """A ``DaskSource`` whose results are written by the workers, one part file per
+    partition; ``each`` yields ``summary`` of each block's result."""
+
+    def __init__(self, source: DaskSource, directory: str, to_columns: Callable[[Any], Any],
+                 summary: Callable[[Any], Any]) -> None:
+        super().__init__(source.client, source.parts, source.n_rows, source.n_features,
+                         source.chunk_rows)
+        self.out = (directory, to_columns, summary)
+
+    def _submit(self, fn: Callable[[Block], Any]) -> list[Any]:
+        directory, to_columns, summary = self.out
+        n = len(self.parts)
+        paths = [os.path.join(directory, f"part-{i:05d}.parquet") for i in range(n)]
+        return self.client.map(_write_part, [fn] * n, self.parts, paths, [to_columns] * n,
+                               [summary] * n, pure=False)
+
+
+def written(source: Any, directory: str, to_columns: Callable[[Any], Any],
+            summary: Callable[[Any], Any]) -> DaskSource:
+    """``source`` whose per-block results the workers write to ``directory`` as Parquet
+    part files (``part-00000.parquet``, … in input order; ``to_columns`` makes a block's
+    table); a pass over it yields ``summary`` of each block's result."""
+    return _Writing(source, directory, to_columns, summary)
+
+
+def _write_part(fn: Callable[[Block], Any], blocks: list[Block], path: str,
+                to_columns: Callable[[Any], Any], summary: Callable[[Any], Any]) -> list[Any]:
+    from emcli.io.outputs import OutputFile
+    from emcli.io.writers import open_table_writer
+
+    done = []
+    try:
+        with open(path, "wb") as fh:
+            writer = open_table_writer(OutputFile(fh, path), "parquet")
+            for result in _apply(fn, blocks):
+                writer.write(to_columns(result))
+                done.append(summary(result))
+            writer.close()
+    except OSError as exc:
+        raise DataError(_on_worker(f"{path}: cannot write ({exc.strerror})")
+                        + "; every worker must see the output directory") from None
+    return done
+
+
 def _apply(fn: Callable[[Block], R], blocks: list[Block]) -> list[R]:
     for b in blocks:  # rows that moved between workers arrive as unaligned buffers
         if isinstance(b, Block):
