@@ -71,6 +71,13 @@ def _compiled() -> tuple[Any, Any]:
         return ld
 
     @inline
+    def block_ldl(S, k, idx, q, A):  # ldl of S[k][idx][:, idx] (its first q entries) into A
+        for a in range(q):
+            for b in range(a + 1):
+                A[a, b] = S[k, idx[a], idx[b]]
+        return ldl(A, q)
+
+    @inline
     def solve(A, b, q, quad_only):  # b <- A^-1 b from ldl; returns b_orig' A^-1 b_orig
         for i in range(q):
             v = b[i]
@@ -144,19 +151,13 @@ def _compiled() -> tuple[Any, Any]:
                 kc = 0 if Kc == 1 else k
                 if k == 0 or Kc > 1:  # a new factor (tied: one per pattern)
                     if by_prec:
-                        for a in range(c):
-                            for b in range(a + 1):
-                                A[a, b] = prec[kc, m[a], m[b]]
-                        ld_block = ldl(A, c)
+                        ld_block = block_ldl(prec, kc, m, c, A)
                         if ld_block != ld_block:
                             return False
                         if moments:
                             inverse(A, c, inv)  # Cov[x_m | x_o] = P_mm^-1
                     else:
-                        for a in range(s):
-                            for b in range(a + 1):
-                                A[a, b] = cov[kc, o[a], o[b]]
-                        ld_block = ldl(A, s)
+                        ld_block = block_ldl(cov, kc, o, s, A)
                         if ld_block != ld_block:
                             return False
                         for a in range(c):  # B = Σ_mo Σ_oo^-1
