@@ -210,20 +210,7 @@ class AtomicOutputs:
         target = os.path.abspath(path)
         if any(os.path.realpath(s.target) == os.path.realpath(target) for s in self._staged):
             raise UsageError(f"{path}: two outputs would go to the same file; give distinct paths")
-        parent = os.path.dirname(target)
-        missing = parent
-        while not os.path.exists(missing) and os.path.dirname(missing) != missing:
-            self._made_dirs.append(missing)
-            missing = os.path.dirname(missing)
-        try:
-            os.makedirs(parent, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(
-                prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=parent
-            )
-        except OSError as exc:
-            raise DataError(
-                f"{path}: cannot write ({exc.strerror}); choose another output path"
-            ) from exc
+        fd, tmp = self._beside(path, target, tempfile.mkstemp)
         staged = _Staged(path, target, tmp, OutputFile(os.fdopen(fd, "wb"), path))
         self._staged.append(staged)
         try:
@@ -242,6 +229,15 @@ class AtomicOutputs:
         """An empty directory staged for the output directory ``path`` (part files that
         others write, e.g. a cluster's workers); committed or removed with the rest."""
         target = os.path.abspath(path)
+        tmp = self._beside(path, target, tempfile.mkdtemp)
+        self._staged.append(_Staged(path, target, tmp, _Parts()))  # type: ignore[arg-type]
+        with contextlib.suppress(OSError):
+            os.chmod(tmp, 0o777 & ~_umask())
+        return tmp
+
+    def _beside(self, path: str, target: str, make: Callable[..., Any]) -> Any:
+        """``make`` (``tempfile.mkstemp`` or ``mkdtemp``) in the directory of ``target``,
+        made if needed (and then removed by ``abort`` if left empty)."""
         parent = os.path.dirname(target)
         missing = parent
         while not os.path.exists(missing) and os.path.dirname(missing) != missing:
@@ -249,15 +245,11 @@ class AtomicOutputs:
             missing = os.path.dirname(missing)
         try:
             os.makedirs(parent, exist_ok=True)
-            tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp",
-                                   dir=parent)
-            os.chmod(tmp, 0o777 & ~_umask())
+            return make(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=parent)
         except OSError as exc:
             raise DataError(
                 f"{path}: cannot write ({exc.strerror}); choose another output path"
             ) from exc
-        self._staged.append(_Staged(path, target, tmp, _Parts()))  # type: ignore[arg-type]
-        return tmp
 
     def add(self, path: str, data: bytes) -> None:
         """Stage the whole output ``path``; for ``"-"``, write ``data`` at the commit."""
