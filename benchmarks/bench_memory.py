@@ -48,6 +48,8 @@ BASELINE = {
              "import emcli.cli, emcli.fitting, emcli.io",
     "sklearn": "import numpy, pandas, sklearn.mixture",
 }
+# data with holes on a big fit loads numba (docs/e-step.md §7.3): ~70 MB of code alone
+BASELINE["emcli+numba"] = BASELINE["emcli"] + ", numba"
 
 
 def peak_rss(cmd: list[str]) -> tuple[float, float]:
@@ -127,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
             mb4 = write_parquet(holes, 4 * args.n, args.d, 0.05, 1)
             base = [EMCLI, "fit", str(holes), "-k", "8", "--max-iter", "5", "--tol", "0", "-q",
                     "-o", str(t / "out2")]
+            base_n, _ = peak_rss([sys.executable, "-c", BASELINE["emcli+numba"]])
+            print(f"baseline RSS after imports with numba: {base_n:.0f} MB")
+            base_e = base_n
             mem_peak, mem_secs = peak_rss(base)
             st_peak, st_secs = peak_rss([*base, "--max-memory", "256MB"])
             print(f"2. {4 * args.n}x{args.d} with 5% holes ({mb4:.0f} MB): in memory "

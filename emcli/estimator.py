@@ -20,7 +20,8 @@ class GaussianMixture:
     Parameters follow ``sklearn.mixture.GaussianMixture``; ``reg_covar`` is
     relative to each column's variance, ``standardize`` fits on z-scores and
     reports in original units, ``n_jobs`` splits row chunks over threads
-    (BLAS is held to one thread during the fit).
+    (BLAS is held to one thread during the fit). ``compare_kmeans`` also runs
+    k-means from the same start and sets ``kmeans_comparison_`` (docs/compare.md).
 
     A Dask DataFrame or Array (NaN allowed) is fitted on a Dask cluster:
     ``client`` is a ``distributed.Client`` or a scheduler address, by default
@@ -47,6 +48,7 @@ class GaussianMixture:
         dtype: str = "float64",
         n_jobs: int | None = None,
         client: Any = None,
+        compare_kmeans: bool = False,
     ) -> None:
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -63,6 +65,7 @@ class GaussianMixture:
         self.dtype = dtype
         self.n_jobs = n_jobs
         self.client = client
+        self.compare_kmeans = compare_kmeans
 
     # scikit-learn's parameter protocol
     _param_names = (
@@ -81,6 +84,7 @@ class GaussianMixture:
         "dtype",
         "n_jobs",
         "client",
+        "compare_kmeans",
     )
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
@@ -127,6 +131,7 @@ class GaussianMixture:
                 dtype=self.dtype,
                 n_threads=threads,
                 client=self.client,
+                compare_kmeans=self.compare_kmeans,
             )
         self._set_result(result)
         return self
@@ -142,6 +147,7 @@ class GaussianMixture:
         self.n_iter_ = result.n_iter
         self.lower_bound_ = result.mean_log_likelihood
         self.history_ = result.history
+        self.kmeans_comparison_ = result.kmeans_comparison
         self.n_features_in_ = p.n_features
         self.precisions_ = p.model.precisions(np.asarray(p.covariances, float))
 

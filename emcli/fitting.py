@@ -182,13 +182,15 @@ def fit_source(
     max_memory: int | None = None,
     column_names: Sequence[str] | None = None,
     callback: Callable[[IterationRecord], None] | None = None,
+    compare_kmeans: bool = False,
 ) -> FitResult:
     """Fit a Gaussian mixture by EM to the rows of ``source``, NaN integrated out exactly.
 
     With ``max_memory`` (bytes), the rows are kept in memory in fitting units
     when that working set fits, and streamed from the source on every pass
     otherwise; either way the result is the same. The result has no per-row
-    outputs: ``score_blocks`` gives them block by block.
+    outputs: ``score_blocks`` gives them block by block. ``compare_kmeans``
+    adds k-means against EM (``compare.compare_kmeans``, two more passes).
     """
     model = get_model(covariance_type)
     K = int(n_components)
@@ -265,8 +267,16 @@ def fit_source(
             history.extend(run.history)
             if best is None or run.log_likelihood > best.log_likelihood:
                 best, best_restart = run, r
-    if best is None:
-        raise FitError(f"every restart failed: {errors[-1]}")
+        if best is None:
+            raise FitError(f"every restart failed: {errors[-1]}")
+        comparison = None
+        if compare_kmeans:
+            from .compare import compare_kmeans as _compare
+
+            kmeans = samples.kmeans or _samples(rows, "kmeans", None, K, seed, scan, pmap).kmeans
+            assert kmeans is not None
+            comparison = _compare(rows, kmeans, best.params,
+                                  restart_rng(int(seed), K, cov_index, best_restart), ctx, pmap)
 
     params = best.params
     params = permute(params, canonical_order(_to_original_units(params, centre, scale)))
@@ -315,6 +325,7 @@ def fit_source(
         if standardize
         else None,
         in_memory=keep,
+        kmeans_comparison=None if comparison is None else comparison.as_record(offset),
     )
 
 

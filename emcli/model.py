@@ -97,6 +97,7 @@ class FitResult:
     settings: dict = field(default_factory=dict)
     standardization: dict | None = None
     in_memory: bool = True  # whether the rows were kept in memory (else streamed every pass)
+    kmeans_comparison: dict | None = None  # compare_kmeans=True: k-means against EM
 
     def _rows(self) -> np.ndarray:
         if self.resp is None:

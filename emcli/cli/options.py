@@ -196,8 +196,18 @@ DaskOpt = Annotated[
         "--dask",
         metavar="ADDRESS",
         help="Run on a Dask cluster: a scheduler address (tcp://host:8786), or local / local:N "
-        "for N worker processes on this machine. The workers read the Parquet inputs "
+        "for N worker processes on this machine. The workers read the input files "
         "themselves. Needs pip install 'emcli[dask]'.",
+        show_default=False,
+    ),
+]
+PlotOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--plot",
+        metavar="DIR",
+        help="Also write PNG pictures (clusters, uncertainty, convergence) to DIR; "
+        "needs the plot extra: pip install 'emcli[plot]'.",
         show_default=False,
     ),
 ]
