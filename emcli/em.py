@@ -362,19 +362,24 @@ def run_em(
 
 
 def posterior(
-    rows: FitRows, params: GMMParams, dtype: Any = np.float64, map: MapFn = map
-) -> Iterator[tuple[Chunk, np.ndarray, np.ndarray]]:
-    """Each chunk with its responsibilities ``(n, K)`` and row log-densities ``(n,)``."""
+    rows: FitRows,
+    params: GMMParams,
+    dtype: Any = np.float64,
+    map: MapFn = map,
+    then: Callable[[Chunk, np.ndarray, np.ndarray], Any] | None = None,
+) -> Iterator[Any]:
+    """Each chunk with its responsibilities ``(n, K)`` and row log-densities ``(n,)``;
+    or ``then`` of the three, computed where the chunk is (a cluster's worker)."""
     prep = prepare(params, dtype, rows)
     with np.errstate(divide="ignore"):
         log_w = np.log(params.weights)
 
-    def one(chunk: Chunk) -> tuple[Chunk, np.ndarray, np.ndarray]:
+    def one(chunk: Chunk) -> Any:
         # rows far beyond a model's spread (values near 1e308) overflow to a log-density
         # of -inf under every component: they get the weights (_normalise)
         with np.errstate(over="ignore", invalid="ignore"):
             logp, _ = log_prob(chunk, prep, moments=False)
         lse, resp = _normalise(np.where(np.isnan(logp), -np.inf, logp), log_w)
-        return chunk, resp, lse
+        return (chunk, resp, lse) if then is None else then(chunk, resp, lse)
 
     return rows.each(one, map)

@@ -24,6 +24,7 @@ from .diagnostics import NOT_CONVERGED
 from .errors import ConvergenceWarning, DataError, FitWarning, NotFittedError
 from .fitting import fit_mixture, sample_mixture, score_rows
 from .model import FitResult, GMMParams, IterationRecord
+from .sources.dask import is_collection
 
 # One default for the Python API and the command line (README, "Python").
 MAX_ITER = 200
@@ -87,6 +88,12 @@ class GaussianMixture:
     ``FitWarning`` (degenerate or spike components, collapse recovery, failed
     restarts; docs/loop.md §11). ``compare_kmeans`` also runs k-means from the
     same start and sets ``kmeans_comparison_`` (docs/compare.md).
+
+    A Dask DataFrame or Array (NaN allowed) is fitted on a Dask cluster:
+    ``client`` is a ``distributed.Client`` or a scheduler address, by default
+    the active client. Its partitions stay on the workers; ``predict``,
+    ``predict_proba`` and ``score_samples`` of a Dask collection return Dask
+    Arrays.
     """
 
     def __init__(
@@ -109,6 +116,7 @@ class GaussianMixture:
         standardize: bool = False,
         dtype: str = "float64",
         n_jobs: int | None = None,
+        client: Any = None,
         compare_kmeans: bool = False,
     ) -> None:
         self.n_components = n_components
@@ -128,6 +136,7 @@ class GaussianMixture:
         self.standardize = standardize
         self.dtype = dtype
         self.n_jobs = n_jobs
+        self.client = client
         self.compare_kmeans = compare_kmeans
 
     # scikit-learn's parameter protocol
@@ -149,6 +158,7 @@ class GaussianMixture:
         "standardize",
         "dtype",
         "n_jobs",
+        "client",
         "compare_kmeans",
     )
 
@@ -301,6 +311,7 @@ class GaussianMixture:
                 else list(self.feature_names_in_),
                 callback=self._progress() if self.verbose else None,
                 **start,
+                client=self.client,
                 compare_kmeans=self.compare_kmeans,
             )
         self._set_result(result)
@@ -343,8 +354,9 @@ class GaussianMixture:
         self.n_features_in_ = p.n_features
         self.precisions_ = p.model.precisions(np.asarray(p.covariances, float))
 
-    def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None) -> np.ndarray:
-        return self.fit(X, sample_weight=sample_weight).result_.labels
+    def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None) -> Any:
+        self.fit(X, sample_weight=sample_weight)
+        return self.predict(X) if is_collection(X) else self.result_.labels
 
     def _check_fitted(self) -> GMMParams:
         if not hasattr(self, "params_"):
@@ -356,15 +368,30 @@ class GaussianMixture:
         params = self._check_fitted()
         return score_rows(params, self._rows(X, reset=False))
 
-    def predict_proba(self, X: Any) -> np.ndarray:
-        return self._score(X)[0]
+    def _scored(self, X: Any, which: int, width: int | None) -> Any:
+        """``_score``'s output ``which`` of ``X``; of a Dask collection, lazily per partition."""
+        if is_collection(X):
+            from .sources.dask import map_rows
 
-    def predict(self, X: Any) -> np.ndarray:
+            params = self._check_fitted()
+            return map_rows(X, lambda part: score_rows(params, part)[which], width)
+        return self._score(X)[which]
+
+    def predict_proba(self, X: Any) -> Any:
+        return self._scored(X, 0, self._check_fitted().n_components)
+
+    def predict(self, X: Any) -> Any:
+        if is_collection(X):
+            from .sources.dask import map_rows
+
+            params = self._check_fitted()
+            labels = lambda part: score_rows(params, part)[0].argmax(axis=1)  # noqa: E731
+            return map_rows(X, labels, None, np.int64)
         return np.argmax(self.predict_proba(X), axis=1)
 
-    def score_samples(self, X: Any) -> np.ndarray:
+    def score_samples(self, X: Any) -> Any:
         """Log-density of each row over its observed values (NaN for an empty row)."""
-        return self._score(X)[1]
+        return self._scored(X, 1, None)
 
     def score(self, X: Any, y: Any = None) -> float:
         """Mean log-density of the rows with something observed."""

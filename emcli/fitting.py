@@ -247,7 +247,8 @@ def fit_source(
         least = working_set(scan.n_rows, d, K, itemsize, threads, kept=False)
         if max_memory is not None and least > max_memory:
             raise too_little_memory(max_memory, least, d, K)
-        keep = max_memory is None or need <= max_memory
+        # a cluster's workers keep its rows whatever this machine's budget
+        keep = max_memory is None or need <= max_memory or getattr(source, "remote", False)
         units = Units(centre, scale if standardize else None, np_dtype)
         rows = FitRows(source, units, keep=keep)
         ctx = Context(scan.sum_w, scan.sum_w / scan.n_fit, col_var, float(reg_covar))
@@ -362,12 +363,29 @@ def fit_mixture(
     n_components: int,
     sample_weight: Any = None,
     chunk_rows: int | None = None,
+    client: Any = None,
     **options: Any,
 ) -> FitResult:
     """Fit a Gaussian mixture by EM to an array, integrating missing values (NaN) out exactly.
 
-    Takes the options of ``fit_source``; the result has per-row outputs.
+    Takes the options of ``fit_source``; the result has per-row outputs. A Dask
+    DataFrame or Array is fitted on its cluster (``client``: a ``distributed.Client``,
+    a scheduler address, or None for the active client); the result then has no
+    per-row outputs (``GaussianMixture.predict`` gives them as a Dask Array).
     """
+    from .sources.dask import is_collection
+
+    if is_collection(X):
+        from .sources.dask import collection_on_cluster
+
+        if sample_weight is not None:
+            raise DataError("sample_weight is not taken with a Dask collection; "
+                            "fit the collection without weights")
+        on_cluster = collection_on_cluster(X, client, chunk_rows)
+        try:
+            return fit_source(on_cluster, n_components=n_components, **options)
+        finally:
+            on_cluster.release()
     X, w = as_rows(X, sample_weight)
     source = ArraySource(X, w, chunk_rows)
     result = fit_source(source, n_components=n_components, **options)
@@ -505,11 +523,15 @@ def score_blocks(
     """
     c = params.weights @ params.means
     rows = FitRows(source, Units(c, None, np.float64), keep=False)
-    for chunk, r_c, l_c in posterior(rows, params.replace(means=params.means - c), map=map):
-        resp, ld = _block_outputs(chunk, r_c, l_c, params.weights)
+    weights = params.weights
+
+    def scores(chunk: Chunk, r_c: np.ndarray, l_c: np.ndarray) -> BlockScores:
+        resp, ld = _block_outputs(chunk, r_c, l_c, weights)
         n_obs = np.zeros(chunk.n_block, dtype=np.int64)
         n_obs[slice(None) if chunk.index is None else chunk.index] = chunk.n_obs
-        yield BlockScores(chunk.start, resp, ld, n_obs, chunk.extra)
+        return BlockScores(chunk.start, resp, ld, n_obs, chunk.extra)
+
+    yield from posterior(rows, params.replace(means=params.means - c), map=map, then=scores)
 
 
 def _block_outputs(

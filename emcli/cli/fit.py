@@ -10,7 +10,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import numpy as np
 import typer
@@ -40,7 +40,11 @@ from .options import (
     stdout_count,
 )
 
+# ``--labels DIR`` with ``--dask``: one Parquet part file per partition
+PARTS = "parts"
+
 if TYPE_CHECKING:  # pragma: no cover
+    from emcli.fitting import BlockScores
     from emcli.io.outputs import AtomicOutputs
     from emcli.io.rows import OpenedRows
     from emcli.model import FitResult
@@ -142,7 +146,12 @@ def run_fit(
     if fit.no_log and log is not None:
         raise UsageError("--no-log and --log contradict each other; give one")
     log_path = None if fit.no_log else log or default_log
-    labels_fmt = io.output_format(labels_path, "csv")
+    # with --dask, labels to a directory are Parquet part files the workers write
+    parts = fit.dask is not None and labels is not None and (
+        labels.endswith(("/", os.sep)) or os.path.isdir(labels)
+    )
+    labels_fmt = PARTS if parts else io.output_format(labels_path, "csv")
+    checked = os.path.join(labels_path, "part-00000.parquet") if parts else labels_path
     log_fmt = io.output_format(log_path, "csv") if log_path is not None else "csv"
     if model_path != "-" and not model_path.lower().endswith(".json") and not io.in_place(
         model_path
@@ -152,7 +161,7 @@ def run_fit(
     reporter = Reporter(quiet)
     paths = [p for p in (labels_path, model_path, log_path) if p is not None]
     with open_input(
-        data, fit, fmt, [*paths, *extra_outputs, *pictures], reporter, stdin
+        data, fit, fmt, [checked, *paths[1:], *extra_outputs, *pictures], reporter, stdin
     ) as rows:
         means_init = None
         if means_path is not None:
@@ -285,17 +294,22 @@ def open_input(
     stdin: Any = None,
 ) -> Iterator[OpenedRows]:
     """DATA as a row source (after checking that no output overwrites it), with its
-    feature columns chosen; a temporary copy of CSV or stdin lives as long as the context."""
+    feature columns chosen; a temporary copy of CSV or stdin, or the Dask cluster of
+    ``--dask``, lives as long as the context."""
     from emcli import io
-    from emcli.io.rows import open_rows
+    from emcli.io.rows import check_cluster_inputs, open_rows
+    from emcli.sources.dask import cluster
 
     from .options import memory_budget
 
     inputs = io.resolve_inputs(data, fmt)
     io.check_output_paths(outputs, inputs)
+    if fit.dask is not None:
+        check_cluster_inputs(inputs)
     budget = memory_budget(fit.max_memory)
-    with open_rows(
-        inputs, **fit.column_choice(), tmp_dir=fit.tmp_dir, budget=budget, stdin=stdin
+    with cluster(fit.dask) as client, open_rows(
+        inputs, **fit.column_choice(), tmp_dir=fit.tmp_dir, budget=budget, stdin=stdin,
+        client=client,
     ) as rows:
         for message in rows.notices:
             if message.startswith("warning: "):  # names its input itself
@@ -344,15 +358,27 @@ def write_fit(
     labels_path, model_path, log_path = paths
     labels_fmt, log_fmt = formats
     model_bytes = io.dumps_model(io.model_document(result, rows.columns, rows.sha256, extra))
-    counts = np.zeros(result.params.n_components, dtype=np.int64)
+    K = result.params.n_components
+    counts = np.zeros(K, dtype=np.int64)
+    id_name = rows.id_name
+
+    def columns(block: BlockScores) -> dict[str, object]:
+        return io.scores_columns(block.resp, block.log_density, block.n_observed, block.extra,
+                                 id_name, probabilities, first_row=block.start + 1)
+
     with io.AtomicOutputs() as out, row_threads(os.cpu_count() or 1) as pmap:
-        table = out.stage_table(labels_path, labels_fmt)
-        for block in score_blocks(result.params, rows.source, pmap):
-            table.write(io.scores_columns(
-                block.resp, block.log_density, block.n_observed, block.extra, rows.id_name,
-                probabilities, first_row=block.start + 1,
-            ))
-            counts += np.bincount(block.labels, minlength=counts.size)
+        if labels_fmt == PARTS:  # written by the workers, in input order
+            from emcli.sources.dask import written
+
+            staged = written(rows.source, out.stage_dir(labels_path), columns,
+                             lambda block: np.bincount(block.labels, minlength=K))
+            for c in score_blocks(result.params, staged, pmap):  # each block's counts
+                counts += cast(np.ndarray, c)
+        else:
+            table = out.stage_table(labels_path, labels_fmt)
+            for block in score_blocks(result.params, rows.source, pmap):
+                table.write(columns(block))
+                counts += np.bincount(block.labels, minlength=K)
         out.add(model_path, model_bytes)
         if log_path is not None:
             out.add(log_path, io.render_table(io.convergence_columns(result, timings), log_fmt))

@@ -206,6 +206,16 @@ NameOpt = Annotated[
         metavar="STEM",
         help="Stem of the default output names (OUT_DIR/STEM.labels.csv, …); "
         "default: the input's name, stdin for -.",
+    ),
+]
+DaskOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dask",
+        metavar="ADDRESS",
+        help="Run on a Dask cluster: a scheduler address (tcp://host:8786), or local / local:N "
+        "for N worker processes on this machine. The workers read the input files "
+        "themselves. Needs pip install 'emcli[dask]'.",
         show_default=False,
     ),
 ]
@@ -269,13 +279,14 @@ class FitOptions:
     timings: TimingsOpt = False
     no_log: NoLogOpt = False
     name: NameOpt = None
+    dask: DaskOpt = None
 
     # These fields go to io.select_features; init (a method or a file of means) to
-    # init_choice; tmp_dir to the reader; timings, no_log and name to the writers;
-    # max_memory, in bytes, and every other field, as it is, to fit_mixture and
-    # sweep (em_settings).
+    # init_choice; tmp_dir to the reader, dask to the cluster it reads on; timings,
+    # no_log and name to the writers; max_memory, in bytes, and every other field, as
+    # it is, to fit_mixture and sweep (em_settings).
     COLUMN_CHOICE = ("columns", "exclude", "id_column", "weights_column")
-    READING = ("tmp_dir",)
+    READING = ("tmp_dir", "dask")
     WRITING = ("timings", "no_log", "name")
 
     def column_choice(self) -> dict[str, Any]:

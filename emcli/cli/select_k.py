@@ -178,6 +178,12 @@ def select_k_command(
         reporter = Reporter(quiet)
         from emcli.selection import sweep
 
+        if fit.dask is not None and jobs > 1:
+            reporter.notice(
+                f"--jobs {jobs} does not apply with --dask: the cells run one after another, "
+                "each fit's passes spread over the cluster's workers"
+            )
+            jobs = 1
         with open_input(data, fit, fmt, outputs, reporter) as rows:
             n_cells = len(k_values) * len(covariance_types)
             with (

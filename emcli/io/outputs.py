@@ -14,6 +14,7 @@ import contextlib
 import errno
 import os
 import secrets
+import shutil
 import signal
 import sys
 import tempfile
@@ -221,20 +222,7 @@ class AtomicOutputs:
             return staged.file
         if any(os.path.realpath(s.target) == os.path.realpath(target) for s in self._staged):
             raise UsageError(f"{path}: two outputs would go to the same file; give distinct paths")
-        parent = os.path.dirname(target)
-        missing = parent
-        while not os.path.exists(missing) and os.path.dirname(missing) != missing:
-            self._made_dirs.append(missing)
-            missing = os.path.dirname(missing)
-        try:
-            os.makedirs(parent, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(
-                prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=parent
-            )
-        except OSError as exc:
-            raise DataError(
-                f"{path}: cannot write ({exc.strerror}); choose another output path"
-            ) from exc
+        fd, tmp = self._beside(path, target, tempfile.mkstemp)
         staged = _Staged(path, target, tmp, OutputFile(os.fdopen(fd, "wb"), path))
         self._staged.append(staged)
         try:
@@ -248,6 +236,32 @@ class AtomicOutputs:
         writer = open_table_writer(self.stage(path), fmt, **options)
         self._writers.append(writer)
         return writer
+
+    def stage_dir(self, path: str) -> str:
+        """An empty directory staged for the output directory ``path`` (part files that
+        others write, e.g. a cluster's workers); committed or removed with the rest."""
+        target = os.path.abspath(path)
+        tmp = self._beside(path, target, tempfile.mkdtemp)
+        self._staged.append(_Staged(path, target, tmp, _Parts()))  # type: ignore[arg-type]
+        with contextlib.suppress(OSError):
+            os.chmod(tmp, 0o777 & ~_umask())
+        return tmp
+
+    def _beside(self, path: str, target: str, make: Callable[..., Any]) -> Any:
+        """``make`` (``tempfile.mkstemp`` or ``mkdtemp``) in the directory of ``target``,
+        made if needed (and then removed by ``abort`` if left empty)."""
+        parent = os.path.dirname(target)
+        missing = parent
+        while not os.path.exists(missing) and os.path.dirname(missing) != missing:
+            self._made_dirs.append(missing)
+            missing = os.path.dirname(missing)
+        try:
+            os.makedirs(parent, exist_ok=True)
+            return make(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=parent)
+        except OSError as exc:
+            raise DataError(
+                f"{path}: cannot write ({exc.strerror}); choose another output path"
+            ) from exc
 
     def add(self, path: str, data: bytes) -> None:
         """Stage the whole output ``path``; for ``"-"``, write ``data`` at the commit."""
@@ -285,7 +299,8 @@ class AtomicOutputs:
         with _signals_held() as held:
             try:
                 for s in self._staged:
-                    if os.path.isdir(s.target) and not os.path.islink(s.target):
+                    parts = isinstance(s.file, _Parts)
+                    if os.path.isdir(s.target) and not os.path.islink(s.target) and not parts:
                         raise DataError(f"{s.path}: output path is a directory; give a file name")
                     _backup(s.target, swap)
                     held.check()
@@ -302,7 +317,7 @@ class AtomicOutputs:
                 kept = _roll_back(swap)
                 for s in self._staged:  # before a held SIGTERM ends the process
                     with contextlib.suppress(OSError):
-                        os.unlink(s.tmp)
+                        _remove(s.tmp)
                 swap.backups = [b for b in swap.backups if (b[0], b[1]) not in kept]
                 if kept:
                     target, backup = kept[0]
@@ -314,7 +329,7 @@ class AtomicOutputs:
             finally:
                 for _, backup, _ in swap.backups:
                     with contextlib.suppress(OSError):
-                        os.unlink(backup)
+                        _remove(backup)
 
     def abort(self) -> None:
         """Throw away every staged output (what stdout got stays written)."""
@@ -323,7 +338,7 @@ class AtomicOutputs:
         for s in self._staged:
             s.file._discard()
             with contextlib.suppress(OSError):
-                os.unlink(s.tmp)
+                _remove(s.tmp)
         for d in sorted(set(self._made_dirs), key=len, reverse=True):
             with contextlib.suppress(OSError):
                 os.rmdir(d)  # only if empty
@@ -348,6 +363,24 @@ def _copy_to_device(s: _Staged) -> None:
     finally:
         with contextlib.suppress(OSError):
             os.unlink(s.tmp)
+
+
+def _remove(path: str) -> None:
+    """Remove a staged or backed-up file, or a directory of part files."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        os.unlink(path)
+
+
+class _Parts:
+    """What a staged directory has where a staged file has its ``OutputFile``."""
+
+    def close(self) -> None:
+        pass
+
+    def _discard(self) -> None:
+        pass
 
 
 def _backup(target: str, swap: _Swap) -> None:
@@ -393,9 +426,11 @@ def _roll_back(swap: _Swap) -> list[tuple[str, str]]:
     for target in restore:
         try:
             if target in backups:
+                if os.path.isdir(backups[target]) and os.path.isdir(target):
+                    shutil.rmtree(target)  # a directory of parts cannot be replaced whole
                 os.replace(backups[target], target)
             else:
-                os.unlink(target)
+                _remove(target)
         except OSError:
             if target in backups:
                 kept.append((target, backups[target]))
