@@ -2,9 +2,10 @@
 
 An incomplete chunk on the quad route (docs/e-step.md §6) gets every row's
 log-density from the quad design of its zero-filled rows, like a complete
-chunk, and the kernels here correct it row by row through the precision
-matrix (or the observed block), one missingness pattern at a time, then add
-what the filled-in cells contribute to the quad design's raw sums
+chunk, and the kernel here corrects it row by row through the precision
+matrix (or the observed block), one missingness pattern at a time, filling
+the missing cells in for the M-step's raw sums; off the quad route it
+computes the log-densities directly and fills in deviations from the means
 (docs/e-step.md §7.3). ``conditional.py`` computes the same quantities with
 numpy: it is the reference the tests compare these with, and the route of
 small fits. numba is imported on first use only, for fits large enough that
