@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .covariance import COVARIANCE_TYPES, Context, get_model
+from .covariance import Context, get_model, model_name
 from .em import _normalise, posterior, run_em
 from .errors import DataError, FitError, MemoryBudgetError, UsageError
 from .gaussian import Chunk, log_prob_gen, prepare_gen
@@ -115,7 +115,8 @@ def _to_fitting_units(params: GMMParams, c: np.ndarray, s: np.ndarray) -> GMMPar
 
 def _to_original_units(params: GMMParams, c: np.ndarray, s: np.ndarray) -> GMMParams:
     model, cov = params.model.unscaled(np.asarray(params.covariances, float), s)
-    return GMMParams(model.name, params.weights, params.means * s + c, cov)
+    name = params.covariance_type if model is params.model else model.alias or model.name
+    return GMMParams(name, params.weights, params.means * s + c, cov)
 
 
 def canonical_order(params: GMMParams) -> np.ndarray:
@@ -190,6 +191,7 @@ def fit_source(
     outputs: ``score_blocks`` gives them block by block.
     """
     model = get_model(covariance_type)
+    covariance_type = str(model_name(covariance_type))
     K = int(n_components)
     if K < 1:
         raise UsageError(f"the number of components must be at least 1, got {K}")
@@ -243,12 +245,11 @@ def fit_source(
             means_init, weights_init, precisions_init, covariance_type, K, d, centre, scale
         )
         samples = _samples(rows, init, user, K, seed, scan, pmap)
-        cov_index = COVARIANCE_TYPES.index(covariance_type)
         best, best_restart = None, -1
         history: list[IterationRecord] = []
         errors: list[str] = []
         for r in range(int(n_init)):
-            rng = restart_rng(int(seed), K, cov_index, r)
+            rng = restart_rng(int(seed), K, model.seed_index, r)
             try:
                 start = _start_params(rows, samples, K, covariance_type, init, rng, user, ctx, pmap)
                 run = run_em(

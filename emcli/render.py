@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .covariance import COVARIANCE_TYPES, MODELS
+from .covariance import ORDER, get_model, model_name
 from .model import FitResult, IterationRecord
 
 
@@ -134,14 +134,13 @@ _SERIES_STYLES = ("cyan", "magenta", "yellow", "green", "blue", "red", "bright_c
 
 
 def _series_mark(name: str) -> str:
-    model = MODELS.get(name)
-    return model.mark if model is not None else "?"
+    return get_model(name).name if model_name(name) is not None else "?"
 
 
 def _series_style(name: str) -> str:
-    if name not in COVARIANCE_TYPES:
+    if model_name(name) is None:
         return ""
-    return _SERIES_STYLES[COVARIANCE_TYPES.index(name) % len(_SERIES_STYLES)]
+    return _SERIES_STYLES[ORDER.index(get_model(name).name) % len(_SERIES_STYLES)]
 
 
 @contextlib.contextmanager
@@ -230,7 +229,7 @@ def sweep_table(result: Any) -> Table:
 
 
 def criterion_chart(result: Any, width: int = 80, height: int = 12) -> Any:
-    """A character plot of the criterion against k, one series (letter) per covariance type.
+    """A character plot of the criterion against k, one series per model, named by its letters.
 
     Returns a rich ``Text`` at most ``width`` columns wide; points are joined by dots.
     """
@@ -275,15 +274,19 @@ def criterion_chart(result: Any, width: int = 80, height: int = 12) -> Any:
                 r = row(y)
                 if grid[r][c] == " ":
                     grid[r][c], style[r][c] = ".", _series_style(cov)
-    marks = {_series_mark(c) for c in covs}
-    shared = False  # two series on one character: show "*" rather than hide one
+    owner: list[list[str | None]] = [[None] * plot_w for _ in range(height)]
+    shared = False  # two series' names overlap: show "*" rather than hide one
     for cov, pts in series.items():
+        mark = _series_mark(cov)  # three letters, centred on the point
         for i, v in pts:
             r, c = row(v), col(i)
-            mark = _series_mark(cov)
-            if grid[r][c] in marks and grid[r][c] != mark:
-                mark, shared = "*", True
-            grid[r][c], style[r][c] = mark, "bold " + _series_style(cov)
+            start = min(max(0, c - len(mark) // 2), plot_w - len(mark))
+            span = range(start, start + len(mark))
+            if any(owner[r][x] not in (None, cov) for x in span):
+                grid[r][c], style[r][c], owner[r][c], shared = "*", "bold", "*", True
+                continue
+            for x, ch in zip(span, mark, strict=True):
+                grid[r][x], style[r][x], owner[r][x] = ch, "bold " + _series_style(cov), cov
     label_rows = {0: labels[0], (height - 1) // 2: labels[1], height - 1: labels[2]}
     out.append(f"{crit.upper()} against k (lower is better)\n", style="bold")
     for r in range(height):
@@ -307,9 +310,9 @@ def criterion_chart(result: Any, width: int = 80, height: int = 12) -> Any:
     else:
         marker = (note + " ^").rjust(at + 1)
     out.append(" " * (lw + 2) + marker + "\n")
-    legend = "  ".join(f"{_series_mark(c)} = {c}" for c in covs)
+    legend = "  ".join(f"{_series_mark(c)} = {c}" for c in covs if _series_mark(c) != c)
     if shared:
-        legend += "  * = several"
+        legend += ("  " if legend else "") + "* = several"
     out.append(" " * (lw + 2) + legend)
     return out
 

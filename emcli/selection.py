@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .covariance import COVARIANCE_TYPES, get_model
+from .covariance import ORDER, get_model, model_name
 from .criteria import CRITERIA
 from .errors import DataError, FitError, MemoryBudgetError, UsageError
 from .fitting import check_data, fit_mixture, fit_source, too_little_memory, working_set
@@ -64,19 +64,24 @@ def parse_k(spec: str) -> list[int]:
 
 
 def parse_covariances(spec: str) -> list[str]:
-    """Covariance types from ``"full,diag"`` or ``"all"``, in the order given, deduplicated."""
-    text = str(spec).strip().lower()
-    if text == "all":
-        return list(COVARIANCE_TYPES)
+    """Covariance models from ``"EII,VVV,full"`` or ``"all"`` (the fourteen), in the order given.
+
+    A model named twice (``VVV,full``) is kept once, under its first spelling.
+    """
+    text = str(spec).strip()
+    if text.lower() == "all":
+        return list(ORDER)
     out: list[str] = []
+    seen: set[str] = set()
     for part in text.split(","):
-        name = part.strip()
-        if name not in COVARIANCE_TYPES:
+        name = model_name(part)
+        if name is None:
             raise UsageError(
-                f"unknown covariance type {name!r} in {spec!r}; "
-                f"use a list of {', '.join(COVARIANCE_TYPES)}, or all"
+                f"unknown covariance model {part.strip()!r} in {spec!r}; "
+                f"use a list of {', '.join(ORDER)} (or full, diag, spherical, tied), or all"
             )
-        if name not in out:
+        if get_model(name).name not in seen:
+            seen.add(get_model(name).name)
             out.append(name)
     return out
 
@@ -235,7 +240,7 @@ def sweep(
         raise UsageError("no k to try; give a range like 1:9")
     if ks[0] < 1:
         raise UsageError(f"every k must be at least 1, got {ks[0]}")
-    covs = list(dict.fromkeys(covariance_types))
+    covs = list(dict.fromkeys(model_name(c) or str(c) for c in covariance_types))
     if not covs:
         raise UsageError("no covariance type to try; give e.g. full or all")
     for c in covs:

@@ -80,9 +80,14 @@ def test_parse_k_errors(spec, message):
 
 def test_parse_covariances():
     assert parse_covariances("full,diag") == ["full", "diag"]
-    assert parse_covariances("all") == ["full", "diag", "spherical", "tied"]
+    assert parse_covariances("all") == [
+        "EII", "VII", "EEI", "VEI", "EVI", "VVI", "EEE",
+        "VEE", "EVE", "VVE", "EEV", "VEV", "EVV", "VVV",
+    ]
     assert parse_covariances(" Diag , full,diag") == ["diag", "full"]
-    with pytest.raises(UsageError, match="unknown covariance type 'fool'"):
+    # one model under two spellings is fitted once, under the first
+    assert parse_covariances("EII,vvv,full,VEV") == ["EII", "VVV", "VEV"]
+    with pytest.raises(UsageError, match="unknown covariance model 'fool'"):
         parse_covariances("full,fool")
 
 

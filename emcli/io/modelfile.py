@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from emcli import __version__
-from emcli.covariance import COVARIANCE_TYPES, get_model
+from emcli.covariance import get_model, model_name
 from emcli.errors import ModelFileError
 from emcli.model import FitResult, GMMParams
 
@@ -174,7 +174,7 @@ def load_model(path: str) -> LoadedModel:
     ):
         raise ModelFileError(f'{where}: "columns" must be a non-empty list of distinct names')
     t = doc.get("covariance_type")
-    if t not in COVARIANCE_TYPES:
+    if not isinstance(t, str) or model_name(t) != t:
         raise ModelFileError(f"{where}: unknown covariance_type {t!r}")
     weights = doc.get("weights")
     if not isinstance(weights, list) or not weights:

@@ -1,0 +1,199 @@
+"""mclust's constrained models beyond today's four: ten entries on the two E-step families.
+
+Each entry names its M-step form (``forms.py``) and its parameter count. The
+general ones (VEE, EVE, VVE, EEV, VEV, EVV) store every component's full
+matrix, ``(K, d, d)``; the diagonal ones store ``(K,)`` (EII) or ``(K, d)``
+(EEI, VEI, EVI) variances. All take the expected scatter of docs/m-step.md
+§8, regularised before the form is applied so that the result keeps the
+model's constraints (docs/m-step.md §9).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from emcli.gaussian import MaskPrepared
+from emcli.stats import MaskStats
+
+from . import forms
+from .base import Context, CovarianceModel, Diag, Full, Spherical
+
+Form = Callable[..., np.ndarray]
+
+
+def _mismatch(cov: np.ndarray, projected: np.ndarray) -> bool:
+    scale = max(float(np.max(np.abs(cov))), 1e-300)
+    return bool(np.max(np.abs(projected - cov)) > 1e-6 * scale)
+
+
+class _ConstrainedGeneral(Full):
+    """A correlated model with every component's matrix stored; only the form differs."""
+
+    alias = ""
+    form: Form = staticmethod(forms.vvv)
+    var_params: Callable[[int, int], int] = staticmethod(lambda K, d: 0)
+    becomes: str = ""  # the model in original units, when scaling does not preserve this one
+
+    def n_cov_params(self, K, d):
+        return int(self.var_params(K, d))
+
+    def _from_scatter(self, W, N, ctx, current):
+        W = W + N[:, None, None] * np.diag(ctx.reg_covar * ctx.col_var)
+        with np.errstate(all="ignore"):
+            return self.form(W, N, current)
+
+    def unscaled(self, cov, s):
+        if self.preserved or np.all(s == s[0]):
+            return self, cov * np.outer(s, s)[None]
+        from . import MODELS
+
+        return MODELS[self.becomes], cov * np.outer(s, s)[None]
+
+    def project(self, cov: np.ndarray) -> np.ndarray:
+        """The nearest parameters of this model to ``cov`` (the M-step with unit weights)."""
+        with np.errstate(all="ignore"):
+            return self.form(cov, np.ones(cov.shape[0]), cov)
+
+    def regularised(self, cov, k, amount, col_var):
+        out = cov.copy()
+        out[k] += amount * np.diag(col_var)
+        return self.project(out)
+
+    def problem(self, cov):
+        found = super().problem(cov)
+        if found is None and _mismatch(cov, self.project(cov)):
+            return f"the covariances do not have the constraints of model {self.name}"
+        return found
+
+
+class _ConstrainedDiagonal(Diag):
+    """An axis-aligned model fitted on the expected scatter's diagonal."""
+
+    alias = ""
+    form: Form = staticmethod(forms.vvi)
+    var_params: Callable[[int, int], int] = staticmethod(lambda K, d: 0)
+    becomes: str = ""
+
+    def n_cov_params(self, K, d):
+        return int(self.var_params(K, d))
+
+    def m_step(self, stats: MaskStats, prep: MaskPrepared, means, cov, ctx):
+        """From the expected diagonal scatter (docs/m-step.md §9): missing cells as latent."""
+        N, So, Sx, Sx2 = stats.N, stats.So, stats.Sx, stats.Sx2
+        assert N is not None and So is not None and Sx is not None and Sx2 is not None
+        Nsafe = np.where(N > 0, N, 1.0)
+        dmu = Sx / Nsafe[:, None]
+        var = self._variances(cov, means.shape[1])
+        Wd = Sx2 - N[:, None] * dmu**2 + (N[:, None] - So) * var
+        return means + dmu, self._from_diagonal(Wd, Nsafe, ctx, cov)
+
+    def _from_diagonal(self, Wd, N, ctx: Context, current) -> np.ndarray:
+        Wd = Wd + N[:, None] * (ctx.reg_covar * ctx.col_var)[None]
+        with np.errstate(all="ignore"):
+            return self._stored(self.form(Wd, N, None if current is None else
+                                          self._variances(current, Wd.shape[1])))
+
+    def _stored(self, var: np.ndarray) -> np.ndarray:
+        return var
+
+    def start(self, st, delta, N, ctx):
+        So = st.So
+        assert So is not None
+        ss = st.squares(delta)
+        # observed squares stand for the whole weight; a column never seen gets its variance
+        Wd = np.where(So > 0, ss * N[:, None] / np.where(So > 0, So, 1.0), N[:, None] * ctx.col_var)
+        return self._from_diagonal(Wd, np.where(N > 0, N, 1.0), ctx, None)
+
+    def unscaled(self, cov, s):
+        if np.all(s == s[0]):
+            return self, cov * s[0] ** 2
+        if self.preserved:
+            return self, cov * s**2
+        from . import MODELS
+
+        return MODELS[self.becomes], self._variances(cov, s.size) * s**2
+
+    def project(self, cov: np.ndarray) -> np.ndarray:
+        var = self._variances(cov, cov.shape[-1] if cov.ndim == 2 else 1)
+        with np.errstate(all="ignore"):
+            return self._stored(self.form(var, np.ones(var.shape[0]), var))
+
+    def regularised(self, cov, k, amount, col_var):
+        var = self._variances(cov, col_var.size).copy()
+        var[k] += amount * col_var
+        with np.errstate(all="ignore"):
+            return self._stored(self.form(var, np.ones(var.shape[0]), var))
+
+    def problem(self, cov):
+        found = super().problem(cov)
+        if found is None and cov.ndim == 2 and _mismatch(cov, self.project(cov)):
+            return f"the covariances do not have the constraints of model {self.name}"
+        return found
+
+
+class EII(_ConstrainedDiagonal):
+    """One variance for every column and component: storage as VII's, ``(K,)``."""
+
+    name, seed_index, preserved, becomes = "EII", 4, False, "EEI"
+    isotropic = True
+    form = staticmethod(forms.eii)
+    var_params = staticmethod(lambda K, d: 1)
+
+    shape = Spherical.shape
+    to_full = Spherical.to_full
+    scaled = Spherical.scaled
+    broad = Spherical.broad
+
+    def _variances(self, cov, d):
+        return np.repeat(np.asarray(cov, float)[:, None], d, axis=1)
+
+    def _stored(self, var):
+        return var[:, 0] if var.ndim == 2 else var
+
+    def project(self, cov):
+        with np.errstate(all="ignore"):
+            return forms.eii(np.asarray(cov, float)[:, None], np.ones(cov.shape[0]))
+
+    def problem(self, cov):
+        found = _ConstrainedDiagonal.problem(self, cov)
+        if found is None and _mismatch(cov, self.project(cov)):
+            return f"the covariances do not have the constraints of model {self.name}"
+        return found
+
+    def regularised(self, cov, k, amount, col_var):
+        return np.asarray(cov, float) + amount * col_var.mean()
+
+
+def _entry(base: type, name: str, seed: int, form: Form, count, becomes: str = "") -> Any:
+    cls = type(name, (base,), {
+        "name": name, "seed_index": seed, "form": staticmethod(form),
+        "var_params": staticmethod(count), "preserved": not becomes, "becomes": becomes,
+    })
+    return cls()
+
+
+def _tri(d: int) -> int:
+    return d * (d - 1) // 2
+
+
+CONSTRAINED = (
+    EII(),
+    _entry(_ConstrainedDiagonal, "EEI", 5, forms.eei, lambda K, d: d),
+    _entry(_ConstrainedDiagonal, "VEI", 6, forms.vei, lambda K, d: K + d - 1),
+    _entry(_ConstrainedDiagonal, "EVI", 7, forms.evi, lambda K, d: 1 + K * (d - 1)),
+    _entry(_ConstrainedGeneral, "VEE", 8, forms.vee, lambda K, d: K + d - 1 + _tri(d)),
+    _entry(_ConstrainedGeneral, "EVE", 9, forms.eve,
+           lambda K, d: 1 + K * (d - 1) + _tri(d), becomes="EVV"),
+    _entry(_ConstrainedGeneral, "VVE", 10, forms.vve, lambda K, d: K * d + _tri(d),
+           becomes="VVV"),
+    _entry(_ConstrainedGeneral, "EEV", 11, forms.eev, lambda K, d: d + K * _tri(d),
+           becomes="EVV"),
+    _entry(_ConstrainedGeneral, "VEV", 12, forms.vev, lambda K, d: K + d - 1 + K * _tri(d),
+           becomes="VVV"),
+    _entry(_ConstrainedGeneral, "EVV", 13, forms.evv, lambda K, d: 1 - K + K * d * (d + 1) // 2),
+)
+
+__all__ = ["CONSTRAINED", "CovarianceModel"]
