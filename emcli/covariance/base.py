@@ -32,6 +32,7 @@ class Context:
     mean_w: float
     col_var: np.ndarray  # observed variance of each column, > 0
     reg_covar: float
+    inner_tol: float = 1e-10  # iterative M-steps stop at this relative change (docs/m-step.md §9)
 
 
 def _sym(U: np.ndarray) -> np.ndarray:
@@ -133,6 +134,16 @@ class CovarianceModel:
         """
         raise NotImplementedError
 
+    def from_scatter(
+        self, W: np.ndarray, N: np.ndarray, ctx: Context, current: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Covariances from the weights ``N`` (K,) and expected scatters ``W`` (K, d, d).
+
+        The M-step every model shares (docs/m-step.md §8–9), on complete-data
+        statistics; ``current`` starts the iterative ones.
+        """
+        raise NotImplementedError
+
     def start(
         self, st: StartStats, delta: np.ndarray, N: np.ndarray, ctx: Context
     ) -> np.ndarray:
@@ -190,8 +201,11 @@ class _General(CovarianceModel):
         Nsafe = np.where(N > 0, N, 1.0)
         dmu = S1 / Nsafe[:, None]
         centred = S2 - N[:, None, None] * dmu[:, :, None] * dmu[:, None, :]
-        new = self._from_scatter(centred, Nsafe, ctx, cov)
-        return means + dmu, 0.5 * (new + np.swapaxes(new, -1, -2))
+        return means + dmu, self.from_scatter(centred, Nsafe, ctx, cov)
+
+    def from_scatter(self, W, N, ctx, current=None):
+        new = self._from_scatter(W, N, ctx, current)
+        return 0.5 * (new + np.swapaxes(new, -1, -2))
 
     def _from_scatter(
         self, W: np.ndarray, N: np.ndarray, ctx: Context, current: np.ndarray | None
@@ -305,6 +319,12 @@ class _Diagonal(CovarianceModel):
 
     def _from_sums(self, ss, So, seen, col_var, reg_covar) -> np.ndarray:
         raise NotImplementedError
+
+    def from_scatter(self, W, N, ctx, current=None):
+        # on complete statistics the observed-entry form is the general one
+        Wd = np.einsum("kii->ki", W)
+        So = np.repeat(N[:, None], W.shape[1], axis=1)
+        return self._from_sums(Wd, So, So > 0, ctx.col_var, ctx.reg_covar)
 
     def start(self, st, delta, N, ctx):
         So = st.So

@@ -43,7 +43,7 @@ class _ConstrainedGeneral(Full):
     def _from_scatter(self, W, N, ctx, current):
         W = W + N[:, None, None] * np.diag(ctx.reg_covar * ctx.col_var)
         with np.errstate(all="ignore"):
-            return self.form(W, N, current)
+            return self.form(W, N, current, ctx.inner_tol)
 
     def unscaled(self, cov, s):
         if self.preserved or np.all(s == s[0]):
@@ -93,8 +93,11 @@ class _ConstrainedDiagonal(Diag):
     def _from_diagonal(self, Wd, N, ctx: Context, current) -> np.ndarray:
         Wd = Wd + N[:, None] * (ctx.reg_covar * ctx.col_var)[None]
         with np.errstate(all="ignore"):
-            return self._stored(self.form(Wd, N, None if current is None else
-                                          self._variances(current, Wd.shape[1])))
+            start = None if current is None else self._variances(current, Wd.shape[1])
+            return self._stored(self.form(Wd, N, start, ctx.inner_tol))
+
+    def from_scatter(self, W, N, ctx, current=None):
+        return self._from_diagonal(np.einsum("kii->ki", W), N, ctx, current)
 
     def _stored(self, var: np.ndarray) -> np.ndarray:
         return var

@@ -7,8 +7,7 @@ one of mclust's families ``Σ_k = λ_k D_k A_k D_kᵀ``. Closed forms are exact;
 the iterative ones run a fixed point (volumes) or majorise–minimise steps
 (a common orientation) from ``start`` (current covariances, or None for
 mclust's own starting values) until the relative change falls below ``tol``.
-Closed forms accept ``start`` and ignore it, so that every form is called
-alike. Nothing here knows about rows, missing cells or regularisation.
+Every form is called alike, ``form(W, N, start, tol)``. Nothing here knows about rows, missing cells or regularisation.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 INNER_TOL = 1e-10
-INNER_MAX = 200
+INNER_MAX = 1000
 
 
 def _gm(a: np.ndarray) -> np.ndarray:
@@ -41,24 +40,27 @@ def _compose(D: np.ndarray, lam: np.ndarray) -> np.ndarray:
 # Diagonal families: Wd (K, d) -> variances (K, d)
 
 
-def eii(Wd: np.ndarray, N: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:
+# Closed forms accept ``start`` and ``tol`` and ignore them.
+
+
+def eii(Wd, N, start=None, tol=0.0) -> np.ndarray:
     var = Wd.sum() / (Wd.shape[1] * N.sum())
     return np.full(Wd.shape[0], var)
 
 
-def vii(Wd: np.ndarray, N: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:
+def vii(Wd, N, start=None, tol=0.0) -> np.ndarray:
     return Wd.sum(axis=1) / (Wd.shape[1] * N)
 
 
-def eei(Wd: np.ndarray, N: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:
+def eei(Wd, N, start=None, tol=0.0) -> np.ndarray:
     return np.broadcast_to(Wd.sum(axis=0) / N.sum(), Wd.shape).copy()
 
 
-def vvi(Wd: np.ndarray, N: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:
+def vvi(Wd, N, start=None, tol=0.0) -> np.ndarray:
     return Wd / N[:, None]
 
 
-def evi(Wd: np.ndarray, N: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:
+def evi(Wd, N, start=None, tol=0.0) -> np.ndarray:
     g = _gm(Wd)  # |diag W_k|^(1/d)
     return Wd * (g.sum() / N.sum() / g)[:, None]
 
@@ -102,22 +104,22 @@ def vei(Wd, N, start=None, tol=INNER_TOL, max_iter=INNER_MAX) -> np.ndarray:
 # General families: W (K, d, d) -> covariances (K, d, d)
 
 
-def eee(W: np.ndarray, N: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:
+def eee(W, N, start=None, tol=0.0) -> np.ndarray:
     return np.broadcast_to(W.sum(axis=0) / N.sum(), W.shape).copy()
 
 
-def vvv(W: np.ndarray, N: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:
+def vvv(W, N, start=None, tol=0.0) -> np.ndarray:
     return W / N[:, None, None]
 
 
-def evv(W: np.ndarray, N: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:
+def evv(W, N, start=None, tol=0.0) -> np.ndarray:
     """Equal volume: ``Σ_k = λ W_k / |W_k|^(1/d)``, ``λ = Σ_k |W_k|^(1/d) / n``."""
     d = W.shape[1]
     g = np.exp(np.linalg.slogdet(W)[1] / d)
     return W * (g.sum() / N.sum() / g)[:, None, None]
 
 
-def eev(W: np.ndarray, N: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:
+def eev(W, N, start=None, tol=0.0) -> np.ndarray:
     """Equal volume and shape: ``D_k`` the eigenvectors of ``W_k``, ``λA = Σ_k Ω_k / n``."""
     omega, L = _eig_desc(W)
     shape = omega.sum(axis=0) / N.sum()

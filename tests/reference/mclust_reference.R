@@ -88,4 +88,10 @@ for (nm in names(sets)) {
 }
 write_json(bic_ref, file.path(out, "mclust_bic.json"), digits = NA, auto_unbox = TRUE,
            null = "null")
+# Parameter counts: nVarParams for every model, d = 1..6, G = 1..5
+counts <- list()
+for (m in models) for (d in 1:6) for (G in 1:5) {
+  counts[[length(counts) + 1]] <- list(model = m, d = d, G = G, nVarParams = nVarParams(m, d, G))
+}
+write_json(counts, file.path(out, "mclust_nvarparams.json"), digits = NA, auto_unbox = TRUE)
 cat("written\n")
