@@ -31,7 +31,7 @@ from .init import (
     seed_key,
     start_params,
 )
-from .model import FitResult, GMMParams, IterationRecord
+from .model import FitResult, GMMParams, IterationRecord, Scaling
 from .sources import ArraySource, FitRows, MapFn, RowSource, Units, chunk_rows_for
 from .stats import ColumnScan, scan_block
 
@@ -114,9 +114,11 @@ def _to_fitting_units(params: GMMParams, c: np.ndarray, s: np.ndarray) -> GMMPar
 
 
 def _to_original_units(params: GMMParams, c: np.ndarray, s: np.ndarray) -> GMMParams:
-    model, cov = params.model.unscaled(np.asarray(params.covariances, float), s)
-    name = params.covariance_type if model is params.model else model.alias or model.name
-    return GMMParams(name, params.weights, params.means * s + c, cov)
+    """The fit in the data's units, or in z-scores with their scaling (docs/m-step.md §10)."""
+    if not params.model.preserved and np.any(s != s[0]):
+        return params.replace(scaling=Scaling(c, s))
+    cov = params.model.unscaled(np.asarray(params.covariances, float), s)
+    return params.replace(means=params.means * s + c, covariances=cov)
 
 
 def canonical_order(params: GMMParams) -> np.ndarray:
@@ -465,8 +467,16 @@ def score_blocks(
     log-densities; every pass over the same rows gives the same numbers.
     """
     c = params.weights @ params.means
-    rows = FitRows(source, Units(c, None, np.float64), keep=False)
-    for chunk, r_c, l_c in posterior(rows, params.replace(means=params.means - c), map=map):
+    sc = params.scaling
+    units = Units(c, None, np.float64)
+    if sc is not None:  # parameters of z-scores (docs/m-step.md §10)
+        units = Units(sc.center + sc.scale * c, sc.scale, np.float64)
+    rows = FitRows(source, units, keep=False)
+    shifted = params.replace(means=params.means - c, scaling=None)
+    for chunk, r_c, l_c in posterior(rows, shifted, map=map):
+        if sc is not None:  # a row's density of x: that of z over its observed cells
+            log_s = np.log(sc.scale)
+            l_c = l_c - (log_s.sum() if chunk.obs is None else chunk.obs @ log_s)
         resp, ld = _block_outputs(chunk, r_c, l_c, params.weights)
         n_obs = np.zeros(chunk.n_block, dtype=np.int64)
         n_obs[slice(None) if chunk.index is None else chunk.index] = chunk.n_obs
@@ -500,6 +510,8 @@ def sample_mixture(
         ]
     )
     y = np.repeat(np.arange(params.n_components), counts)
+    if params.scaling is not None:
+        X = params.scaling.to_data(X)
     return X, y
 
 
@@ -514,6 +526,10 @@ def impute_rows(params: GMMParams, X: Any) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(
             f"X must have {params.n_features} columns like the fitted model, got shape {X.shape}"
         )
+    sc = params.scaling
+    if sc is not None:  # impute the z-scores, then map back (docs/m-step.md §10)
+        filled_z, variance_z = impute_rows(params.replace(scaling=None), sc.to_model(X))
+        return np.where(np.isnan(X), sc.to_data(filled_z), X), variance_z * sc.scale**2
     filled = X.copy()
     variance = np.zeros_like(X)
     nan = np.isnan(X)

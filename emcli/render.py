@@ -137,6 +137,12 @@ def _series_mark(name: str) -> str:
     return get_model(name).name if model_name(name) is not None else "?"
 
 
+def _model_label(name: str) -> str:
+    """``VEV``, or ``full (VVV)`` for an alias."""
+    mark = _series_mark(name)
+    return name if mark in (name, "?") else f"{name} ({mark})"
+
+
 def _series_style(name: str) -> str:
     if model_name(name) is None:
         return ""
@@ -209,12 +215,12 @@ def sweep_table(result: Any) -> Table:
         r = cell.result
         best = i == result.best_index
         if r is None:
-            table.add_row(str(cell.k), cell.covariance_type, "[red]failed[/]", "", "", "",
-                          "", "", "", f"{cell.seconds:.2f}")
+            table.add_row(str(cell.k), _series_mark(cell.covariance_type), "[red]failed[/]", "",
+                          "", "", "", "", "", f"{cell.seconds:.2f}")
             continue
         table.add_row(
             f"[bold green]*[/]{cell.k}" if best else str(cell.k),
-            cell.covariance_type,
+            _series_mark(cell.covariance_type),  # three letters (docs/criteria.md §3)
             _num(r.log_likelihood, fmt),
             str(r.n_params),
             _num(r.bic, fmt),
@@ -504,13 +510,14 @@ def describe_model(console: Console, loaded: Any, source: str) -> None:
         ("format", f"{doc.get('format')} version {doc.get('format_version')}"),
         ("written by", f"emcli {doc.get('emcli_version', '?')}"),
         ("components", p.n_components),
-        ("covariance", p.covariance_type),
+        ("covariance", _model_label(p.covariance_type)),
         ("columns", f"{len(cols)}: {', '.join(cols)}"),
         (
             "standardized",
-            "yes (fitted on z-scores; parameters below in original units)"
-            if std is not None
-            else "no",
+            "no" if std is None
+            else "yes (fitted on z-scores; parameters below are of the z-scores: scaling "
+            f"does not keep {p.model.name}'s constraints)" if p.scaling is not None
+            else "yes (fitted on z-scores; parameters below in original units)",
         ),
     ]
     for label, value in rows:

@@ -89,8 +89,8 @@ class CovarianceModel:
         """The covariances of ``x / s`` given those of ``x`` (``s`` per column)."""
         raise NotImplementedError
 
-    def unscaled(self, cov: np.ndarray, s: np.ndarray) -> tuple[CovarianceModel, np.ndarray]:
-        """The covariances of ``x * s``, and the model they belong to then."""
+    def unscaled(self, cov: np.ndarray, s: np.ndarray) -> np.ndarray:
+        """The covariances of ``x * s`` (``s`` constant unless the model is ``preserved``)."""
         raise NotImplementedError
 
     def permute(self, cov: np.ndarray, order: np.ndarray) -> np.ndarray:
@@ -235,7 +235,7 @@ class Full(_General):
         return cov / np.outer(s, s)[None]
 
     def unscaled(self, cov, s):
-        return self, cov * np.outer(s, s)[None]
+        return cov * np.outer(s, s)[None]
 
     def regularised(self, cov, k, amount, col_var):
         out = cov.copy()
@@ -263,7 +263,7 @@ class Tied(_General):
         return cov / np.outer(s, s)
 
     def unscaled(self, cov, s):
-        return self, cov * np.outer(s, s)
+        return cov * np.outer(s, s)
 
     def regularised(self, cov, k, amount, col_var):
         return cov + amount * np.diag(col_var)
@@ -348,7 +348,7 @@ class Diag(_Diagonal):
         return cov / s**2
 
     def unscaled(self, cov, s):
-        return self, cov * s**2
+        return cov * s**2
 
     def regularised(self, cov, k, amount, col_var):
         out = cov.copy()
@@ -384,10 +384,9 @@ class Spherical(_Diagonal):
         return cov / float(np.mean(s**2))
 
     def unscaled(self, cov, s):
-        if np.all(s == s[0]):
-            return self, cov * s[0] ** 2
-        # spherical in z-scores is diagonal in original units (docs/loop.md §2)
-        return Diag(), cov[:, None] * s**2
+        # only for one scale in every column: others keep VII in z-scores
+        # (docs/m-step.md §10)
+        return cov * s[0] ** 2
 
     def regularised(self, cov, k, amount, col_var):
         out = cov.copy()

@@ -35,7 +35,6 @@ class _ConstrainedGeneral(Full):
     alias = ""
     form: Form = staticmethod(forms.vvv)
     var_params: Callable[[int, int], int] = staticmethod(lambda K, d: 0)
-    becomes: str = ""  # the model in original units, when scaling does not preserve this one
 
     def n_cov_params(self, K, d):
         return int(self.var_params(K, d))
@@ -44,13 +43,6 @@ class _ConstrainedGeneral(Full):
         W = W + N[:, None, None] * np.diag(ctx.reg_covar * ctx.col_var)
         with np.errstate(all="ignore"):
             return self.form(W, N, current, ctx.inner_tol)
-
-    def unscaled(self, cov, s):
-        if self.preserved or np.all(s == s[0]):
-            return self, cov * np.outer(s, s)[None]
-        from . import MODELS
-
-        return MODELS[self.becomes], cov * np.outer(s, s)[None]
 
     def project(self, cov: np.ndarray) -> np.ndarray:
         """The nearest parameters of this model to ``cov`` (the M-step with unit weights)."""
@@ -75,7 +67,6 @@ class _ConstrainedDiagonal(Diag):
     alias = ""
     form: Form = staticmethod(forms.vvi)
     var_params: Callable[[int, int], int] = staticmethod(lambda K, d: 0)
-    becomes: str = ""
 
     def n_cov_params(self, K, d):
         return int(self.var_params(K, d))
@@ -110,15 +101,6 @@ class _ConstrainedDiagonal(Diag):
         Wd = np.where(So > 0, ss * N[:, None] / np.where(So > 0, So, 1.0), N[:, None] * ctx.col_var)
         return self._from_diagonal(Wd, np.where(N > 0, N, 1.0), ctx, None)
 
-    def unscaled(self, cov, s):
-        if np.all(s == s[0]):
-            return self, cov * s[0] ** 2
-        if self.preserved:
-            return self, cov * s**2
-        from . import MODELS
-
-        return MODELS[self.becomes], self._variances(cov, s.size) * s**2
-
     def project(self, cov: np.ndarray) -> np.ndarray:
         var = self._variances(cov, cov.shape[-1] if cov.ndim == 2 else 1)
         with np.errstate(all="ignore"):
@@ -140,7 +122,7 @@ class _ConstrainedDiagonal(Diag):
 class EII(_ConstrainedDiagonal):
     """One variance for every column and component: storage as VII's, ``(K,)``."""
 
-    name, seed_index, preserved, becomes = "EII", 4, False, "EEI"
+    name, seed_index, preserved = "EII", 4, False
     isotropic = True
     form = staticmethod(forms.eii)
     var_params = staticmethod(lambda K, d: 1)
@@ -148,6 +130,7 @@ class EII(_ConstrainedDiagonal):
     shape = Spherical.shape
     to_full = Spherical.to_full
     scaled = Spherical.scaled
+    unscaled = Spherical.unscaled
     broad = Spherical.broad
 
     def _variances(self, cov, d):
@@ -170,10 +153,10 @@ class EII(_ConstrainedDiagonal):
         return np.asarray(cov, float) + amount * col_var.mean()
 
 
-def _entry(base: type, name: str, seed: int, form: Form, count, becomes: str = "") -> Any:
+def _entry(base: type, name: str, seed: int, form: Form, count, preserved: bool = True) -> Any:
     cls = type(name, (base,), {
         "name": name, "seed_index": seed, "form": staticmethod(form),
-        "var_params": staticmethod(count), "preserved": not becomes, "becomes": becomes,
+        "var_params": staticmethod(count), "preserved": preserved,
     })
     return cls()
 
@@ -188,14 +171,14 @@ CONSTRAINED = (
     _entry(_ConstrainedDiagonal, "VEI", 6, forms.vei, lambda K, d: K + d - 1),
     _entry(_ConstrainedDiagonal, "EVI", 7, forms.evi, lambda K, d: 1 + K * (d - 1)),
     _entry(_ConstrainedGeneral, "VEE", 8, forms.vee, lambda K, d: K + d - 1 + _tri(d)),
-    _entry(_ConstrainedGeneral, "EVE", 9, forms.eve,
-           lambda K, d: 1 + K * (d - 1) + _tri(d), becomes="EVV"),
+    _entry(_ConstrainedGeneral, "EVE", 9, forms.eve, lambda K, d: 1 + K * (d - 1) + _tri(d),
+           preserved=False),
     _entry(_ConstrainedGeneral, "VVE", 10, forms.vve, lambda K, d: K * d + _tri(d),
-           becomes="VVV"),
+           preserved=False),
     _entry(_ConstrainedGeneral, "EEV", 11, forms.eev, lambda K, d: d + K * _tri(d),
-           becomes="EVV"),
+           preserved=False),
     _entry(_ConstrainedGeneral, "VEV", 12, forms.vev, lambda K, d: K + d - 1 + K * _tri(d),
-           becomes="VVV"),
+           preserved=False),
     _entry(_ConstrainedGeneral, "EVV", 13, forms.evv, lambda K, d: 1 - K + K * d * (d + 1) // 2),
 )
 

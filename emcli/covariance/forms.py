@@ -7,7 +7,8 @@ one of mclust's families ``Σ_k = λ_k D_k A_k D_kᵀ``. Closed forms are exact;
 the iterative ones run a fixed point (volumes) or majorise–minimise steps
 (a common orientation) from ``start`` (current covariances, or None for
 mclust's own starting values) until the relative change falls below ``tol``.
-Every form is called alike, ``form(W, N, start, tol)``. Nothing here knows about rows, missing cells or regularisation.
+Every form is called alike, ``form(W, N, start, tol)``. Nothing here knows
+about rows, missing cells or regularisation.
 """
 
 from __future__ import annotations
