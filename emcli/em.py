@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from scipy.linalg.blas import dsyrk, ssyrk
 
+from .conditional import incomplete_statistics
 from .covariance import Context
 from .errors import FitError
 from .gaussian import (
@@ -30,7 +31,6 @@ from .gaussian import (
     log_prob_gen,
     log_prob_mask,
     mask_statistics,
-    quad_statistics,
 )
 from .model import GMMParams, IterationRecord
 from .sources import FitRows, MapFn
@@ -63,32 +63,15 @@ def _general_statistics(
 ) -> GeneralStats:
     K, d = prep.means.shape
     st = GeneralStats(N=wr.sum(axis=0))
-    if "quad" in cache:
-        FT, pq = cache["quad"]
-        if pq is None:  # complete chunk: raw sums, moved to the old means once per pass
-            st.F = FT @ wr
-        else:
-            st.S1, st.S2 = quad_statistics(chunk, prep, cache, wr)
-        return st
-    Z = cache.get("Z")
-    if Z is not None:
-        wrc = wr if chunk.complete else wr[chunk.complete_rows]
-        st.Z1 = np.einsum("nk,nkd->kd", wrc, Z, dtype=float)
-        sq = np.sqrt(wrc).astype(Z.dtype)
+    if "inc" in cache:
+        st.S1, st.S2 = incomplete_statistics(cache["inc"], wr)
+    elif "quad" in cache:  # complete chunk: raw sums, moved to the old means once per pass
+        st.F = cache["quad"] @ wr
+    else:
+        Z = cache["Z"]
+        st.Z1 = np.einsum("nk,nkd->kd", wr, Z, dtype=float)
+        sq = np.sqrt(wr).astype(Z.dtype)
         st.Z2 = np.stack([_syrk_upper(Z[:, k, :] * sq[:, k, None]) for k in range(K)])
-    if not cache["patterns"]:
-        return st
-    S1, S2 = np.zeros((K, d)), np.zeros((K, d, d))
-    for p, Xo, dev_m, C in cache["patterns"]:
-        o, m = p.observed, p.missing
-        wp = wr[p.rows].T  # (K, nP)
-        dev = np.empty((K, p.size, d))
-        dev[:, :, o] = Xo[None] - prep.means[:, None, o]
-        dev[:, :, m] = dev_m
-        S1 += np.einsum("kn,knd->kd", wp, dev)
-        S2 += np.matmul((dev * wp[:, :, None]).transpose(0, 2, 1), dev)
-        S2[:, m[:, None], m[None, :]] += wp.sum(axis=1)[:, None, None] * C
-    st.S1, st.S2 = S1, S2
     return st
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .conditional import conditional_cells
 from .covariance import Context, get_model, model_name
 from .em import _normalise, posterior, run_em
 from .errors import DataError, FitError, MemoryBudgetError, UsageError
@@ -549,13 +550,14 @@ def impute_rows(params: GMMParams, X: Any) -> tuple[np.ndarray, np.ndarray]:
     logp, cache = log_prob_gen(chunk, prep)
     with np.errstate(divide="ignore"):
         _, resp = _normalise(logp, np.log(params.weights))
-    for p, _Xo, dev_m, C in cache["patterns"]:
-        m = p.missing
-        xhat = (params.means[:, None, m] - mix_mean[m]) + dev_m  # (K, nP, |m|)
-        r = resp[p.rows]
-        mean = np.einsum("nk,knm->nm", r, xhat)
-        sq = np.einsum("nk,knm->nm", r, xhat**2 + np.diagonal(C, axis1=1, axis2=2)[:, None, :])
-        rows = partial[p.rows]
-        filled[rows[:, None], m[None, :]] = mean + mix_mean[m]
-        variance[rows[:, None], m[None, :]] = np.maximum(sq - mean**2, 0.0)
+    centred = params.means - mix_mean
+    for rows, cols, dev, var in conditional_cells(cache["inc"]):
+        # x̂_k,m under each component, and the mixture's mean and variance around it
+        xhat = centred[:, cols].transpose(1, 0, 2) + dev  # (N, K, c)
+        r = resp[rows][:, :, None]
+        mean = (r * xhat).sum(axis=1)
+        spread = (r * (np.broadcast_to(var, xhat.shape) + (xhat - mean[:, None, :]) ** 2)).sum(1)
+        at = partial[rows]
+        filled[at[:, None], cols] = mean + mix_mean[cols]
+        variance[at[:, None], cols] = spread
     return filled, variance

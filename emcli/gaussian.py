@@ -23,21 +23,9 @@ from typing import Any
 import numpy as np
 from scipy.linalg import solve_triangular
 
+from .conditional import incomplete_log_prob
+
 LOG_2PI = float(np.log(2.0 * np.pi))
-
-
-@dataclass
-class Pattern:
-    """Rows of a chunk that share one set of observed columns."""
-
-    rows: Any  # slice or index array
-    observed: np.ndarray
-    missing: np.ndarray
-
-    @property
-    def size(self) -> int:
-        r = self.rows
-        return int(r.stop - r.start) if isinstance(r, slice) else int(r.size)
 
 
 class Chunk:
@@ -47,8 +35,7 @@ class Chunk:
     these rows in it (None: every row), ``n_block`` its length, so outputs can
     put rows with nothing observed back in place. What the kernels derive
     from the rows (the zero-filled rows, the mask, the designs) is computed on
-    first use and dropped by ``release`` after a pass; the grouping by
-    missingness pattern, small and costly to find, is kept.
+    first use and dropped by ``release`` after a pass.
     """
 
     def __init__(
@@ -77,7 +64,6 @@ class Chunk:
         if not self.complete:
             self._n_obs = d - nan.sum(axis=1)
             self._complete_rows = np.flatnonzero(self._n_obs == d)
-        self._patterns: list[Pattern] | None = None
         self._derived: dict[str, Any] = {}
 
     @property
@@ -108,7 +94,7 @@ class Chunk:
         return self._max_sq
 
     def release(self) -> None:
-        """Drop what the kernels derived during a pass (the grouping stays)."""
+        """Drop what the kernels derived during a pass."""
         self._derived.clear()
 
     def _get(self, key: str) -> Any:
@@ -131,35 +117,6 @@ class Chunk:
     def obs(self) -> np.ndarray | None:
         """Observed cells as 1.0 and missing as 0.0 (None for a complete chunk)."""
         return None if self.complete else self._get("obs")
-
-    def groups(self) -> list[Pattern]:
-        """All rows grouped by their observed columns, complete rows included (found once).
-
-        Rows of a group are a slice when they are contiguous.
-        """
-        if self._patterns is None:
-            d = self.X.shape[1]
-            if self.complete:
-                self._patterns = [Pattern(slice(0, self.n), np.arange(d), np.arange(0))]
-                return self._patterns
-            mask = self.mask
-            keys = np.packbits(mask, axis=1)
-            _, inverse = np.unique(keys, axis=0, return_inverse=True)
-            inverse = inverse.ravel()
-            order = np.argsort(inverse, kind="stable")
-            bounds = np.flatnonzero(np.diff(inverse[order])) + 1
-            self._patterns = []
-            for group in np.split(order, bounds):
-                m = mask[group[0]]
-                rows: Any = group
-                if group[-1] - group[0] + 1 == group.size:
-                    rows = slice(int(group[0]), int(group[-1]) + 1)
-                self._patterns.append(Pattern(rows, np.flatnonzero(m), np.flatnonzero(~m)))
-        return self._patterns
-
-    def patterns(self) -> list[Pattern]:
-        """The incomplete rows' groups."""
-        return [p for p in self.groups() if p.missing.size]
 
     def obs_sum(self, v: np.ndarray) -> np.ndarray:
         """``observed @ v`` for each row (``v`` per column)."""
@@ -238,6 +195,8 @@ class GenPrepared:
     W: np.ndarray  # (d, K*d): stacked inverse-Cholesky transposes
     b: np.ndarray  # (K*d,): means whitened
     shared: bool  # tied: one factor for every component
+    prec: np.ndarray | None = None  # (K, d, d): the precisions Σ⁻¹
+    precise: bool = False  # every component conditioned well enough for the precision route
     coef: np.ndarray | None = None  # (D, K): log-density as a linear map of the quad design
     quad_limit: float = -np.inf  # the quad route serves chunks whose rows have |x|^2 below it
 
@@ -246,6 +205,8 @@ class GenPrepared:
 # expansion is about eps * lambda_max(P) * |x|^2. Above this bound the
 # whitened path (one GEMM against every component's inverse Cholesky) is used.
 QUAD_MAX_TERM = 1e6
+# Incomplete rows take the precision route when eps·λmax(P)·λmax(Σ) stays below this.
+PRECISION_ROUTE_BOUND = 1e-10
 
 
 def cholesky_components(cov: np.ndarray) -> tuple[np.ndarray | None, list[int]]:
@@ -284,7 +245,11 @@ def prepare_gen(
     b = np.einsum("kab,kb->ka", Linv, means).reshape(K * d)
     prep = GenPrepared(means, cov, L, log_det, W, b.astype(dtype), shared)
     P = np.swapaxes(Linv, 1, 2) @ Linv
-    lam_max = np.linalg.eigvalsh(P)[:, -1]
+    lam = np.linalg.eigvalsh(P)
+    lam_max = lam[:, -1]
+    prep.prec = P
+    # eps·λmax(P)·λmax(Σ_oo) ≤ eps·λmax(P)/λmin(P): the precision route's error bound
+    prep.precise = bool(np.all(np.finfo(float).eps * lam_max < PRECISION_ROUTE_BOUND * lam[:, 0]))
     if np.dtype(dtype) == np.float64 and quad_ok:
         prep.quad_limit = float(np.min(QUAD_MAX_TERM / lam_max - (means**2).sum(axis=1)))
         iu, ju, two = vech_weights(d)
@@ -294,212 +259,57 @@ def prepare_gen(
     return prep
 
 
-def sweep_observed(S: np.ndarray, O: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sweep each ``(K, d, d)`` covariance on each pattern's observed pivots, batched.
+def quad_deviations(raw: np.ndarray, means: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Raw quad-design sums ``(D, K)`` of complete rows as ``S1, S2`` around ``means``.
 
-    ``O`` is ``(G, d)`` boolean. Returns ``A`` (G, K, d, d) with
-    ``A_oo = -S_oo^-1``, ``A_mo = S_mo S_oo^-1`` (the regression of missing on
-    observed coordinates) and ``A_mm = S_mm - S_mo S_oo^-1 S_om`` (their
-    conditional covariance), and ``log det S_oo`` (G, K) from the pivots.
-
-    Pivots are swept in column order, d vectorised steps over every (pattern,
-    component) pair at once instead of one small LAPACK call per pair; patterns
-    that agree on the columns so far share one state (a trie of prefixes), so
-    step j works on at most ``2^(j+1)`` states however many patterns there are.
-    Raises LinAlgError on a pivot <= 0.
-    """
-    G, d = O.shape
-    A = S[None].copy()  # one state: the root of the trie
-    log_det = np.zeros((1, S.shape[0]))
-    node = np.zeros(G, dtype=np.int64)  # each pattern's state so far
-    for j in range(d):
-        key = node * 2 + O[:, j]
-        uniq, node = np.unique(key, return_inverse=True)
-        node = node.reshape(-1)
-        if uniq.size != A.shape[0] or not np.array_equal(uniq // 2, np.arange(uniq.size)):
-            A, log_det = A[uniq // 2], log_det[uniq // 2]
-        on = (uniq % 2 == 1)[:, None]  # (U, 1): states that observe column j
-        if not on.any():
-            continue
-        piv = A[..., j, j]
-        if not np.all(piv[np.broadcast_to(on, piv.shape)] > 0):
-            raise np.linalg.LinAlgError("a covariance block is not positive definite")
-        safe = np.where(on, piv, 1.0)
-        col = np.where(on[..., None], A[..., :, j] / safe[..., None], 0.0)  # 0: no-op below
-        A -= col[..., :, None] * A[..., j, None, :]
-        A[..., :, j] = np.where(on[..., None], col, A[..., :, j])
-        A[..., j, :] = A[..., :, j]
-        A[..., j, j] = np.where(on, -1.0 / safe, A[..., j, j])
-        log_det += np.where(on, np.log(safe), 0.0)
-    return A[node], log_det[node]
-
-
-# Patterns whose batched algebra (several (G, K, d, d) arrays) is done at once: the
-# working set of a chunk with many missingness patterns stays bounded.
-PATTERN_BATCH = 256
-
-
-def pattern_quad(prep: GenPrepared, O: np.ndarray) -> dict[str, np.ndarray]:
-    """Per pattern and component, everything the quad path needs, batched.
-
-    ``O`` is ``(G, d)`` boolean (observed columns of each group). Returns
-    ``coef`` (G, D, K) for the log-density, the swept covariances ``A`` (see
-    ``sweep_observed``), the observed masks and the observed part of the means.
-    ``pattern_moments`` derives the regressions and conditional covariances
-    from ``A`` when a pass needs statistics.
-    """
-    d = prep.means.shape[1]
-    Of = O.astype(float)[:, None]  # (G, 1, d)
-    A, log_det = sweep_observed(prep.cov, O)
-    mu_o = prep.means[None] * Of  # (G, K, d)
-    Pm = -np.einsum("gkab,gkb->gka", A, mu_o) * Of  # S_oo^-1 mu_o, padded with zeros
-    s = Of.sum(axis=-1)  # (G, 1)
-    const = -0.5 * (s * LOG_2PI + log_det + np.einsum("gka,gka->gk", Pm, mu_o))
-    iu, ju, two = vech_weights(d)
-    quad = 0.5 * A[..., iu, ju] * (two * Of[..., iu] * Of[..., ju])  # -0.5 vech(S_oo^-1)
-    coef = np.concatenate([quad, Pm, const[..., None]], axis=-1)
-    return {"coef": np.swapaxes(coef, 1, 2), "A": A, "Of": Of, "mu_o": mu_o}
-
-
-def pattern_moments(pq: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """``T = I + R`` (R: regression of missing on observed coordinates) and ``C``.
-
-    ``C`` is the conditional covariance of the missing block, zero elsewhere.
-    """
-    A, Of = pq["A"], pq["Of"]
-    Mf = 1.0 - Of
-    T = A * (Mf[..., :, None] * Of[..., None, :])
-    T += np.eye(A.shape[-1])
-    return T, A * (Mf[..., :, None] * Mf[..., None, :])
-
-
-def quad_statistics(chunk: Chunk, prep: GenPrepared, cache: dict, wr: np.ndarray):
-    """Per chunk: ``S1 = sum w r (xhat - mu)``, ``S2 = sum w r [(xhat - mu)(...)^T + C]``.
-
-    From each group's raw sums of ``[vech(x0 x0^T), x0, 1]`` (one GEMM per
-    group): deviations from the observed part of the means, then mapped by
-    ``T`` to the full deviation ``xhat - mu`` and completed by ``C``.
-    """
-    FT, batches = cache["quad"]
-    K, d = prep.means.shape
-    S1, S2 = np.zeros((K, d)), np.zeros((K, d, d))
-    for groups, pq in batches:
-        raw = np.stack([FT[:, g.rows] @ wr[g.rows] for g in groups])
-        single = np.array([g.size == 1 for g in groups])
-        s1, s2 = quad_deviations(raw, prep.means, pq, single)
-        S1 += s1
-        S2 += s2
-    return S1, S2
-
-
-def quad_deviations(
-    raw: np.ndarray,
-    means: np.ndarray,
-    pq: dict[str, np.ndarray] | None,
-    single: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Turn raw quad-design sums ``(G, D, K)`` into ``S1, S2`` around ``means``.
-
-    ``pq`` is None for complete rows (``T = I``, ``C = 0``); complete chunks
-    add their raw sums over the whole pass and call this once per M-step.
-    For one-row groups (``single``) the scatter is rank one, ``e e^T / n``
-    with ``e = T d1``, which saves two d×d products per group.
+    ``S1 = Σ w r (x − μ)`` and ``S2 = Σ w r (x − μ)(x − μ)ᵀ``; complete chunks add
+    their raw sums over the whole pass and this runs once per M-step.
     """
     K, d = means.shape
-    mu_o = means[None] if pq is None else pq["mu_o"]
-    raw = np.swapaxes(raw, 1, 2)  # (G, K, D)
+    raw = raw.T  # (K, D)
     iu, ju, _ = vech_weights(d)
-    raw1 = raw[..., iu.size : iu.size + d]
-    n = raw[..., -1]
-
-    def scatter(r: np.ndarray) -> np.ndarray:  # vech sums back to symmetric matrices
-        out = np.empty((*r.shape[:-1], d, d))
-        out[..., iu, ju] = r[..., : iu.size]
-        out[..., ju, iu] = r[..., : iu.size]
-        return out
-
-    def outer_sum(u: np.ndarray, v: np.ndarray) -> np.ndarray:  # sum_g u_g v_g^T per k
-        return np.einsum("gka,gkb->kab", u, v)
-
-    if pq is None:  # complete rows: sum w r (x - mu)(x - mu)^T from the raw sums
-        S2 = scatter(raw).sum(axis=0)
-        cross = outer_sum(raw1, mu_o * np.ones_like(raw1))
-        S2 += outer_sum(n[..., None] * mu_o, mu_o * np.ones_like(raw1)) - cross - np.swapaxes(
-            cross, -1, -2
-        )
-        return (raw1 - n[..., None] * mu_o).sum(axis=0), S2
-    # with T the map to the full deviation: T (x0 - mu_o) = T x0 - T mu_o
-    T, C = pattern_moments(pq)
-    a = np.einsum("gkab,gkb->gka", T, raw1)  # T sum w r x0
-    b = np.einsum("gkab,gkb->gka", T, mu_o)  # T mu_o
-    e = a - n[..., None] * b  # sum w r (xhat - mu)
-    S2 = np.einsum("gk,gkab->kab", n, C)
-    many = ~single if single is not None else np.ones(T.shape[0], dtype=bool)
-    if many.any():
-        Tm = T[many]
-        S2 += (Tm @ scatter(raw[many]) @ np.swapaxes(Tm, -1, -2)).sum(axis=0)
-        am, bm, nm = a[many], b[many], n[many]
-        cross = outer_sum(am, bm)
-        S2 += outer_sum(nm[..., None] * bm, bm) - cross - np.swapaxes(cross, -1, -2)
-    if not many.all():
-        n1 = n[~many]
-        e1 = e[~many] / np.where(n1 > 0, n1, np.inf)[..., None]
-        S2 += outer_sum(e1, e[~many])
-    return e.sum(axis=0), S2
+    raw1 = raw[:, iu.size : iu.size + d]
+    n = raw[:, -1]
+    S2 = np.empty((K, d, d))
+    S2[:, iu, ju] = raw[:, : iu.size]
+    S2[:, ju, iu] = raw[:, : iu.size]
+    cross = raw1[:, :, None] * means[:, None, :]
+    S2 += n[:, None, None] * means[:, :, None] * means[:, None, :] - cross - np.swapaxes(
+        cross, -1, -2
+    )
+    return raw1 - n[:, None] * means, S2
 
 
 def log_prob_gen(chunk: Chunk, prep: GenPrepared) -> tuple[np.ndarray, dict]:
-    """Log-densities ``(n, K)`` over observed coordinates; cache for the statistics pass."""
+    """Log-densities ``(n, K)`` over observed coordinates; cache for the statistics pass.
+
+    Complete chunks take the quad design (§6) or the whitened rows (§8);
+    incomplete chunks the precision or observed-block route of
+    ``conditional.py`` (§7).
+    """
     K, d = prep.means.shape
-    out = np.empty((chunk.n, K))
-    cache: dict = {"patterns": []}
-    rows = chunk.complete_rows
+    cache: dict = {}
+    if not chunk.complete:
+        assert prep.prec is not None
+        one = slice(0, 1) if prep.shared else slice(None)
+        X0 = chunk.X0.astype(float, copy=False)
+        out, cache["inc"] = incomplete_log_prob(
+            X0, chunk.mask, prep.means, prep.cov[one], prep.prec[one], prep.log_det[one],
+            prep.precise,
+        )
+        return out, cache
     if prep.coef is not None and chunk.max_sq_norm < prep.quad_limit:
         FT = chunk.design("quad")
-        if chunk.complete:
-            cache["quad"] = (FT, None)
-            return (prep.coef.T @ FT).T, cache
-        groups = chunk.groups()
-        batches = []
-        for first in range(0, len(groups), PATTERN_BATCH):
-            part = groups[first : first + PATTERN_BATCH]
-            O = np.zeros((len(part), d), dtype=bool)
-            for g, grp in enumerate(part):
-                O[g, grp.observed] = True
-            pq = pattern_quad(prep, O)
-            for g, grp in enumerate(part):
-                out[grp.rows] = (pq["coef"][g].T @ FT[:, grp.rows]).T
-            batches.append((part, pq))
-        cache["quad"] = (FT, batches)
-        return out, cache
-    if rows.size:
-        Xc = chunk.X if chunk.complete else chunk.X[rows]
-        if prep.shared:
-            Y0 = Xc @ prep.W[:, :d]
-            Z = Y0[:, None, :] - prep.b.reshape(K, d)[None]
-        else:
-            Z = (Xc @ prep.W - prep.b).reshape(-1, K, d)
-        maha = np.einsum("nkd,nkd->nk", Z, Z)
-        out[rows] = -0.5 * (d * LOG_2PI + prep.log_det + maha)
-        cache["Z"] = Z
-    pats = []
-    for p in chunk.patterns():
-        o, m = p.observed, p.missing
-        Xo = chunk.X[p.rows][:, o].astype(float)
-        S_oo = prep.cov[:, o[:, None], o[None, :]]
-        L = np.linalg.cholesky(S_oo)
-        diff = (Xo[None, :, :] - prep.means[:, None, o]).transpose(0, 2, 1)  # (K, s, nP)
-        z = solve_triangular(L, diff, lower=True)  # (K, s, nP)
-        log_det = 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum(axis=1)
-        out[p.rows] = (-0.5 * (o.size * LOG_2PI + log_det[:, None] + (z * z).sum(axis=1))).T
-        A = solve_triangular(L, prep.cov[:, o[:, None], m[None, :]], lower=True)  # (K, s, |m|)
-        dev_m = np.einsum("ksn,ksm->knm", z, A)  # conditional deviation of x_m from mu_m
-        C = prep.cov[:, m[:, None], m[None, :]] - np.einsum("ksa,ksb->kab", A, A)
-        pats.append((p, Xo, dev_m, C))
-    cache["patterns"] = pats
-    return out, cache
-
-
+        cache["quad"] = FT
+        return (prep.coef.T @ FT).T, cache
+    if prep.shared:
+        Y0 = chunk.X @ prep.W[:, :d]
+        Z = Y0[:, None, :] - prep.b.reshape(K, d)[None]
+    else:
+        Z = (chunk.X @ prep.W - prep.b).reshape(-1, K, d)
+    maha = np.einsum("nkd,nkd->nk", Z, Z)
+    cache["Z"] = Z
+    return -0.5 * (d * LOG_2PI + prep.log_det + maha), cache
 
 
 # --------------------------------------------------------------------------

@@ -73,7 +73,7 @@ class GeneralStats(_Sum):
             S1 = S1 + np.einsum("kab,kb->ka", L, self.Z1)
             S2 = S2 + L @ upper @ np.swapaxes(L, 1, 2)
         if self.F is not None:
-            f1, f2 = quad_deviations(self.F[None], prep.means, None)
+            f1, f2 = quad_deviations(self.F, prep.means)
             S1, S2 = S1 + f1, S2 + f2
         return N, S1, S2
 

@@ -211,3 +211,55 @@ def test_select_k_with_too_little_memory_is_one_line_not_failed_cells(tmp_path, 
     assert proc.returncode == 1 and "--max-memory" in line and "give at least" in line
     assert b"failed (skipped)" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.parquet"]
+
+
+@pytest.mark.parametrize("command,args", [("predict", ["--probabilities", "--labels"]),
+                                          ("impute", ["--variance", "-o"])])
+def test_predict_and_impute_stream_a_csv_through_the_spill(tmp_path, command, args):
+    """Under a budget too small to read it whole, a CSV is spilled and streamed: the output
+    is that of the same CSV in memory, every column passed through, and no spill is left."""
+    X = _rows(n=20_000, seed=11, holes=0.2)
+    write_generated_csv(tmp_path / "new.csv", X, with_id=True, text_column=True)
+    _fit(tmp_path, ["new.csv"], "fit", "--id-column", "id", "--columns", "x,y,z")
+    model = str(tmp_path / "fit" / "new.model.json")
+    tmp = tmp_path / "spill"
+    tmp.mkdir()
+    size = (tmp_path / "new.csv").stat().st_size
+    got = {}
+    for how, extra in (("memory", []), ("spill", ["--max-memory", str(size), "--tmp-dir",
+                                                 str(tmp)])):
+        out = f"{how}.csv"
+        proc = run_emcli([command, model, "new.csv", *args, out, *extra], tmp_path)
+        assert proc.returncode == 0, proc.stderr.decode()
+        got[how] = (tmp_path / out).read_bytes()
+    assert got["spill"] == got["memory"]
+    assert list(tmp.iterdir()) == []
+    # the spill was taken: a temporary directory that cannot be written is named
+    proc = run_emcli([command, model, "new.csv", *args, "x.csv", "--max-memory", str(size),
+                      "--tmp-dir", str(tmp / "absent")], tmp_path)
+    assert proc.returncode == 1 and "--tmp-dir" in one_error_line(proc.stderr)
+    head = got["spill"].split(b"\n", 1)[0]
+    if command == "impute":
+        assert head == b"id,x,y,z,note,x_var,y_var,z_var"
+    else:
+        assert head.startswith(b"id,label,")
+
+
+def test_impute_k_commits_the_fit_files_and_the_imputed_table_together(tmp_path):
+    """A failure while the imputed table is staged leaves none of the fit's files."""
+    from emcli.cli.fit import run_fit
+    from emcli.cli.options import FitOptions
+
+    write_generated_csv(tmp_path / "d.csv", _rows(n=2_000, seed=12), with_id=False,
+                        text_column=False)
+
+    def stage(out, result, rows):
+        out.stage_table(str(tmp_path / "imputed.csv"), "csv")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        run_fit([str(tmp_path / "d.csv")], FitOptions(), n_components=2, covariance="full",
+                out_dir=str(tmp_path), labels=None, model=None, log=None, probabilities=False,
+                json_=False, fmt=None, strict=False, quiet=True,
+                extra_outputs=[str(tmp_path / "imputed.csv")], stage_more=stage)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.csv"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -39,6 +39,7 @@ from .options import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
+    from emcli.io.outputs import AtomicOutputs
     from emcli.io.rows import OpenedRows
     from emcli.model import FitResult
     from emcli.render import Reporter
@@ -98,9 +99,11 @@ def run_fit(
     strict: bool,
     quiet: bool,
     extra_outputs: Sequence[str] = (),
+    stage_more: Callable[[AtomicOutputs, FitResult, OpenedRows], None] | None = None,
     stdin: Any = None,
 ) -> tuple[FitResult, OpenedRows]:
-    """Read, fit, write the fit's files; ``extra_outputs`` are the caller's (``impute -k``)."""
+    """Read, fit, write the fit's files; ``extra_outputs`` are the caller's (``impute -k``),
+    which ``stage_more`` stages with the fit's files: they are committed all or none."""
     from emcli import io
     from emcli.render import Reporter
 
@@ -166,6 +169,7 @@ def run_fit(
             (labels_fmt, log_fmt),
             probabilities=probabilities,
             json_=json_,
+            stage_more=stage_more,
         )
     written = [p for p in (labels_path, model_path, log_path) if p != "-"]
     reporter.fit_summary(
@@ -250,12 +254,14 @@ def write_fit(
     probabilities: bool,
     json_: bool,
     more: Sequence[tuple[str, bytes]] = (),
+    stage_more: Callable[[AtomicOutputs, FitResult, OpenedRows], None] | None = None,
 ) -> np.ndarray:
     """Write a fit's labels, model file and convergence log (``paths``), all or none.
 
     The labels stream block by block, in input order. ``formats`` are those of
     the labels and the log; ``more`` are further (path, bytes) outputs written
-    with them; ``json_`` adds the model document on stdout. Returns how many
+    with them, and ``stage_more`` stages the caller's; ``json_`` adds the model
+    document on stdout. Returns how many
     rows each component labels.
     """
     from emcli import io
@@ -277,6 +283,8 @@ def write_fit(
         out.add(log_path, io.render_table(io.convergence_columns(result), log_fmt))
         for path, data in more:
             out.add(path, data)
+        if stage_more is not None:
+            stage_more(out, result, rows)
         if json_:
             out.add("-", model_bytes)
         out.commit()

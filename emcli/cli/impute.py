@@ -5,7 +5,7 @@ from __future__ import annotations
 import io as stdio
 import sys
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -50,7 +50,13 @@ FitOutDirOpt = Annotated[
     str, typer.Option("--out-dir", help="With -k: directory for the fit's files.")
 ]
 # impute's own parameters; every other option belongs to the fit and needs -k
-_IMPUTE_OWN = ("paths", "n_components", "output", "variance", "format", "debug", "quiet")
+_IMPUTE_OWN = ("paths", "n_components", "output", "variance", "format", "max_memory", "tmp_dir",
+               "debug", "quiet")
+
+if TYPE_CHECKING:  # pragma: no cover
+    from emcli.io import AtomicOutputs, InputFile
+    from emcli.io.rows import OpenedRows
+    from emcli.model import FitResult, GMMParams
 
 
 @app.command("impute")
@@ -86,14 +92,16 @@ def impute_command(
     """Fill every missing cell of the model's columns with E[x_missing | x_observed]."""
     with handled(debug):
         from emcli import io
-        from emcli.fitting import impute_rows
         from emcli.render import Reporter, apply_summary
+
+        from .options import memory_budget
 
         started = time.perf_counter()
         fmt = format.value if format is not None else None
         out_fmt = io.output_format(output, "csv")
-        fitted = None
-        stdin = None
+        budget = memory_budget(fit.max_memory)
+        done: dict[str, Any] = {}
+        fitted: FitResult | None = None
         if n_components is None:
             given = [
                 max(param.opts, key=len)
@@ -115,7 +123,10 @@ def impute_command(
             loaded = io.load_model(model_path)
             inputs = io.resolve_inputs(data, fmt)
             io.check_output_paths([output], [*inputs, io.InputFile(model_path, "json")])
-            params, feature_names = loaded.params, loaded.columns
+            with io.AtomicOutputs() as out:
+                done = stage_imputed(out, loaded.params, inputs, loaded.columns, output, out_fmt,
+                                     variance, fit.tmp_dir, budget)
+                out.commit()
         else:
             if paths[0].lower().endswith(".json"):
                 raise UsageError(
@@ -124,7 +135,16 @@ def impute_command(
                 )
             # the rows are read twice (to fit, then to impute): standard input is kept
             stdin = stdio.BytesIO(sys.stdin.buffer.read()) if "-" in paths else None
-            fitted, rows = run_fit(
+            inputs = io.resolve_inputs(paths, fmt)
+
+            def stage(out: AtomicOutputs, result: FitResult, rows: OpenedRows) -> None:
+                if stdin is not None:
+                    stdin.seek(0)
+                done.update(stage_imputed(out, result.params, inputs, rows.columns, output,
+                                          out_fmt, variance, fit.tmp_dir, budget, stdin))
+
+            # the fit's files and the imputed table are committed together, all or none
+            fitted, _ = run_fit(
                 paths,
                 fit,
                 n_components=n_components,
@@ -139,39 +159,49 @@ def impute_command(
                 strict=False,
                 quiet=quiet,
                 extra_outputs=[output],
+                stage_more=stage,
                 stdin=stdin,
             )
-            if stdin is not None:
-                stdin.seek(0)
-            params, feature_names = fitted.params, rows.columns
-            inputs = io.resolve_inputs(paths, fmt)
-        from emcli.io.rows import open_model_rows
-
-        n_empty = n_filled = 0
-        with (
-            open_model_rows(inputs, feature_names, passthrough=True, stdin=stdin) as rows,
-            io.AtomicOutputs() as out,
-        ):
-            table = out.stage_table(output, out_fmt)
-            for block in rows.source.each(lambda b: b):  # in input order, a block at a time
-                filled, var = impute_rows(params, block.X)
-                table.write(io.imputed_columns(
-                    block.extra, feature_names, filled, var if variance else None
-                ))
-                n_observed = io.observed_counts(block.X)
-                n_empty += int((n_observed == 0).sum())
-                n_filled += int(block.X.size - n_observed.sum())
-            out.commit()
         apply_summary(
             Reporter(quiet),
             "imputed",
-            source=rows.name,
-            n_rows=rows.n_rows,
-            n_empty=n_empty,
-            n_filled=n_filled,
-            columns=feature_names,
             written=output,
             seconds=time.perf_counter() - started,
+            **done,
         )
         if strict and fitted is not None:
             require_converged(fitted, fit.max_iter)
+
+
+def stage_imputed(
+    out: AtomicOutputs,
+    params: GMMParams,
+    inputs: list[InputFile],
+    feature_names: list[str],
+    output: str,
+    out_fmt: str,
+    variance: bool,
+    tmp_dir: str | None,
+    budget: int,
+    stdin: Any = None,
+) -> dict[str, Any]:
+    """Stage the imputed table of ``inputs`` in ``out``, a block at a time in input order
+    (every input column passed through); returns what the summary reports."""
+    from emcli import io
+    from emcli.fitting import impute_rows
+    from emcli.io.rows import open_model_rows
+
+    n_empty = n_filled = 0
+    with open_model_rows(inputs, feature_names, passthrough=True, tmp_dir=tmp_dir,
+                         budget=budget, stdin=stdin) as rows:
+        table = out.stage_table(output, out_fmt)
+        for block in rows.source.each(lambda b: b):
+            filled, var = impute_rows(params, block.X)
+            table.write(io.imputed_columns(
+                block.extra, feature_names, filled, var if variance else None
+            ))
+            n_observed = io.observed_counts(block.X)
+            n_empty += int((n_observed == 0).sum())
+            n_filled += int(block.X.size - n_observed.sum())
+    return {"source": rows.name, "n_rows": rows.n_rows, "n_empty": n_empty,
+            "n_filled": n_filled, "columns": feature_names}

@@ -12,7 +12,17 @@ import typer
 from emcli.errors import DataError
 
 from .app import app, handled
-from .options import DataArg, DebugOpt, FormatOpt, ModelArg, ProbabilitiesOpt, QuietOpt
+from .options import (
+    DataArg,
+    DebugOpt,
+    FormatOpt,
+    MaxMemoryOpt,
+    ModelArg,
+    ProbabilitiesOpt,
+    QuietOpt,
+    TmpDirOpt,
+    memory_budget,
+)
 
 PredictIdColumnOpt = Annotated[
     str | None,
@@ -39,6 +49,8 @@ def predict_command(
     probabilities: ProbabilitiesOpt = False,
     id_column: PredictIdColumnOpt = None,
     format: FormatOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    tmp_dir: TmpDirOpt = None,
     debug: DebugOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -61,6 +73,7 @@ def predict_command(
             open_model_rows(
                 inputs, loaded.columns, id_column,
                 default_id=stored if isinstance(stored, str) else None,
+                tmp_dir=tmp_dir, budget=memory_budget(max_memory),
             ) as rows,
             io.AtomicOutputs() as out,
             row_threads(os.cpu_count() or 1) as pmap,

@@ -479,6 +479,18 @@ def _model_column(data: InputTable, name: str) -> np.ndarray:
     return v
 
 
+def check_model_columns(name: str, names: Sequence[str], columns: Sequence[str]) -> None:
+    """One error listing every model column that an input (``names``) lacks."""
+    absent = [c for c in columns if c not in names]
+    if absent:
+        many = len(absent) > 1
+        raise DataError(
+            f"{name}: the model's column{'s' if many else ''} "
+            f"{', '.join(map(repr, absent))} {'are' if many else 'is'} missing; "
+            f"the model needs {', '.join(columns)} (the file has: {', '.join(names)})"
+        )
+
+
 def model_features(
     data: InputTable, columns: Sequence[str], id_column: str | None = None
 ) -> Features:
@@ -489,13 +501,7 @@ def model_features(
     are integrated out like any other missing value.
     """
     names = data.table.column_names
-    absent = [c for c in columns if c not in names]
-    if absent:
-        raise DataError(
-            f"{data.name}: the model's column{'s' if len(absent) > 1 else ''} "
-            f"{', '.join(map(repr, absent))} {'are' if len(absent) > 1 else 'is'} missing; "
-            f"the model needs {', '.join(columns)} (the file has: {', '.join(names)})"
-        )
+    check_model_columns(data.name, names, columns)
     if id_column is not None and id_column not in names:
         raise _missing_column(data, id_column, "--id-column")
     ids = data.table.column(id_column).to_pylist() if id_column is not None else None

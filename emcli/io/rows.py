@@ -143,16 +143,20 @@ def open_model_rows(
     *,
     default_id: str | None = None,
     passthrough: bool = False,
+    tmp_dir: str | None = None,
+    budget: int | None = None,
     stdin: Any = None,
 ) -> Iterator[OpenedRows]:
     """A model's columns of the inputs, matched by name, as a row source.
 
-    Parquet is streamed; delimited inputs are read whole (as ``model_features``).
+    As ``open_rows``: Parquet is streamed, small delimited files are read whole,
+    larger ones and standard input are spilled (within ``budget``) and streamed.
     Without ``id_column``, ``default_id`` is the id column when the input has it.
     With ``passthrough``, each block's ``extra`` holds all its input columns (a
-    pyarrow Table; for delimited inputs, the whole table is kept in memory).
+    pyarrow Table); through a spill, the columns outside the model pass through
+    as their original text.
     """
-    from emcli.io.features import _no_such_column, model_features
+    from emcli.io.features import _no_such_column, check_model_columns, model_features
     from emcli.io.readers import input_stem
 
     if _all_parquet(inputs):
@@ -161,14 +165,7 @@ def open_model_rows(
         files = [f.path for f in inputs]
         names = _stamp(files[0], "parquet", []).schema.names
         name = display_name([(f, 0) for f in files])
-        absent = [c for c in model_columns if c not in names]
-        if absent:
-            many = len(absent) > 1
-            raise DataError(
-                f"{name}: the model's column{'s' if many else ''} "
-                f"{', '.join(map(repr, absent))} {'are' if many else 'is'} missing; "
-                f"the model needs {', '.join(model_columns)} (the file has: {', '.join(names)})"
-            )
+        check_model_columns(name, names, model_columns)
         if id_column is None and default_id in names:
             id_column = default_id
         if id_column is not None and id_column not in names:
@@ -177,15 +174,45 @@ def open_model_rows(
         yield OpenedRows(src, name, input_stem(files), list(model_columns), id_column,
                          "", src.n_rows, [], "parquet")
         return
-    table = read_table(inputs, stdin=stdin)
-    if id_column is None and default_id in table.table.column_names:
-        id_column = default_id
-    feats = model_features(table, model_columns, id_column)
-    segments = [rows for _, rows in table.parts] or None
-    extra = _TableRows(table.table) if passthrough else feats.ids
-    arrays = ArraySource(feats.X, None, extra=extra, segments=segments)
-    yield OpenedRows(arrays, table.name, table.stem, list(model_columns), id_column,
-                     table.sha256, table.n_rows, [], "memory")
+    if _small(inputs, budget):
+        table = read_table(inputs, stdin=stdin)
+        if id_column is None and default_id in table.table.column_names:
+            id_column = default_id
+        feats = model_features(table, model_columns, id_column)
+        segments = [rows for _, rows in table.parts] or None
+        extra = _TableRows(table.table) if passthrough else feats.ids
+        arrays = ArraySource(feats.X, None, extra=extra, segments=segments)
+        yield OpenedRows(arrays, table.name, table.stem, list(model_columns), id_column,
+                         table.sha256, table.n_rows, [], "memory")
+        return
+    features = frozenset(model_columns)
+    # the id column (and, passed through, every column outside the model) as its text
+    keep = _AllBut(features) if passthrough else {c for c in (id_column, default_id) if c}
+    with spill_delimited(inputs, tmp_dir, stdin, keep_text=keep) as sp:
+        names = sp.schema.names
+        check_model_columns(sp.name, names, model_columns)
+        if id_column is None and default_id in names:
+            id_column = default_id
+        if id_column is not None and id_column not in names:
+            raise _no_such_column(sp.name, names, id_column, "--id-column")
+        for c in model_columns:
+            reason = sp.not_numeric(c)
+            if reason is not None:
+                raise DataError(f"{sp.name}: column {c!r} is not numeric ({reason}); "
+                                "the model needs numbers there")
+        from emcli.sources.parquet import ParquetSource
+
+        src = ParquetSource([sp.path], list(model_columns), ids=id_column, file_format="arrow",
+                            segments=[[rows for _, rows in sp.parts]], passthrough=passthrough)
+        yield OpenedRows(src, sp.name, sp.stem, list(model_columns), id_column, sp.sha256,
+                         sp.n_rows, [], "spill")
+
+
+class _AllBut(frozenset):
+    """Every name but these (``keep_text`` for a spill that passes columns through)."""
+
+    def __contains__(self, name: object) -> bool:
+        return not super().__contains__(name)
 
 
 @dataclass
