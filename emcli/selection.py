@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.context
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
@@ -96,8 +97,9 @@ def _init_worker(X: Any, w: np.ndarray | None, options: dict) -> None:
     _WORKER.update(X=X, w=w, options=options)
 
 
-def _fit_in_worker(k: int, covariance_type: str) -> SweepCell:
-    return fit_cell(_WORKER["X"], _WORKER["w"], k, covariance_type, **_WORKER["options"])
+def _fit_in_worker(k: int, covariance_type: str, warm: Any = None) -> SweepCell:
+    return fit_cell(_WORKER["X"], _WORKER["w"], k, covariance_type, warm=warm,
+                    **_WORKER["options"])
 
 
 def fit_cell(
@@ -108,17 +110,19 @@ def fit_cell(
     *,
     init: str = "kmeans",
     try_hc: bool = True,
+    warm: tuple[np.ndarray, np.ndarray] | None = None,
     **fit_options: Any,
 ) -> SweepCell:
     """Fit one (k, covariance) cell; a failure is recorded in the cell, not raised.
 
     With ``try_hc`` and a k-means start, the cell is fitted a second time from
     the ``hc`` start (one restart: it is deterministic below ``hc.MAX_ROWS``
-    rows) and the higher log-likelihood is kept.
+    rows) and the higher log-likelihood is kept. With ``warm`` (means and
+    weights in the data's units) the cell is fitted once, from those means.
     """
     t0 = time.perf_counter()
-    inits = [init]
-    if try_hc and init == "kmeans" and k > 1:
+    inits = [init] if warm is None else ["means"]
+    if try_hc and init == "kmeans" and k > 1 and warm is None:
         inits.append("hc")
     best = None
     errors: list[str] = []
@@ -126,15 +130,18 @@ def fit_cell(
         opts = dict(fit_options)
         if name == "hc" and name != init:
             opts["n_init"] = 1
+        if warm is not None:
+            opts.update(n_init=1, means_init=warm[0], weights_init=warm[1])
         try:
+            init_name = init if name == "means" else name  # means_init decides
             if isinstance(X, np.ndarray):
                 res = fit_mixture(
                     X, n_components=k, covariance_type=covariance_type, sample_weight=w,
-                    init=name, **opts,
+                    init=init_name, **opts,
                 )
             else:  # a row source: per-row outputs come later, from score_blocks
                 res = fit_source(
-                    X, n_components=k, covariance_type=covariance_type, init=name, **opts
+                    X, n_components=k, covariance_type=covariance_type, init=init_name, **opts
                 )
         except MemoryBudgetError:
             raise  # not this cell's failure: the whole sweep needs more memory
@@ -160,6 +167,33 @@ def fit_cell(
 # than a single fit's default (1e-3): stopped early, slow EM runs at larger k lose
 # several BIC units and the ranking with them (as mclust, which stops at 1e-5).
 SWEEP_TOL = 1e-5
+
+
+def _run_cells(pool, X, w, options, tasks) -> Iterator[tuple[int, SweepCell]]:
+    """``(index, cell)`` for each ``(index, k, model, warm)`` task, in this process or the pool."""
+    if pool is None:
+        for i, k, c, warm in tasks:
+            yield i, fit_cell(X, w, k, c, warm=warm, **options)
+        return
+    futures = {pool.submit(_fit_in_worker, k, c, warm): i for i, k, c, warm in tasks}
+    for fut in as_completed(futures):
+        yield futures[fut], fut.result()
+
+
+def _warm_starts(cells: Sequence[SweepCell], covs: Sequence[str]) -> list[tuple]:
+    """Second-round tasks: at each k, the other models from the highest-likelihood fit."""
+    tasks: list[tuple] = []
+    for k in sorted({c.k for c in cells}):
+        at_k = [(i, c) for i, c in enumerate(cells) if c.k == k]
+        fitted = [(i, c.result) for i, c in at_k if c.result is not None]
+        if k < 2 or len(covs) < 2 or not fitted:
+            continue
+        j, res = max(fitted, key=lambda ir: (ir[1].log_likelihood, -ir[0]))
+        top = cells[j]
+        p = res.params
+        means = p.means if p.scaling is None else p.scaling.to_data(p.means)
+        tasks.extend((i, k, c.covariance_type, (means, p.weights)) for i, c in at_k if c is not top)
+    return tasks
 
 
 def _degenerate_component(res: FitResult) -> str:
@@ -274,23 +308,32 @@ def sweep(
         "max_memory": None if max_memory is None else int(max_memory) // at_once,
     }
     cells: list[SweepCell | None] = [None] * len(tasks)
-    if jobs == 1 or len(tasks) == 1:
-        for i, (k, c) in enumerate(tasks):
-            cell = fit_cell(Xa, w_arg, k, c, **options)
+    pool = None
+    if jobs > 1 and len(tasks) > 1:
+        pool = ProcessPoolExecutor(
+            max_workers=min(jobs, len(tasks)), mp_context=_context(),
+            initializer=_init_worker, initargs=(Xa, w_arg, options),
+        )
+    with pool if pool is not None else contextlib.nullcontext():
+        for i, cell in _run_cells(pool, Xa, w_arg, options, [(i, k, c, None)
+                                                             for i, (k, c) in enumerate(tasks)]):
             cells[i] = cell
             if on_cell is not None:
                 on_cell(cell)
-    else:
-        with ProcessPoolExecutor(
-            max_workers=min(jobs, len(tasks)), mp_context=_context(),
-            initializer=_init_worker, initargs=(Xa, w_arg, options),
-        ) as pool:
-            futures = {pool.submit(_fit_in_worker, k, c): i for i, (k, c) in enumerate(tasks)}
-            for fut in as_completed(futures):
-                cell = fut.result()
-                cells[futures[fut]] = cell
-                if on_cell is not None:
-                    on_cell(cell)
+        # second round: every cell also starts from the best-fitting model at its k
+        # (docs/criteria.md §4); it depends only on the first round, so not on jobs
+        warm = _warm_starts([c for c in cells if c is not None], covs)
+        for i, cell in _run_cells(pool, Xa, w_arg, options, warm):
+            old = cells[i]
+            assert old is not None
+            if cell.result is not None and (
+                old.result is None or cell.result.log_likelihood > old.result.log_likelihood
+            ):
+                cells[i] = SweepCell(old.k, old.covariance_type, cell.result,
+                                     old.seconds + cell.seconds)
+            else:
+                cells[i] = SweepCell(old.k, old.covariance_type, old.result,
+                                     old.seconds + cell.seconds, old.error)
     done = tuple(c for c in cells if c is not None)
 
     best_index, best_value = -1, np.inf
