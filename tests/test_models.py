@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import expected_scatter
 from scipy.stats import multivariate_normal as mvn
 
 from emcli.covariance import ALIASES, MODELS, ORDER, Context, get_model
@@ -161,27 +162,6 @@ def ref_estep(X, pi, mu, S):
     return np.exp(logp - lse[:, None]), lse
 
 
-def ref_statistics(X, r, mu, S):
-    """Weights, new means and the expected scatter about them, row by row."""
-    n, d = X.shape
-    K = r.shape[1]
-    N = r.sum(axis=0)
-    new_mu, W = np.zeros((K, d)), np.zeros((K, d, d))
-    for k in range(K):
-        xh, C = X.copy(), np.zeros((n, d, d))
-        for i in range(n):
-            o = ~np.isnan(X[i])
-            m = ~o
-            if m.any():
-                B = S[k][np.ix_(m, o)] @ np.linalg.inv(S[k][np.ix_(o, o)])
-                xh[i, m] = mu[k, m] + B @ (X[i, o] - mu[k, o])
-                C[i][np.ix_(m, m)] = S[k][np.ix_(m, m)] - B @ S[k][np.ix_(o, m)]
-        new_mu[k] = r[:, k] @ xh / N[k]
-        D = xh - new_mu[k]
-        W[k] = (D * r[:, k, None]).T @ D + np.einsum("n,nab->ab", r[:, k], C)
-    return N, new_mu, W
-
-
 def ref_observed_entries(X, r):
     """VVI and VII keep their M-step on observed entries (docs/m-step.md §5)."""
     O = (~np.isnan(X)).astype(float)
@@ -213,7 +193,7 @@ def test_missing_values_match_the_row_by_row_reference(m):
         S = model.to_full(cov, K, d)
         r, lse = ref_estep(X, pi, mu, S)
         hist.append(float(lse.sum()))
-        N, new_mu, W = ref_statistics(X, r, mu, S)
+        N, new_mu, W = expected_scatter(X, r, mu, S)
         if m in ("VVI", "VII"):
             new_mu, ss, So = ref_observed_entries(X, r)
             cov = ss / So if m == "VVI" else ss.sum(axis=1) / So.sum(axis=1)

@@ -29,8 +29,8 @@ def _mismatch(cov: np.ndarray, projected: np.ndarray) -> bool:
     return bool(np.max(np.abs(projected - cov)) > 1e-6 * scale)
 
 
-class _ConstrainedGeneral(Full):
-    """A correlated model with every component's matrix stored; only the form differs."""
+class _Entry:
+    """What each of the ten entries sets: its form and its count of variance parameters."""
 
     alias = ""
     form: Form = staticmethod(forms.vvv)
@@ -38,6 +38,15 @@ class _ConstrainedGeneral(Full):
 
     def n_cov_params(self, K, d):
         return int(self.var_params(K, d))
+
+    def constraint_problem(self, cov: np.ndarray, projected: np.ndarray) -> str | None:
+        if _mismatch(cov, projected):
+            return f"the covariances do not have the constraints of model {self.name}"
+        return None
+
+
+class _ConstrainedGeneral(_Entry, Full):
+    """A correlated model with every component's matrix stored; only the form differs."""
 
     def _from_scatter(self, W, N, ctx, current):
         W = W + N[:, None, None] * np.diag(ctx.reg_covar * ctx.col_var)
@@ -55,21 +64,13 @@ class _ConstrainedGeneral(Full):
         return self.project(out)
 
     def problem(self, cov):
-        found = super().problem(cov)
-        if found is None and _mismatch(cov, self.project(cov)):
-            return f"the covariances do not have the constraints of model {self.name}"
-        return found
+        return super().problem(cov) or self.constraint_problem(cov, self.project(cov))
 
 
-class _ConstrainedDiagonal(Diag):
+class _ConstrainedDiagonal(_Entry, Diag):
     """An axis-aligned model fitted on the expected scatter's diagonal."""
 
-    alias = ""
     form: Form = staticmethod(forms.vvi)
-    var_params: Callable[[int, int], int] = staticmethod(lambda K, d: 0)
-
-    def n_cov_params(self, K, d):
-        return int(self.var_params(K, d))
 
     def m_step(self, stats: MaskStats, prep: MaskPrepared, means, cov, ctx):
         """From the expected diagonal scatter (docs/m-step.md §9): missing cells as latent."""
@@ -113,10 +114,7 @@ class _ConstrainedDiagonal(Diag):
             return self._stored(self.form(var, np.ones(var.shape[0]), var))
 
     def problem(self, cov):
-        found = super().problem(cov)
-        if found is None and cov.ndim == 2 and _mismatch(cov, self.project(cov)):
-            return f"the covariances do not have the constraints of model {self.name}"
-        return found
+        return super().problem(cov) or self.constraint_problem(cov, self.project(cov))
 
 
 class EII(_ConstrainedDiagonal):
@@ -143,11 +141,6 @@ class EII(_ConstrainedDiagonal):
         with np.errstate(all="ignore"):
             return forms.eii(np.asarray(cov, float)[:, None], np.ones(cov.shape[0]))
 
-    def problem(self, cov):
-        found = _ConstrainedDiagonal.problem(self, cov)
-        if found is None and _mismatch(cov, self.project(cov)):
-            return f"the covariances do not have the constraints of model {self.name}"
-        return found
 
     def regularised(self, cov, k, amount, col_var):
         return np.asarray(cov, float) + amount * col_var.mean()
