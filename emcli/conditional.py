@@ -59,14 +59,14 @@ class Block:
     pattern: np.ndarray  # (N,) each row's pattern, an index into ``missing``
     missing: np.ndarray  # (U, c) the missing columns of each pattern, ascending
     observed: np.ndarray  # (U, d - c) the observed columns
-    C: np.ndarray | None = None  # (U, K', c, c) conditional covariance of the missing cells
+    C: np.ndarray | None = None  # (K', U, c, c) conditional covariance of the missing cells
 
 
 @dataclass
 class Incomplete:
     """What the E-step found for an incomplete chunk, for the statistics pass."""
 
-    E: np.ndarray  # (n, K, d): x̂_k − μ_k (observed: x − μ_k; missing: conditional)
+    E: np.ndarray  # (K, n, d): x̂_k − μ_k (observed: x − μ_k; missing: conditional)
     blocks: list[Block] = field(default_factory=list)  # rows with missing cells
 
 
@@ -92,13 +92,13 @@ def split_blocks(mask: np.ndarray) -> list[Block]:
 
 
 def _sub(S: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``S[k][a_u][:, b_u]`` for every component k and pattern u: ``(U, K', |a|, |b|)``."""
-    return S[:, a[:, :, None], b[:, None, :]].transpose(1, 0, 2, 3)
+    """``S[k][a_u][:, b_u]`` for every component k and pattern u: ``(K', U, |a|, |b|)``."""
+    return S[:, a[:, :, None], b[:, None, :]]
 
 
 def _pick(V: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """``V[n, k, cols[n]]``: ``(N, K, q)`` from ``(N, K, d)`` and per-row columns ``(N, q)``."""
-    idx = np.broadcast_to(cols[:, None, :], (V.shape[0], V.shape[1], cols.shape[1]))
+    """``V[k, n, cols[n]]``: ``(K, N, q)`` from ``(K, N, d)`` and per-row columns ``(N, q)``."""
+    idx = np.broadcast_to(cols[None], (V.shape[0], *cols.shape))
     return np.take_along_axis(V, idx, axis=2)
 
 
@@ -116,50 +116,54 @@ def incomplete_log_prob(
 
     ``cov``, ``prec`` are ``(K', d, d)`` with ``K' = 1`` for a tied model;
     ``log_det`` is ``log|Σ_k|``; ``precise`` allows the precision route.
+    Arrays per component and row are laid out ``(K, n, d)``.
     """
     n, d = X0.shape
     K = means.shape[0]
-    D = (X0[:, None, :] - means[None]) * mask[:, None, :]  # δ_o, zero at missing cells
+    obs = mask.astype(float)
+    D = np.subtract(X0[None], means[:, None, :])
+    D *= obs  # δ_o, zero at missing cells
+    V = None
+    if precise:  # P δ_o: its missing part is u = P_mo δ_o (one GEMM per component)
+        V = np.empty_like(D)
+        for k in range(K):
+            np.matmul(D[k], prec[k if prec.shape[0] > 1 else 0], out=V[k])
     out = np.empty((n, K))
     blocks = split_blocks(mask)
-    V = None
-    if precise and any(2 * b.missing.shape[1] <= d for b in blocks):
-        # P δ_o for every component: its missing part is u = P_mo δ_o
-        V = np.matmul(D.transpose(1, 0, 2), prec).transpose(1, 0, 2) if prec.shape[0] > 1 \
-            else D @ prec[0]
     E = D
+    ld = log_det[:, None]
     for b in blocks:
         c = b.missing.shape[1]
         s = d - c
-        Dr = D[b.rows]
+        Dr = D[:, b.rows]
         if V is not None and 2 * c <= d:
-            Vr = V[b.rows]
-            quad = np.einsum("nkd,nkd->nk", Dr, Vr)
+            Vr = V[:, b.rows]
+            quad = np.einsum("knd,knd->kn", Dr, Vr)
             if c == 0:
-                out[b.rows] = -0.5 * (d * LOG_2PI + log_det + quad)
+                out[b.rows] = (-0.5 * (d * LOG_2PI + ld + quad)).T
                 continue
-            Pinv, log_det_mm = spd_inverse(_sub(prec, b.missing, b.missing))  # (U, K', c, c)
-            u = _pick(Vr, b.missing[b.pattern])  # (N, K, c)
-            t = np.matmul(Pinv[b.pattern], u[..., None])[..., 0]  # P_mm⁻¹ u
-            quad -= np.einsum("nkc,nkc->nk", u, t)
-            out[b.rows] = -0.5 * (s * LOG_2PI + log_det + log_det_mm[b.pattern] + quad)
+            Pinv, log_det_mm = spd_inverse(_sub(prec, b.missing, b.missing))  # (K', U, c, c)
+            u = _pick(Vr, b.missing[b.pattern])  # (K, N, c)
+            t = np.matmul(Pinv[:, b.pattern], u[..., None])[..., 0]  # P_mm⁻¹ u
+            quad -= np.einsum("knc,knc->kn", u, t)
+            out[b.rows] = (-0.5 * (s * LOG_2PI + ld + log_det_mm[:, b.pattern] + quad)).T
             dev_m, b.C = -t, Pinv
         else:
-            Sinv, log_det_oo = spd_inverse(_sub(cov, b.observed, b.observed))  # (U, K', s, s)
-            delta = _pick(Dr, b.observed[b.pattern])  # (N, K, s)
-            y = np.matmul(Sinv[b.pattern], delta[..., None])[..., 0]  # Σ_oo⁻¹ δ_o
-            quad = np.einsum("nks,nks->nk", delta, y)
-            out[b.rows] = -0.5 * (s * LOG_2PI + log_det_oo[b.pattern] + quad)
+            Sinv, log_det_oo = spd_inverse(_sub(cov, b.observed, b.observed))  # (K', U, s, s)
+            delta = _pick(Dr, b.observed[b.pattern])  # (K, N, s)
+            y = np.matmul(Sinv[:, b.pattern], delta[..., None])[..., 0]  # Σ_oo⁻¹ δ_o
+            quad = np.einsum("kns,kns->kn", delta, y)
+            out[b.rows] = (-0.5 * (s * LOG_2PI + log_det_oo[:, b.pattern] + quad)).T
             if c == 0:
                 continue
-            S_mo = _sub(cov, b.missing, b.observed)  # (U, K', c, s)
-            dev_m = np.matmul(S_mo[b.pattern], y[..., None])[..., 0]
+            S_mo = _sub(cov, b.missing, b.observed)  # (K', U, c, s)
+            dev_m = np.matmul(S_mo[:, b.pattern], y[..., None])[..., 0]
             b.C = _sub(cov, b.missing, b.missing) - S_mo @ Sinv @ np.swapaxes(S_mo, -1, -2)
         if moments:
-            idx = np.broadcast_to(b.missing[b.pattern][:, None, :], dev_m.shape)
-            rows_E = E[b.rows]
+            idx = np.broadcast_to(b.missing[b.pattern][None], dev_m.shape)
+            rows_E = E[:, b.rows]
             np.put_along_axis(rows_E, idx, dev_m, axis=2)
-            E[b.rows] = rows_E
+            E[:, b.rows] = rows_E
     inc = Incomplete(E, [b for b in blocks if b.missing.shape[1] > 0])
     return out, inc
 
@@ -169,35 +173,34 @@ def incomplete_statistics(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``S1 = Σ w r (x̂ − μ)`` and ``S2 = Σ w r [(x̂ − μ)(x̂ − μ)ᵀ + C]`` per component."""
     E = inc.E
-    n, K, d = E.shape
-    S1 = np.einsum("nk,nkd->kd", wr, E)
+    K, n, d = E.shape
+    S1 = np.einsum("nk,knd->kd", wr, E)
     S2 = np.empty((K, d, d))
     for k in range(K):
-        Ek = E[:, k, :]
-        S2[k] = (Ek * wr[:, k, None]).T @ Ek
+        S2[k] = (E[k] * wr[:, k, None]).T @ E[k]
     flat = S2.reshape(-1)
     for b in inc.blocks:
         assert b.C is not None
         U, c = b.missing.shape
         Wp = np.zeros((U, K))
         np.add.at(Wp, b.pattern, wr[b.rows])
-        C = np.broadcast_to(b.C, (U, K, c, c))
+        C = np.broadcast_to(b.C, (K, U, c, c))
         m = b.missing
-        idx = (np.arange(K)[None, :, None, None] * d * d
-               + m[:, None, :, None] * d + m[:, None, None, :])
+        idx = (np.arange(K)[:, None, None, None] * d * d
+               + m[None, :, :, None] * d + m[None, :, None, :])
         flat += np.bincount(np.broadcast_to(idx, C.shape).ravel(),
-                            weights=(Wp[:, :, None, None] * C).ravel(), minlength=K * d * d)
+                            weights=(Wp.T[:, :, None, None] * C).ravel(), minlength=K * d * d)
     return S1, S2
 
 
 def conditional_cells(inc: Incomplete) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, Any]]:
     """Per block: rows ``(N,)``, missing columns ``(N, c)``, conditional deviations
-    ``(N, K, c)`` and the diagonal of the conditional covariances ``(N, K', c)``."""
+    ``(K, N, c)`` and the diagonal of the conditional covariances ``(K', N, c)``."""
     out = []
     for b in inc.blocks:
         assert b.C is not None
         cols = b.missing[b.pattern]
-        dev = _pick(inc.E[b.rows], cols)
-        var = np.diagonal(b.C, axis1=-2, axis2=-1)[b.pattern]
+        dev = _pick(inc.E[:, b.rows], cols)
+        var = np.diagonal(b.C, axis1=-2, axis2=-1)[:, b.pattern]
         out.append((b.rows, cols, dev, var))
     return out

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from scipy.linalg.blas import dsyrk, ssyrk
 
+from . import kernels
 from .conditional import incomplete_statistics
 from .covariance import Context
 from .errors import FitError
@@ -31,6 +32,7 @@ from .gaussian import (
     log_prob_gen,
     log_prob_mask,
     mask_statistics,
+    vech_weights,
 )
 from .model import GMMParams, IterationRecord
 from .sources import FitRows, MapFn
@@ -43,12 +45,18 @@ def prepare(params: GMMParams, dtype: Any, source: FitRows | None = None):
     """Per-iteration factors; the source says whether its chunks may build the quad design."""
     quad_ok = source is None or source.quad_ok
     cov = np.asarray(params.covariances, float)
-    return params.model.prepare(params.means, cov, dtype, quad_ok)
+    prep = params.model.prepare(params.means, cov, dtype, quad_ok)
+    if isinstance(prep, GenPrepared) and source is not None:
+        K, d = params.means.shape
+        prep.compiled = kernels.wanted(source.source.n_rows, K, d)
+    return prep
 
 
-def log_prob(chunk: Chunk, prep: GenPrepared | MaskPrepared) -> tuple[np.ndarray, dict]:
+def log_prob(
+    chunk: Chunk, prep: GenPrepared | MaskPrepared, moments: bool = True
+) -> tuple[np.ndarray, dict]:
     if isinstance(prep, GenPrepared):
-        return log_prob_gen(chunk, prep)
+        return log_prob_gen(chunk, prep, moments)
     return log_prob_mask(chunk, prep)
 
 
@@ -65,8 +73,14 @@ def _general_statistics(
     st = GeneralStats(N=wr.sum(axis=0))
     if "inc" in cache:
         st.S1, st.S2 = incomplete_statistics(cache["inc"], wr)
-    elif "quad" in cache:  # complete chunk: raw sums, moved to the old means once per pass
+    elif "quad" in cache:  # raw sums, moved to the old means once per pass
         st.F = cache["quad"] @ wr
+        if "filled" in cache:  # incomplete rows: what the fills add to the zero-filled sums
+            X0, mask, found = cache["filled"]
+            S1, S2 = kernels.quad_raw_sums(X0, mask, wr, found)
+            iu, ju, _ = vech_weights(d)
+            st.F[: iu.size] += S2[:, iu, ju].T
+            st.F[iu.size : iu.size + d] += S1.T
     else:
         Z = cache["Z"]
         st.Z1 = np.einsum("nk,nkd->kd", wr, Z, dtype=float)
@@ -335,7 +349,7 @@ def posterior(
         log_w = np.log(params.weights)
 
     def one(chunk: Chunk) -> tuple[Chunk, np.ndarray, np.ndarray]:
-        logp, _ = log_prob(chunk, prep)
+        logp, _ = log_prob(chunk, prep, moments=False)
         lse, resp = _normalise(logp, log_w)
         return chunk, resp, lse
 

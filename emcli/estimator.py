@@ -22,7 +22,9 @@ class GaussianMixture:
     variance, ``standardize`` fits on z-scores and reports in original units
     (EII, VII, EEV, EVE, VEV and VVE stay in z-scores, with ``scaling_``:
     scaling would break their constraints), ``n_jobs`` splits row chunks over
-    threads (BLAS is held to one thread during the fit).
+    threads (BLAS is held to one thread during the fit). ``compare_kmeans``
+    also runs k-means from the same start and sets ``kmeans_comparison_``
+    (docs/compare.md).
     """
 
     def __init__(
@@ -42,6 +44,7 @@ class GaussianMixture:
         standardize: bool = False,
         dtype: str = "float64",
         n_jobs: int | None = None,
+        compare_kmeans: bool = False,
     ) -> None:
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -57,6 +60,7 @@ class GaussianMixture:
         self.standardize = standardize
         self.dtype = dtype
         self.n_jobs = n_jobs
+        self.compare_kmeans = compare_kmeans
 
     # scikit-learn's parameter protocol
     _param_names = (
@@ -74,6 +78,7 @@ class GaussianMixture:
         "standardize",
         "dtype",
         "n_jobs",
+        "compare_kmeans",
     )
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
@@ -119,6 +124,7 @@ class GaussianMixture:
                 standardize=self.standardize,
                 dtype=self.dtype,
                 n_threads=threads,
+                compare_kmeans=self.compare_kmeans,
             )
         self._set_result(result)
         return self
@@ -137,6 +143,7 @@ class GaussianMixture:
         self.n_iter_ = result.n_iter
         self.lower_bound_ = result.mean_log_likelihood
         self.history_ = result.history
+        self.kmeans_comparison_ = result.kmeans_comparison
         self.n_features_in_ = p.n_features
         self.precisions_ = p.model.precisions(np.asarray(p.covariances, float))
 

@@ -185,13 +185,15 @@ def fit_source(
     max_memory: int | None = None,
     column_names: Sequence[str] | None = None,
     callback: Callable[[IterationRecord], None] | None = None,
+    compare_kmeans: bool = False,
 ) -> FitResult:
     """Fit a Gaussian mixture by EM to the rows of ``source``, NaN integrated out exactly.
 
     With ``max_memory`` (bytes), the rows are kept in memory in fitting units
     when that working set fits, and streamed from the source on every pass
     otherwise; either way the result is the same. The result has no per-row
-    outputs: ``score_blocks`` gives them block by block.
+    outputs: ``score_blocks`` gives them block by block. ``compare_kmeans``
+    adds k-means against EM (``compare.compare_kmeans``, two more passes).
     """
     model = get_model(covariance_type)
     covariance_type = str(model_name(covariance_type))
@@ -267,8 +269,16 @@ def fit_source(
             history.extend(run.history)
             if best is None or run.log_likelihood > best.log_likelihood:
                 best, best_restart = run, r
-    if best is None:
-        raise FitError(f"every restart failed: {errors[-1]}")
+        if best is None:
+            raise FitError(f"every restart failed: {errors[-1]}")
+        comparison = None
+        if compare_kmeans:
+            from .compare import compare_kmeans as _compare
+
+            kmeans = samples.kmeans or _samples(rows, "kmeans", None, K, seed, scan, pmap).kmeans
+            assert kmeans is not None
+            rng = restart_rng(int(seed), K, model.seed_index, best_restart)
+            comparison = _compare(rows, kmeans, best.params, rng, ctx, pmap)
 
     params = best.params
     params = permute(params, canonical_order(_to_original_units(params, centre, scale)))
@@ -317,6 +327,7 @@ def fit_source(
         if standardize
         else None,
         in_memory=keep,
+        kmeans_comparison=None if comparison is None else comparison.as_record(offset),
     )
 
 
@@ -553,10 +564,10 @@ def impute_rows(params: GMMParams, X: Any) -> tuple[np.ndarray, np.ndarray]:
     centred = params.means - mix_mean
     for rows, cols, dev, var in conditional_cells(cache["inc"]):
         # x̂_k,m under each component, and the mixture's mean and variance around it
-        xhat = centred[:, cols].transpose(1, 0, 2) + dev  # (N, K, c)
-        r = resp[rows][:, :, None]
-        mean = (r * xhat).sum(axis=1)
-        spread = (r * (np.broadcast_to(var, xhat.shape) + (xhat - mean[:, None, :]) ** 2)).sum(1)
+        xhat = np.take_along_axis(centred[:, None, :], cols[None], axis=2) + dev  # (K, N, c)
+        r = resp[rows].T[:, :, None]
+        mean = (r * xhat).sum(axis=0)
+        spread = (r * (var + (xhat - mean) ** 2)).sum(axis=0)
         at = partial[rows]
         filled[at[:, None], cols] = mean + mix_mean[cols]
         variance[at[:, None], cols] = spread

@@ -197,6 +197,7 @@ class GenPrepared:
     shared: bool  # tied: one factor for every component
     prec: np.ndarray | None = None  # (K, d, d): the precisions Σ⁻¹
     precise: bool = False  # every component conditioned well enough for the precision route
+    compiled: bool = False  # incomplete rows through the compiled kernel (kernels.py)
     coef: np.ndarray | None = None  # (D, K): log-density as a linear map of the quad design
     quad_limit: float = -np.inf  # the quad route serves chunks whose rows have |x|^2 below it
 
@@ -280,25 +281,43 @@ def quad_deviations(raw: np.ndarray, means: np.ndarray) -> tuple[np.ndarray, np.
     return raw1 - n[:, None] * means, S2
 
 
-def log_prob_gen(chunk: Chunk, prep: GenPrepared) -> tuple[np.ndarray, dict]:
+def log_prob_gen(
+    chunk: Chunk, prep: GenPrepared, moments: bool = True
+) -> tuple[np.ndarray, dict]:
     """Log-densities ``(n, K)`` over observed coordinates; cache for the statistics pass.
 
     Complete chunks take the quad design (§6) or the whitened rows (§8);
     incomplete chunks the precision or observed-block route of
-    ``conditional.py`` (§7).
+    ``conditional.py`` (§7), which also finds the conditional moments of the
+    missing cells unless ``moments`` is false.
     """
     K, d = prep.means.shape
     cache: dict = {}
+    quad = prep.coef is not None and chunk.max_sq_norm < prep.quad_limit
+    if not chunk.complete and quad and prep.compiled:
+        # the zero-filled rows through the quad design, corrected per row (§7)
+        from .kernels import quad_incomplete
+
+        assert prep.prec is not None and prep.coef is not None
+        one = slice(0, 1) if prep.shared else slice(None)
+        FT = chunk.design("quad")
+        out = FT.T @ prep.coef
+        found = quad_incomplete(chunk.X0, chunk.mask, out, prep.means, prep.cov[one],
+                                prep.prec[one], prep.precise, moments)
+        cache["quad"] = FT
+        cache["filled"] = (chunk.X0, chunk.mask, found)
+        return out, cache
     if not chunk.complete:
         assert prep.prec is not None
         one = slice(0, 1) if prep.shared else slice(None)
         X0 = chunk.X0.astype(float, copy=False)
         out, cache["inc"] = incomplete_log_prob(
             X0, chunk.mask, prep.means, prep.cov[one], prep.prec[one], prep.log_det[one],
-            prep.precise,
+            prep.precise, moments,
         )
         return out, cache
-    if prep.coef is not None and chunk.max_sq_norm < prep.quad_limit:
+    if quad:
+        assert prep.coef is not None
         FT = chunk.design("quad")
         cache["quad"] = FT
         return (prep.coef.T @ FT).T, cache

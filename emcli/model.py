@@ -70,6 +70,18 @@ class GMMParams:
     def replace(self, **changes: Any) -> GMMParams:
         return replace(self, **changes)
 
+    def in_data_units(self) -> GMMParams:
+        """The same mixture in the data's units: itself, or as VVV from z-score parameters.
+
+        For pictures and summaries; densities are computed through ``scaling``
+        (docs/m-step.md §10), since the model's constraints hold only in z-scores.
+        """
+        if self.scaling is None:
+            return self
+        s, c = self.scaling.scale, self.scaling.center
+        return GMMParams("VVV", self.weights, self.means * s + c,
+                         self.full_covariances() * np.outer(s, s)[None])
+
 
 @dataclass(frozen=True)
 class IterationRecord:
@@ -118,6 +130,7 @@ class FitResult:
     settings: dict = field(default_factory=dict)
     standardization: dict | None = None
     in_memory: bool = True  # whether the rows were kept in memory (else streamed every pass)
+    kmeans_comparison: dict | None = None  # compare_kmeans=True: k-means against EM
 
     def _rows(self) -> np.ndarray:
         if self.resp is None:

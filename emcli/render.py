@@ -104,6 +104,7 @@ class Reporter:
                 f"{result.log_likelihood:.6g} (mean {result.mean_log_likelihood:.6g})",
             ),
             ("BIC / AIC / ICL", f"{result.bic:.6g} / {result.aic:.6g} / {result.icl:.6g}"),
+            *_kmeans_items(result.kmeans_comparison),
             ("rows held", "in memory" if result.in_memory
              else "streamed from the input on every pass (above --max-memory)"),
             ("time", f"{seconds:.2f} s"),
@@ -126,6 +127,20 @@ class Reporter:
         self.console.print(comp)
         if written:
             self.console.print("wrote " + ", ".join(written), markup=False)
+
+
+def _kmeans_items(c: dict | None) -> list[tuple[str, str]]:
+    """``--compare-kmeans``: k-means (hard) against EM (soft) on the same rows."""
+    if c is None:
+        return []
+    changed = f"{c['rows_changed']} of {c['rows_compared']} rows change cluster"
+    if c["changed_mean_uncertainty"] is not None:
+        changed += f" (their mean EM uncertainty {c['changed_mean_uncertainty']:.3g})"
+    return [
+        ("k-means vs EM", f"adjusted Rand index {c['adjusted_rand_index']:.4f}; {changed}"),
+        ("k-means log-lik.", f"k-means {c['kmeans_log_likelihood']:.6g} (one M-step on its "
+         f"partition), EM {c['em_log_likelihood']:.6g}"),
+    ]
 
 
 # ---- select-k ----

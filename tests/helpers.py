@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 
 
@@ -68,3 +71,16 @@ def expected_scatter(X: np.ndarray, r: np.ndarray, mu: np.ndarray, S: np.ndarray
         D = xh - new_mu[k]
         W[k] = (D * r[:, k, None]).T @ D + np.einsum("n,nab->ab", r[:, k], C)
     return N, new_mu, W
+
+
+@contextmanager
+def compiled_kernels(on: bool) -> Iterator[None]:
+    """Fits of any size take the compiled kernels for incomplete rows (or never do)."""
+    from emcli import kernels
+
+    old = kernels.COMPILED_MIN_WORK
+    kernels.COMPILED_MIN_WORK = 0 if on else 2**62
+    try:
+        yield
+    finally:
+        kernels.COMPILED_MIN_WORK = old

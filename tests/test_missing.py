@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import blobs, full_covs, mcar
+from helpers import blobs, compiled_kernels, full_covs, mcar
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.special import logsumexp
@@ -481,11 +481,17 @@ def test_one_em_step_matches_reference_m_step(case):
         "spherical": np.mean(np.diag(C)) * rng.uniform(0.7, 1.3, size=K),
     }[t]
     prec = np.linalg.inv(cov) if t in ("full", "tied") else 1.0 / cov
-    res = fit_mixture(X, n_components=K, covariance_type=t, sample_weight=w,
-                      weights_init=weights, means_init=means, precisions_init=prec,
-                      max_iter=1, tol=0.0, reg_covar=0.0)
     rw, rmu, rcov = ref_em_step(X, w, t, weights, means, full_covs(t, cov, K, d))
     perm = np.lexsort((*[rmu[:, j] for j in reversed(range(d))], -rw))
+    for compiled in (False, True):  # the numpy route, and numba's for big fits (kernels.py)
+        with compiled_kernels(compiled):
+            res = fit_mixture(X, n_components=K, covariance_type=t, sample_weight=w,
+                              weights_init=weights, means_init=means, precisions_init=prec,
+                              max_iter=1, tol=0.0, reg_covar=0.0)
+        _check_step(res, t, X, w, rw, rmu, rcov, perm, K, d)
+
+
+def _check_step(res, t, X, w, rw, rmu, rcov, perm, K, d):
     if any(e for e in (h.event for h in res.history)):
         return  # a recovery step changed the parameters: not a plain EM step
     np.testing.assert_allclose(res.params.weights, rw[perm], rtol=1e-9, atol=1e-12)

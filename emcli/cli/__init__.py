@@ -13,7 +13,7 @@ from .app import app, main
 
 # Importing a command module registers its command; this order is the order of `emcli --help`.
 # isort: off
-from . import fit, select_k, predict, impute, sample, describe  # noqa: F401
+from . import fit, select_k, predict, impute, sample, describe, plot, segment  # noqa: F401
 # isort: on
 
 __all__ = ["app", "main"]

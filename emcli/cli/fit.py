@@ -10,9 +10,10 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
+import typer
 
 from emcli.errors import DataError, FitError, NotConvergedError, UsageError
 
@@ -30,6 +31,7 @@ from .options import (
     ModelOpt,
     NComponentsOpt,
     OutDirOpt,
+    PlotOpt,
     ProbabilitiesOpt,
     QuietOpt,
     StrictOpt,
@@ -59,6 +61,15 @@ def fit_command(
     log: LogOpt = None,
     probabilities: ProbabilitiesOpt = False,
     json_: JsonOpt = False,
+    plot: PlotOpt = None,
+    compare_kmeans: Annotated[
+        bool,
+        typer.Option(
+            "--compare-kmeans",
+            help="Also run k-means from the same start; report the adjusted Rand index, the "
+            "rows that change cluster and both log-likelihoods (stderr and the model's fit block).",
+        ),
+    ] = False,
     format: FormatOpt = None,
     debug: DebugOpt = False,
     strict: StrictOpt = False,
@@ -80,6 +91,8 @@ def fit_command(
             fmt=format.value if format is not None else None,
             strict=strict,
             quiet=quiet,
+            plot=plot,
+            compare_kmeans=compare_kmeans,
         )
 
 
@@ -101,11 +114,16 @@ def run_fit(
     extra_outputs: Sequence[str] = (),
     stage_more: Callable[[AtomicOutputs, FitResult, OpenedRows], None] | None = None,
     stdin: Any = None,
+    plot: str | None = None,
+    compare_kmeans: bool = False,
 ) -> tuple[FitResult, OpenedRows]:
     """Read, fit, write the fit's files; ``extra_outputs`` are the caller's (``impute -k``),
-    which ``stage_more`` stages with the fit's files: they are committed all or none."""
+    which ``stage_more`` stages with the fit's files: they are committed all or none.
+    ``plot`` is a directory for the pictures."""
     from emcli import io
     from emcli.render import Reporter
+
+    pictures = plot_paths(data, plot, "fit")
 
     started = time.perf_counter()
     stdout_count(
@@ -129,7 +147,8 @@ def run_fit(
 
     reporter = Reporter(quiet)
     with open_input(
-        data, fit, fmt, [labels_path, model_path, log_path, *extra_outputs], reporter, stdin
+        data, fit, fmt, [labels_path, model_path, log_path, *extra_outputs, *pictures], reporter,
+        stdin,
     ) as rows:
         means_init = None
         if means_path is not None:
@@ -153,6 +172,7 @@ def run_fit(
                 n_threads=os.cpu_count() or 1,
                 column_names=rows.columns,
                 callback=callback,
+                compare_kmeans=compare_kmeans,
                 **fit.em_settings(),
             )
 
@@ -169,9 +189,10 @@ def run_fit(
             (labels_fmt, log_fmt),
             probabilities=probabilities,
             json_=json_,
+            more=draw_fit(result, rows, data, plot, fit.seed),
             stage_more=stage_more,
         )
-    written = [p for p in (labels_path, model_path, log_path) if p != "-"]
+    written = [p for p in (labels_path, model_path, log_path, *pictures) if p != "-"]
     reporter.fit_summary(
         result,
         source=rows.name,
@@ -183,6 +204,34 @@ def run_fit(
     if strict:
         require_converged(result, fit.max_iter)
     return result, rows
+
+
+def plot_paths(data: list[str], plot: str | None, command: str) -> list[str]:
+    """The pictures ``--plot DIR`` will write (none without it); checks the plot extra first."""
+    if plot is None:
+        return []
+    from emcli import io
+    from emcli.plots import require_extra
+    from emcli.plots.pictures import FIT_PICTURES, SWEEP_PICTURES, picture_paths
+
+    require_extra("--plot")
+    kinds = SWEEP_PICTURES if command == "select-k" else FIT_PICTURES
+    return picture_paths(plot, io.input_stem(data), kinds)
+
+
+def draw_fit(
+    result: FitResult, rows: OpenedRows, data: list[str], plot: str | None, seed: int
+) -> list[tuple[str, bytes]]:
+    """The fit's pictures for ``--plot DIR`` (none without it), as (path, PNG bytes)."""
+    if plot is None:
+        return []
+    from emcli import io
+    from emcli.plots.pictures import fit_pictures
+
+    return fit_pictures(
+        result.params, rows.source, rows.columns, n_fit=result.n_rows - result.n_empty_rows,
+        seed=seed, out_dir=plot, stem=io.input_stem(data), name=rows.name, result=result,
+    )
 
 
 def require_converged(result: FitResult, max_iter: int) -> None:

@@ -195,6 +195,16 @@ TmpDirOpt = Annotated[
         "passes read (default: the system's temporary directory); removed on exit.",
     ),
 ]
+PlotOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--plot",
+        metavar="DIR",
+        help="Also write PNG pictures (clusters, uncertainty, convergence) to DIR; "
+        "needs the plot extra: pip install 'emcli[plot]'.",
+        show_default=False,
+    ),
+]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Exit 3 if the fit did not converge.")]
 QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="No progress or summary on stderr.")]

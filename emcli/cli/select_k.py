@@ -15,12 +15,13 @@ import typer
 from emcli.errors import NotConvergedError, UsageError
 
 from .app import app, flagged, handled
-from .fit import fit_paths, naming, open_input, write_fit
+from .fit import draw_fit, fit_paths, naming, open_input, plot_paths, write_fit
 from .options import (
     DataArg,
     DebugOpt,
     FitOptions,
     FormatOpt,
+    PlotOpt,
     ProbabilitiesOpt,
     QuietOpt,
     fit_options,
@@ -130,6 +131,7 @@ def select_k_command(
     json_: Annotated[
         bool, typer.Option("--json", help="Print the best model's document to stdout.")
     ] = False,
+    plot: PlotOpt = None,
     format: FormatOpt = None,
     debug: DebugOpt = False,
     strict: Annotated[
@@ -156,7 +158,8 @@ def select_k_command(
         paths = fit_paths(data, out_dir)
         table_fmt = io.output_format(table_path, "csv") if table_path is not None else None
 
-        outputs = [*paths] + ([table_path] if table_path else [])
+        pictures = plot_paths(data, plot, "select-k")
+        outputs = [*paths] + ([table_path] if table_path else []) + pictures
         fmt = format.value if format is not None else None
         reporter = Reporter(quiet)
         from emcli.selection import sweep
@@ -198,6 +201,13 @@ def select_k_command(
             more = []
             if table_path is not None and table_fmt is not None:
                 more.append((table_path, io.render_table(io.sweep_columns(result), table_fmt)))
+            more += draw_fit(best_fit, rows, data, plot, fit.seed)
+            if plot is not None:
+                from emcli.plots.pictures import sweep_picture
+
+                more.append(sweep_picture(
+                    result, out_dir=plot, stem=io.input_stem(data), name=rows.name
+                ))
             write_fit(
                 best_fit,
                 rows,

@@ -30,7 +30,7 @@ def model_name(name: str) -> str | None:
 
     None when ``name`` is no model.
     """
-    text = str(name).strip()
+    text = str(getattr(name, "value", name)).strip()  # a CLI enum member or a string
     if text.lower() in ALIASES:
         return text.lower()
     return text.upper() if text.upper() in MODELS else None

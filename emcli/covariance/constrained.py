@@ -32,7 +32,7 @@ def _mismatch(cov: np.ndarray, projected: np.ndarray) -> bool:
 class _Entry:
     """What each of the ten entries sets: its form and its count of variance parameters."""
 
-    alias = ""
+    name = alias = ""
     form: Form = staticmethod(forms.vvv)
     var_params: Callable[[int, int], int] = staticmethod(lambda K, d: 0)
 

@@ -75,6 +75,11 @@ def model_document(
         "missing_fraction": float(result.missing_fraction),
         "input_sha256": input_sha256,
     }
+    if result.kmeans_comparison is not None:
+        fit["kmeans_comparison"] = {
+            k: v if not isinstance(v, float) else _finite_or_none(v)
+            for k, v in result.kmeans_comparison.items()
+        }
     if extra:
         fit.update(extra)
     doc = {
