@@ -220,3 +220,15 @@ def test_log_likelihood_never_decreases(m):
     ll = np.array([h.log_likelihood for h in res.history if not h.event])
     assert np.all(np.diff(ll) >= -1e-9 * abs(ll[-1]))
     assert get_model(m).problem(np.asarray(res.params.covariances)) is None
+
+
+def test_z_score_models_in_data_units_have_the_same_densities():
+    """``in_data_units`` (for pictures) is the same mixture as the scaled parameters."""
+    from emcli.fitting import score_rows
+
+    X = dataset("thyroid")
+    res = fit_mixture(X, n_components=2, covariance_type="VEV", standardize=True, seed=0)
+    assert res.params.scaling is not None
+    plain = res.params.in_data_units()
+    assert plain.scaling is None and plain.covariance_type == "VVV"
+    np.testing.assert_allclose(score_rows(plain, X)[1], score_rows(res.params, X)[1], rtol=1e-9)
