@@ -19,19 +19,25 @@ _PUBLIC = {
     "EmcliError": ("errors", "EmcliError"),
     "FitError": ("errors", "FitError"),
     "ModelFileError": ("errors", "ModelFileError"),
+    "NotFittedError": ("errors", "NotFittedError"),
+    "FitWarning": ("errors", "FitWarning"),
+    "ConvergenceWarning": ("errors", "ConvergenceWarning"),
     "FitResult": ("model", "FitResult"),
     "GMMParams": ("model", "GMMParams"),
     "SweepResult": ("model", "SweepResult"),
 }
 
 __all__ = [
+    "ConvergenceWarning",
     "DataError",
     "EmcliError",
     "FitError",
     "FitResult",
+    "FitWarning",
     "GMMParams",
     "GaussianMixture",
     "ModelFileError",
+    "NotFittedError",
     "SweepResult",
     "__version__",
     "fit",
@@ -40,7 +46,15 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .errors import DataError, EmcliError, FitError, ModelFileError
+    from .errors import (
+        ConvergenceWarning,
+        DataError,
+        EmcliError,
+        FitError,
+        FitWarning,
+        ModelFileError,
+        NotFittedError,
+    )
     from .estimator import GaussianMixture
     from .fitting import fit_mixture as fit
     from .io import load_model

@@ -73,14 +73,13 @@ def _general_statistics(
     st = GeneralStats(N=wr.sum(axis=0))
     if "inc" in cache:
         st.S1, st.S2 = incomplete_statistics(cache["inc"], wr)
+    elif "filled" in cache:  # incomplete rows: the raw sums of the filled-in rows
+        mask, found = cache["filled"]
+        S1, S2 = kernels.quad_raw_sums(mask, wr, found)
+        iu, ju, _ = vech_weights(d)
+        st.F = np.concatenate([S2[:, iu, ju].T, S1.T, wr.sum(axis=0)[None]])
     elif "quad" in cache:  # raw sums, moved to the old means once per pass
         st.F = cache["quad"] @ wr
-        if "filled" in cache:  # incomplete rows: what the fills add to the zero-filled sums
-            X0, mask, found = cache["filled"]
-            S1, S2 = kernels.quad_raw_sums(X0, mask, wr, found)
-            iu, ju, _ = vech_weights(d)
-            st.F[: iu.size] += S2[:, iu, ju].T
-            st.F[iu.size : iu.size + d] += S1.T
     else:
         Z = cache["Z"]
         st.Z1 = np.einsum("nk,nkd->kd", wr, Z, dtype=float)
@@ -121,6 +120,11 @@ def _normalise(logp: np.ndarray, log_weights: np.ndarray) -> tuple[np.ndarray, n
     logp[logp < -700.0] = -np.inf
     np.exp(logp, out=logp)
     total = logp.sum(axis=1, keepdims=True)
+    lost = total[:, 0] == 0  # -inf under every component: the row gets the weights
+    if lost.any():
+        logp[lost] = np.exp(log_weights - np.max(log_weights))
+        total[lost] = logp[lost].sum(axis=1, keepdims=True)
+        top[lost] = -np.inf
     logp /= total
     return np.log(total[:, 0]) + top[:, 0], logp
 
@@ -264,6 +268,16 @@ class Recovery:
 # --------------------------------------------------------------------------
 # The loop
 
+# Below this separation (nats) the components do not yet tell rows apart (docs/loop.md §3).
+FLAT = 0.05
+
+
+def separation(mean_log_max: float, weights: np.ndarray) -> float:
+    """Mean ``log max_k r_ik`` above ``log max_k π_k``: 0 when every row's
+    responsibilities are the weights, as at a flat start."""
+    return float(mean_log_max - np.log(np.max(weights)))
+
+
 
 @dataclass
 class RunResult:
@@ -298,6 +312,7 @@ def run_em(
     params, events = recovery.check_start(params, ctx)
     prev: float | None = None
     converged = False
+    flat = False
     tick = time.perf_counter()
     t = 0
     while True:
@@ -316,9 +331,17 @@ def run_em(
             )
         mean_ll = ll / ctx.sum_w
         delta = float("nan") if prev is None else mean_ll - prev
+        # a flat start (components that do not yet tell rows apart) sits near a
+        # saddle, where EM crawls before it escapes: no convergence until the
+        # components are apart and the likelihood's gains no longer grow
+        apart = separation(totals.log_max / ctx.sum_w, params.weights) >= FLAT
+        if t == 0:
+            flat = params.n_components > 1 and not apart
+        elif flat and apart and t > 1 and delta <= history[-1].delta:
+            flat = False
         # an iteration that carried a recovery event moved the parameters by hand:
         # its change in likelihood says nothing about convergence
-        converged = prev is not None and abs(delta) < tol and not events
+        converged = prev is not None and abs(delta) < tol and not events and not flat
         now = time.perf_counter()
         rec = IterationRecord(restart, t, ll, mean_ll, delta, now - tick, "; ".join(events))
         tick = now
@@ -341,16 +364,24 @@ def run_em(
 
 
 def posterior(
-    rows: FitRows, params: GMMParams, dtype: Any = np.float64, map: MapFn = map
-) -> Iterator[tuple[Chunk, np.ndarray, np.ndarray]]:
-    """Each chunk with its responsibilities ``(n, K)`` and row log-densities ``(n,)``."""
+    rows: FitRows,
+    params: GMMParams,
+    dtype: Any = np.float64,
+    map: MapFn = map,
+    then: Callable[[Chunk, np.ndarray, np.ndarray], Any] | None = None,
+) -> Iterator[Any]:
+    """Each chunk with its responsibilities ``(n, K)`` and row log-densities ``(n,)``;
+    or ``then`` of the three, computed where the chunk is (a cluster's worker)."""
     prep = prepare(params, dtype, rows)
     with np.errstate(divide="ignore"):
         log_w = np.log(params.weights)
 
-    def one(chunk: Chunk) -> tuple[Chunk, np.ndarray, np.ndarray]:
-        logp, _ = log_prob(chunk, prep, moments=False)
-        lse, resp = _normalise(logp, log_w)
-        return chunk, resp, lse
+    def one(chunk: Chunk) -> Any:
+        # rows far beyond a model's spread (values near 1e308) overflow to a log-density
+        # of -inf under every component: they get the weights (_normalise)
+        with np.errstate(over="ignore", invalid="ignore"):
+            logp, _ = log_prob(chunk, prep, moments=False)
+        lse, resp = _normalise(np.where(np.isnan(logp), -np.inf, logp), log_w)
+        return (chunk, resp, lse) if then is None else then(chunk, resp, lse)
 
     return rows.each(one, map)

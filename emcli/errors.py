@@ -42,6 +42,23 @@ class ModelFileError(EmcliError, ValueError):
 
 
 class NotConvergedError(EmcliError):
-    """A fit stopped at ``max_iter``; raised only under the command line's ``--strict`` (exit 3)."""
+    """A fit has warnings (not converged, degenerate, …); raised only under ``--strict`` (3)."""
 
     exit_code = 3
+
+
+class NotFittedError(EmcliError, ValueError, AttributeError):
+    """A ``GaussianMixture`` method that needs a fit was called before ``fit``.
+
+    When scikit-learn is loaded, the error raised also subclasses scikit-learn's
+    ``NotFittedError`` (``estimator.py``).
+    """
+
+
+class FitWarning(UserWarning):
+    """A fit that ended without error is doubtful (docs/loop.md §11)."""
+
+
+class ConvergenceWarning(FitWarning):
+    """A fit stopped at ``max_iter`` without converging (with scikit-learn loaded, the
+    warning issued also subclasses scikit-learn's ``ConvergenceWarning``)."""

@@ -20,6 +20,7 @@ import numpy as np
 
 from .conditional import conditional_cells
 from .covariance import Context, get_model, model_name
+from .diagnostics import degenerate_component, fit_warnings, spike_components
 from .em import _normalise, posterior, run_em
 from .errors import DataError, FitError, MemoryBudgetError, UsageError
 from .gaussian import Chunk, log_prob_gen, prepare_gen
@@ -38,6 +39,8 @@ from .stats import ColumnScan, scan_block
 
 # Squares of deviations must stay finite (and far from overflow) in float64.
 MAX_SPREAD = 1e150
+# Column variances below this make precisions overflow.
+MIN_VARIANCE = 1e-200
 KMEANS_SAMPLE = 100_000  # rows the k-means start works on
 
 
@@ -235,6 +238,12 @@ def fit_source(
                     f"column {_name(int(wide[0]), column_names)} is too spread out for float32 "
                     "arithmetic; use dtype='float64' or standardize=True"
                 )
+        narrow = np.flatnonzero((var > 0) & (var < MIN_VARIANCE))
+        if narrow.size:  # densities in the data's units would overflow, standardised or not
+            raise DataError(
+                f"column {_name(int(narrow[0]), column_names)} varies by less than 1e-100, "
+                "too little for double precision; rescale it (multiply by a power of ten)"
+            )
         col_var = var / scale**2
         col_var = np.where(col_var > 0, col_var, 1.0)
         itemsize = np.dtype(np_dtype).itemsize
@@ -242,7 +251,8 @@ def fit_source(
         least = working_set(scan.n_rows, d, K, itemsize, threads, kept=False)
         if max_memory is not None and least > max_memory:
             raise too_little_memory(max_memory, least, d, K)
-        keep = max_memory is None or need <= max_memory
+        # a cluster's workers keep its rows whatever this machine's budget
+        keep = max_memory is None or need <= max_memory or getattr(source, "remote", False)
         units = Units(centre, scale if standardize else None, np_dtype)
         rows = FitRows(source, units, keep=keep)
         ctx = Context(scan.sum_w, scan.sum_w / scan.n_fit, col_var, float(reg_covar))
@@ -252,8 +262,10 @@ def fit_source(
         samples = _samples(rows, init, user, K, seed, scan, pmap)
         best, best_restart = None, -1
         history: list[IterationRecord] = []
-        errors: list[str] = []
-        for r in range(int(n_init)):
+        failed: list[tuple[int, str]] = []
+        # hc and given starts depend on the data alone: their restarts cannot differ
+        distinct = 1 if init in ("hc", "means") else int(n_init)
+        for r in range(distinct):
             rng = restart_rng(int(seed), K, model.seed_index, r)
             try:
                 start = _start_params(rows, samples, K, covariance_type, init, rng, user, ctx, pmap)
@@ -262,7 +274,7 @@ def fit_source(
                     dtype=np_dtype, callback=callback, map=pmap,
                 )
             except FitError as exc:
-                errors.append(str(exc))
+                failed.append((r, str(exc)))
                 nan = float("nan")
                 history.append(IterationRecord(r, 0, nan, nan, nan, 0.0, f"restart failed: {exc}"))
                 continue
@@ -270,7 +282,13 @@ def fit_source(
             if best is None or run.log_likelihood > best.log_likelihood:
                 best, best_restart = run, r
         if best is None:
-            raise FitError(f"every restart failed: {errors[-1]}")
+            reasons = "; ".join(f"restart {r}: {why}" for r, why in failed)
+            raise FitError(f"every restart failed ({reasons})" if distinct > 1 else failed[0][1])
+        thin = 2.0 * scan.sum_w / max(scan.n_rows - scan.n_empty, 1) if K > 1 else 0.0
+        spikes = (
+            spike_components(rows, best.params, scan.sum_w, thin, pmap)
+            if model.per_component else []
+        )
         comparison = None
         if compare_kmeans:
             from .compare import compare_kmeans as _compare
@@ -281,7 +299,8 @@ def fit_source(
             comparison = _compare(rows, kmeans, best.params, rng, ctx, pmap)
 
     params = best.params
-    params = permute(params, canonical_order(_to_original_units(params, centre, scale)))
+    order = canonical_order(_to_original_units(params, centre, scale))
+    params = permute(params, order)
     # log-densities in the data's units: each observed cell adds -log(scale)
     offset = -float(np.log(scale) @ scan.sw)
     ll = best.log_likelihood + offset
@@ -291,10 +310,17 @@ def fit_source(
                 mean_log_likelihood=h.mean_log_likelihood + offset / sum_w)
         for h in history
     ]
+    reported = _to_original_units(params, centre, scale)
+    warnings = fit_warnings(
+        converged=best.converged, max_iter=int(max_iter), best_restart=best_restart,
+        history=history, failed=failed,
+        degenerate=degenerate_component(reported, sum_w, scan.n_rows - scan.n_empty), spikes=spikes,
+        order=order,
+    )
     p = model.n_params(K, d)
     bic = -2.0 * ll + p * np.log(sum_w)
     return FitResult(
-        params=_to_original_units(params, centre, scale),
+        params=reported,
         log_likelihood=ll,
         mean_log_likelihood=ll / sum_w,
         n=sum_w,
@@ -327,6 +353,9 @@ def fit_source(
         if standardize
         else None,
         in_memory=keep,
+        warnings=tuple(warnings),
+        n_restarts=distinct,
+        failed_restarts=tuple(f"restart {r}: {why}" for r, why in failed),
         kmeans_comparison=None if comparison is None else comparison.as_record(offset),
     )
 
@@ -337,12 +366,29 @@ def fit_mixture(
     n_components: int,
     sample_weight: Any = None,
     chunk_rows: int | None = None,
+    client: Any = None,
     **options: Any,
 ) -> FitResult:
     """Fit a Gaussian mixture by EM to an array, integrating missing values (NaN) out exactly.
 
-    Takes the options of ``fit_source``; the result has per-row outputs.
+    Takes the options of ``fit_source``; the result has per-row outputs. A Dask
+    DataFrame or Array is fitted on its cluster (``client``: a ``distributed.Client``,
+    a scheduler address, or None for the active client); the result then has no
+    per-row outputs (``GaussianMixture.predict`` gives them as a Dask Array).
     """
+    from .sources.dask import is_collection
+
+    if is_collection(X):
+        from .sources.dask import collection_on_cluster
+
+        if sample_weight is not None:
+            raise DataError("sample_weight is not taken with a Dask collection; "
+                            "fit the collection without weights")
+        on_cluster = collection_on_cluster(X, client, chunk_rows)
+        try:
+            return fit_source(on_cluster, n_components=n_components, **options)
+        finally:
+            on_cluster.release()
     X, w = as_rows(X, sample_weight)
     source = ArraySource(X, w, chunk_rows)
     result = fit_source(source, n_components=n_components, **options)
@@ -484,15 +530,19 @@ def score_blocks(
     if sc is not None:  # parameters of z-scores (docs/m-step.md §10)
         units = Units(sc.center + sc.scale * c, sc.scale, np.float64)
     rows = FitRows(source, units, keep=False)
-    shifted = params.replace(means=params.means - c, scaling=None)
-    for chunk, r_c, l_c in posterior(rows, shifted, map=map):
-        if sc is not None:  # a row's density of x: that of z over its observed cells
-            log_s = np.log(sc.scale)
+    weights = params.weights
+    log_s = None if sc is None else np.log(sc.scale)
+
+    def scores(chunk: Chunk, r_c: np.ndarray, l_c: np.ndarray) -> BlockScores:
+        if log_s is not None:  # a row's density of x: that of z over its observed cells
             l_c = l_c - (log_s.sum() if chunk.obs is None else chunk.obs @ log_s)
-        resp, ld = _block_outputs(chunk, r_c, l_c, params.weights)
+        resp, ld = _block_outputs(chunk, r_c, l_c, weights)
         n_obs = np.zeros(chunk.n_block, dtype=np.int64)
         n_obs[slice(None) if chunk.index is None else chunk.index] = chunk.n_obs
-        yield BlockScores(chunk.start, resp, ld, n_obs, chunk.extra)
+        return BlockScores(chunk.start, resp, ld, n_obs, chunk.extra)
+
+    shifted = params.replace(means=params.means - c, scaling=None)
+    yield from posterior(rows, shifted, map=map, then=scores)
 
 
 def _block_outputs(
@@ -547,27 +597,29 @@ def impute_rows(params: GMMParams, X: Any) -> tuple[np.ndarray, np.ndarray]:
     nan = np.isnan(X)
     covs = params.full_covariances()
     mix_mean = params.weights @ params.means
-    second = np.einsum(
-        "k,kj->j", params.weights, np.diagonal(covs, axis1=1, axis2=2) + params.means**2
-    )
+    # the variance of a mixture around its mean, Σ_k π_k (Σ_k,jj + (μ_kj − x̄_j)²):
+    # E[x²] − E[x]² would cancel every digit for columns with large means
+    spread = np.diagonal(covs, axis1=1, axis2=2) + (params.means - mix_mean) ** 2
     empty = nan.all(axis=1)
     filled[empty] = mix_mean
-    variance[empty] = second - mix_mean**2
+    variance[empty] = params.weights @ spread
     partial = np.flatnonzero(nan.any(axis=1) & ~empty)
     if partial.size == 0:
         return filled, variance
     chunk = Chunk(X[partial] - mix_mean, np.ones(partial.size))
     prep = prepare_gen(params.means - mix_mean, covs, False, np.float64, quad_ok=False)
-    logp, cache = log_prob_gen(chunk, prep)
+    with np.errstate(over="ignore", invalid="ignore"):  # rows near 1e308: as in posterior
+        logp, cache = log_prob_gen(chunk, prep)
     with np.errstate(divide="ignore"):
-        _, resp = _normalise(logp, np.log(params.weights))
+        _, resp = _normalise(np.where(np.isnan(logp), -np.inf, logp), np.log(params.weights))
     centred = params.means - mix_mean
     for rows, cols, dev, var in conditional_cells(cache["inc"]):
         # x̂_k,m under each component, and the mixture's mean and variance around it
         xhat = np.take_along_axis(centred[:, None, :], cols[None], axis=2) + dev  # (K, N, c)
         r = resp[rows].T[:, :, None]
-        mean = (r * xhat).sum(axis=0)
-        spread = (r * (var + (xhat - mean) ** 2)).sum(axis=0)
+        with np.errstate(over="ignore", invalid="ignore"):  # rows near 1e308: inf, no warning
+            mean = (r * xhat).sum(axis=0)
+            spread = (r * (var + (xhat - mean) ** 2)).sum(axis=0)
         at = partial[rows]
         filled[at[:, None], cols] = mean + mix_mean[cols]
         variance[at[:, None], cols] = spread

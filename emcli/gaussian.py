@@ -304,8 +304,7 @@ def log_prob_gen(
         out = FT.T @ prep.coef
         found = quad_incomplete(chunk.X0, chunk.mask, out, prep.means, prep.cov[one],
                                 prep.prec[one], prep.precise, moments)
-        cache["quad"] = FT
-        cache["filled"] = (chunk.X0, chunk.mask, found)
+        cache["filled"] = (chunk.mask, found)
         return out, cache
     if not chunk.complete:
         assert prep.prec is not None

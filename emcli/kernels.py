@@ -48,34 +48,37 @@ def _compiled() -> tuple[Any, Any]:
     log_2pi = float(np.log(2.0 * np.pi))
 
     @inline
-    def ldl(A, q):  # in place: unit lower L below the diagonal, pivots on it; log det or nan
+    def ldl(A, q, dv):  # in place: unit lower L below the diagonal, 1/pivots on it (pivots
+        # in dv), so that solves multiply instead of divide; log det, or nan if not PD
         prod = 1.0
         for j in range(q):
             dj = A[j, j]
             for p in range(j):
-                dj -= A[j, p] * A[j, p] * A[p, p]
+                dj -= A[j, p] * A[j, p] * dv[p]
             if not dj > 0.0:
                 return np.nan
-            A[j, j] = dj
+            dv[j] = dj
+            r = 1.0 / dj
+            A[j, j] = r
             prod *= dj
             for i in range(j + 1, q):
                 v = A[i, j]
                 for p in range(j):
-                    v -= A[i, p] * A[j, p] * A[p, p]
-                A[i, j] = v / dj
+                    v -= A[i, p] * A[j, p] * dv[p]
+                A[i, j] = v * r
         if prod > 1e-300 and prod < 1e300:
             return np.log(prod)
         ld = 0.0
         for j in range(q):
-            ld += np.log(A[j, j])
+            ld += np.log(dv[j])
         return ld
 
     @inline
-    def block_ldl(S, k, idx, q, A):  # ldl of S[k][idx][:, idx] (its first q entries) into A
+    def block_ldl(S, k, idx, q, A, dv):  # ldl of S[k][idx][:, idx] (first q entries) into A
         for a in range(q):
             for b in range(a + 1):
                 A[a, b] = S[k, idx[a], idx[b]]
-        return ldl(A, q)
+        return ldl(A, q, dv)
 
     @inline
     def solve(A, b, q, quad_only):  # b <- A^-1 b from ldl; returns b_orig' A^-1 b_orig
@@ -86,11 +89,11 @@ def _compiled() -> tuple[Any, Any]:
             b[i] = v
         quad = 0.0
         for i in range(q):
-            quad += b[i] * b[i] / A[i, i]
+            quad += b[i] * b[i] * A[i, i]
         if quad_only:
             return quad
         for i in range(q):
-            b[i] /= A[i, i]
+            b[i] *= A[i, i]
         for i in range(q - 1, -1, -1):
             v = b[i]
             for p in range(i + 1, q):
@@ -111,7 +114,7 @@ def _compiled() -> tuple[Any, Any]:
             for b in range(a + 1):
                 v = 0.0
                 for p in range(a, q):
-                    v += out[p, a] * out[p, b] / A[p, p]
+                    v += out[p, a] * out[p, b] * A[p, p]
                 out[b, a] = v
         for a in range(q):
             for b in range(a):
@@ -119,7 +122,7 @@ def _compiled() -> tuple[Any, Any]:
 
     @jit
     def quad_rows(X0, mask, order, starts, V, Pmu, means, cov, prec, precise, moments, logp,
-                  fbuf, foff, cbuf, coff):
+                  Xhat, cbuf, coff):
         # corrects the zero-filled rows' log-densities from the quad design, one pattern
         # (rows ``order[starts[g]:starts[g + 1]]``) at a time (docs/e-step.md §7)
         d = X0.shape[1]
@@ -128,6 +131,7 @@ def _compiled() -> tuple[Any, Any]:
         o = np.empty(d, np.int64)
         m = np.empty(d, np.int64)
         A = np.empty((d, d))
+        dv = np.empty(d)
         B = np.empty((d, d))
         pm = np.empty(d)
         u = np.empty(d)
@@ -151,13 +155,13 @@ def _compiled() -> tuple[Any, Any]:
                 kc = 0 if Kc == 1 else k
                 if k == 0 or Kc > 1:  # a new factor (tied: one per pattern)
                     if by_prec:
-                        ld_block = block_ldl(prec, kc, m, c, A)
+                        ld_block = block_ldl(prec, kc, m, c, A, dv)
                         if ld_block != ld_block:
                             return False
                         if moments:
                             inverse(A, c, inv)  # Cov[x_m | x_o] = P_mm^-1
                     else:
-                        ld_block = block_ldl(cov, kc, o, s, A)
+                        ld_block = block_ldl(cov, kc, o, s, A, dv)
                         if ld_block != ld_block:
                             return False
                         for a in range(c):  # B = Σ_mo Σ_oo^-1
@@ -186,7 +190,6 @@ def _compiled() -> tuple[Any, Any]:
                             cbuf[base + a * c + b] = inv[a, b]
                 for r in range(starts[g], starts[g + 1]):
                     i = order[r]
-                    fb = foff[g] + ((r - starts[g]) * K + k) * c
                     if by_prec:
                         # u = P_mo δ_o = (P δ̃)_m + P_mm μ_m, with δ̃ = x₀ − μ
                         lin = lin0
@@ -197,7 +200,7 @@ def _compiled() -> tuple[Any, Any]:
                         upu = solve(A, t, c, False)  # t = P_mm^-1 u
                         logp[i, k] -= 0.5 * (-c * log_2pi + ld_block + lin - upu)
                         for a in range(c):
-                            fbuf[fb + a] = means[k, m[a]] - t[a]
+                            Xhat[k, i, m[a]] = means[k, m[a]] - t[a]
                     else:
                         for a in range(s):
                             t[a] = X0[i, o[a]] - means[k, o[a]]
@@ -205,15 +208,15 @@ def _compiled() -> tuple[Any, Any]:
                             v = means[k, m[a]]
                             for b in range(s):
                                 v += B[a, b] * t[b]
-                            fbuf[fb + a] = v
+                            Xhat[k, i, m[a]] = v
                         quad = solve(A, t, s, True)
                         logp[i, k] = -0.5 * (s * log_2pi + ld_block + quad)
         return True
 
     @jit
-    def quad_sums(X0, mask, order, starts, wr, fbuf, foff, cbuf, coff, S1, S2):
-        # Σ w r (x̂ − x₀) and Σ w r (x̂ x̂ᵀ − x₀ x₀ᵀ + C) per component: x̂ = x₀ + f
-        d = X0.shape[1]
+    def cov_sums(mask, order, starts, wr, cbuf, coff, S2):
+        # Σ w r C per component, C placed at each pattern's missing block
+        d = mask.shape[1]
         K = wr.shape[1]
         m = np.empty(d, np.int64)
         for g in range(starts.size - 1):
@@ -226,28 +229,13 @@ def _compiled() -> tuple[Any, Any]:
             for k in range(K):
                 W = 0.0
                 for r in range(starts[g], starts[g + 1]):
-                    i = order[r]
-                    w = wr[i, k]
-                    if w == 0.0:
-                        continue
-                    W += w
-                    fb = foff[g] + ((r - starts[g]) * K + k) * c
-                    for a in range(c):
-                        f = w * fbuf[fb + a]
-                        ma = m[a]
-                        S1[k, ma] += f
-                        for j in range(d):
-                            v = f * X0[i, j]
-                            S2[k, ma, j] += v
-                            S2[k, j, ma] += v
-                        for b in range(c):
-                            S2[k, ma, m[b]] += f * fbuf[fb + b]
+                    W += wr[order[r], k]
                 base = coff[g] + k * c * c
                 for a in range(c):
                     for b in range(c):
                         S2[k, m[a], m[b]] += W * cbuf[base + a * c + b]
 
-    return quad_rows, quad_sums
+    return quad_rows, cov_sums
 
 
 def patterns(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -265,9 +253,15 @@ def patterns(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         code[(keys == full).all(axis=1)] = -1
     order = np.argsort(code, kind="stable")
     order = order[code[order] >= 0]
-    sorted_code = code[order]
-    starts = np.flatnonzero(np.diff(sorted_code)) + 1
-    return order, np.concatenate([[0], starts, [order.size]]).astype(np.int64)
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(code[order])) + 1, [order.size]])
+    # patterns in the order of their first rows: with mostly distinct patterns, the
+    # kernel then walks the chunk's rows in memory order instead of at random
+    size = np.diff(starts)
+    by_first = np.argsort(order[starts[:-1]], kind="stable")
+    pick = np.repeat(starts[:-1][by_first] - np.cumsum(np.r_[0, size[by_first][:-1]]),
+                     size[by_first]) + np.arange(order.size)
+    starts = np.concatenate([[0], np.cumsum(size[by_first])])
+    return order[pick], starts.astype(np.int64)
 
 
 def quad_incomplete(
@@ -281,8 +275,9 @@ def quad_incomplete(
     moments: bool,
 ) -> tuple[np.ndarray, ...]:
     """Correct ``logp`` (the quad design's log-densities of the zero-filled rows) in
-    place to the observed cells' log-densities; the fills ``x̂_m`` and conditional
-    covariances (flat, per row and per pattern) for ``quad_raw_sums``."""
+    place to the observed cells' log-densities; the rows filled in under each
+    component ``(K, n, d)`` and the patterns' conditional covariances (flat) for
+    ``quad_raw_sums``."""
     quad_rows = _compiled()[0]
     n, d = X0.shape
     K = means.shape[0]
@@ -290,29 +285,30 @@ def quad_incomplete(
     V = X0 @ np.ascontiguousarray(full.transpose(1, 0, 2)).reshape(d, K * d)  # P_k x₀
     Pmu = np.einsum("kab,kb->ka", full, means)
     order, starts = patterns(mask)
-    size = np.diff(starts)
     c = d - mask[order[starts[:-1]]].sum(axis=1)
-    foff = np.zeros(size.size + 1, dtype=np.int64)
-    coff = np.zeros(size.size + 1, dtype=np.int64)
-    np.cumsum(size * K * c, out=foff[1:])
+    coff = np.zeros(starts.size, dtype=np.int64)
     if moments:
         np.cumsum(K * c * c, out=coff[1:])
-    fbuf = np.empty(int(foff[-1]))
     cbuf = np.empty(int(coff[-1]))
+    Xhat = np.empty((K, n, d))
+    Xhat[:] = X0  # the kernel fills each component's missing cells in
     if not quad_rows(X0, mask, order, starts, V, Pmu, means, cov, prec, precise, moments, logp,
-                     fbuf, foff, cbuf, coff):
+                     Xhat, cbuf, coff):
         raise np.linalg.LinAlgError("a covariance block is not positive definite")
-    return order, starts, fbuf, foff, cbuf, coff
+    return Xhat, order, starts, cbuf, coff
 
 
 def quad_raw_sums(
-    X0: np.ndarray, mask: np.ndarray, wr: np.ndarray, found: tuple[np.ndarray, ...]
+    mask: np.ndarray, wr: np.ndarray, found: tuple[np.ndarray, ...]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``Σ w r (x̂ − x₀)`` ``(K, d)`` and ``Σ w r (x̂ x̂ᵀ − x₀ x₀ᵀ + C)`` ``(K, d, d)``."""
-    quad_sums = _compiled()[1]
-    n, d = X0.shape
-    K = wr.shape[1]
-    S1, S2 = np.zeros((K, d)), np.zeros((K, d, d))
-    order, starts, fbuf, foff, cbuf, coff = found
-    quad_sums(X0, mask, order, starts, np.ascontiguousarray(wr), fbuf, foff, cbuf, coff, S1, S2)
+    """``Σ w r x̂`` ``(K, d)`` and ``Σ w r (x̂ x̂ᵀ + C)`` ``(K, d, d)``: the raw sums of the
+    rows with their missing cells filled in under each component."""
+    cov_sums = _compiled()[1]
+    Xhat, order, starts, cbuf, coff = found
+    K, n, d = Xhat.shape
+    S1 = np.einsum("nk,knd->kd", wr, Xhat)
+    S2 = np.empty((K, d, d))
+    for k in range(K):
+        S2[k] = (Xhat[k] * wr[:, k, None]).T @ Xhat[k]
+    cov_sums(mask, order, starts, np.ascontiguousarray(wr), cbuf, coff, S2)
     return S1, S2

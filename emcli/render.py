@@ -1,7 +1,7 @@
 """What people see: notices, a progress bar and a summary table, all on stderr.
 
 The progress bar appears only when stderr is a terminal; ``quiet`` silences
-progress and the summary (errors and notices still show).
+progress and the summary (errors, warnings and notices still show).
 """
 
 from __future__ import annotations
@@ -26,6 +26,11 @@ class Reporter:
 
     def notice(self, message: str) -> None:
         self.console.print(f"emcli: {message}", markup=False, highlight=False)
+
+    def warning(self, message: str) -> None:
+        """A doubt about the result: shown under ``quiet`` too, as one plain line."""
+        self.console.file.write(f"emcli: warning: {message}\n")
+        self.console.file.flush()
 
     def error(self, message: str) -> None:
         # one plain line, never wrapped or styled, so scripts can grep it
@@ -94,11 +99,8 @@ class Reporter:
                 "model",
                 f"k={p.n_components}, covariance {s.get('covariance_type', p.covariance_type)}",
             ),
-            (
-                "converged",
-                f"{conv} after {result.n_iter} iterations "
-                f"(best of {s.get('n_init', 1)} restarts: {result.best_restart})",
-            ),
+            ("converged", f"{conv} after {result.n_iter} iterations"),
+            ("restarts", _restarts(result)),
             (
                 "log-likelihood",
                 f"{result.log_likelihood:.6g} (mean {result.mean_log_likelihood:.6g})",
@@ -127,6 +129,17 @@ class Reporter:
         self.console.print(comp)
         if written:
             self.console.print("wrote " + ", ".join(written), markup=False)
+
+
+def _restarts(result: FitResult) -> str:
+    """How many distinct restarts ran, which won, how many failed and why."""
+    n, asked = result.n_restarts, result.settings.get("n_init", result.n_restarts)
+    text = f"{n} distinct, best: {result.best_restart}"
+    if n < asked:
+        text += f" ({asked} asked; this start depends on the data alone)"
+    if result.failed_restarts:
+        text += f"; {len(result.failed_restarts)} failed: " + "; ".join(result.failed_restarts)
+    return text
 
 
 def _kmeans_items(c: dict | None) -> list[tuple[str, str]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import multiprocessing.context
 import time
@@ -14,6 +13,7 @@ import numpy as np
 
 from .covariance import ORDER, get_model, model_name
 from .criteria import CRITERIA
+from .diagnostics import degenerate_component
 from .errors import DataError, FitError, MemoryBudgetError, UsageError
 from .fitting import check_data, fit_mixture, fit_source, too_little_memory, working_set
 from .init import canonical_init
@@ -22,6 +22,9 @@ from .sources import RowSource
 
 # --------------------------------------------------------------------------
 # Parsing the sweep's ranges (shared by the command line and the Python API)
+
+MAX_K_VALUES = 1000  # a sweep fits every k: more is a typo, not a plan
+
 
 def parse_k(spec: str) -> list[int]:
     """Numbers of components from ``"1:9"`` (inclusive), ``"1:9:2"``, ``"2,4,8"`` or a mix.
@@ -48,9 +51,17 @@ def parse_k(spec: str) -> list[int]:
                         f"k_values {spec!r}: the range {part!r} is empty; "
                         "write it low:high, e.g. 1:9"
                     )
-                values.update(range(lo, hi + 1, step))
+                span = range(lo, hi + 1, step)
+                if len(values) + len(span) > MAX_K_VALUES:
+                    raise UsageError(
+                        f"k_values {spec!r}: {len(span)} values of k; a sweep tries at most "
+                        f"{MAX_K_VALUES} (e.g. 1:9, or 10:200:10)"
+                    )
+                values.update(span)
             else:
                 values.add(int(part))
+                if len(values) > MAX_K_VALUES:
+                    raise UsageError(f"k_values: a sweep tries at most {MAX_K_VALUES} values of k")
         except ValueError as exc:
             if isinstance(exc, UsageError):
                 raise
@@ -94,7 +105,22 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(X: Any, w: np.ndarray | None, options: dict) -> None:
+    import signal
+
+    # a terminal's Ctrl-C reaches the workers too: the parent stops them (_stop_pool)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER.update(X=X, w=w, options=options)
+
+
+def _stop_pool(pool: ProcessPoolExecutor) -> None:
+    """End a pool at once: pending cells cancelled, running ones killed (on Ctrl-C or an
+    error; waiting for the running cells could take minutes)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # no public API
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout=1.0)
 
 
 def _fit_in_worker(k: int, covariance_type: str, warm: Any = None) -> SweepCell:
@@ -202,15 +228,7 @@ def _degenerate_component(res: FitResult) -> str:
     Such a fit's likelihood rests on regularisation, not data, so it must not
     win a selection (mclust reports no BIC for it).
     """
-    if not res.params.model.per_component or res.params.n_components < 2:
-        return ""
-    rows = res.n_rows - res.n_empty_rows
-    mean_w = res.n / max(rows, 1)
-    N = res.params.weights * res.n
-    k = int(np.argmin(N))
-    if N[k] < 2.0 * mean_w:
-        return f"component {k} holds {N[k] / mean_w:.3g} rows; use fewer components"
-    return ""
+    return degenerate_component(res.params, res.n, res.n_rows - res.n_empty_rows)
 
 
 def _context() -> multiprocessing.context.BaseContext:
@@ -314,7 +332,7 @@ def sweep(
             max_workers=min(jobs, len(tasks)), mp_context=_context(),
             initializer=_init_worker, initargs=(Xa, w_arg, options),
         )
-    with pool if pool is not None else contextlib.nullcontext():
+    try:
         for i, cell in _run_cells(pool, Xa, w_arg, options, [(i, k, c, None)
                                                              for i, (k, c) in enumerate(tasks)]):
             cells[i] = cell
@@ -334,6 +352,12 @@ def sweep(
             else:
                 cells[i] = SweepCell(old.k, old.covariance_type, old.result,
                                      old.seconds + cell.seconds, old.error)
+    except BaseException:
+        if pool is not None:
+            _stop_pool(pool)
+        raise
+    if pool is not None:
+        pool.shutdown()
     done = tuple(c for c in cells if c is not None)
 
     best_index, best_value = -1, np.inf

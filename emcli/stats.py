@@ -157,7 +157,10 @@ class ColumnScan:
     def __add__(self, o: ColumnScan) -> ColumnScan:
         sw = self.sw + o.sw
         share = np.divide(o.sw, sw, out=np.zeros_like(sw), where=sw > 0)
-        delta = o.mean - self.mean
+        with np.errstate(over="ignore", invalid="ignore"):  # as in scan_block
+            delta = o.mean - self.mean
+            mean = self.mean + share * delta
+            m2 = self.m2 + o.m2 + delta**2 * self.sw * share
         return ColumnScan(
             self.n_rows + o.n_rows,
             self.n_empty + o.n_empty,
@@ -165,8 +168,8 @@ class ColumnScan:
             self.n_missing + o.n_missing,
             self.sum_w + o.sum_w,
             sw,
-            self.mean + share * delta,
-            self.m2 + o.m2 + delta**2 * self.sw * share,
+            mean,
+            m2,
             self.seen + o.seen,
             np.minimum(self.lo, o.lo),
             np.maximum(self.hi, o.hi),
@@ -195,9 +198,10 @@ def scan_block(X: np.ndarray, w: np.ndarray | None, start: int) -> ColumnScan:
     wf = np.where((n_obs > 0) & (w > 0) & np.isfinite(w), w, 0.0)
     X0 = np.where(obs, X, 0.0)
     sw = wf @ obs
-    mean = np.divide(wf @ X0, sw, out=np.zeros(d), where=sw > 0)
-    dev = np.where(obs, X0 - mean, 0.0)
+    # values near 1e308 overflow these sums; scan_rows then refuses the column's span
     with np.errstate(over="ignore", invalid="ignore"):
+        mean = np.divide(wf @ X0, sw, out=np.zeros(d), where=sw > 0)
+        dev = np.where(obs, X0 - mean, 0.0)
         m2 = wf @ (dev * dev)
         lo = np.where(obs, X0, np.inf).min(axis=0, initial=np.inf)
         hi = np.where(obs, X0, -np.inf).max(axis=0, initial=-np.inf)

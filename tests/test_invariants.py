@@ -279,6 +279,7 @@ def test_restarts_are_reproducible_one_by_one():
     assert finals[three.best_restart] == max(finals.values())
 
 
+@pytest.mark.filterwarnings("ignore::emcli.errors.FitWarning")  # short or doubtful fits on purpose
 def test_different_seeds_differ_and_estimator_is_reproducible():
     X = mcar(points(200, 3, 3, seed=26, sep=1.5), 0.2, seed=27)
     g1 = GaussianMixture(3, init_params="random", random_state=1, max_iter=5).fit(X)

@@ -374,5 +374,6 @@ def test_labels_and_log_columns(fitted):
     assert math.isnan(cols["log_density"][5]) and cols["n_observed"][5] == 0
     log = io.convergence_columns(fitted)
     assert list(log) == ["init", "iter", "log_likelihood", "mean_log_likelihood", "delta",
-                         "seconds", "event"]
+                         "event"]
+    assert list(io.convergence_columns(fitted, timings=True))[5] == "seconds"
     assert len(log["iter"]) == len(fitted.history)

@@ -501,3 +501,20 @@ def _check_step(res, t, X, w, rw, rmu, rcov, perm, K, d):
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
     ld = ref_component_logpdf(X, rmu, full_covs(t, rcov, K, d)) + np.log(rw)
     assert res.log_likelihood == pytest.approx(float(w @ logsumexp(ld, axis=1)), rel=1e-10)
+
+
+@pytest.mark.parametrize("empty", [True, False])
+def test_imputation_variance_survives_large_means(empty):
+    """Components at 1e8 and 1e8 + 1 with variance 0.01: a row with nothing observed has
+    the mixture's variance 0.01 + 0.25 = 0.26 (it was 0.0, from E[x^2] - E[x]^2); a row
+    with one cell seen far from both gets the same two components' spread."""
+    from emcli.fitting import impute_rows
+    from emcli.model import GMMParams
+
+    means = np.array([[1e8, 0.0], [1e8 + 1.0, 0.0]])
+    params = GMMParams("diag", np.array([0.5, 0.5]), means, np.full((2, 2), 0.01))
+    # the second column carries no information on the component: both keep weight 1/2
+    X = np.array([[np.nan, np.nan]]) if empty else np.array([[np.nan, 0.0]])
+    filled, var = impute_rows(params, X)
+    assert filled[0, 0] == pytest.approx(1e8 + 0.5, abs=1e-6)
+    assert var[0, 0] == pytest.approx(0.26, rel=1e-9)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import sys
 import traceback
 from collections.abc import Iterator
@@ -62,6 +63,7 @@ PARAMETER_FLAGS = {
     "dtype='float64'": "--dtype float64",
     "n_components": "-k",
     "max_iter": "--max-iter",
+    "tol": "--tol",
     "n_init": "--n-init",
     "k_values": "--k",
     "max_memory": "--max-memory",
@@ -104,9 +106,10 @@ def handled(debug: bool) -> Iterator[None]:
         _stderr_line(f"emcli: error: {flagged(str(exc))}")
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
+        _ignore_ctrl_c()  # a second Ctrl-C must not cut this line short
         if debug:
             traceback.print_exc()
-        _stderr_line("emcli: interrupted; no output written")
+        _stderr_line(_interrupted())
         raise typer.Exit(130) from None
     except BrokenPipeError:
         _quiet_stdout()
@@ -129,6 +132,19 @@ def handled(debug: bool) -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
+def _ignore_ctrl_c() -> None:
+    with contextlib.suppress(ValueError):  # only the main thread may set handlers
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _interrupted() -> str:
+    """What a Ctrl-C left: nothing, or (after a commit) the outputs in full."""
+    outputs = sys.modules.get("emcli.io.outputs")
+    if outputs is not None and outputs.COMMITTED:
+        return "emcli: interrupted after the outputs were written in full"
+    return "emcli: interrupted; no output written"
+
+
 def main() -> None:
     """Entry point of the ``emcli`` script."""
     try:
@@ -137,5 +153,10 @@ def main() -> None:
         _quiet_stdout()
         sys.exit(0)
     except KeyboardInterrupt:
-        _stderr_line("emcli: interrupted")
+        _ignore_ctrl_c()
+        _stderr_line(_interrupted())
         sys.exit(130)
+    finally:
+        # the command is over (its outputs committed or not): a Ctrl-C during the
+        # interpreter's shutdown changes nothing and must not print a traceback
+        _ignore_ctrl_c()

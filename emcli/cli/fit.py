@@ -1,6 +1,6 @@
 """``emcli fit``: read a table, fit one mixture, write labels, the model file and the log.
 
-``run_fit`` and ``require_converged`` also serve ``impute -k``; ``fit_paths``, ``open_input``,
+``run_fit`` and ``require_clean`` also serve ``impute -k``; ``fit_paths``, ``open_input``,
 ``naming`` and ``write_fit`` also serve ``select-k``.
 """
 
@@ -10,7 +10,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import numpy as np
 import typer
@@ -40,7 +40,11 @@ from .options import (
     stdout_count,
 )
 
+# ``--labels DIR`` with ``--dask``: one Parquet part file per partition
+PARTS = "parts"
+
 if TYPE_CHECKING:  # pragma: no cover
+    from emcli.fitting import BlockScores
     from emcli.io.outputs import AtomicOutputs
     from emcli.io.rows import OpenedRows
     from emcli.model import FitResult
@@ -136,19 +140,28 @@ def run_fit(
         }
     )
     method, means_path = init_choice(fit.init)
-    default_labels, default_model, default_log = fit_paths(data, out_dir)
+    default_labels, default_model, default_log = fit_paths(data, out_dir, fit)
     labels_path = labels or default_labels
     model_path = model or default_model
-    log_path = log or default_log
-    labels_fmt = io.output_format(labels_path, "csv")
-    log_fmt = io.output_format(log_path, "csv")
-    if model_path != "-" and not model_path.lower().endswith(".json"):
+    if fit.no_log and log is not None:
+        raise UsageError("--no-log and --log contradict each other; give one")
+    log_path = None if fit.no_log else log or default_log
+    # with --dask, labels to a directory are Parquet part files the workers write
+    parts = fit.dask is not None and labels is not None and (
+        labels.endswith(("/", os.sep)) or os.path.isdir(labels)
+    )
+    labels_fmt = PARTS if parts else io.output_format(labels_path, "csv")
+    checked = os.path.join(labels_path, "part-00000.parquet") if parts else labels_path
+    log_fmt = io.output_format(log_path, "csv") if log_path is not None else "csv"
+    if model_path != "-" and not model_path.lower().endswith(".json") and not io.in_place(
+        model_path
+    ):
         raise UsageError(f"{model_path}: the model file is JSON; give it a .json name")
 
     reporter = Reporter(quiet)
+    paths = [p for p in (labels_path, model_path, log_path) if p is not None]
     with open_input(
-        data, fit, fmt, [labels_path, model_path, log_path, *extra_outputs, *pictures], reporter,
-        stdin,
+        data, fit, fmt, [checked, *paths[1:], *extra_outputs, *pictures], reporter, stdin
     ) as rows:
         means_init = None
         if means_path is not None:
@@ -189,10 +202,12 @@ def run_fit(
             (labels_fmt, log_fmt),
             probabilities=probabilities,
             json_=json_,
+            timings=fit.timings,
             more=draw_fit(result, rows, data, plot, fit.seed),
             stage_more=stage_more,
         )
-    written = [p for p in (labels_path, model_path, log_path, *pictures) if p != "-"]
+    written = [p for p in (*paths, *pictures) if p != "-"]
+    report_warnings(reporter, result, rows.name)
     reporter.fit_summary(
         result,
         source=rows.name,
@@ -202,7 +217,7 @@ def run_fit(
         counts=counts,
     )
     if strict:
-        require_converged(result, fit.max_iter)
+        require_clean(result)
     return result, rows
 
 
@@ -234,24 +249,38 @@ def draw_fit(
     )
 
 
-def require_converged(result: FitResult, max_iter: int) -> None:
-    """``--strict``: exit 3 when the fit stopped at ``max_iter`` (its outputs are written)."""
-    if not result.converged:
+def report_warnings(reporter: Reporter, result: FitResult, source: str) -> None:
+    """Each of the fit's warnings as one stderr line, also under ``--quiet``."""
+    from .app import flagged
+
+    for message in result.warnings:
+        reporter.warning(f"{source}: {flagged(message)}")
+
+
+def require_clean(result: FitResult, what: str = "the fit") -> None:
+    """``--strict``: exit 3 when the fit has any warning (its outputs are written)."""
+    from .app import flagged
+
+    if result.warnings:
+        n = len(result.warnings)
         raise NotConvergedError(
-            f"the fit did not converge in {max_iter} iterations (outputs were written); "
-            "raise --max-iter or --tol"
+            f"--strict: {what} has {n} warning{'s' if n > 1 else ''} (outputs were written); "
+            f"first: {flagged(result.warnings[0])}"
         )
 
 
-def fit_paths(data: list[str], out_dir: str) -> tuple[str, str, str]:
-    """The default labels, model and convergence-log paths: OUT_DIR/STEM.*."""
+def fit_paths(data: list[str], out_dir: str, fit: FitOptions) -> tuple[str, str, str | None]:
+    """The default labels, model and convergence-log paths: OUT_DIR/STEM.* (``--name``
+    STEM; no log under ``--no-log``)."""
     from emcli import io
 
-    stem = io.input_stem(data)
+    stem = io.input_stem(data) if fit.name is None else fit.name
+    if not stem or os.sep in stem or stem in (".", ".."):
+        raise UsageError(f"--name {stem!r}: give a file name stem without a directory")
     return (
         os.path.join(out_dir, f"{stem}.labels.csv"),
         os.path.join(out_dir, f"{stem}.model.json"),
-        os.path.join(out_dir, f"{stem}.convergence.csv"),
+        None if fit.no_log else os.path.join(out_dir, f"{stem}.convergence.csv"),
     )
 
 
@@ -265,20 +294,28 @@ def open_input(
     stdin: Any = None,
 ) -> Iterator[OpenedRows]:
     """DATA as a row source (after checking that no output overwrites it), with its
-    feature columns chosen; a temporary copy of CSV or stdin lives as long as the context."""
+    feature columns chosen; a temporary copy of CSV or stdin, or the Dask cluster of
+    ``--dask``, lives as long as the context."""
     from emcli import io
-    from emcli.io.rows import open_rows
+    from emcli.io.rows import check_cluster_inputs, open_rows
+    from emcli.sources.dask import cluster
 
     from .options import memory_budget
 
     inputs = io.resolve_inputs(data, fmt)
     io.check_output_paths(outputs, inputs)
+    if fit.dask is not None:
+        check_cluster_inputs(inputs)
     budget = memory_budget(fit.max_memory)
-    with open_rows(
-        inputs, **fit.column_choice(), tmp_dir=fit.tmp_dir, budget=budget, stdin=stdin
+    with cluster(fit.dask) as client, open_rows(
+        inputs, **fit.column_choice(), tmp_dir=fit.tmp_dir, budget=budget, stdin=stdin,
+        client=client,
     ) as rows:
         for message in rows.notices:
-            reporter.notice(f"{rows.name}: {message}")
+            if message.startswith("warning: "):  # names its input itself
+                reporter.warning(message.removeprefix("warning: "))
+            else:
+                reporter.notice(f"{rows.name}: {message}")
         yield rows
 
 
@@ -297,21 +334,23 @@ def write_fit(
     result: FitResult,
     rows: OpenedRows,
     extra: dict[str, object],
-    paths: tuple[str, str, str],
+    paths: tuple[str, str, str | None],
     formats: tuple[str, str],
     *,
     probabilities: bool,
     json_: bool,
+    timings: bool = False,
     more: Sequence[tuple[str, bytes]] = (),
     stage_more: Callable[[AtomicOutputs, FitResult, OpenedRows], None] | None = None,
 ) -> np.ndarray:
-    """Write a fit's labels, model file and convergence log (``paths``), all or none.
+    """Write a fit's labels, model file and convergence log (``paths``; no log when its
+    path is None), all or none.
 
     The labels stream block by block, in input order. ``formats`` are those of
-    the labels and the log; ``more`` are further (path, bytes) outputs written
-    with them, and ``stage_more`` stages the caller's; ``json_`` adds the model
-    document on stdout. Returns how many
-    rows each component labels.
+    the labels and the log (its ``seconds`` column only with ``timings``);
+    ``more`` are further (path, bytes) outputs written with them, and
+    ``stage_more`` stages the caller's; ``json_`` adds the model document on
+    stdout. Returns how many rows each component labels.
     """
     from emcli import io
     from emcli.fitting import row_threads, score_blocks
@@ -319,17 +358,30 @@ def write_fit(
     labels_path, model_path, log_path = paths
     labels_fmt, log_fmt = formats
     model_bytes = io.dumps_model(io.model_document(result, rows.columns, rows.sha256, extra))
-    counts = np.zeros(result.params.n_components, dtype=np.int64)
+    K = result.params.n_components
+    counts = np.zeros(K, dtype=np.int64)
+    id_name = rows.id_name
+
+    def columns(block: BlockScores) -> dict[str, object]:
+        return io.scores_columns(block.resp, block.log_density, block.n_observed, block.extra,
+                                 id_name, probabilities, first_row=block.start + 1)
+
     with io.AtomicOutputs() as out, row_threads(os.cpu_count() or 1) as pmap:
-        table = out.stage_table(labels_path, labels_fmt)
-        for block in score_blocks(result.params, rows.source, pmap):
-            table.write(io.scores_columns(
-                block.resp, block.log_density, block.n_observed, block.extra, rows.id_name,
-                probabilities, first_row=block.start + 1,
-            ))
-            counts += np.bincount(block.labels, minlength=counts.size)
+        if labels_fmt == PARTS:  # written by the workers, in input order
+            from emcli.sources.dask import written
+
+            staged = written(rows.source, out.stage_dir(labels_path), columns,
+                             lambda block: np.bincount(block.labels, minlength=K))
+            for c in score_blocks(result.params, staged, pmap):  # each block's counts
+                counts += cast(np.ndarray, c)
+        else:
+            table = out.stage_table(labels_path, labels_fmt)
+            for block in score_blocks(result.params, rows.source, pmap):
+                table.write(columns(block))
+                counts += np.bincount(block.labels, minlength=K)
         out.add(model_path, model_bytes)
-        out.add(log_path, io.render_table(io.convergence_columns(result), log_fmt))
+        if log_path is not None:
+            out.add(log_path, io.render_table(io.convergence_columns(result, timings), log_fmt))
         for path, data in more:
             out.add(path, data)
         if stage_more is not None:

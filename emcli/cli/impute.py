@@ -12,7 +12,7 @@ import typer
 from emcli.errors import UsageError
 
 from .app import app, handled
-from .fit import require_converged, run_fit
+from .fit import require_clean, run_fit
 from .options import (
     Covariance,
     CovarianceOpt,
@@ -51,7 +51,7 @@ FitOutDirOpt = Annotated[
 ]
 # impute's own parameters; every other option belongs to the fit and needs -k
 _IMPUTE_OWN = ("paths", "n_components", "output", "variance", "format", "max_memory", "tmp_dir",
-               "debug", "quiet")
+               "dask", "debug", "quiet")
 
 if TYPE_CHECKING:  # pragma: no cover
     from emcli.io import AtomicOutputs, InputFile
@@ -90,7 +90,9 @@ def impute_command(
     quiet: QuietOpt = False,
 ) -> None:
     """Fill every missing cell of the model's columns with E[x_missing | x_observed]."""
-    with handled(debug):
+    from emcli.sources.dask import cluster
+
+    with handled(debug), cluster(fit.dask) as client:  # one cluster for the fit and the rows
         from emcli import io
         from emcli.render import Reporter, apply_summary
 
@@ -125,7 +127,7 @@ def impute_command(
             io.check_output_paths([output], [*inputs, io.InputFile(model_path, "json")])
             with io.AtomicOutputs() as out:
                 done = stage_imputed(out, loaded.params, inputs, loaded.columns, output, out_fmt,
-                                     variance, fit.tmp_dir, budget)
+                                     variance, fit.tmp_dir, budget, client=client)
                 out.commit()
         else:
             if paths[0].lower().endswith(".json"):
@@ -141,7 +143,8 @@ def impute_command(
                 if stdin is not None:
                     stdin.seek(0)
                 done.update(stage_imputed(out, result.params, inputs, rows.columns, output,
-                                          out_fmt, variance, fit.tmp_dir, budget, stdin))
+                                          out_fmt, variance, fit.tmp_dir, budget, stdin,
+                                          client))
 
             # the fit's files and the imputed table are committed together, all or none
             fitted, _ = run_fit(
@@ -170,7 +173,7 @@ def impute_command(
             **done,
         )
         if strict and fitted is not None:
-            require_converged(fitted, fit.max_iter)
+            require_clean(fitted)
 
 
 def stage_imputed(
@@ -184,19 +187,20 @@ def stage_imputed(
     tmp_dir: str | None,
     budget: int,
     stdin: Any = None,
+    client: Any = None,
 ) -> dict[str, Any]:
     """Stage the imputed table of ``inputs`` in ``out``, a block at a time in input order
-    (every input column passed through); returns what the summary reports."""
+    (every input column passed through), filled where the rows are (a Dask ``client``'s
+    workers, or here); returns what the summary reports."""
     from emcli import io
     from emcli.fitting import impute_rows
     from emcli.io.rows import open_model_rows
 
     n_empty = n_filled = 0
     with open_model_rows(inputs, feature_names, passthrough=True, tmp_dir=tmp_dir,
-                         budget=budget, stdin=stdin) as rows:
+                         budget=budget, stdin=stdin, client=client) as rows:
         table = out.stage_table(output, out_fmt)
-        for block in rows.source.each(lambda b: b):
-            filled, var = impute_rows(params, block.X)
+        for block, (filled, var) in rows.source.each(lambda b: (b, impute_rows(params, b.X))):
             table.write(io.imputed_columns(
                 block.extra, feature_names, filled, var if variance else None
             ))

@@ -195,6 +195,35 @@ TmpDirOpt = Annotated[
         "passes read (default: the system's temporary directory); removed on exit.",
     ),
 ]
+TimingsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--timings",
+        help="Add the seconds column to the convergence log (and the sweep table); "
+        "without it the same data and seed give the same bytes.",
+    ),
+]
+NoLogOpt = Annotated[bool, typer.Option("--no-log", help="Do not write the convergence log.")]
+NameOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--name",
+        metavar="STEM",
+        help="Stem of the default output names (OUT_DIR/STEM.labels.csv, …); "
+        "default: the input's name, stdin for -.",
+    ),
+]
+DaskOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dask",
+        metavar="ADDRESS",
+        help="Run on a Dask cluster: a scheduler address (tcp://host:8786), or local / local:N "
+        "for N worker processes on this machine. The workers read the input files "
+        "themselves. Needs pip install 'emcli[dask]'.",
+        show_default=False,
+    ),
+]
 PlotOpt = Annotated[
     str | None,
     typer.Option(
@@ -206,8 +235,18 @@ PlotOpt = Annotated[
     ),
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
-StrictOpt = Annotated[bool, typer.Option("--strict", help="Exit 3 if the fit did not converge.")]
-QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="No progress or summary on stderr.")]
+StrictOpt = Annotated[
+    bool,
+    typer.Option(
+        "--strict",
+        help="Exit 3 if the fit has a warning (not converged, degenerate or spike component, "
+        "collapse recovery, failed restart); the outputs are still written.",
+    ),
+]
+QuietOpt = Annotated[
+    bool,
+    typer.Option("-q", "--quiet", help="No progress or summary on stderr (warnings still show)."),
+]
 ModelArg = Annotated[
     str,
     typer.Argument(
@@ -242,12 +281,18 @@ class FitOptions:
     dtype: DTypeOpt = DType.float64
     max_memory: MaxMemoryOpt = None
     tmp_dir: TmpDirOpt = None
+    timings: TimingsOpt = False
+    no_log: NoLogOpt = False
+    name: NameOpt = None
+    dask: DaskOpt = None
 
     # These fields go to io.select_features; init (a method or a file of means) to
-    # init_choice; tmp_dir to the reader; max_memory, in bytes, and every other
-    # field, as it is, to fit_mixture and sweep (em_settings).
+    # init_choice; tmp_dir to the reader, dask to the cluster it reads on; timings,
+    # no_log and name to the writers; max_memory, in bytes, and every other field, as
+    # it is, to fit_mixture and sweep (em_settings).
     COLUMN_CHOICE = ("columns", "exclude", "id_column", "weights_column")
-    READING = ("tmp_dir",)
+    READING = ("tmp_dir", "dask")
+    WRITING = ("timings", "no_log", "name")
 
     def column_choice(self) -> dict[str, Any]:
         """The keyword arguments of ``io.select_features``."""
@@ -258,7 +303,8 @@ class FitOptions:
         out = {
             field.name: _plain(getattr(self, field.name))
             for field in dataclasses.fields(self)
-            if field.name != "init" and field.name not in self.COLUMN_CHOICE + self.READING
+            if field.name != "init"
+            and field.name not in self.COLUMN_CHOICE + self.READING + self.WRITING
         }
         out["max_memory"] = memory_budget(self.max_memory)
         return out

@@ -13,6 +13,7 @@ from emcli.errors import DataError
 
 from .app import app, handled
 from .options import (
+    DaskOpt,
     DataArg,
     DebugOpt,
     FormatOpt,
@@ -51,6 +52,7 @@ def predict_command(
     format: FormatOpt = None,
     max_memory: MaxMemoryOpt = None,
     tmp_dir: TmpDirOpt = None,
+    dask: DaskOpt = None,
     debug: DebugOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -60,6 +62,7 @@ def predict_command(
         from emcli.fitting import row_threads, score_blocks
         from emcli.io.rows import open_model_rows
         from emcli.render import Reporter, apply_summary
+        from emcli.sources.dask import cluster
 
         started = time.perf_counter()
         labels_fmt = io.output_format(labels, "csv")
@@ -70,10 +73,11 @@ def predict_command(
         counts = np.zeros(loaded.params.n_components, dtype=np.int64)
         n_empty = 0
         with (
+            cluster(dask) as client,
             open_model_rows(
                 inputs, loaded.columns, id_column,
                 default_id=stored if isinstance(stored, str) else None,
-                tmp_dir=tmp_dir, budget=memory_budget(max_memory),
+                tmp_dir=tmp_dir, budget=memory_budget(max_memory), client=client,
             ) as rows,
             io.AtomicOutputs() as out,
             row_threads(os.cpu_count() or 1) as pmap,

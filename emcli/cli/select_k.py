@@ -12,10 +12,19 @@ from typing import Annotated
 
 import typer
 
-from emcli.errors import NotConvergedError, UsageError
+from emcli.errors import UsageError
 
 from .app import app, flagged, handled
-from .fit import draw_fit, fit_paths, naming, open_input, plot_paths, write_fit
+from .fit import (
+    draw_fit,
+    fit_paths,
+    naming,
+    open_input,
+    plot_paths,
+    report_warnings,
+    require_clean,
+    write_fit,
+)
 from .options import (
     DataArg,
     DebugOpt,
@@ -135,7 +144,12 @@ def select_k_command(
     format: FormatOpt = None,
     debug: DebugOpt = False,
     strict: Annotated[
-        bool, typer.Option("--strict", help="Exit 3 if the best model did not converge.")
+        bool,
+        typer.Option(
+            "--strict",
+            help="Exit 3 if the best model has a warning (not converged, degenerate or spike "
+            "component, collapse recovery, failed restart).",
+        ),
     ] = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -155,15 +169,22 @@ def select_k_command(
                 f"--init {fit.init!r}: select-k tries several k, so it cannot start from a file of "
                 "means; use a method (kmeans, hc, …) or emcli fit"
             )
-        paths = fit_paths(data, out_dir)
+        paths = fit_paths(data, out_dir, fit)
         table_fmt = io.output_format(table_path, "csv") if table_path is not None else None
 
         pictures = plot_paths(data, plot, "select-k")
-        outputs = [*paths] + ([table_path] if table_path else []) + pictures
+        outputs = [p for p in paths if p is not None] + ([table_path] if table_path else [])
+        outputs += pictures
         fmt = format.value if format is not None else None
         reporter = Reporter(quiet)
         from emcli.selection import sweep
 
+        if fit.dask is not None and jobs > 1:
+            reporter.notice(
+                f"--jobs {jobs} does not apply with --dask: the cells run one after another, "
+                "each fit's passes spread over the cluster's workers"
+            )
+            jobs = 1
         with open_input(data, fit, fmt, outputs, reporter) as rows:
             n_cells = len(k_values) * len(covariance_types)
             with (
@@ -200,7 +221,8 @@ def select_k_command(
             }
             more = []
             if table_path is not None and table_fmt is not None:
-                more.append((table_path, io.render_table(io.sweep_columns(result), table_fmt)))
+                table = io.sweep_columns(result, fit.timings)
+                more.append((table_path, io.render_table(table, table_fmt)))
             more += draw_fit(best_fit, rows, data, plot, fit.seed)
             if plot is not None:
                 from emcli.plots.pictures import sweep_picture
@@ -216,8 +238,10 @@ def select_k_command(
                 ("csv", "csv"),
                 probabilities=probabilities,
                 json_=json_,
+                timings=fit.timings,
                 more=more,
             )
+        report_warnings(reporter, best_fit, f"{rows.name} (k={best.k}, {best.covariance_type})")
         sweep_report(
             reporter,
             dataclasses.replace(result, edge_warning=flagged(result.edge_warning)),
@@ -227,8 +251,5 @@ def select_k_command(
             written=[p for p in outputs if p != "-"],
             seconds=time.perf_counter() - started,
         )
-        if strict and not best_fit.converged:
-            raise NotConvergedError(
-                f"the best model (k={best.k}, {best.covariance_type}) did not converge in "
-                f"{fit.max_iter} iterations (outputs were written); raise --max-iter or --tol"
-            )
+        if strict:
+            require_clean(best_fit, f"the best model (k={best.k}, {best.covariance_type})")

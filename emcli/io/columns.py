@@ -60,10 +60,11 @@ def scores_columns(
     return cols
 
 
-def convergence_columns(result: FitResult) -> dict[str, Any]:
-    """The convergence log: one row per iteration of every restart."""
+def convergence_columns(result: FitResult, timings: bool = False) -> dict[str, Any]:
+    """The convergence log: one row per iteration of every restart (``seconds`` with
+    ``timings`` only: clock times would make two runs' logs differ)."""
     h = result.history
-    return {
+    columns = {
         "init": np.array([r.restart for r in h], dtype=np.int64),
         "iter": np.array([r.iteration for r in h], dtype=np.int64),
         "log_likelihood": np.array([r.log_likelihood for r in h], dtype=np.float64),
@@ -72,6 +73,9 @@ def convergence_columns(result: FitResult) -> dict[str, Any]:
         "seconds": np.array([r.seconds for r in h], dtype=np.float64),
         "event": [r.event for r in h],
     }
+    if not timings:
+        del columns["seconds"]
+    return columns
 
 
 def imputed_columns(
@@ -128,11 +132,12 @@ def sample_columns(
     return out
 
 
-def sweep_columns(result: SweepResult) -> dict[str, Any]:
+def sweep_columns(result: SweepResult, timings: bool = False) -> dict[str, Any]:
     """The select-k table: one row per (k, covariance) cell, failed cells included.
 
     A failed cell has ``status`` "failed", its reason in ``error`` and empty
-    statistics; ``best`` marks the cell chosen by the sweep's criterion.
+    statistics; ``best`` marks the cell chosen by the sweep's criterion;
+    ``seconds`` only with ``timings``.
     """
     cells = result.cells
     fits = [c.result for c in cells]
@@ -143,7 +148,7 @@ def sweep_columns(result: SweepResult) -> dict[str, Any]:
             dtype=np.float64,
         )
 
-    return {
+    columns = {
         "k": np.array([c.k for c in cells], dtype=np.int64),
         "covariance": [c.covariance_type for c in cells],
         "log_likelihood": floats("log_likelihood"),
@@ -159,3 +164,6 @@ def sweep_columns(result: SweepResult) -> dict[str, Any]:
         "error": [c.error for c in cells],
         "best": [i == result.best_index for i in range(len(cells))],
     }
+    if not timings:
+        del columns["seconds"]
+    return columns

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -142,8 +142,8 @@ def _cell_values(
         if not whole:
             return np.full(len(col), np.nan)
         raise _entirely_missing(data.name, role, name)
-    if _is_numeric_type(t):
-        return _float_values(col.cast(pa.float64()))
+    if _is_numeric_type(t):  # integers beyond 2^53 round to the nearest float64
+        return _float_values(pc.cast(col, pa.float64(), safe=False))
     if _is_text_type(t):
         try:
             fast = pc.cast(col, pa.float64())
@@ -170,6 +170,36 @@ def _cell_values(
             )
         return f"text such as {values[bad[0]]!r} in {data.where(bad[0])}"
     return _type_reason(t)
+
+
+FLOAT_EXACT = 2**53  # integers up to this magnitude are exact in float64
+
+
+def big_integers(col: Any) -> bool:
+    """Whether an integer column (pyarrow) holds a value beyond ±2^53, which float64
+    cannot hold exactly: such columns are most likely identifiers."""
+    import pyarrow.compute as pc
+    import pyarrow.types as pat
+
+    if not pat.is_integer(col.type) or col.type.bit_width < 64 or col.null_count == len(col):
+        return False
+    lo_hi = pc.min_max(col)
+    lo, hi = lo_hi["min"].as_py(), lo_hi["max"].as_py()
+    return bool(hi > FLOAT_EXACT or lo < -FLOAT_EXACT)
+
+
+def big_integer_notices(
+    where: str, big: Sequence[str], asked: bool
+) -> list[str]:
+    """The notice (left out, when picked by default) or warning (named in --columns)."""
+    if not big:
+        return []
+    names = ", ".join(map(repr, big))
+    if asked:
+        return [f"warning: {where}: column {names} holds integers beyond 2^53, which are "
+                "rounded to the nearest float64"]
+    return [f"left out integer column{'s' if len(big) > 1 else ''} {names} with values "
+            "beyond 2^53 (likely identifiers; name them in --columns to fit on them)"]
 
 
 def _is_text_type(t: Any) -> bool:
@@ -321,6 +351,9 @@ def select_features(
     cols: list[np.ndarray] = []
     kept: list[str] = []
     left_out: list[str] = []
+    big = [n for n in candidates if big_integers(data.table.column(n))]
+    if not wanted:
+        candidates = [n for n in candidates if n not in big]
     for n in candidates:
         v = _column_values(data, n, requested=bool(wanted))
         if isinstance(v, str):
@@ -333,7 +366,8 @@ def select_features(
             raise _entirely_missing(data.name, "column", n)
         cols.append(v)
         kept.append(n)
-    notices = _kept_notices(data.name, names, kept, left_out)
+    notices = big_integer_notices(data.name, big, bool(wanted))
+    notices += _kept_notices(data.name, names, kept, left_out)
     X = np.column_stack(cols) if cols else np.empty((data.n_rows, 0))
     return Features(X, kept, ids, id_column, weights, notices)
 
@@ -353,8 +387,12 @@ def choose_columns(
     exclude: Sequence[str] | None = None,
     id_column: str | None = None,
     weights_column: str | None = None,
+    big: Callable[[str], bool] | None = None,
 ) -> ColumnChoice:
     """``select_features``'s choice of columns made from a pyarrow schema alone.
+
+    ``big(name)`` says whether a 64-bit integer column holds values beyond 2^53
+    (read from the file): left out when picked by default, a warning when asked for.
 
     The types decide: numbers are features; text is a feature when
     ``--columns`` names it (its cells are then read as numbers, as
@@ -374,17 +412,23 @@ def choose_columns(
             raise _not_numeric_weights(where, weights_column, _type_reason(t))
     kept: list[str] = []
     left_out: list[str] = []
+    too_big: list[str] = []
     for n in _candidates(where, names, wanted, dropped, {id_column, weights_column} - {None}):
         t = schema.field(n).type
         if pat.is_null(t):
             raise _entirely_missing(where, "column", n)
+        if big is not None and pat.is_integer(t) and t.bit_width == 64 and big(n):
+            too_big.append(n)
+            if not wanted:
+                continue
         if _is_numeric_type(t) or (wanted and _is_text_type(t)):
             kept.append(n)
         elif wanted:
             raise _not_numeric(where, n, _type_reason(t))
         else:
             left_out.append(n)
-    notices = _kept_notices(where, names, kept, left_out)
+    notices = big_integer_notices(where, too_big, bool(wanted))
+    notices += _kept_notices(where, names, kept, left_out)
     return ColumnChoice(kept, id_column, weights_column, notices)
 
 

@@ -31,6 +31,8 @@ MODEL_FIELDS = frozenset(
 # columns, for the models that scaling does not preserve (docs/modelfile.md §1)
 UNITS = ("data", "z-scores")
 MODEL_MAX_FIT_VALUES = 10_000  # numbers, strings and containers in the "fit" block
+# Means and standard deviations must square without overflow (as fitting.MAX_SPREAD).
+MODEL_MAX_VALUE = 1e150
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -74,6 +76,9 @@ def model_document(
         "dtype": s.get("dtype", "float64"),
         "missing_fraction": float(result.missing_fraction),
         "input_sha256": input_sha256,
+        "n_restarts": int(result.n_restarts),
+        "failed_restarts": list(result.failed_restarts),
+        "warnings": list(result.warnings),
     }
     if result.kmeans_comparison is not None:
         fit["kmeans_comparison"] = {
@@ -119,6 +124,55 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"non-finite number {name}")
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refusing a key given twice (json would keep the last one silently)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"the key {key[:40]!r} appears twice in one object")
+        out[key] = value
+    return out
+
+
+_NUMBER: tuple[type, ...] = (int, float)
+# The fit block's known fields and their JSON types (docs/modelfile.md §1.1); None is
+# allowed for every one (a statistic that was not finite, a setting not given).
+FIT_FIELDS: dict[str, tuple[type, ...]] = {
+    **dict.fromkeys(
+        ("log_likelihood", "mean_log_likelihood", "n", "bic", "aic", "icl", "tol",
+         "reg_covar", "missing_fraction"), _NUMBER),
+    **dict.fromkeys(
+        ("n_rows", "n_empty_rows", "n_params", "n_iter", "best_restart", "n_init", "seed",
+         "max_iter", "n_restarts"), (int,)),
+    **dict.fromkeys(("converged", "standardize"), (bool,)),
+    **dict.fromkeys(
+        ("covariance_type", "init", "dtype", "input_sha256", "id_column", "weights_column",
+         "init_means_file"), (str,)),
+    **dict.fromkeys(("warnings", "failed_restarts"), (list,)),
+    "selected_by": (dict,),
+}
+
+
+def _check_fit_block(fit: dict, where: str) -> None:
+    for key, types in FIT_FIELDS.items():
+        value = fit.get(key)
+        if value is None:
+            continue
+        wrong = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
+        if not wrong and types == (list,):
+            wrong = not all(isinstance(x, str) for x in value)
+        if wrong:
+            kinds: dict[tuple[type, ...], str] = {
+                _NUMBER: "a number", (int,): "an integer", (bool,): "true or false",
+                (str,): "a string", (list,): "a list of strings", (dict,): "an object",
+            }
+            kind = kinds[types]
+            raise ModelFileError(
+                f'{where}: "fit" field {key!r} must be {kind}, got {json.dumps(value)[:40]}; '
+                "re-fit or restore the file"
+            )
+
+
 def _num_array(doc: dict, key: str, shape: tuple[int, ...], where: str) -> np.ndarray:
     v = doc.get(key)
 
@@ -159,7 +213,9 @@ def load_model(path: str) -> LoadedModel:
     except OSError as exc:
         raise ModelFileError(f"{where}: cannot read the model file ({exc.strerror})") from exc
     try:
-        doc = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        doc = json.loads(
+            raw.decode("utf-8"), parse_constant=_reject_constant, object_pairs_hook=_unique_keys
+        )
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
         raise ModelFileError(f"{where}: not a valid emcli model file (bad JSON: {detail})") from exc
@@ -201,12 +257,22 @@ def load_model(path: str) -> LoadedModel:
     problem = model.problem(cov)
     if problem:
         raise ModelFileError(f"{where}: {problem}")
+    variances = np.diagonal(model.to_full(cov, K, d), axis1=1, axis2=2)
+    if not (np.abs(means).max() < MODEL_MAX_VALUE and variances.max() < MODEL_MAX_VALUE**2):
+        raise ModelFileError(
+            f"{where}: means or standard deviations beyond {MODEL_MAX_VALUE:.0e} cannot be "
+            "evaluated in double precision (their squares overflow); re-fit on rescaled data"
+        )
     std = doc.get("standardization")
     if std is not None:
         if not isinstance(std, dict):
             raise ModelFileError(f'{where}: "standardization" must be null or an object')
-        _num_array(std, "center", (d,), where)
+        c = _num_array(std, "center", (d,), where)
         sc = _num_array(std, "scale", (d,), where)
+        if not (np.abs(c).max() < MODEL_MAX_VALUE and sc.max() < MODEL_MAX_VALUE):
+            raise ModelFileError(
+                f"{where}: standardization values beyond {MODEL_MAX_VALUE:.0e}; re-fit"
+            )
         if np.any(sc <= 0):
             raise ModelFileError(f"{where}: standardization scales must be positive")
     units = doc.get("units", "data")
@@ -242,4 +308,5 @@ def load_model(path: str) -> LoadedModel:
             f'{where}: the "fit" block holds more than {MODEL_MAX_FIT_VALUES} values; '
             "a model's fit record is small: re-fit or restore the file"
         )
+    _check_fit_block(fit, where)
     return LoadedModel(GMMParams(t, w, means, cov, scaling), list(cols), std, fit, doc)

@@ -14,6 +14,7 @@ import contextlib
 import errno
 import os
 import secrets
+import shutil
 import signal
 import sys
 import tempfile
@@ -25,7 +26,10 @@ from typing import Any, BinaryIO
 from emcli.errors import DataError, EmcliError, UsageError
 
 from .readers import InputFile
-from .writers import TableWriter, open_table_writer
+from .writers import TableWriter, in_place, open_table_writer
+
+# Output sets this process has committed: after one, a Ctrl-C no longer means "nothing written".
+COMMITTED: list[str] = []
 
 # Seams for tests that inject a fault into a commit (a rename or a backup link that fails).
 _rename = os.replace
@@ -53,7 +57,10 @@ def same_file(a: str, b: str) -> bool:
 
 def check_output_paths(outputs: Sequence[str], inputs: Sequence[InputFile]) -> None:
     """Refuse an output equal to an input, two outputs to one file, or an unwritable place."""
-    real = [p for p in outputs if p != "-"]
+    real = [p for p in outputs if p != "-" and not in_place(p)]
+    for p in outputs:
+        if in_place(p) and not os.access(p, os.W_OK):
+            raise DataError(f"{p}: cannot write there; choose another output path")
     for i, p in enumerate(real):
         for q in real[:i]:
             if same_file(p, q):
@@ -155,6 +162,7 @@ class _Staged:
     target: str  # absolute
     tmp: str
     file: OutputFile
+    device: bool = False  # written in place at the commit (in_place), like stdout
 
 
 @dataclass
@@ -207,22 +215,14 @@ class AtomicOutputs:
                 sys.stdout.flush()  # text written before stays before
             return OutputFile(None, "standard output")
         target = os.path.abspath(path)
+        if in_place(path):  # a device cannot be renamed onto: staged aside, copied at the commit
+            fd, tmp = tempfile.mkstemp(prefix=".emcli-device.", suffix=".tmp")
+            staged = _Staged(path, target, tmp, OutputFile(os.fdopen(fd, "wb"), path), True)
+            self._staged.append(staged)
+            return staged.file
         if any(os.path.realpath(s.target) == os.path.realpath(target) for s in self._staged):
             raise UsageError(f"{path}: two outputs would go to the same file; give distinct paths")
-        parent = os.path.dirname(target)
-        missing = parent
-        while not os.path.exists(missing) and os.path.dirname(missing) != missing:
-            self._made_dirs.append(missing)
-            missing = os.path.dirname(missing)
-        try:
-            os.makedirs(parent, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(
-                prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=parent
-            )
-        except OSError as exc:
-            raise DataError(
-                f"{path}: cannot write ({exc.strerror}); choose another output path"
-            ) from exc
+        fd, tmp = self._beside(path, target, tempfile.mkstemp)
         staged = _Staged(path, target, tmp, OutputFile(os.fdopen(fd, "wb"), path))
         self._staged.append(staged)
         try:
@@ -236,6 +236,32 @@ class AtomicOutputs:
         writer = open_table_writer(self.stage(path), fmt, **options)
         self._writers.append(writer)
         return writer
+
+    def stage_dir(self, path: str) -> str:
+        """An empty directory staged for the output directory ``path`` (part files that
+        others write, e.g. a cluster's workers); committed or removed with the rest."""
+        target = os.path.abspath(path)
+        tmp = self._beside(path, target, tempfile.mkdtemp)
+        self._staged.append(_Staged(path, target, tmp, _Parts()))  # type: ignore[arg-type]
+        with contextlib.suppress(OSError):
+            os.chmod(tmp, 0o777 & ~_umask())
+        return tmp
+
+    def _beside(self, path: str, target: str, make: Callable[..., Any]) -> Any:
+        """``make`` (``tempfile.mkstemp`` or ``mkdtemp``) in the directory of ``target``,
+        made if needed (and then removed by ``abort`` if left empty)."""
+        parent = os.path.dirname(target)
+        missing = parent
+        while not os.path.exists(missing) and os.path.dirname(missing) != missing:
+            self._made_dirs.append(missing)
+            missing = os.path.dirname(missing)
+        try:
+            os.makedirs(parent, exist_ok=True)
+            return make(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=parent)
+        except OSError as exc:
+            raise DataError(
+                f"{path}: cannot write ({exc.strerror}); choose another output path"
+            ) from exc
 
     def add(self, path: str, data: bytes) -> None:
         """Stage the whole output ``path``; for ``"-"``, write ``data`` at the commit."""
@@ -258,10 +284,14 @@ class AtomicOutputs:
                 (write_stdout or out.write)(data)
             if self._stdout_streamed or (self._stdout and write_stdout is None):
                 out.flush()  # a full device shows here, before any file is in place
+            for s in [s for s in self._staged if s.device]:  # cannot be rolled back: first
+                _copy_to_device(s)
+                self._staged.remove(s)
             self._swap_all()
         except BaseException:
             self.abort()
             raise
+        COMMITTED.extend(s.path for s in self._staged)
         self._staged, self._stdout, self._writers, self._made_dirs = [], [], [], []
 
     def _swap_all(self) -> None:
@@ -269,7 +299,8 @@ class AtomicOutputs:
         with _signals_held() as held:
             try:
                 for s in self._staged:
-                    if os.path.isdir(s.target) and not os.path.islink(s.target):
+                    parts = isinstance(s.file, _Parts)
+                    if os.path.isdir(s.target) and not os.path.islink(s.target) and not parts:
                         raise DataError(f"{s.path}: output path is a directory; give a file name")
                     _backup(s.target, swap)
                     held.check()
@@ -286,7 +317,7 @@ class AtomicOutputs:
                 kept = _roll_back(swap)
                 for s in self._staged:  # before a held SIGTERM ends the process
                     with contextlib.suppress(OSError):
-                        os.unlink(s.tmp)
+                        _remove(s.tmp)
                 swap.backups = [b for b in swap.backups if (b[0], b[1]) not in kept]
                 if kept:
                     target, backup = kept[0]
@@ -298,7 +329,7 @@ class AtomicOutputs:
             finally:
                 for _, backup, _ in swap.backups:
                     with contextlib.suppress(OSError):
-                        os.unlink(backup)
+                        _remove(backup)
 
     def abort(self) -> None:
         """Throw away every staged output (what stdout got stays written)."""
@@ -307,7 +338,7 @@ class AtomicOutputs:
         for s in self._staged:
             s.file._discard()
             with contextlib.suppress(OSError):
-                os.unlink(s.tmp)
+                _remove(s.tmp)
         for d in sorted(set(self._made_dirs), key=len, reverse=True):
             with contextlib.suppress(OSError):
                 os.rmdir(d)  # only if empty
@@ -318,6 +349,38 @@ class AtomicOutputs:
 
     def __exit__(self, *exc: object) -> None:
         self.abort()
+
+
+def _copy_to_device(s: _Staged) -> None:
+    """Copy a staged output onto its device (``in_place``) and drop the staged copy."""
+    import shutil
+
+    try:
+        with open(s.tmp, "rb") as src, open(s.target, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    except OSError as exc:
+        raise DataError(f"{s.path}: cannot write ({exc.strerror})") from exc
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(s.tmp)
+
+
+def _remove(path: str) -> None:
+    """Remove a staged or backed-up file, or a directory of part files."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        os.unlink(path)
+
+
+class _Parts:
+    """What a staged directory has where a staged file has its ``OutputFile``."""
+
+    def close(self) -> None:
+        pass
+
+    def _discard(self) -> None:
+        pass
 
 
 def _backup(target: str, swap: _Swap) -> None:
@@ -363,9 +426,11 @@ def _roll_back(swap: _Swap) -> list[tuple[str, str]]:
     for target in restore:
         try:
             if target in backups:
+                if os.path.isdir(backups[target]) and os.path.isdir(target):
+                    shutil.rmtree(target)  # a directory of parts cannot be replaced whole
                 os.replace(backups[target], target)
             else:
-                os.unlink(target)
+                _remove(target)
         except OSError:
             if target in backups:
                 kept.append((target, backups[target]))

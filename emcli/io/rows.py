@@ -15,7 +15,9 @@ on how the input was read.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -84,11 +86,19 @@ def open_rows(
     tmp_dir: str | None = None,
     budget: int | None = None,
     stdin: Any = None,
+    client: Any = None,
 ) -> Iterator[OpenedRows]:
-    """The inputs as an ``OpenedRows``; a spill file lives as long as the context."""
+    """The inputs as an ``OpenedRows``; a spill file lives as long as the context.
+
+    With a Dask ``client``, the rows are read and kept by the cluster's workers.
+    """
     from emcli.io.readers import input_stem
     from emcli.sources.parquet import open_parquet
 
+    if client is not None:
+        yield _on_cluster(client, inputs, columns=columns, exclude=exclude,
+                          id_column=id_column, weights_column=weights_column)
+        return
     if _all_parquet(inputs):
         pq = open_parquet(inputs, columns=columns, exclude=exclude, id_column=id_column,
                           weights_column=weights_column)
@@ -108,8 +118,11 @@ def open_rows(
         return
     keep = {id_column} if id_column else set()
     with spill_delimited(inputs, tmp_dir, stdin, keep_text=keep) as sp:
+        from emcli.sources.parquet import big_integer_column
+
         picked = choose_columns(sp.schema, sp.name, columns=columns, exclude=exclude,
-                                id_column=id_column, weights_column=weights_column)
+                                id_column=id_column, weights_column=weights_column,
+                                big=big_integer_column([sp.path], "arrow"))
         features, left_out = [], []
         for c in picked.features:
             reason = sp.not_numeric(c)
@@ -146,6 +159,7 @@ def open_model_rows(
     tmp_dir: str | None = None,
     budget: int | None = None,
     stdin: Any = None,
+    client: Any = None,
 ) -> Iterator[OpenedRows]:
     """A model's columns of the inputs, matched by name, as a row source.
 
@@ -159,6 +173,17 @@ def open_model_rows(
     from emcli.io.features import _no_such_column, check_model_columns, model_features
     from emcli.io.readers import input_stem
 
+    if client is not None and not _all_parquet(inputs):
+        from emcli.sources.dask import delimited_on_cluster
+
+        check_cluster_inputs(inputs)
+        model = {"columns": list(model_columns), "id_column": id_column,
+                 "default_id": default_id, "passthrough": passthrough}
+        parts, _, ids, _, _ = delimited_on_cluster(client, _absolute(inputs), {}, model)
+        yield OpenedRows(parts, display_name([(f.path, 0) for f in inputs]),
+                         input_stem([f.path for f in inputs]), list(model_columns), ids, "",
+                         parts.n_rows, [], "dask")
+        return
     if _all_parquet(inputs):
         from emcli.sources.parquet import ParquetSource, _stamp
 
@@ -171,8 +196,8 @@ def open_model_rows(
         if id_column is not None and id_column not in names:
             raise _no_such_column(name, names, id_column, "--id-column")
         src = ParquetSource(files, model_columns, ids=id_column, passthrough=passthrough)
-        yield OpenedRows(src, name, input_stem(files), list(model_columns), id_column,
-                         "", src.n_rows, [], "parquet")
+        yield OpenedRows(_placed(src, client), name, input_stem(files), list(model_columns),
+                         id_column, "", src.n_rows, [], "parquet" if client is None else "dask")
         return
     if _small(inputs, budget):
         table = read_table(inputs, stdin=stdin)
@@ -213,6 +238,52 @@ class _AllBut(frozenset):
 
     def __contains__(self, name: object) -> bool:
         return not super().__contains__(name)
+
+
+def check_cluster_inputs(inputs: Sequence[InputFile]) -> None:
+    """Inputs a Dask cluster's workers can read themselves: files, not standard input."""
+    if any(f.path == "-" for f in inputs):
+        raise DataError("<stdin>: a Dask cluster's workers cannot read standard input; "
+                        "give files that every worker can see")
+
+
+def _on_cluster(client: Any, inputs: Sequence[InputFile], **choice: Any) -> OpenedRows:
+    """The inputs read and kept by a Dask cluster's workers: Parquet files streamed there,
+    CSV and TSV files read whole there, one partition per file."""
+    from emcli.io.readers import input_stem
+    from emcli.sources.dask import delimited_on_cluster, input_sha256
+
+    check_cluster_inputs(inputs)
+    stem = input_stem([f.path for f in inputs])
+    names = [(f.path, 0) for f in inputs]
+    inputs = _absolute(inputs)
+    if _all_parquet(inputs):
+        from emcli.sources.parquet import open_parquet
+
+        pq = open_parquet(inputs, **choice)
+        return OpenedRows(_placed(pq, client), display_name(names), stem,
+                          list(pq.columns), pq.ids, input_sha256(client, inputs), pq.n_rows,
+                          list(pq.notices), "dask")
+    if any(f.format == "parquet" for f in inputs):
+        raise DataError(f"{inputs[0].path} …: the inputs mix Parquet and delimited files; "
+                        "give files of one format with --dask")
+    src, features, id_name, notices, _ = delimited_on_cluster(client, inputs, choice)
+    return OpenedRows(src, display_name(names), stem, features, id_name,
+                      input_sha256(client, inputs), src.n_rows, notices, "dask")
+
+
+def _absolute(inputs: Sequence[InputFile]) -> list[InputFile]:
+    """The inputs as absolute paths: the workers' working directory is not this one."""
+    return [dataclasses.replace(f, path=os.path.abspath(f.path)) for f in inputs]
+
+
+def _placed(source: Any, client: Any) -> RowSource:
+    """``source``'s rows, or the same files read and kept by a Dask cluster's workers."""
+    if client is None:
+        return source
+    from emcli.sources.dask import parquet_on_cluster
+
+    return parquet_on_cluster(client, source)
 
 
 @dataclass

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -31,7 +33,27 @@ PARQUET_ROW_GROUP_ROWS = 1 << 20
 PARQUET_ROW_GROUP_BYTES = 64 << 20
 
 
+def in_place(path: str) -> bool:
+    """Whether ``path`` is written in place, not staged and renamed: a device, a pipe
+    or a socket (``/dev/null``, a named pipe), or a name under /dev (but /dev/shm) or
+    /proc such as ``/dev/stdout``, which must never be renamed onto even when it
+    leads to a regular file."""
+    if path == "-":
+        return False
+    where = os.path.abspath(path)
+    if (where.startswith("/dev/") and not where.startswith("/dev/shm/")) or where.startswith(
+        "/proc/"
+    ):
+        return True
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 def output_format(path: str, default: str = "csv") -> str:
+    """The format an output's extension names; stdout and devices without one: ``default``."""
     if path == "-":
         return default
     low = path.lower()
@@ -46,6 +68,8 @@ def output_format(path: str, default: str = "csv") -> str:
     ):
         if low.endswith(ext):
             return fmt
+    if in_place(path):
+        return default
     raise UsageError(
         f"{path}: cannot tell the output format from the extension; "
         "use .csv, .tsv, .parquet, .json or .jsonl"

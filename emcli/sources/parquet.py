@@ -115,6 +115,25 @@ def _stamp(path: str, file_format: str, columns: Sequence[str]) -> _Stamp:
     return _Stamp(st.st_size, st.st_mtime_ns, f.schema, f.n_rows)
 
 
+def big_integer_column(paths: Sequence[str], file_format: str) -> Callable[[str], bool]:
+    """``big(name)`` for ``choose_columns``: whether a column of these files holds an
+    integer beyond 2^53 (read batch by batch, that column only)."""
+    from emcli.io.features import big_integers
+
+    def big(name: str) -> bool:
+        for path in paths:
+            f = _File(path, file_format)
+            try:
+                for batch in f.batches([name], MIN_BATCH_ROWS * 16, False):
+                    if big_integers(batch.column(0)):
+                        return True
+            finally:
+                f.close()
+        return False
+
+    return big
+
+
 def _changed(path: str, stamp: _Stamp, now: _File | None = None) -> str | None:
     """How ``path`` differs from ``stamp``, or None if it does not."""
     try:
@@ -360,6 +379,7 @@ def open_parquet(
         exclude=exclude,
         id_column=id_column,
         weights_column=weights_column,
+        big=big_integer_column(paths, file_format),
     )
     source = ParquetSource(
         paths,

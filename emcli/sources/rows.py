@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import reduce as _fold
 from operator import add
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -63,18 +63,29 @@ class FitRows:
         self.units = units
         self.n_features = source.n_features
         self.quad_ok = source.chunk_rows * quad_width(self.n_features) * 8 <= QUAD_DESIGN_BUDGET
-        self.kept: list[Chunk] | None = list(source.each(units.chunk)) if keep else None
+        # a source whose rows stay elsewhere (a cluster's workers) keeps the chunks there
+        remote = getattr(source, "remote", False)
+        self.kept: list[Chunk] | None = None
+        if keep and not remote:
+            self.kept = list(source.each(units.chunk))
+        self.kept_remote: Any = cast(Any, source).keep(units.chunk) if keep and remote else None
 
     def reduce(self, fn: Callable[[Chunk], T], map: MapFn = map) -> T:
         """``fn`` of every chunk, added in chunk order."""
+        units = self.units  # what a remote source ships with ``fn``: not this object
+        if self.kept_remote is not None:
+            return self.kept_remote.reduce(lambda c: _once(fn, c), map)
         if self.kept is None:
-            return self.source.reduce(lambda b: fn(self.units.chunk(b)), map)
+            return self.source.reduce(lambda b: fn(units.chunk(b)), map)
         return _fold(add, map(lambda c: _once(fn, c), self.kept))
 
     def each(self, fn: Callable[[Chunk], R], map: MapFn = map) -> Iterator[R]:
         """``fn`` of every chunk, in chunk order."""
+        units = self.units
+        if self.kept_remote is not None:
+            return self.kept_remote.each(lambda c: _once(fn, c), map)
         if self.kept is None:
-            return self.source.each(lambda b: fn(self.units.chunk(b)), map)
+            return self.source.each(lambda b: fn(units.chunk(b)), map)
         return ordered_map(map, lambda c: _once(fn, c), self.kept, 16)
 
 

@@ -1,0 +1,607 @@
+"""Rows on a Dask cluster: partitions read and kept on the workers for the whole fit.
+
+This is the only module that imports ``dask`` or ``distributed``, and only
+when a cluster is asked for: ``emcli --help`` and fits in memory never load
+them (install with ``pip install 'emcli[dask]'``).
+
+A ``DaskSource`` holds one future per partition; each future's value, on a
+worker, is the partition's rows cut into ``Block``s at the offsets every
+source uses (``chunk_rows`` rows from the start of each input file or each
+collection partition, docs/loop.md §10.1). Parquet files are read by the
+workers, not by this process (it reads their footers only, to choose the
+columns). A pass ships the function of one block, which carries the current
+parameters, to every partition and gets the per-block results back (kilobytes
+of statistics); they are added here in block order, so a fit on the cluster
+gives the numbers a fit in memory gives for the same cuts, bit for bit. The
+futures are the executor: the ``map`` that other sources take is not used.
+
+The scheduler keeps how each partition was made, so when a worker dies its
+partitions are read again elsewhere and the fit goes on; when the tasks keep
+killing workers, the fit fails with one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from functools import reduce as _fold
+from operator import add
+from typing import Any, TypeVar
+
+import numpy as np
+
+from emcli.errors import DataError, EmcliError, UsageError
+from emcli.sources import Block, MapFn
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+INSTALL = "pip install 'emcli[dask]'"
+CONNECT_TIMEOUT = 5  # seconds to reach a scheduler before giving up
+CLOSE_TIMEOUT = 1  # seconds to close a client or a local cluster
+LOCAL = "local"
+
+
+def _distributed() -> Any:
+    try:
+        import distributed
+    except ImportError as exc:
+        raise UsageError(
+            f"running on a Dask cluster needs dask and distributed; install them with {INSTALL}"
+        ) from exc
+    return distributed
+
+
+def is_collection(X: Any) -> bool:
+    """Whether ``X`` is a Dask DataFrame, Series or Array (without importing dask)."""
+    return type(X).__module__.partition(".")[0] == "dask" and hasattr(X, "__dask_graph__")
+
+
+# ---- the cluster ---------------------------------------------------------------------
+
+_active: dict[str, Any] = {}  # spec -> client opened by ``cluster``, for nested uses
+
+
+@contextlib.contextmanager
+def cluster(spec: str | None) -> Iterator[Any]:
+    """A ``distributed.Client`` for ``spec`` (an address, ``local`` or ``local:N``), or None.
+
+    ``local[:N]`` starts a ``LocalCluster`` of N worker processes (default: the
+    cores) on 127.0.0.1; it is shut down on exit, on error and on Ctrl-C. A
+    use inside another for the same ``spec`` shares its client.
+    """
+    if spec is None:
+        yield None
+        return
+    if spec in _active:
+        yield _active[spec]
+        return
+    distributed = _distributed()
+    import dask
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(dask.config.set({
+            "distributed.comm.timeouts.connect": f"{CONNECT_TIMEOUT}s",
+            "distributed.admin.system-monitor.gil.enabled": False,
+        }))
+        stack.enter_context(_quiet_logs())
+        stack.enter_context(warnings.catch_warnings())
+        warnings.simplefilter("ignore")  # dask's advice (ports, graph sizes) is not the user's
+        with _sigint_held():  # a cluster half started cannot be shut down cleanly
+            if spec == LOCAL or spec.startswith(LOCAL + ":"):
+                n = _local_workers(spec)
+                local = distributed.LocalCluster(
+                    n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                    dashboard_address=":0", silence_logs=logging.CRITICAL,
+                )
+                stack.callback(_close, local)
+                client = distributed.Client(local, set_as_default=False)
+                # workers busy in a task outlive a close and hold the exit up (by
+                # seconds): they are this command's own processes and go first
+                stack.callback(_kill, list(client.run(os.getpid).values()))
+            else:
+                try:
+                    client = distributed.Client(
+                        spec, timeout=CONNECT_TIMEOUT, set_as_default=False
+                    )
+                except (OSError, TimeoutError, ValueError, TypeError) as exc:
+                    raise DataError(
+                        f"cannot reach the Dask scheduler at {spec} ({_reason(exc)}); check "
+                        "the address and that the scheduler is running"
+                    ) from None
+            stack.callback(_close, client)
+        check_versions(client)
+        _active[spec] = client
+        try:
+            yield client
+        finally:
+            _active.pop(spec, None)
+
+
+@contextlib.contextmanager
+def _sigint_held() -> Iterator[None]:
+    """Ctrl-C waits until the block ends (then it interrupts as usual). Processes and
+    threads started meanwhile keep it blocked: the workers are shut down by this
+    process, not by the terminal's Ctrl-C."""
+    import signal
+    import threading
+
+    if not hasattr(signal, "pthread_sigmask") or (
+        threading.current_thread() is not threading.main_thread()
+    ):
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def _local_workers(spec: str) -> int:
+    if spec == LOCAL:
+        return max(1, os.cpu_count() or 1)
+    text = spec[len(LOCAL) + 1:]
+    if not text.isdigit() or int(text) < 1:
+        raise UsageError(f"--dask {spec!r}: give local:N with N a number of workers, e.g. local:4")
+    return int(text)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:160]
+
+
+def _close(thing: Any) -> None:
+    """Close a client or a cluster without waiting long for busy workers (Ctrl-C)."""
+    with contextlib.suppress(Exception):
+        thing.close(timeout=CLOSE_TIMEOUT)
+
+
+def _kill(pids: list[int]) -> None:
+    import signal
+
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def _quiet_logs() -> Iterator[None]:
+    """Dask's own log lines (a worker lost, a cluster closing) stay off stderr:
+    emcli says what matters in one line."""
+    loggers = [logging.getLogger(n) for n in ("distributed", "tornado", "asyncio")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _emcli_version() -> str:
+    """This machine's emcli version (run on each worker)."""
+    import emcli
+
+    return emcli.__version__
+
+
+def check_versions(client: Any) -> None:
+    """Every worker runs this emcli version, or one line names both."""
+    from emcli import __version__
+
+    try:
+        found = client.run(_emcli_version, on_error="return")
+    except Exception as exc:  # noqa: BLE001 - the scheduler's reason, in one line
+        raise DataError(
+            f"cannot ask the Dask workers their emcli version ({_reason(exc)})"
+        ) from None
+    for worker, version in sorted(found.items()):
+        if isinstance(version, BaseException):
+            raise DataError(
+                f"Dask worker {worker} cannot run emcli ({_reason(version)}); install emcli "
+                f"{__version__} on every worker"
+            )
+        if version != __version__:
+            raise DataError(
+                f"Dask worker {worker} runs emcli {version}, this machine emcli {__version__}; "
+                "install the same emcli on every worker"
+            )
+    if not found:
+        raise DataError("the Dask cluster has no workers; start some, or use --dask local")
+
+
+def default_client(client: Any = None) -> Any:
+    """``client`` as a ``distributed.Client``: given, from an address, or the active one."""
+    distributed = _distributed()
+    if isinstance(client, distributed.Client):
+        return client
+    if isinstance(client, str):
+        try:
+            return distributed.Client(client, timeout=CONNECT_TIMEOUT, set_as_default=False)
+        except (OSError, TimeoutError, ValueError, TypeError) as exc:
+            raise DataError(
+                f"cannot reach the Dask scheduler at {client} ({_reason(exc)})"
+            ) from None
+    if client is not None:
+        raise DataError("client must be a distributed.Client, a scheduler address or None")
+    try:
+        return distributed.get_client()
+    except ValueError:
+        raise DataError(
+            "a Dask collection needs a cluster: start a distributed.Client first, or pass "
+            "client= (an address or a Client)"
+        ) from None
+
+
+# ---- the source ----------------------------------------------------------------------
+
+
+class DaskSource:
+    """Rows in partitions on a Dask cluster (see the module docstring).
+
+    ``parts`` are futures, in row order, of lists of ``Block``s. ``remote``
+    tells ``FitRows`` that the rows stay where they are (on the workers): it
+    keeps its chunks there (``keep``) instead of bringing them here.
+    """
+
+    remote = True
+
+    def __init__(
+        self, client: Any, parts: Sequence[Any], n_rows: int, n_features: int, chunk_rows: int
+    ) -> None:
+        self.client = client
+        self.parts = list(parts)
+        self.n_rows = int(n_rows)
+        self.n_features = int(n_features)
+        self.chunk_rows = int(chunk_rows)
+
+    def reduce(self, fn: Callable[[Block], T], map: MapFn = map) -> T:
+        """``fn`` of every block on the workers, added here in block order."""
+        futures = self._submit(fn)
+        results = _gather(self.client, futures)
+        return _fold(add, (r for part in results for r in part))
+
+    def each(self, fn: Callable[[Block], R], map: MapFn = map) -> Iterator[R]:
+        """``fn`` of every block on the workers, yielded in block order."""
+        futures = self._submit(fn)
+        try:
+            for f in futures:
+                [part] = _gather(self.client, [f])
+                yield from part
+        finally:
+            self.client.cancel(futures)
+
+    def keep(self, fn: Callable[[Block], Any]) -> DaskSource:
+        """A source of ``fn`` of every block, computed once and kept on the workers
+        (the EM loop's chunks in fitting units, with their missing-value patterns grouped)."""
+        return DaskSource(self.client, self._submit(fn), self.n_rows, self.n_features,
+                          self.chunk_rows)
+
+    def _submit(self, fn: Callable[[Block], Any]) -> list[Any]:
+        # one message to the scheduler for all partitions
+        return self.client.map(_apply, [fn] * len(self.parts), self.parts, pure=False)
+
+    def release(self) -> None:
+        """Let the workers forget the rows."""
+        with contextlib.suppress(Exception):
+            self.client.cancel(self.parts)
+        self.parts = []
+
+
+class _Writing(DaskSource):
+    """A ``DaskSource`` whose results are written by the workers, one part file per
+    partition; ``each`` yields ``summary`` of each block's result."""
+
+    def __init__(self, source: DaskSource, directory: str, to_columns: Callable[[Any], Any],
+                 summary: Callable[[Any], Any]) -> None:
+        super().__init__(source.client, source.parts, source.n_rows, source.n_features,
+                         source.chunk_rows)
+        self.out = (directory, to_columns, summary)
+
+    def _submit(self, fn: Callable[[Block], Any]) -> list[Any]:
+        directory, to_columns, summary = self.out
+        n = len(self.parts)
+        paths = [os.path.join(directory, f"part-{i:05d}.parquet") for i in range(n)]
+        return self.client.map(_write_part, [fn] * n, self.parts, paths, [to_columns] * n,
+                               [summary] * n, pure=False)
+
+
+def written(source: Any, directory: str, to_columns: Callable[[Any], Any],
+            summary: Callable[[Any], Any]) -> DaskSource:
+    """``source`` whose per-block results the workers write to ``directory`` as Parquet
+    part files (``part-00000.parquet``, … in input order; ``to_columns`` makes a block's
+    table); a pass over it yields ``summary`` of each block's result."""
+    return _Writing(source, directory, to_columns, summary)
+
+
+def _write_part(fn: Callable[[Block], Any], blocks: list[Block], path: str,
+                to_columns: Callable[[Any], Any], summary: Callable[[Any], Any]) -> list[Any]:
+    from emcli.io.outputs import OutputFile
+    from emcli.io.writers import open_table_writer
+
+    done = []
+    try:
+        with open(path, "wb") as fh:
+            writer = open_table_writer(OutputFile(fh, path), "parquet")
+            for result in _apply(fn, blocks):
+                writer.write(to_columns(result))
+                done.append(summary(result))
+            writer.close()
+    except OSError as exc:
+        raise DataError(_on_worker(f"{path}: cannot write ({exc.strerror})")
+                        + "; every worker must see the output directory") from None
+    return done
+
+
+def _apply(fn: Callable[[Block], R], blocks: list[Block]) -> list[R]:
+    for b in blocks:  # rows that moved between workers arrive as unaligned buffers
+        if isinstance(b, Block):
+            b.X, b.w = _aligned(b.X), _aligned(b.w)
+    return [fn(b) for b in blocks]
+
+
+def _aligned(a: np.ndarray | None) -> Any:
+    """``a``, or a copy of it in memory numpy allocated, when it is not aligned as numpy
+    aligns: numpy's and BLAS's loops over unaligned data add in another order, and the
+    last digits of the sums would depend on where the rows had travelled."""
+    if a is None or a.ctypes.data % 16 == 0:
+        return a
+    return np.array(a, copy=True)
+
+
+def _gather(client: Any, futures: list[Any]) -> list[Any]:
+    """The futures' results; a dead cluster or killed workers become one line."""
+    distributed = _distributed()
+    try:
+        return client.gather(futures)
+    except EmcliError:
+        raise
+    except distributed.client.FutureCancelledError as exc:
+        raise DataError(f"the Dask tasks were cancelled ({_reason(exc)})") from None
+    except distributed.scheduler.KilledWorker as exc:
+        raise DataError(
+            f"Dask workers kept dying while running emcli's tasks ({_reason(exc)}); "
+            "check the workers' memory and logs"
+        ) from None
+    except (OSError, distributed.comm.CommClosedError, TimeoutError) as exc:
+        raise DataError(f"lost the Dask cluster ({_reason(exc)}); check the scheduler") from None
+
+
+def _cut(X: np.ndarray, w: np.ndarray | None, start: int, extra: Any, c: int) -> list[Block]:
+    """Rows ``[s, s + c)`` of one input, as ``ArraySource`` cuts them."""
+    return [
+        Block(X[s:s + c], None if w is None else w[s:s + c], start + s,
+              None if extra is None else extra[s:s + c])
+        for s in range(0, X.shape[0], c)
+    ]
+
+
+def _on_worker(what: str) -> str:
+    with contextlib.suppress(Exception):
+        from distributed import get_worker
+
+        return f"{what} (on Dask worker {get_worker().address})"
+    return what
+
+
+# ---- Parquet files, read on the workers ----------------------------------------------
+
+
+def _parquet_part(path: str, spec: dict[str, Any], stamp: Any, first_row: int) -> list[Block]:
+    """One file's blocks, read on a worker; it must be the file the client opened."""
+    from emcli.sources.parquet import ParquetSource, _changed
+
+    try:
+        src = ParquetSource([path], spec["features"], weights=spec["weights"], ids=spec["ids"],
+                            chunk_rows=spec["chunk_rows"], file_format=spec["file_format"],
+                            passthrough=spec["passthrough"])
+    except DataError as exc:
+        raise DataError(_on_worker(str(exc)) + "; every worker must see the input paths "
+                        "(a shared file system)") from None
+    why = _changed(path, stamp)
+    if why is not None:
+        raise DataError(_on_worker(f"{path}: this file differs from the one emcli opened ({why})")
+                        + "; every worker must see the same files")
+    src._common = spec["common"]
+    blocks = list(src.each(lambda b: b))
+    for b in blocks:
+        b.start += first_row
+    return blocks
+
+
+def parquet_on_cluster(client: Any, source: Any) -> DaskSource:
+    """A ``DaskSource`` of the files of a ``ParquetSource`` (opened here: footers only),
+    one partition per file, read by the workers."""
+    spec = {
+        "features": source.columns, "weights": source.weights, "ids": source.ids,
+        "chunk_rows": source.chunk_rows, "file_format": source.file_format,
+        "passthrough": source.passthrough, "common": source._common,
+    }
+    parts, first = [], 0
+    for path, stamp, n in zip(source.files, source._stamps, source.file_rows, strict=True):
+        # the workers' working directory is not this one
+        where = os.path.abspath(path)
+        parts.append(client.submit(_parquet_part, where, spec, stamp, first, pure=False))
+        first += n
+    return DaskSource(client, parts, source.n_rows, source.n_features, source.chunk_rows)
+
+
+# ---- CSV and TSV files, read on the workers -------------------------------------------
+
+
+def _delimited_read(f: Any, choice: dict[str, Any], model: dict[str, Any] | None) -> dict:
+    """One delimited file read whole on a worker: its features chosen as in memory, or
+    a ``model``'s columns (with every column passed along, for ``impute``)."""
+    from emcli.io.features import model_features, select_features
+    from emcli.io.readers import read_table
+    from emcli.io.rows import _TableRows
+
+    try:
+        table = read_table([f])
+        if model is None:
+            feats = select_features(table, **choice)
+            extra: Any = feats.ids
+            notices = list(feats.notices)
+        else:
+            ids = model["id_column"]
+            if ids is None and model["default_id"] in table.table.column_names:
+                ids = model["default_id"]
+            feats = model_features(table, model["columns"], ids)
+            extra = _TableRows(table.table) if model["passthrough"] else feats.ids
+            notices = []
+    except DataError as exc:
+        raise DataError(_on_worker(str(exc))) from None
+    return {
+        "X": feats.X, "w": feats.weights, "ids": extra, "n": int(table.n_rows),
+        "meta": (list(feats.columns), feats.id_name, notices, table.name),
+    }
+
+
+def _meta(read: dict[str, Any]) -> Any:
+    return read["n"], read["meta"]
+
+
+def _delimited_blocks(read: dict[str, Any], first_row: int, chunk_rows: int) -> list[Block]:
+    return _cut(read["X"], read["w"], first_row, read["ids"], chunk_rows)
+
+
+def delimited_on_cluster(
+    client: Any, inputs: Sequence[Any], choice: dict[str, Any],
+    model: dict[str, Any] | None = None,
+) -> tuple[DaskSource, list[str], str | None, list[str], list[tuple[str, int]]]:
+    """A ``DaskSource`` of CSV or TSV files, each read whole by a worker (one partition
+    per file); with the features, the id column, the notices and (name, rows) per file.
+    ``model``: read a model's columns instead (``columns``, ``id_column``,
+    ``default_id``, ``passthrough``)."""
+    from emcli.sources import chunk_rows_for
+
+    reads = [client.submit(_delimited_read, f, choice, model, pure=False) for f in inputs]
+    metas = _gather(client, [client.submit(_meta, r, pure=False) for r in reads])
+    features, id_name, notices, name0 = metas[0][1]
+    for _, (feats, ids, _, name) in metas[1:]:
+        if feats != features:
+            raise DataError(
+                f"{name}: its feature columns ({', '.join(feats)}) differ from those of {name0} "
+                f"({', '.join(features)}); give files with the same columns, or --columns"
+            )
+        if ids != id_name:
+            raise DataError(f"{name}: its id column ({ids}) is not that of {name0} ({id_name}); "
+                            "give files with the same columns, or --id-column")
+    c = chunk_rows_for(len(features))
+    parts, first = [], 0
+    for read, (n, _) in zip(reads, metas, strict=True):
+        parts.append(client.submit(_delimited_blocks, read, first, c, pure=False))
+        first += n
+    source = DaskSource(client, parts, first, len(features), c)
+    return source, features, id_name, notices, [(m[1][3], m[0]) for m in metas]
+
+
+def _input_sha256(files: Sequence[Any]) -> str:
+    """The inputs' SHA-256, as ``io.read_table`` takes it (run on a worker: the bytes are
+    read where the data is)."""
+    import hashlib
+
+    from emcli.io.readers import _hash_file, _read_bytes
+
+    digest = hashlib.sha256()
+    for f in files:
+        if f.format == "parquet":
+            _hash_file(f.path, digest)
+        else:
+            digest.update(_read_bytes(f, None))
+    return digest.hexdigest()
+
+
+def input_sha256(client: Any, files: Sequence[Any]) -> str:
+    return _gather(client, [client.submit(_input_sha256, list(files), pure=False)])[0]
+
+
+# ---- Dask collections (Python) -------------------------------------------------------
+
+
+def _frame_part(
+    frame: Any, columns: list[str] | None, index: int, start: int, chunk_rows: int
+) -> list[Block]:
+    """One partition of a collection as blocks, on a worker."""
+    if columns is not None:
+        names = [str(c) for c in frame.columns]
+        if names != columns:
+            raise DataError(
+                f"partition {index}: its columns ({', '.join(names)}) differ from the "
+                f"collection's ({', '.join(columns)}); give partitions with the same columns"
+            )
+    try:
+        if hasattr(frame, "to_numpy"):
+            X = frame.to_numpy(dtype=float, na_value=np.nan)
+        else:
+            X = np.asarray(frame, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise DataError(
+            f"partition {index}: X must be numeric ({exc}); convert or drop non-numeric columns"
+        ) from None
+    if X.ndim == 1:
+        X = X.reshape(-1, 1)
+    return _cut(np.array(X, dtype=float, order="C", copy=True), None, start, None, chunk_rows)
+
+
+def collection_on_cluster(X: Any, client: Any = None, chunk_rows: int | None = None) -> DaskSource:
+    """A ``DaskSource`` of a Dask DataFrame or Array, its partitions computed on the cluster.
+
+    Blocks are cut at fixed offsets within each partition.
+    """
+    from emcli.sources import chunk_rows_for
+
+    client = default_client(client)
+    columns: list[str] | None = None
+    if hasattr(X, "columns"):  # a DataFrame
+        columns = [str(c) for c in X.columns]
+        d = len(columns)
+        pieces = list(X.to_delayed())
+    else:
+        if X.ndim != 2:
+            raise DataError(f"X must be 2-D (rows × columns), got {X.ndim} dimensions")
+        if len(X.chunks[1]) > 1:
+            X = X.rechunk({1: -1})
+        d = int(X.shape[1])
+        pieces = list(X.to_delayed().ravel())
+    if d == 0:
+        raise DataError("X has no columns; it needs at least one")
+    c = int(chunk_rows or chunk_rows_for(d))
+    frames = client.compute(pieces)
+    lengths = _gather(client, client.map(len, frames, pure=False))
+    starts = np.concatenate([[0], np.cumsum(lengths)]).astype(int).tolist()
+    parts = [
+        client.submit(_frame_part, f, columns, i, starts[i], c, pure=False)
+        for i, f in enumerate(frames)
+    ]
+    if not starts[-1]:
+        raise DataError("X has no rows; it needs at least one")
+    return DaskSource(client, parts, starts[-1], d, c)
+
+
+def map_rows(
+    X: Any, fn: Callable[[np.ndarray], np.ndarray], width: int | None, dtype: Any = float
+) -> Any:
+    """``fn`` of every partition of a Dask collection, as a Dask Array (lazy).
+
+    ``width``: the columns ``fn`` returns, or None for one value per row.
+    """
+
+    def rows(part: Any) -> np.ndarray:
+        if hasattr(part, "to_numpy"):
+            part = part.to_numpy(dtype=float, na_value=np.nan)
+        return fn(np.asarray(part, dtype=float).reshape(len(part), -1))
+
+    if hasattr(X, "to_dask_array"):
+        X = X.to_dask_array()
+    if X.ndim == 2 and len(X.chunks[1]) > 1:
+        X = X.rechunk({1: -1})
+    if width is None:
+        return X.map_blocks(rows, drop_axis=1, dtype=dtype)
+    return X.map_blocks(rows, chunks=(X.chunks[0], (width,)), dtype=dtype)

@@ -1,0 +1,368 @@
+"""Fits, sweeps, predictions and imputations on a real Dask cluster give the bytes
+they give in memory.
+
+One ``LocalCluster`` of two worker processes on 127.0.0.1 serves the module;
+the installed ``emcli`` reaches it with ``--dask ADDRESS`` in a subprocess.
+Real Parquet files; a worker killed during a fit; an unreachable scheduler;
+Ctrl-C on ``--dask local:2``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dask.array as da
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import emcli_executable, one_error_line, popen_emcli, run_emcli
+from distributed import Client, LocalCluster
+from helpers import blobs, mcar
+
+import emcli
+from emcli.fitting import fit_source
+from emcli.sources import ArraySource, chunk_rows_for
+from emcli.sources.dask import collection_on_cluster
+
+D = 4
+N_FILE = (9_000, 7_000, 11_000)  # rows of each file (one block each: blocks are cut per file)
+
+
+@pytest.fixture(scope="module")
+def client():
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                     dashboard_address=":0") as cluster,
+        Client(cluster) as c,
+    ):
+        yield c
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """Three Parquet files of one table (ids, four features with holes, a text column)."""
+    root = tmp_path_factory.mktemp("dask")
+    X, _ = blobs(sum(N_FILE), D, 3, seed=4)
+    X = mcar(X, 0.1, seed=5)
+    X[11] = np.nan  # a row with nothing observed
+    first = 0
+    for i, n in enumerate(N_FILE):
+        rows = X[first:first + n]
+        table = {"id": [f"f{i}r{j}" for j in range(n)]}
+        table.update({f"x{j}": rows[:, j] for j in range(D)})
+        table["note"] = [f"note {j % 3}" for j in range(n)]
+        pq.write_table(pa.table(table), root / f"part{i}.parquet", row_group_size=4_000)
+        first += n
+    return root
+
+
+def _files(data: Path) -> list[str]:
+    return [str(data / f"part{i}.parquet") for i in range(len(N_FILE))]
+
+
+def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, proc.stderr.decode()
+    return proc
+
+
+def _bytes(out: Path) -> dict[str, bytes]:
+    return {f.name: f.read_bytes() for f in sorted(out.iterdir()) if "convergence" not in f.name}
+
+
+def test_fit_on_the_cluster_writes_the_in_memory_bytes(client, data, tmp_path):
+    args = ["fit", *_files(data), "-k", "3", "--n-init", "2", "--id-column", "id",
+            "--probabilities", "-q"]
+    _ok(run_emcli([*args, "-o", tmp_path / "mem"], tmp_path))
+    _ok(run_emcli([*args, "-o", tmp_path / "dask", "--dask", client.scheduler.address], tmp_path))
+    mem, on_cluster = _bytes(tmp_path / "mem"), _bytes(tmp_path / "dask")
+    assert mem == on_cluster
+    labels = on_cluster["part0.labels.csv"].decode().splitlines()
+    assert len(labels) == sum(N_FILE) + 1  # every row, the empty one included
+    assert labels[1].startswith("f0r0,")
+
+
+def test_select_k_on_the_cluster_says_jobs_does_not_apply(client, data, tmp_path):
+    args = ["select-k", *_files(data), "-k", "1:3", "--covariance", "full,diag", "--no-hc"]
+    _ok(run_emcli([*args, "-o", tmp_path / "mem", "-q", "--table", "mem.csv"], tmp_path))
+    proc = _ok(run_emcli([*args, "-o", tmp_path / "dask", "--jobs", "2", "--table", "dask.csv",
+                          "--dask", client.scheduler.address], tmp_path))
+    assert "--jobs 2 does not apply with --dask" in proc.stderr.decode()
+    assert _bytes(tmp_path / "mem") == _bytes(tmp_path / "dask")
+    mem, on_cluster = (pd.read_csv(tmp_path / f"{n}.csv") for n in ("mem", "dask"))
+    assert len(mem) == 6
+    timing = [c for c in mem.columns if "second" in c]
+    pd.testing.assert_frame_equal(mem.drop(columns=timing), on_cluster.drop(columns=timing))
+
+
+def test_predict_and_impute_on_the_cluster_write_the_in_memory_bytes(client, data, tmp_path):
+    files = _files(data)
+    _ok(run_emcli(["fit", *files, "-k", "3", "--id-column", "id", "-o", tmp_path, "-q"],
+                  tmp_path))
+    model = tmp_path / "part0.model.json"
+    address = client.scheduler.address
+    for command, out, extra in (("predict", "labels", ["--probabilities"]),
+                                ("impute", "output", ["--variance"])):
+        flag = "--labels" if out == "labels" else "-o"
+        _ok(run_emcli([command, model, *files, flag, f"{out}.mem.csv", *extra, "-q"], tmp_path))
+        _ok(run_emcli([command, model, *files, flag, f"{out}.dask.parquet", *extra, "-q",
+                       "--dask", address], tmp_path))
+        _ok(run_emcli([command, model, *files, flag, f"{out}.mem.parquet", *extra, "-q"],
+                      tmp_path))
+        mem = pq.read_table(tmp_path / f"{out}.mem.parquet")
+        assert pq.read_table(tmp_path / f"{out}.dask.parquet").equals(mem)
+        assert mem.num_rows == sum(N_FILE)
+
+
+def test_impute_k_fits_and_fills_on_one_cluster(client, data, tmp_path):
+    files = _files(data)
+    common = ["impute", *files, "-k", "2", "--variance", "-q"]
+    _ok(run_emcli([*common, "-o", "mem.csv", "--out-dir", "m"], tmp_path))
+    _ok(run_emcli([*common, "-o", "dask.csv", "--out-dir", "d", "--dask",
+                   client.scheduler.address], tmp_path))
+    assert (tmp_path / "mem.csv").read_bytes() == (tmp_path / "dask.csv").read_bytes()
+    assert _bytes(tmp_path / "m") == _bytes(tmp_path / "d")
+
+
+def test_python_fits_dask_collections_as_arrays_in_memory(client):
+    X, _ = blobs(60_000, 3, 3, seed=8)
+    X = mcar(X, 0.15, seed=9)
+    c = chunk_rows_for(3)
+    ref = emcli.GaussianMixture(3, random_state=2).fit(X)
+    # partitions of chunk_rows rows cut the rows as the array in memory is cut
+    dX = da.from_array(X, chunks=(c, 3))
+    gm = emcli.GaussianMixture(3, random_state=2, client=client).fit(dX)
+    assert np.array_equal(gm.means_, ref.means_)
+    assert np.array_equal(gm.covariances_, ref.covariances_)
+    assert gm.lower_bound_ == ref.lower_bound_ and gm.n_iter_ == ref.n_iter_
+    labels = gm.predict(dX)
+    assert isinstance(labels, da.Array)
+    assert np.array_equal(labels.compute(), ref.predict(X))
+    assert np.array_equal(gm.predict_proba(dX).compute(), ref.predict_proba(X))
+    assert np.array_equal(gm.score_samples(dX).compute(), ref.score_samples(X), equal_nan=True)
+    # a DataFrame's partitions are cut as inputs are: each from its own first row
+    frame = dd.from_pandas(pd.DataFrame(X, columns=["a", "b", "c"]), npartitions=5)
+    lengths = [len(p) for p in frame.partitions]
+    got = emcli.fit(frame, n_components=3, seed=2)  # the active client
+    want = fit_source(ArraySource(X, segments=lengths), n_components=3, seed=2)
+    assert got.resp is None and got.n_rows == X.shape[0]
+    # the same sums, in the same order; the last digit may differ only because numpy's
+    # loops peel to the address of each block, and slices of one array lie elsewhere
+    # than the partitions' own arrays
+    np.testing.assert_allclose(got.params.means, want.params.means, rtol=1e-13)
+    assert got.n_iter == want.n_iter
+    assert got.log_likelihood == pytest.approx(want.log_likelihood, rel=1e-14)
+
+
+def test_a_worker_killed_during_a_fit_is_recomputed(client):
+    X, _ = blobs(40_000, 3, 4, seed=12)
+    dX = da.from_array(mcar(X, 0.1, seed=13), chunks=(8_000, 3))
+    source = collection_on_cluster(dX, client, chunk_rows=4_000)
+    pids = list(client.run(os.getpid).values())
+    killed = []
+
+    def kill_at_third(record) -> None:
+        if record.iteration == 3 and not killed:
+            os.kill(pids[0], signal.SIGKILL)
+            killed.append(pids[0])
+
+    options = {"n_components": 4, "seed": 1, "tol": 0.0, "max_iter": 12}
+    got = fit_source(source, callback=kill_at_third, **options)
+    want = fit_source(ArraySource(np.asarray(dX), chunk_rows=4_000,
+                                  segments=[8_000] * 5), **options)
+    assert killed
+    assert np.array_equal(got.params.means, want.params.means)
+    assert got.log_likelihood == want.log_likelihood
+    source.release()
+
+
+def test_an_unreachable_scheduler_is_one_line_naming_it(data, tmp_path):
+    address = "tcp://127.0.0.1:9"  # the discard port: nothing listens there
+    started = time.monotonic()
+    proc = run_emcli(["fit", *_files(data), "-k", "2", "--dask", address, "-o", tmp_path],
+                     tmp_path, timeout=60)
+    took = time.monotonic() - started
+    assert proc.returncode == 1
+    line = one_error_line(proc.stderr)
+    assert f"cannot reach the Dask scheduler at {address}" in line
+    assert took < 30  # a hang check; the connect timeout is 5 s
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stdin_is_refused_with_one_line(client, tmp_path):
+    proc = run_emcli(["fit", "-", "-k", "2", "--dask", client.scheduler.address], tmp_path,
+                     input=b"x,y\n1,2\n")
+    assert proc.returncode == 1
+    assert "workers cannot read standard input" in one_error_line(proc.stderr)
+
+
+def test_csv_and_tsv_are_read_on_the_workers(client, data, tmp_path):
+    names = []
+    for i, path in enumerate(_files(data)):
+        frame = pq.read_table(path).to_pandas()
+        name = f"part{i}.csv" if i != 1 else f"part{i}.tsv"
+        frame.to_csv(tmp_path / name, index=False, sep="," if i != 1 else "\t")
+        names.append(name)
+    args = ["fit", *names, "-k", "3", "--id-column", "id", "-q"]
+    _ok(run_emcli([*args, "-o", "mem"], tmp_path))
+    _ok(run_emcli([*args, "-o", "dask", "--dask", client.scheduler.address], tmp_path))
+    assert _bytes(tmp_path / "mem") == _bytes(tmp_path / "dask")
+    model = tmp_path / "mem" / "part0.model.json"
+    for command, flag in (("predict", "--labels"), ("impute", "-o")):
+        _ok(run_emcli([command, model, *names, flag, f"{command}.mem.csv", "-q"], tmp_path))
+        _ok(run_emcli([command, model, *names, flag, f"{command}.dask.csv", "-q", "--dask",
+                       client.scheduler.address], tmp_path))
+        mem = (tmp_path / f"{command}.mem.csv").read_bytes()
+        assert mem == (tmp_path / f"{command}.dask.csv").read_bytes()
+        assert mem.count(b"\n") == sum(N_FILE) + 1
+    (tmp_path / "odd.csv").write_text("x0,other\n1,2\n3,4\n")
+    proc = run_emcli(["fit", names[0], "odd.csv", "-k", "1", "--dask", client.scheduler.address],
+                     tmp_path)
+    assert proc.returncode == 1
+    assert "odd.csv" in one_error_line(proc.stderr)
+
+
+def test_files_with_other_columns_are_one_line_naming_the_file(client, data, tmp_path):
+    pq.write_table(pa.table({"x0": [1.0, 2.0], "other": [3.0, 4.0]}), tmp_path / "odd.parquet")
+    proc = run_emcli(["fit", _files(data)[0], "odd.parquet", "-k", "1",
+                      "--dask", client.scheduler.address], tmp_path)
+    assert proc.returncode == 1
+    assert "odd.parquet: its columns" in one_error_line(proc.stderr)
+
+
+def test_a_bad_local_spec_is_a_usage_error(data, tmp_path):
+    proc = run_emcli(["fit", _files(data)[0], "-k", "1", "--dask", "local:zero"], tmp_path)
+    assert proc.returncode == 2
+    assert "local:N" in one_error_line(proc.stderr)
+
+
+def test_without_the_extra_dask_is_exit_2_saying_what_to_install(data, tmp_path):
+    # a Python where distributed cannot be imported, as without the extra
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "distributed.py").write_text("raise ImportError('No module named distributed')\n")
+    env = dict(os.environ, PYTHONPATH=str(blocker))
+    proc = subprocess.run([emcli_executable(), "fit", _files(data)[0], "-k", "1", "--dask",
+                           "local"], cwd=tmp_path, capture_output=True, env=env, timeout=120)
+    assert proc.returncode == 2
+    assert "pip install 'emcli[dask]'" in one_error_line(proc.stderr)
+
+
+def test_plain_fits_and_help_never_import_dask(data, tmp_path):
+    code = (
+        "import sys\n"
+        "from emcli.cli import main\n"
+        f"sys.argv = ['emcli', 'fit', {_files(data)[0]!r}, '-k', '2', '-q',\n"
+        f"            '-o', {str(tmp_path)!r}]\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "import numpy as np, emcli\n"
+        "X = np.random.default_rng(0).normal(size=(50, 2))\n"
+        "emcli.GaussianMixture(2, random_state=0).fit(X).predict(X)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.decode().strip() == "[]"
+    proc = subprocess.run([sys.executable, "-c", "import sys\nfrom emcli.cli import main\n"
+                           "sys.argv = ['emcli', '--help']\ntry:\n    main()\nexcept SystemExit:\n"
+                           "    pass\nprint('dask' in sys.modules)"], capture_output=True)
+    assert proc.stdout.decode().strip().endswith("False")
+
+
+def test_ctrl_c_on_a_local_cluster_exits_130_and_leaves_nothing(tmp_path):
+    X, _ = blobs(150_000, 6, 5, seed=3)
+    pq.write_table(pa.table({f"x{j}": X[:, j] for j in range(6)}), tmp_path / "big.parquet")
+    proc = popen_emcli(["fit", "big.parquet", "-k", "5", "--tol", "0", "--max-iter", "100000",
+                        "--dask", "local:2", "-o", "out", "-q"], tmp_path,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _interrupt(proc, tmp_path)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _interrupt(proc: subprocess.Popen, tmp_path: Path) -> None:
+    me = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 90
+    workers: list[psutil.Process] = []
+    while time.monotonic() < deadline and len(workers) < 2:  # the two worker processes
+        workers = [p for p in me.children(recursive=True) if _spawned(p)]
+        time.sleep(0.2)
+    assert len(workers) == 2, "the local cluster did not start"
+    children = me.children(recursive=True)
+    time.sleep(3.0)  # into the passes
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    took = time.monotonic() - sent
+    assert proc.returncode == 130, err.decode()
+    assert "interrupted" in err.decode() and "Traceback" not in err.decode()
+    assert took < 20  # a hang check; see docs/scaling.md for the time measured
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def _spawned(p: psutil.Process) -> bool:
+    try:
+        return "spawn_main" in " ".join(p.cmdline())
+    except psutil.Error:
+        return False
+
+
+def test_a_worker_with_another_emcli_is_one_line_naming_both_versions(data, tmp_path):
+    # a real worker process whose Python finds another emcli first
+    fake = tmp_path / "other" / "emcli"
+    (fake / "sources").mkdir(parents=True)
+    (fake / "__init__.py").write_text('__version__ = "9.9.9"\n')
+    (fake / "sources" / "__init__.py").write_text("")
+    (fake / "sources" / "dask.py").write_text(
+        "def _emcli_version():\n    import emcli\n\n    return emcli.__version__\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "other"))
+    with (
+        LocalCluster(n_workers=0, processes=True, host="127.0.0.1", dashboard_address=":0")
+        as cluster,
+        Client(cluster) as c,
+    ):
+        address = cluster.scheduler.address
+        worker = subprocess.Popen(
+            [str(Path(sys.executable).parent / "dask"), "worker", address, "--nthreads", "1",
+             "--no-dashboard", "--host", "127.0.0.1"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            c.wait_for_workers(1, timeout=120)
+            proc = run_emcli(["fit", _files(data)[0], "-k", "1", "--dask", address], tmp_path)
+        finally:
+            worker.terminate()
+            worker.wait(timeout=60)
+    assert proc.returncode == 1
+    line = one_error_line(proc.stderr)
+    assert "runs emcli 9.9.9, this machine emcli" in line and emcli.__version__ in line
+
+
+def test_labels_to_a_directory_are_part_files_the_workers_write(client, data, tmp_path):
+    args = ["fit", *_files(data), "-k", "3", "--id-column", "id", "--probabilities", "-q"]
+    _ok(run_emcli([*args, "-o", "mem", "--labels", "mem.labels.parquet"], tmp_path))
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "stale.parquet").write_bytes(b"not ours")  # replaced as a whole
+    _ok(run_emcli([*args, "-o", "dask", "--labels", "old/", "--dask", client.scheduler.address],
+                  tmp_path))
+    parts = sorted(p.name for p in (tmp_path / "old").iterdir())
+    assert parts == [f"part-{i:05d}.parquet" for i in range(len(N_FILE))]
+    got = pq.read_table(tmp_path / "old")
+    want = pq.read_table(tmp_path / "mem.labels.parquet")
+    assert got.equals(want)
+    assert _bytes(tmp_path / "mem") == _bytes(tmp_path / "dask")  # the model file
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing staged left
