@@ -196,7 +196,9 @@ class Recovery:
         self, totals: PassTotals, prep: Any, params: GMMParams, ctx: Context
     ) -> tuple[GMMParams, list[str]]:
         model = params.model
-        means, cov = model.m_step(totals.stats, prep, params.means, ctx)
+        means, cov = model.m_step(
+            totals.stats, prep, params.means, np.asarray(params.covariances, float), ctx
+        )
         N = totals.stats.N
         assert N is not None
         weights = N / ctx.sum_w
