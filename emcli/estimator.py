@@ -22,8 +22,9 @@ from threadpoolctl import threadpool_limits
 
 from .diagnostics import NOT_CONVERGED
 from .errors import ConvergenceWarning, DataError, FitWarning, NotFittedError
-from .fitting import fit_mixture, sample_mixture, score_rows
+from .fitting import fit_mixture
 from .model import FitResult, GMMParams, IterationRecord
+from .scoring import sample_mixture, score_rows
 from .sources.dask import is_collection
 
 # One default for the Python API and the command line (README, "Python").

@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError, UsageError
-from .fitting import fit_mixture, score_rows
+from .fitting import fit_mixture
 from .model import FitResult, GMMParams, SweepResult
+from .scoring import score_rows
 from .selection import sweep
 
 MAX_FIT_PIXELS = 250_000

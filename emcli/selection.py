@@ -235,7 +235,7 @@ def _context() -> multiprocessing.context.BaseContext:
     # fork is unsafe once BLAS threads run; forkserver (POSIX) or spawn start clean
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["emcli.selection", "emcli.fitting"])
+        ctx.set_forkserver_preload(["emcli.selection", "emcli.fitting", "emcli.scoring"])
         return ctx
     return multiprocessing.get_context("spawn")
 

@@ -16,8 +16,9 @@ from scipy.stats import multivariate_normal as mvn
 
 import emcli.sources.rows as rows_module
 from emcli.conditional import spd_inverse
-from emcli.fitting import fit_mixture, impute_rows, score_rows
+from emcli.fitting import fit_mixture
 from emcli.model import GMMParams
+from emcli.scoring import impute_rows, score_rows
 
 TYPES = ("full", "tied", "diag", "spherical")
 

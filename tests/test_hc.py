@@ -7,11 +7,12 @@ import pytest
 from sklearn.metrics import adjusted_rand_score  # noqa: TID251
 from threadpoolctl import threadpool_limits
 
-from emcli.fitting import fit_mixture, sample_mixture
+from emcli.fitting import fit_mixture
 from emcli.gaussian import Chunk
 from emcli.hc import _ward_groups, hc_labels, svd_scale, vvv_merge
 from emcli.init import Sample, make_partition
 from emcli.model import GMMParams
+from emcli.scoring import sample_mixture
 
 
 def kmeans_labels(X: np.ndarray, w: np.ndarray, K: int, rng: np.random.Generator) -> np.ndarray:

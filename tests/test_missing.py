@@ -367,7 +367,7 @@ def ref_impute(X, weights, means, covs):
 
 @pytest.mark.parametrize("t", ["full", "diag", "spherical", "tied"])
 def test_imputation_matches_conditional_moments(t):
-    from emcli.fitting import impute_rows
+    from emcli.scoring import impute_rows
 
     X, _ = blobs(150, 4, 3, seed=111)
     Xm = mcar(X, 0.3, seed=112, keep_one=False)
@@ -385,7 +385,7 @@ def test_imputation_matches_conditional_moments(t):
 
 
 def test_imputation_rmse_close_to_true_parameters():
-    from emcli.fitting import impute_rows
+    from emcli.scoring import impute_rows
 
     X, _y, w, means, covs = _known_mixture(0)
     Xm = mcar(X, 0.3, seed=100, keep_one=True)
@@ -508,8 +508,8 @@ def test_imputation_variance_survives_large_means(empty):
     """Components at 1e8 and 1e8 + 1 with variance 0.01: a row with nothing observed has
     the mixture's variance 0.01 + 0.25 = 0.26 (it was 0.0, from E[x^2] - E[x]^2); a row
     with one cell seen far from both gets the same two components' spread."""
-    from emcli.fitting import impute_rows
     from emcli.model import GMMParams
+    from emcli.scoring import impute_rows
 
     means = np.array([[1e8, 0.0], [1e8 + 1.0, 0.0]])
     params = GMMParams("diag", np.array([0.5, 0.5]), means, np.full((2, 2), 0.01))

@@ -224,7 +224,7 @@ def test_log_likelihood_never_decreases(m):
 
 def test_z_score_models_in_data_units_have_the_same_densities():
     """``in_data_units`` (for pictures) is the same mixture as the scaled parameters."""
-    from emcli.fitting import score_rows
+    from emcli.scoring import score_rows
 
     X = dataset("thyroid")
     res = fit_mixture(X, n_components=2, covariance_type="VEV", standardize=True, seed=0)

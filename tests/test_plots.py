@@ -12,9 +12,10 @@ import pytest
 from conftest import SAMPLE_DATA, generated_rows, one_error_line, run_emcli, write_generated_csv
 from PIL import Image
 
-from emcli.fitting import fit_mixture, sample_mixture
+from emcli.fitting import fit_mixture
 from emcli.model import GMMParams
 from emcli.plots.data import ellipse, mixture_covariance, principal_axes
+from emcli.scoring import sample_mixture
 
 TAB_BLUE = (31, 119, 180)  # matplotlib's tab10 colour of component 0
 TAB_ORANGE = (255, 127, 14)

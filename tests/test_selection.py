@@ -12,8 +12,9 @@ from scipy.stats import multivariate_normal
 from threadpoolctl import threadpool_limits
 
 from emcli.errors import FitError, UsageError
-from emcli.fitting import fit_mixture, sample_mixture
+from emcli.fitting import fit_mixture
 from emcli.model import GMMParams
+from emcli.scoring import sample_mixture
 from emcli.selection import SWEEP_TOL, parse_covariances, parse_k, sweep
 
 FAITHFUL = Path(__file__).resolve().parents[1] / "sample_data" / "faithful.csv"

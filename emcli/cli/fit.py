@@ -44,11 +44,11 @@ from .options import (
 PARTS = "parts"
 
 if TYPE_CHECKING:  # pragma: no cover
-    from emcli.fitting import BlockScores
     from emcli.io.outputs import AtomicOutputs
     from emcli.io.rows import OpenedRows
     from emcli.model import FitResult
     from emcli.render import Reporter
+    from emcli.scoring import BlockScores
 
 
 @app.command("fit")
@@ -353,7 +353,8 @@ def write_fit(
     stdout. Returns how many rows each component labels.
     """
     from emcli import io
-    from emcli.fitting import row_threads, score_blocks
+    from emcli.fitting import row_threads
+    from emcli.scoring import score_blocks
 
     labels_path, model_path, log_path = paths
     labels_fmt, log_fmt = formats

@@ -193,8 +193,8 @@ def stage_imputed(
     (every input column passed through), filled where the rows are (a Dask ``client``'s
     workers, or here); returns what the summary reports."""
     from emcli import io
-    from emcli.fitting import impute_rows
     from emcli.io.rows import open_model_rows
+    from emcli.scoring import impute_rows
 
     n_empty = n_filled = 0
     with open_model_rows(inputs, feature_names, passthrough=True, tmp_dir=tmp_dir,

@@ -59,9 +59,10 @@ def predict_command(
     """Labels, probabilities and log-densities of new rows under a fitted model (NaN allowed)."""
     with handled(debug):
         from emcli import io
-        from emcli.fitting import row_threads, score_blocks
+        from emcli.fitting import row_threads
         from emcli.io.rows import open_model_rows
         from emcli.render import Reporter, apply_summary
+        from emcli.scoring import score_blocks
         from emcli.sources.dask import cluster
 
         started = time.perf_counter()

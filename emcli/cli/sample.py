@@ -30,8 +30,8 @@ def sample_command(
         import numpy as np
 
         from emcli import io
-        from emcli.fitting import sample_mixture
         from emcli.render import Reporter, apply_summary
+        from emcli.scoring import sample_mixture
 
         started = time.perf_counter()
         out_fmt = io.output_format(output, "csv")

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from emcli.fitting import impute_rows, score_rows
 from emcli.init import draw_sample, seed_key
 from emcli.model import GMMParams
+from emcli.scoring import impute_rows, score_rows
 from emcli.sources import FitRows, RowSource, Units
 
 MAX_POINTS = 50_000  # rows drawn in a picture
