@@ -366,3 +366,47 @@ def test_labels_to_a_directory_are_part_files_the_workers_write(client, data, tm
     assert got.equals(want)
     assert _bytes(tmp_path / "mem") == _bytes(tmp_path / "dask")  # the model file
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing staged left
+
+
+def test_impute_to_a_directory_is_part_files_the_workers_write(client, data, tmp_path):
+    files = _files(data)
+    _ok(run_emcli(["fit", *files, "-k", "3", "--id-column", "id", "-o", tmp_path, "-q"],
+                  tmp_path))
+    model = tmp_path / "part0.model.json"
+    address = client.scheduler.address
+    _ok(run_emcli(["impute", model, *files, "-o", "mem.parquet", "--variance", "-q"], tmp_path))
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "stale.parquet").write_bytes(b"not ours")  # replaced as a whole
+    _ok(run_emcli(["impute", model, *files, "-o", "old/", "--variance", "-q", "--dask", address],
+                  tmp_path))
+    parts = sorted(p.name for p in (tmp_path / "old").iterdir())
+    assert parts == [f"part-{i:05d}.parquet" for i in range(len(N_FILE))]
+    want = pq.read_table(tmp_path / "mem.parquet")
+    assert want.num_rows == sum(N_FILE)
+    assert pq.read_table(tmp_path / "old").equals(want)
+    assert pq.read_table(tmp_path / "old" / parts[1]).equals(want.slice(N_FILE[0], N_FILE[1]))
+    # with -k: the fit's files and the parts are committed together
+    common = ["impute", *files, "-k", "2", "-q"]
+    _ok(run_emcli([*common, "-o", "k.mem.parquet", "--out-dir", "m"], tmp_path))
+    _ok(run_emcli([*common, "-o", "k.parts/", "--out-dir", "d", "--dask", address], tmp_path))
+    assert pq.read_table(tmp_path / "k.parts").equals(pq.read_table(tmp_path / "k.mem.parquet"))
+    assert _bytes(tmp_path / "m") == _bytes(tmp_path / "d")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing staged left
+
+
+def test_a_failed_impute_to_a_directory_leaves_nothing(client, data, tmp_path):
+    files = _files(data)
+    _ok(run_emcli(["fit", *files, "-k", "2", "-o", tmp_path, "-q"], tmp_path))
+    # a file whose footer reads (here) but whose first page header is damaged: its worker
+    # fails while the other writes its part
+    pq.write_table(pq.read_table(files[1]), tmp_path / "damaged.parquet")
+    damaged = bytearray((tmp_path / "damaged.parquet").read_bytes())
+    damaged[4:40] = b"\xff" * 36
+    (tmp_path / "damaged.parquet").write_bytes(bytes(damaged))
+    proc = run_emcli(["impute", tmp_path / "part0.model.json", files[0], "damaged.parquet",
+                      "-o", "out/", "--dask", client.scheduler.address], tmp_path)
+    assert proc.returncode == 1
+    assert "damaged.parquet: cannot read as Parquet" in proc.stderr.decode()
+    assert "Traceback" not in proc.stderr.decode()
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
