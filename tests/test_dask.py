@@ -184,6 +184,41 @@ def test_a_worker_killed_during_a_fit_is_recomputed(client):
     source.release()
 
 
+def test_a_worker_killed_during_a_cli_fit_gives_the_in_memory_bytes_or_one_line(
+    client, data, tmp_path
+):
+    args = ["fit", *_files(data), "-k", "3", "--tol", "0", "--max-iter", "80", "--id-column",
+            "id", "-q"]
+    _ok(run_emcli([*args, "-o", "mem"], tmp_path, timeout=300))
+    proc = popen_emcli([*args, "-o", "dask", "--dask", client.scheduler.address], tmp_path,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        holding: list[str] = []
+        while time.monotonic() < deadline and not holding and proc.poll() is None:
+            # a worker holds the fit's partitions: the fit is under way
+            holding = [w for w, keys in client.has_what().items() if keys]
+            time.sleep(0.05)
+        assert holding, "the fit never placed its partitions"
+        time.sleep(0.5)  # into the passes
+        assert proc.poll() is None, "the fit ended before a worker could be killed"
+        pid = client.run(os.getpid, workers=holding[:1])[holding[0]]
+        os.kill(pid, signal.SIGKILL)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    client.wait_for_workers(2, timeout=120)  # the nanny starts another for later tests
+    if proc.returncode == 0:
+        assert _bytes(tmp_path / "mem") == _bytes(tmp_path / "dask")
+    else:
+        assert proc.returncode == 1, err.decode()
+        assert "Dask" in one_error_line(err)
+        assert not (tmp_path / "dask").exists() or list((tmp_path / "dask").iterdir()) == []
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
 def test_an_unreachable_scheduler_is_one_line_naming_it(data, tmp_path):
     address = "tcp://127.0.0.1:9"  # the discard port: nothing listens there
     started = time.monotonic()
