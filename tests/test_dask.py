@@ -445,3 +445,18 @@ def test_a_failed_impute_to_a_directory_leaves_nothing(client, data, tmp_path):
     assert "Traceback" not in proc.stderr.decode()
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_select_k_labels_to_a_directory_are_part_files_the_workers_write(client, data,
+                                                                          tmp_path):
+    args = ["select-k", *_files(data), "-k", "1:3", "--no-hc", "--id-column", "id", "-q"]
+    _ok(run_emcli([*args, "-o", "mem", "--labels", "mem.labels.parquet"], tmp_path))
+    _ok(run_emcli([*args, "-o", "dask", "--labels", "best/", "--dask",
+                   client.scheduler.address], tmp_path))
+    parts = sorted(p.name for p in (tmp_path / "best").iterdir())
+    assert parts == [f"part-{i:05d}.parquet" for i in range(len(N_FILE))]
+    want = pq.read_table(tmp_path / "mem.labels.parquet")
+    assert want.num_rows == sum(N_FILE) and want.column_names[0] == "id"
+    assert pq.read_table(tmp_path / "best").equals(want)
+    assert _bytes(tmp_path / "mem") == _bytes(tmp_path / "dask")  # the best model's file
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
