@@ -74,6 +74,13 @@ def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     return proc
 
 
+def _model(files: list[str], tmp_path: Path) -> Path:
+    """A 3-component model of the files, fitted in memory."""
+    _ok(run_emcli(["fit", *files, "-k", "3", "--id-column", "id", "-o", tmp_path, "-q"],
+                  tmp_path))
+    return tmp_path / "part0.model.json"
+
+
 def _bytes(out: Path) -> dict[str, bytes]:
     return {f.name: f.read_bytes() for f in sorted(out.iterdir()) if "convergence" not in f.name}
 
@@ -105,9 +112,7 @@ def test_select_k_on_the_cluster_says_jobs_does_not_apply(client, data, tmp_path
 
 def test_predict_and_impute_on_the_cluster_write_the_in_memory_bytes(client, data, tmp_path):
     files = _files(data)
-    _ok(run_emcli(["fit", *files, "-k", "3", "--id-column", "id", "-o", tmp_path, "-q"],
-                  tmp_path))
-    model = tmp_path / "part0.model.json"
+    model = _model(files, tmp_path)
     address = client.scheduler.address
     for command, out, extra in (("predict", "labels", ["--probabilities"]),
                                 ("impute", "output", ["--variance"])):
@@ -405,9 +410,7 @@ def test_labels_to_a_directory_are_part_files_the_workers_write(client, data, tm
 
 def test_impute_to_a_directory_is_part_files_the_workers_write(client, data, tmp_path):
     files = _files(data)
-    _ok(run_emcli(["fit", *files, "-k", "3", "--id-column", "id", "-o", tmp_path, "-q"],
-                  tmp_path))
-    model = tmp_path / "part0.model.json"
+    model = _model(files, tmp_path)
     address = client.scheduler.address
     _ok(run_emcli(["impute", model, *files, "-o", "mem.parquet", "--variance", "-q"], tmp_path))
     (tmp_path / "old").mkdir()
