@@ -75,9 +75,12 @@ def _general_statistics(
         st.S1, st.S2 = incomplete_statistics(cache["inc"], wr)
     elif "filled" in cache:  # incomplete rows: the raw sums of the filled-in rows
         mask, found = cache["filled"]
-        S1, S2 = kernels.quad_raw_sums(mask, wr, found)
+        S1, S2 = kernels.filled_sums(mask, wr, found)
         iu, ju, _ = vech_weights(d)
         st.F = np.concatenate([S2[:, iu, ju].T, S1.T, wr.sum(axis=0)[None]])
+    elif "deviations" in cache:  # incomplete rows off the quad route, around the means
+        mask, found = cache["deviations"]
+        st.S1, st.S2 = kernels.filled_sums(mask, wr, found)
     elif "quad" in cache:  # raw sums, moved to the old means once per pass
         st.F = cache["quad"] @ wr
     else:
@@ -193,7 +196,9 @@ class Recovery:
         self, totals: PassTotals, prep: Any, params: GMMParams, ctx: Context
     ) -> tuple[GMMParams, list[str]]:
         model = params.model
-        means, cov = model.m_step(totals.stats, prep, params.means, ctx)
+        means, cov = model.m_step(
+            totals.stats, prep, params.means, np.asarray(params.covariances, float), ctx
+        )
         N = totals.stats.N
         assert N is not None
         weights = N / ctx.sum_w

@@ -75,10 +75,13 @@ def _listed(names: list[Any]) -> str:
 class GaussianMixture:
     """Gaussian mixture fitted by EM; missing values (NaN) are integrated out.
 
-    Parameters follow ``sklearn.mixture.GaussianMixture``; ``reg_covar`` is
-    relative to each column's variance, ``standardize`` fits on z-scores and
-    reports in original units, ``n_jobs`` splits row chunks over threads
-    (BLAS is held to one thread during the fit). ``max_iter`` defaults to 200,
+    Parameters follow ``sklearn.mixture.GaussianMixture``; ``covariance_type``
+    is any of mclust's fourteen models (``"VEV"``) or ``full``, ``diag``,
+    ``spherical``, ``tied``; ``reg_covar`` is relative to each column's
+    variance, ``standardize`` fits on z-scores and reports in original units
+    (EII, VII, EEV, EVE, VEV and VVE stay in z-scores, with ``scaling_``:
+    scaling would break their constraints), ``n_jobs`` splits row chunks over
+    threads (BLAS is held to one thread during the fit). ``max_iter`` defaults to 200,
     as on the command line. ``warm_start`` starts each ``fit`` after the first
     from the last fit's parameters (one restart); ``verbose`` 1 prints each
     restart and every ``verbose_interval``-th iteration, 2 also the
@@ -346,6 +349,9 @@ class GaussianMixture:
         self.weights_ = p.weights
         self.means_ = p.means
         self.covariances_ = p.covariances
+        # None, or the standardisation whose z-scores the parameters describe (models
+        # that per-column scaling does not preserve, fitted with standardize=True)
+        self.scaling_ = p.scaling
         self.converged_ = result.converged
         self.n_iter_ = result.n_iter
         self.lower_bound_ = result.mean_log_likelihood

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .conditional import conditional_cells
-from .covariance import COVARIANCE_TYPES, Context, get_model
+from .covariance import Context, get_model, model_name
 from .diagnostics import degenerate_component, fit_warnings, spike_components
 from .em import _normalise, posterior, run_em
 from .errors import DataError, FitError, MemoryBudgetError, UsageError
@@ -33,7 +33,7 @@ from .init import (
     seed_key,
     start_params,
 )
-from .model import FitResult, GMMParams, IterationRecord
+from .model import FitResult, GMMParams, IterationRecord, Scaling
 from .sources import ArraySource, FitRows, MapFn, RowSource, Units, chunk_rows_for
 from .stats import ColumnScan, scan_block
 
@@ -118,8 +118,11 @@ def _to_fitting_units(params: GMMParams, c: np.ndarray, s: np.ndarray) -> GMMPar
 
 
 def _to_original_units(params: GMMParams, c: np.ndarray, s: np.ndarray) -> GMMParams:
-    model, cov = params.model.unscaled(np.asarray(params.covariances, float), s)
-    return GMMParams(model.name, params.weights, params.means * s + c, cov)
+    """The fit in the data's units, or in z-scores with their scaling (docs/m-step.md §10)."""
+    if not params.model.preserved and np.any(s != s[0]):
+        return params.replace(scaling=Scaling(c, s))
+    cov = params.model.unscaled(np.asarray(params.covariances, float), s)
+    return params.replace(means=params.means * s + c, covariances=cov)
 
 
 def canonical_order(params: GMMParams) -> np.ndarray:
@@ -196,6 +199,7 @@ def fit_source(
     adds k-means against EM (``compare.compare_kmeans``, two more passes).
     """
     model = get_model(covariance_type)
+    covariance_type = str(model_name(covariance_type))
     K = int(n_components)
     if K < 1:
         raise UsageError(f"the number of components must be at least 1, got {K}")
@@ -256,14 +260,13 @@ def fit_source(
             means_init, weights_init, precisions_init, covariance_type, K, d, centre, scale
         )
         samples = _samples(rows, init, user, K, seed, scan, pmap)
-        cov_index = COVARIANCE_TYPES.index(covariance_type)
         best, best_restart = None, -1
         history: list[IterationRecord] = []
         failed: list[tuple[int, str]] = []
         # hc and given starts depend on the data alone: their restarts cannot differ
         distinct = 1 if init in ("hc", "means") else int(n_init)
         for r in range(distinct):
-            rng = restart_rng(int(seed), K, cov_index, r)
+            rng = restart_rng(int(seed), K, model.seed_index, r)
             try:
                 start = _start_params(rows, samples, K, covariance_type, init, rng, user, ctx, pmap)
                 run = run_em(
@@ -292,8 +295,8 @@ def fit_source(
 
             kmeans = samples.kmeans or _samples(rows, "kmeans", None, K, seed, scan, pmap).kmeans
             assert kmeans is not None
-            comparison = _compare(rows, kmeans, best.params,
-                                  restart_rng(int(seed), K, cov_index, best_restart), ctx, pmap)
+            rng = restart_rng(int(seed), K, model.seed_index, best_restart)
+            comparison = _compare(rows, kmeans, best.params, rng, ctx, pmap)
 
     params = best.params
     order = canonical_order(_to_original_units(params, centre, scale))
@@ -522,16 +525,24 @@ def score_blocks(
     log-densities; every pass over the same rows gives the same numbers.
     """
     c = params.weights @ params.means
-    rows = FitRows(source, Units(c, None, np.float64), keep=False)
+    sc = params.scaling
+    units = Units(c, None, np.float64)
+    if sc is not None:  # parameters of z-scores (docs/m-step.md §10)
+        units = Units(sc.center + sc.scale * c, sc.scale, np.float64)
+    rows = FitRows(source, units, keep=False)
     weights = params.weights
+    log_s = None if sc is None else np.log(sc.scale)
 
     def scores(chunk: Chunk, r_c: np.ndarray, l_c: np.ndarray) -> BlockScores:
+        if log_s is not None:  # a row's density of x: that of z over its observed cells
+            l_c = l_c - (log_s.sum() if chunk.obs is None else chunk.obs @ log_s)
         resp, ld = _block_outputs(chunk, r_c, l_c, weights)
         n_obs = np.zeros(chunk.n_block, dtype=np.int64)
         n_obs[slice(None) if chunk.index is None else chunk.index] = chunk.n_obs
         return BlockScores(chunk.start, resp, ld, n_obs, chunk.extra)
 
-    yield from posterior(rows, params.replace(means=params.means - c), map=map, then=scores)
+    shifted = params.replace(means=params.means - c, scaling=None)
+    yield from posterior(rows, shifted, map=map, then=scores)
 
 
 def _block_outputs(
@@ -561,6 +572,8 @@ def sample_mixture(
         ]
     )
     y = np.repeat(np.arange(params.n_components), counts)
+    if params.scaling is not None:
+        X = params.scaling.to_data(X)
     return X, y
 
 
@@ -575,6 +588,10 @@ def impute_rows(params: GMMParams, X: Any) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(
             f"X must have {params.n_features} columns like the fitted model, got shape {X.shape}"
         )
+    sc = params.scaling
+    if sc is not None:  # impute the z-scores, then map back (docs/m-step.md §10)
+        filled_z, variance_z = impute_rows(params.replace(scaling=None), sc.to_model(X))
+        return np.where(np.isnan(X), sc.to_data(filled_z), X), variance_z * sc.scale**2
     filled = X.copy()
     variance = np.zeros_like(X)
     nan = np.isnan(X)

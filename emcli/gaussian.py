@@ -294,17 +294,21 @@ def log_prob_gen(
     K, d = prep.means.shape
     cache: dict = {}
     quad = prep.coef is not None and chunk.max_sq_norm < prep.quad_limit
-    if not chunk.complete and quad and prep.compiled:
-        # the zero-filled rows through the quad design, corrected per row (§7)
+    if not chunk.complete and prep.compiled:
+        # per pattern in the compiled kernel (§7.3): on the quad route, the zero-filled
+        # rows' log-densities from the design, corrected per row; else directly
         from .kernels import quad_incomplete
 
-        assert prep.prec is not None and prep.coef is not None
+        assert prep.prec is not None
         one = slice(0, 1) if prep.shared else slice(None)
-        FT = chunk.design("quad")
-        out = FT.T @ prep.coef
-        found = quad_incomplete(chunk.X0, chunk.mask, out, prep.means, prep.cov[one],
-                                prep.prec[one], prep.precise, moments)
-        cache["filled"] = (chunk.mask, found)
+        logp = None
+        if quad:
+            assert prep.coef is not None
+            logp = chunk.design("quad").T @ prep.coef
+        out, found = quad_incomplete(chunk.X0.astype(float, copy=False), chunk.mask, logp,
+                                     prep.means, prep.cov[one], prep.prec[one],
+                                     prep.log_det[one], prep.precise, moments)
+        cache["filled" if quad else "deviations"] = (chunk.mask, found)
         return out, cache
     if not chunk.complete:
         assert prep.prec is not None

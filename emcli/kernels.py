@@ -2,9 +2,10 @@
 
 An incomplete chunk on the quad route (docs/e-step.md §6) gets every row's
 log-density from the quad design of its zero-filled rows, like a complete
-chunk, and the kernels here correct it row by row through the precision
-matrix (or the observed block), one missingness pattern at a time, then add
-what the filled-in cells contribute to the quad design's raw sums
+chunk, and the kernel here corrects it row by row through the precision
+matrix (or the observed block), one missingness pattern at a time, filling
+the missing cells in for the M-step's raw sums; off the quad route it
+computes the log-densities directly and fills in deviations from the means
 (docs/e-step.md §7.3). ``conditional.py`` computes the same quantities with
 numpy: it is the reference the tests compare these with, and the route of
 small fits. numba is imported on first use only, for fits large enough that
@@ -121,10 +122,12 @@ def _compiled() -> tuple[Any, Any]:
                 out[a, b] = out[b, a]
 
     @jit
-    def quad_rows(X0, mask, order, starts, V, Pmu, means, cov, prec, precise, moments, logp,
-                  Xhat, cbuf, coff):
-        # corrects the zero-filled rows' log-densities from the quad design, one pattern
-        # (rows ``order[starts[g]:starts[g + 1]]``) at a time (docs/e-step.md §7)
+    def quad_rows(X0, mask, order, starts, V, Pmu, means, cov, prec, log_det, precise, direct,
+                  moments, logp, Xhat, cbuf, coff):
+        # one pattern (rows ``order[starts[g]:starts[g + 1]]``) at a time (docs/e-step.md
+        # §7.3): quad mode corrects the zero-filled rows' log-densities from the quad design
+        # (V = P x₀) and fills Xhat = x̂; direct mode (V = P δ_o, Xhat = δ_o on entry)
+        # computes them and fills Xhat = x̂ − μ
         d = X0.shape[1]
         K = means.shape[0]
         Kc = cov.shape[0]
@@ -175,7 +178,7 @@ def _compiled() -> tuple[Any, Any]:
                                     for p in range(s):
                                         v -= B[a, p] * cov[kc, o[p], m[b]]
                                     inv[a, b] = v
-                if by_prec:  # P_mm μ_m and μ_mᵀ P_mm μ_m, for every row of the pattern
+                if by_prec and not direct:  # P_mm μ_m and μ_mᵀ P_mm μ_m, for the pattern
                     lin0 = 0.0
                     for a in range(c):
                         v = 0.0
@@ -190,11 +193,21 @@ def _compiled() -> tuple[Any, Any]:
                             cbuf[base + a * c + b] = inv[a, b]
                 for r in range(starts[g], starts[g + 1]):
                     i = order[r]
-                    if by_prec:
+                    if by_prec and direct:  # u = P_mo δ_o = (P δ_o)_m
+                        quad = 0.0
+                        for j in range(d):
+                            quad += Xhat[k, i, j] * V[k, i, j]
+                        for a in range(c):
+                            t[a] = V[k, i, m[a]]
+                        quad -= solve(A, t, c, False)  # t = P_mm^-1 u
+                        logp[i, k] = -0.5 * (s * log_2pi + log_det[kc] + ld_block + quad)
+                        for a in range(c):
+                            Xhat[k, i, m[a]] = -t[a]
+                    elif by_prec:
                         # u = P_mo δ_o = (P δ̃)_m + P_mm μ_m, with δ̃ = x₀ − μ
                         lin = lin0
                         for a in range(c):
-                            u[a] = V[i, k * d + m[a]] + pm[a]
+                            u[a] = V[k, i, m[a]] + pm[a]
                             lin += 2.0 * means[k, m[a]] * u[a]
                             t[a] = u[a]
                         upu = solve(A, t, c, False)  # t = P_mm^-1 u
@@ -205,7 +218,7 @@ def _compiled() -> tuple[Any, Any]:
                         for a in range(s):
                             t[a] = X0[i, o[a]] - means[k, o[a]]
                         for a in range(c):
-                            v = means[k, m[a]]
+                            v = 0.0 if direct else means[k, m[a]]
                             for b in range(s):
                                 v += B[a, b] * t[b]
                             Xhat[k, i, m[a]] = v
@@ -238,19 +251,21 @@ def _compiled() -> tuple[Any, Any]:
     return quad_rows, cov_sums
 
 
-def patterns(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The incomplete rows ordered by missingness pattern (stable), and where each
-    pattern's rows start (one past the last at the end)."""
+def patterns(mask: np.ndarray, complete: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The incomplete rows (with ``complete``, every row) ordered by missingness
+    pattern (stable), and where each pattern's rows start (one past the last at the end)."""
     n, d = mask.shape
     if d <= 62:
         code = mask.astype(np.int64) @ (np.int64(1) << np.arange(d, dtype=np.int64))
-        code[code == (1 << d) - 1] = -1  # complete rows
+        if not complete:
+            code[code == (1 << d) - 1] = -1  # complete rows
     else:
         keys = np.packbits(mask, axis=1)
         full = np.packbits(np.ones(d, dtype=bool))
         _, code = np.unique(keys, axis=0, return_inverse=True)
         code = code.reshape(-1).astype(np.int64)
-        code[(keys == full).all(axis=1)] = -1
+        if not complete:
+            code[(keys == full).all(axis=1)] = -1
     order = np.argsort(code, kind="stable")
     order = order[code[order] >= 0]
     starts = np.concatenate([[0], np.flatnonzero(np.diff(code[order])) + 1, [order.size]])
@@ -267,42 +282,58 @@ def patterns(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def quad_incomplete(
     X0: np.ndarray,
     mask: np.ndarray,
-    logp: np.ndarray,
+    logp: np.ndarray | None,
     means: np.ndarray,
     cov: np.ndarray,
     prec: np.ndarray,
+    log_det: np.ndarray,
     precise: bool,
     moments: bool,
-) -> tuple[np.ndarray, ...]:
-    """Correct ``logp`` (the quad design's log-densities of the zero-filled rows) in
-    place to the observed cells' log-densities; the rows filled in under each
-    component ``(K, n, d)`` and the patterns' conditional covariances (flat) for
-    ``quad_raw_sums``."""
+) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """Log-densities over the observed cells of an incomplete chunk ``(n, K)``, and what
+    ``filled_sums`` needs.
+
+    With ``logp`` (the quad design's log-densities of the zero-filled rows), they are
+    corrected in place and the rows come back filled in, ``x̂`` ``(K, n, d)``; without,
+    every row's log-density is computed here and the rows come back as deviations
+    ``x̂ − μ``. Then the patterns and their conditional covariances (flat).
+    """
     quad_rows = _compiled()[0]
     n, d = X0.shape
     K = means.shape[0]
     full = np.broadcast_to(prec, (K, d, d))
-    V = X0 @ np.ascontiguousarray(full.transpose(1, 0, 2)).reshape(d, K * d)  # P_k x₀
+    direct = logp is None
+    Xhat = np.empty((K, n, d))
+    V = np.empty((K, n, d))
+    if direct:
+        np.subtract(X0[None], means[:, None, :], out=Xhat)
+        Xhat *= mask  # δ_o, zero at missing cells
+        for k in range(K):
+            np.matmul(Xhat[k], full[k], out=V[k])  # P δ_o
+    else:
+        Xhat[:] = X0  # the kernel fills each component's missing cells in
+        for k in range(K):
+            np.matmul(X0, full[k], out=V[k])  # P x₀
     Pmu = np.einsum("kab,kb->ka", full, means)
-    order, starts = patterns(mask)
+    order, starts = patterns(mask, complete=direct)
     c = d - mask[order[starts[:-1]]].sum(axis=1)
     coff = np.zeros(starts.size, dtype=np.int64)
     if moments:
         np.cumsum(K * c * c, out=coff[1:])
     cbuf = np.empty(int(coff[-1]))
-    Xhat = np.empty((K, n, d))
-    Xhat[:] = X0  # the kernel fills each component's missing cells in
-    if not quad_rows(X0, mask, order, starts, V, Pmu, means, cov, prec, precise, moments, logp,
-                     Xhat, cbuf, coff):
+    out = np.empty((n, K)) if logp is None else logp
+    if not quad_rows(X0, mask, order, starts, V, Pmu, means, cov, prec, log_det, precise, direct,
+                     moments, out, Xhat, cbuf, coff):
         raise np.linalg.LinAlgError("a covariance block is not positive definite")
-    return Xhat, order, starts, cbuf, coff
+    return out, (Xhat, order, starts, cbuf, coff)
 
 
-def quad_raw_sums(
+def filled_sums(
     mask: np.ndarray, wr: np.ndarray, found: tuple[np.ndarray, ...]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``Σ w r x̂`` ``(K, d)`` and ``Σ w r (x̂ x̂ᵀ + C)`` ``(K, d, d)``: the raw sums of the
-    rows with their missing cells filled in under each component."""
+    """``Σ w r y`` ``(K, d)`` and ``Σ w r (y yᵀ + C)`` ``(K, d, d)`` of the rows
+    ``quad_incomplete`` filled in under each component: ``y = x̂`` (raw sums) or
+    ``y = x̂ − μ`` (sums around the means, without the quad design)."""
     cov_sums = _compiled()[1]
     Xhat, order, starts, cbuf, coff = found
     K, n, d = Xhat.shape
@@ -312,3 +343,4 @@ def quad_raw_sums(
         S2[k] = (Xhat[k] * wr[:, k, None]).T @ Xhat[k]
     cov_sums(mask, order, starts, np.ascontiguousarray(wr), cbuf, coff, S2)
     return S1, S2
+

@@ -14,22 +14,41 @@ import numpy as np
 from .covariance import COVARIANCE_TYPES, CovarianceModel, get_model
 
 __all__ = [
-    "COVARIANCE_TYPES", "FitResult", "GMMParams", "IterationRecord", "SweepCell", "SweepResult",
+    "COVARIANCE_TYPES", "FitResult", "GMMParams", "IterationRecord", "Scaling", "SweepCell",
+    "SweepResult",
 ]
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """Parameters of the standardised columns ``z = (x - center) / scale`` (docs/m-step.md §10)."""
+
+    center: np.ndarray
+    scale: np.ndarray
+
+    def to_model(self, X: np.ndarray) -> np.ndarray:
+        return (np.asarray(X, float) - self.center) / self.scale
+
+    def to_data(self, Z: np.ndarray) -> np.ndarray:
+        return np.asarray(Z, float) * self.scale + self.center
 
 
 @dataclass(frozen=True)
 class GMMParams:
     """Mixture parameters.
 
-    ``covariances`` has the shape scikit-learn uses for the type:
-    full ``(K, d, d)``, tied ``(d, d)``, diag ``(K, d)``, spherical ``(K,)``.
+    ``covariances`` has the shape of the model's ``shape`` (scikit-learn's for
+    full ``(K, d, d)``, tied ``(d, d)``, diag ``(K, d)``, spherical ``(K,)``).
+    With ``scaling`` the parameters are those of the standardised columns: the
+    models that per-column scaling does not preserve, fitted with
+    ``standardize`` (docs/m-step.md §10); otherwise they are in the data's units.
     """
 
     covariance_type: str
     weights: np.ndarray
     means: np.ndarray
     covariances: np.ndarray
+    scaling: Scaling | None = None
 
     @property
     def n_components(self) -> int:
@@ -51,6 +70,18 @@ class GMMParams:
     def replace(self, **changes: Any) -> GMMParams:
         return replace(self, **changes)
 
+    def in_data_units(self) -> GMMParams:
+        """The same mixture in the data's units: itself, or as VVV from z-score parameters.
+
+        For pictures and summaries; densities are computed through ``scaling``
+        (docs/m-step.md §10), since the model's constraints hold only in z-scores.
+        """
+        if self.scaling is None:
+            return self
+        s, c = self.scaling.scale, self.scaling.center
+        return GMMParams("VVV", self.weights, self.means * s + c,
+                         self.full_covariances() * np.outer(s, s)[None])
+
 
 @dataclass(frozen=True)
 class IterationRecord:
@@ -70,7 +101,9 @@ class FitResult:
     """The best of ``n_init`` restarts, with per-row outputs for the rows fitted.
 
     Every number is in the units of the data given (with ``standardize`` the
-    fit happens on z-scores and is reported back in original units).
+    fit happens on z-scores and is reported back in original units), except
+    the parameters of a model that scaling does not preserve, which stay in
+    z-scores with ``params.scaling`` (docs/m-step.md §10).
     ``resp``, ``log_density`` and ``n_observed`` have one row per input row;
     rows with nothing observed carry the weights as responsibilities and NaN
     as log-density.

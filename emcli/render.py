@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .covariance import COVARIANCE_TYPES, MODELS
+from .covariance import ORDER, get_model, model_name
 from .model import FitResult, IterationRecord
 
 
@@ -162,14 +162,19 @@ _SERIES_STYLES = ("cyan", "magenta", "yellow", "green", "blue", "red", "bright_c
 
 
 def _series_mark(name: str) -> str:
-    model = MODELS.get(name)
-    return model.mark if model is not None else "?"
+    return get_model(name).name if model_name(name) is not None else "?"
+
+
+def _model_label(name: str) -> str:
+    """``VEV``, or ``full (VVV)`` for an alias."""
+    mark = _series_mark(name)
+    return name if mark in (name, "?") else f"{name} ({mark})"
 
 
 def _series_style(name: str) -> str:
-    if name not in COVARIANCE_TYPES:
+    if model_name(name) is None:
         return ""
-    return _SERIES_STYLES[COVARIANCE_TYPES.index(name) % len(_SERIES_STYLES)]
+    return _SERIES_STYLES[ORDER.index(get_model(name).name) % len(_SERIES_STYLES)]
 
 
 @contextlib.contextmanager
@@ -238,12 +243,12 @@ def sweep_table(result: Any) -> Table:
         r = cell.result
         best = i == result.best_index
         if r is None:
-            table.add_row(str(cell.k), cell.covariance_type, "[red]failed[/]", "", "", "",
-                          "", "", "", f"{cell.seconds:.2f}")
+            table.add_row(str(cell.k), _series_mark(cell.covariance_type), "[red]failed[/]", "",
+                          "", "", "", "", "", f"{cell.seconds:.2f}")
             continue
         table.add_row(
             f"[bold green]*[/]{cell.k}" if best else str(cell.k),
-            cell.covariance_type,
+            _series_mark(cell.covariance_type),  # three letters (docs/criteria.md §3)
             _num(r.log_likelihood, fmt),
             str(r.n_params),
             _num(r.bic, fmt),
@@ -258,7 +263,7 @@ def sweep_table(result: Any) -> Table:
 
 
 def criterion_chart(result: Any, width: int = 80, height: int = 12) -> Any:
-    """A character plot of the criterion against k, one series (letter) per covariance type.
+    """A character plot of the criterion against k, one series per model, named by its letters.
 
     Returns a rich ``Text`` at most ``width`` columns wide; points are joined by dots.
     """
@@ -303,15 +308,19 @@ def criterion_chart(result: Any, width: int = 80, height: int = 12) -> Any:
                 r = row(y)
                 if grid[r][c] == " ":
                     grid[r][c], style[r][c] = ".", _series_style(cov)
-    marks = {_series_mark(c) for c in covs}
-    shared = False  # two series on one character: show "*" rather than hide one
+    owner: list[list[str | None]] = [[None] * plot_w for _ in range(height)]
+    shared = False  # two series' names overlap: show "*" rather than hide one
     for cov, pts in series.items():
+        mark = _series_mark(cov)  # three letters, centred on the point
         for i, v in pts:
             r, c = row(v), col(i)
-            mark = _series_mark(cov)
-            if grid[r][c] in marks and grid[r][c] != mark:
-                mark, shared = "*", True
-            grid[r][c], style[r][c] = mark, "bold " + _series_style(cov)
+            start = min(max(0, c - len(mark) // 2), plot_w - len(mark))
+            span = range(start, start + len(mark))
+            if any(owner[r][x] not in (None, cov) for x in span):
+                grid[r][c], style[r][c], owner[r][c], shared = "*", "bold", "*", True
+                continue
+            for x, ch in zip(span, mark, strict=True):
+                grid[r][x], style[r][x], owner[r][x] = ch, "bold " + _series_style(cov), cov
     label_rows = {0: labels[0], (height - 1) // 2: labels[1], height - 1: labels[2]}
     out.append(f"{crit.upper()} against k (lower is better)\n", style="bold")
     for r in range(height):
@@ -335,9 +344,9 @@ def criterion_chart(result: Any, width: int = 80, height: int = 12) -> Any:
     else:
         marker = (note + " ^").rjust(at + 1)
     out.append(" " * (lw + 2) + marker + "\n")
-    legend = "  ".join(f"{_series_mark(c)} = {c}" for c in covs)
+    legend = "  ".join(f"{_series_mark(c)} = {c}" for c in covs if _series_mark(c) != c)
     if shared:
-        legend += "  * = several"
+        legend += ("  " if legend else "") + "* = several"
     out.append(" " * (lw + 2) + legend)
     return out
 
@@ -529,13 +538,14 @@ def describe_model(console: Console, loaded: Any, source: str) -> None:
         ("format", f"{doc.get('format')} version {doc.get('format_version')}"),
         ("written by", f"emcli {doc.get('emcli_version', '?')}"),
         ("components", p.n_components),
-        ("covariance", p.covariance_type),
+        ("covariance", _model_label(p.covariance_type)),
         ("columns", f"{len(cols)}: {', '.join(cols)}"),
         (
             "standardized",
-            "yes (fitted on z-scores; parameters below in original units)"
-            if std is not None
-            else "no",
+            "no" if std is None
+            else "yes (fitted on z-scores; parameters below are of the z-scores: scaling "
+            f"does not keep {p.model.name}'s constraints)" if p.scaling is not None
+            else "yes (fitted on z-scores; parameters below in original units)",
         ),
     ]
     for label, value in rows:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.context
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
 import numpy as np
 
-from .covariance import COVARIANCE_TYPES, get_model
+from .covariance import ORDER, get_model, model_name
 from .criteria import CRITERIA
 from .diagnostics import degenerate_component
 from .errors import DataError, FitError, MemoryBudgetError, UsageError
@@ -76,19 +76,24 @@ def parse_k(spec: str) -> list[int]:
 
 
 def parse_covariances(spec: str) -> list[str]:
-    """Covariance types from ``"full,diag"`` or ``"all"``, in the order given, deduplicated."""
-    text = str(spec).strip().lower()
-    if text == "all":
-        return list(COVARIANCE_TYPES)
+    """Covariance models from ``"EII,VVV,full"`` or ``"all"`` (the fourteen), in the order given.
+
+    A model named twice (``VVV,full``) is kept once, under its first spelling.
+    """
+    text = str(spec).strip()
+    if text.lower() == "all":
+        return list(ORDER)
     out: list[str] = []
+    seen: set[str] = set()
     for part in text.split(","):
-        name = part.strip()
-        if name not in COVARIANCE_TYPES:
+        name = model_name(part)
+        if name is None:
             raise UsageError(
-                f"unknown covariance type {name!r} in {spec!r}; "
-                f"use a list of {', '.join(COVARIANCE_TYPES)}, or all"
+                f"unknown covariance model {part.strip()!r} in {spec!r}; "
+                f"use a list of {', '.join(ORDER)} (or full, diag, spherical, tied), or all"
             )
-        if name not in out:
+        if get_model(name).name not in seen:
+            seen.add(get_model(name).name)
             out.append(name)
     return out
 
@@ -118,8 +123,9 @@ def _stop_pool(pool: ProcessPoolExecutor) -> None:
         process.join(timeout=1.0)
 
 
-def _fit_in_worker(k: int, covariance_type: str) -> SweepCell:
-    return fit_cell(_WORKER["X"], _WORKER["w"], k, covariance_type, **_WORKER["options"])
+def _fit_in_worker(k: int, covariance_type: str, warm: Any = None) -> SweepCell:
+    return fit_cell(_WORKER["X"], _WORKER["w"], k, covariance_type, warm=warm,
+                    **_WORKER["options"])
 
 
 def fit_cell(
@@ -130,17 +136,19 @@ def fit_cell(
     *,
     init: str = "kmeans",
     try_hc: bool = True,
+    warm: tuple[np.ndarray, np.ndarray] | None = None,
     **fit_options: Any,
 ) -> SweepCell:
     """Fit one (k, covariance) cell; a failure is recorded in the cell, not raised.
 
     With ``try_hc`` and a k-means start, the cell is fitted a second time from
     the ``hc`` start (one restart: it is deterministic below ``hc.MAX_ROWS``
-    rows) and the higher log-likelihood is kept.
+    rows) and the higher log-likelihood is kept. With ``warm`` (means and
+    weights in the data's units) the cell is fitted once, from those means.
     """
     t0 = time.perf_counter()
-    inits = [init]
-    if try_hc and init == "kmeans" and k > 1:
+    inits = [init] if warm is None else ["means"]
+    if try_hc and init == "kmeans" and k > 1 and warm is None:
         inits.append("hc")
     best = None
     errors: list[str] = []
@@ -148,15 +156,18 @@ def fit_cell(
         opts = dict(fit_options)
         if name == "hc" and name != init:
             opts["n_init"] = 1
+        if warm is not None:
+            opts.update(n_init=1, means_init=warm[0], weights_init=warm[1])
         try:
+            init_name = init if name == "means" else name  # means_init decides
             if isinstance(X, np.ndarray):
                 res = fit_mixture(
                     X, n_components=k, covariance_type=covariance_type, sample_weight=w,
-                    init=name, **opts,
+                    init=init_name, **opts,
                 )
             else:  # a row source: per-row outputs come later, from score_blocks
                 res = fit_source(
-                    X, n_components=k, covariance_type=covariance_type, init=name, **opts
+                    X, n_components=k, covariance_type=covariance_type, init=init_name, **opts
                 )
         except MemoryBudgetError:
             raise  # not this cell's failure: the whole sweep needs more memory
@@ -182,6 +193,33 @@ def fit_cell(
 # than a single fit's default (1e-3): stopped early, slow EM runs at larger k lose
 # several BIC units and the ranking with them (as mclust, which stops at 1e-5).
 SWEEP_TOL = 1e-5
+
+
+def _run_cells(pool, X, w, options, tasks) -> Iterator[tuple[int, SweepCell]]:
+    """``(index, cell)`` for each ``(index, k, model, warm)`` task, in this process or the pool."""
+    if pool is None:
+        for i, k, c, warm in tasks:
+            yield i, fit_cell(X, w, k, c, warm=warm, **options)
+        return
+    futures = {pool.submit(_fit_in_worker, k, c, warm): i for i, k, c, warm in tasks}
+    for fut in as_completed(futures):
+        yield futures[fut], fut.result()
+
+
+def _warm_starts(cells: Sequence[SweepCell], covs: Sequence[str]) -> list[tuple]:
+    """Second-round tasks: at each k, the other models from the highest-likelihood fit."""
+    tasks: list[tuple] = []
+    for k in sorted({c.k for c in cells}):
+        at_k = [(i, c) for i, c in enumerate(cells) if c.k == k]
+        fitted = [(i, c.result) for i, c in at_k if c.result is not None]
+        if k < 2 or len(covs) < 2 or not fitted:
+            continue
+        j, res = max(fitted, key=lambda ir: (ir[1].log_likelihood, -ir[0]))
+        top = cells[j]
+        p = res.params
+        means = p.means if p.scaling is None else p.scaling.to_data(p.means)
+        tasks.extend((i, k, c.covariance_type, (means, p.weights)) for i, c in at_k if c is not top)
+    return tasks
 
 
 def _degenerate_component(res: FitResult) -> str:
@@ -254,7 +292,7 @@ def sweep(
         raise UsageError("no k to try; give a range like 1:9")
     if ks[0] < 1:
         raise UsageError(f"every k must be at least 1, got {ks[0]}")
-    covs = list(dict.fromkeys(covariance_types))
+    covs = list(dict.fromkeys(model_name(c) or str(c) for c in covariance_types))
     if not covs:
         raise UsageError("no covariance type to try; give e.g. full or all")
     for c in covs:
@@ -288,27 +326,37 @@ def sweep(
         "max_memory": None if max_memory is None else int(max_memory) // at_once,
     }
     cells: list[SweepCell | None] = [None] * len(tasks)
-    if jobs == 1 or len(tasks) == 1:
-        for i, (k, c) in enumerate(tasks):
-            cell = fit_cell(Xa, w_arg, k, c, **options)
-            cells[i] = cell
-            if on_cell is not None:
-                on_cell(cell)
-    else:
+    pool = None
+    if jobs > 1 and len(tasks) > 1:
         pool = ProcessPoolExecutor(
             max_workers=min(jobs, len(tasks)), mp_context=_context(),
             initializer=_init_worker, initargs=(Xa, w_arg, options),
         )
-        try:
-            futures = {pool.submit(_fit_in_worker, k, c): i for i, (k, c) in enumerate(tasks)}
-            for fut in as_completed(futures):
-                cell = fut.result()
-                cells[futures[fut]] = cell
-                if on_cell is not None:
-                    on_cell(cell)
-        except BaseException:
+    try:
+        for i, cell in _run_cells(pool, Xa, w_arg, options, [(i, k, c, None)
+                                                             for i, (k, c) in enumerate(tasks)]):
+            cells[i] = cell
+            if on_cell is not None:
+                on_cell(cell)
+        # second round: every cell also starts from the best-fitting model at its k
+        # (docs/criteria.md §4); it depends only on the first round, so not on jobs
+        warm = _warm_starts([c for c in cells if c is not None], covs)
+        for i, cell in _run_cells(pool, Xa, w_arg, options, warm):
+            old = cells[i]
+            assert old is not None
+            if cell.result is not None and (
+                old.result is None or cell.result.log_likelihood > old.result.log_likelihood
+            ):
+                cells[i] = SweepCell(old.k, old.covariance_type, cell.result,
+                                     old.seconds + cell.seconds)
+            else:
+                cells[i] = SweepCell(old.k, old.covariance_type, old.result,
+                                     old.seconds + cell.seconds, old.error)
+    except BaseException:
+        if pool is not None:
             _stop_pool(pool)
-            raise
+        raise
+    if pool is not None:
         pool.shutdown()
     done = tuple(c for c in cells if c is not None)
 

@@ -48,6 +48,31 @@ def full_covs(t: str, cov: np.ndarray, K: int, d: int) -> np.ndarray:
     return np.stack([c * np.eye(d) for c in cov])
 
 
+def expected_scatter(X: np.ndarray, r: np.ndarray, mu: np.ndarray, S: np.ndarray):
+    """Row by row: weights ``Σ r``, new means and the expected scatter about them.
+
+    ``r`` are weighted responsibilities, ``S`` the (K, d, d) covariances the
+    conditional moments of the missing cells come from (explicit inverses).
+    """
+    n, d = X.shape
+    K = r.shape[1]
+    N = r.sum(axis=0)
+    new_mu, W = np.zeros((K, d)), np.zeros((K, d, d))
+    for k in range(K):
+        xh, C = X.copy(), np.zeros((n, d, d))
+        for i in range(n):
+            o = ~np.isnan(X[i])
+            m = ~o
+            if m.any():
+                B = S[k][np.ix_(m, o)] @ np.linalg.inv(S[k][np.ix_(o, o)])
+                xh[i, m] = mu[k, m] + B @ (X[i, o] - mu[k, o])
+                C[i][np.ix_(m, m)] = S[k][np.ix_(m, m)] - B @ S[k][np.ix_(o, m)]
+        new_mu[k] = r[:, k] @ xh / N[k]
+        D = xh - new_mu[k]
+        W[k] = (D * r[:, k, None]).T @ D + np.einsum("n,nab->ab", r[:, k], C)
+    return N, new_mu, W
+
+
 @contextmanager
 def compiled_kernels(on: bool) -> Iterator[None]:
     """Fits of any size take the compiled kernels for incomplete rows (or never do)."""

@@ -359,7 +359,7 @@ def corrupt(how: str) -> bytes:
     elif how == "weights not summing to 1":
         d["weights"] = [0.4, 0.7]
     elif how == "unknown version":
-        d["format_version"] = 2
+        d["format_version"] = 3
     elif how == "huge means":
         d["means"] = [[0.0, 0.0, 0.0]] * 200_000
     elif how == "huge extra field":

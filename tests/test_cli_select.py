@@ -220,8 +220,12 @@ def test_every_output_format_and_json_to_stdout(tmp_path):
     assert doc == json.loads((tmp_path / "out" / "gen.model.json").read_text())
     assert doc["fit"]["selected_by"]["try_hc"] is False and doc["fit"]["init"] == "kmeans"
     t = pq.read_table(tmp_path / "t.parquet").to_pylist()
-    assert [r["covariance"] for r in t[:4]] == ["full", "diag", "spherical", "tied"]
-    assert len(t) == 8 and sum(r["best"] for r in t) == 1
+    # all = mclust's fourteen, in mclust's order
+    assert [r["covariance"] for r in t[:14]] == [
+        "EII", "VII", "EEI", "VEI", "EVI", "VVI", "EEE",
+        "VEE", "EVE", "VVE", "EEV", "VEV", "EVV", "VVV",
+    ]
+    assert len(t) == 28 and sum(r["best"] for r in t) == 1
     best = next(r for r in t if r["best"])
     assert (best["k"], best["covariance"]) == (doc["n_components"], doc["covariance_type"])
     assert best["bic"] == doc["fit"]["bic"]
@@ -332,11 +336,11 @@ def test_table_chart_fit_in_80_columns_and_progress_only_on_terminal():
     marked = [ln for ln in lines if ln.startswith("*")]
     assert len(marked) == 1 and marked[0].split()[0] == f"*{result.best.k}"
     chart = criterion_chart(result, width=80).plain
-    assert "F = full" in chart and "D = diag" in chart
+    assert "VVV = full" in chart and "VVI = diag" in chart
     assert all(len(ln) <= 80 for ln in chart.splitlines())
     # the lowest criterion value sits on the bottom row, at the best k's column
     rows = [ln for ln in chart.splitlines() if "│" in ln]
-    assert "F" in rows[-1] or "D" in rows[-1]
+    assert "VVV" in rows[-1] or "VVI" in rows[-1]
 
     term = io.StringIO()
     rep = Reporter(console=Console(file=term, width=80, force_terminal=True))
@@ -365,4 +369,5 @@ def test_chart_shows_a_star_where_two_series_meet():
     assert "* = several" in text
     plot = [line.split("│", 1)[1] for line in text.splitlines() if "│" in line]
     assert plot[-1].rstrip().endswith("*")  # k=2: both at 100, on the bottom row
-    assert "F" in "".join(plot) and "D" in "".join(plot)
+    assert "VVV" in "".join(plot) and "VVI" in "".join(plot)
+    assert "VVV = full" in text and "VVI = diag" in text

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import expected_scatter
 from scipy.stats import multivariate_normal as mvn
 
 import emcli.sources.rows as rows_module
@@ -67,21 +68,7 @@ def ref_step(X, w, t, pi, mu, cov):
         ss = np.stack([wr[:, k] @ (O * (X0 - new_mu[k]) ** 2) for k in range(K)])
         new_cov = ss / So if t == "diag" else ss.sum(1) / So.sum(1)
         return N / w.sum(), new_mu, new_cov, float(w @ lse)
-    new_mu = np.zeros((K, d))
-    scat = np.zeros((K, d, d))
-    for k in range(K):
-        xh = X.copy()
-        Ck = np.zeros((n, d, d))
-        for i in range(n):
-            o = ~np.isnan(X[i])
-            m = ~o
-            if m.any():
-                B = S[k][np.ix_(m, o)] @ np.linalg.inv(S[k][np.ix_(o, o)])
-                xh[i, m] = mu[k, m] + B @ (X[i, o] - mu[k, o])
-                Ck[i][np.ix_(m, m)] = S[k][np.ix_(m, m)] - B @ S[k][np.ix_(o, m)]
-        new_mu[k] = wr[:, k] @ xh / N[k]
-        D = xh - new_mu[k]
-        scat[k] = (D * wr[:, k, None]).T @ D + np.einsum("n,nab->ab", wr[:, k], Ck)
+    _, new_mu, scat = expected_scatter(X, wr, mu, S)
     new_cov = scat.sum(0) / w.sum() if t == "tied" else scat / N[:, None, None]
     return N / w.sum(), new_mu, new_cov, float(w @ lse)
 

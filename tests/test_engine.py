@@ -383,8 +383,8 @@ def test_estimator_bad_arguments():
     X = _X()
     with pytest.raises(ValueError):
         GaussianMixture(0).fit(X)
-    with pytest.raises(ValueError, match=r"full"):
-        GaussianMixture(2, covariance_type="VVV").fit(X)
+    with pytest.raises(ValueError, match=r"EII, VII.*full=VVV"):
+        GaussianMixture(2, covariance_type="VVX").fit(X)
     gm = GaussianMixture(2, random_state=0, max_iter=5).fit(X)
     with pytest.raises(ValueError, match=r"X has 2 features, but .* expecting 3 features"):
         gm.predict(X[:, :2])

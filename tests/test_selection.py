@@ -80,9 +80,14 @@ def test_parse_k_errors(spec, message):
 
 def test_parse_covariances():
     assert parse_covariances("full,diag") == ["full", "diag"]
-    assert parse_covariances("all") == ["full", "diag", "spherical", "tied"]
+    assert parse_covariances("all") == [
+        "EII", "VII", "EEI", "VEI", "EVI", "VVI", "EEE",
+        "VEE", "EVE", "VVE", "EEV", "VEV", "EVV", "VVV",
+    ]
     assert parse_covariances(" Diag , full,diag") == ["diag", "full"]
-    with pytest.raises(UsageError, match="unknown covariance type 'fool'"):
+    # one model under two spellings is fitted once, under the first
+    assert parse_covariances("EII,vvv,full,VEV") == ["EII", "VVV", "VEV"]
+    with pytest.raises(UsageError, match="unknown covariance model 'fool'"):
         parse_covariances("full,fool")
 
 
@@ -299,3 +304,25 @@ def test_a_fit_with_a_component_on_one_row_is_a_failed_cell():
     for k in (3, 4):
         assert not by_k[k].ok
         assert "degenerate" in by_k[k].error
+
+
+def test_second_round_from_the_best_model_at_each_k_only_helps_and_ignores_jobs():
+    """Each cell also starts from the highest-likelihood fit at its k (docs/criteria.md §4)."""
+    from emcli.selection import fit_cell
+
+    X = np.loadtxt(Path(__file__).parent / "reference" / "data" / "iris.csv",
+                   delimiter=",", skiprows=1)
+    models = ["VEE", "EVI", "full"]
+    one = sweep(X, k_values=[1, 4], covariance_types=models, jobs=1)
+    two = sweep(X, k_values=[1, 4], covariance_types=models, jobs=2)
+    assert [c.result.bic for c in one.cells if c.ok] == [c.result.bic for c in two.cells if c.ok]
+    assert one.best_index == two.best_index
+    better = 0
+    for cell in one.cells:
+        alone = fit_cell(X, None, cell.k, cell.covariance_type, tol=SWEEP_TOL, max_iter=200)
+        if alone.result is None:
+            continue
+        assert cell.result is not None
+        assert cell.result.log_likelihood >= alone.result.log_likelihood
+        better += cell.result.log_likelihood > alone.result.log_likelihood + 1e-6
+    assert better >= 1  # the round finds a better optimum somewhere on this data

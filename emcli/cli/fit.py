@@ -56,7 +56,7 @@ if TYPE_CHECKING:  # pragma: no cover
 def fit_command(
     data: DataArg,
     n_components: NComponentsOpt,
-    covariance: CovarianceOpt = Covariance.full,
+    covariance: CovarianceOpt = Covariance("full"),
     *,
     fit: FitOptions,
     out_dir: OutDirOpt = ".",

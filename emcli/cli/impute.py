@@ -81,7 +81,7 @@ def impute_command(
     n_components: ImputeKOpt = None,
     output: OutputOpt = "-",
     variance: VarianceOpt = False,
-    covariance: CovarianceOpt = Covariance.full,
+    covariance: CovarianceOpt = Covariance("full"),
     *,
     fit: FitOptions,
     out_dir: FitOutDirOpt = ".",

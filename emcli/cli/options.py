@@ -27,14 +27,13 @@ from typing import Annotated, Any, TypeVar, get_type_hints
 
 import typer
 
+from emcli.covariance import ALIASES, ORDER
 from emcli.errors import UsageError
 
-
-class Covariance(str, Enum):
-    full = "full"
-    diag = "diag"
-    spherical = "spherical"
-    tied = "tied"
+# mclust's fourteen models, and emcli's earlier names for four of them
+Covariance = Enum(  # type: ignore[misc]
+    "Covariance", {name: name for name in (*ALIASES, *ORDER)}, type=str
+)
 
 
 class InputFormat(str, Enum):
@@ -69,7 +68,13 @@ NComponentsOpt = Annotated[
     ),
 ]
 CovarianceOpt = Annotated[
-    Covariance, typer.Option("--covariance", case_sensitive=False, help="Covariance structure.")
+    Covariance,
+    typer.Option(
+        "--covariance",
+        case_sensitive=False,
+        help="Covariance model: one of mclust's fourteen (EII … VVV), or full (= VVV), "
+        "diag (= VVI), spherical (= VII), tied (= EEE).",
+    ),
 ]
 InitOpt = Annotated[str, typer.Option("--init", help=INIT_HELP)]
 TolOpt = Annotated[

@@ -59,7 +59,7 @@ def segment_command(
                      help="Add the pixel coordinates as features; the longest side spans 100·W "
                      "(0: colour only)."),
     ] = 0.0,
-    covariance: CovarianceOpt = Covariance.full,
+    covariance: CovarianceOpt = Covariance("full"),
     n_init: NInitOpt = 1,
     seed: SeedOpt = 0,
     tol: TolOpt = 1e-3,

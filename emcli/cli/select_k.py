@@ -93,7 +93,8 @@ def select_k_command(
         str,
         typer.Option(
             "--covariance",
-            help="Covariance types to try: a list of full, diag, spherical, tied, or all.",
+            help="Covariance models to try: a list such as EII,VEV,full (mclust's fourteen, "
+            "or full, diag, spherical, tied), or all (the fourteen).",
         ),
     ] = "full",
     criterion: Annotated[

@@ -16,20 +16,23 @@ from typing import Any
 import numpy as np
 
 from emcli import __version__
-from emcli.covariance import COVARIANCE_TYPES, get_model
+from emcli.covariance import get_model, model_name
 from emcli.errors import ModelFileError
-from emcli.model import FitResult, GMMParams
+from emcli.model import FitResult, GMMParams, Scaling
 
 MODEL_FORMAT = "emcli.gmm"
-MODEL_FORMAT_VERSION = 1
+MODEL_FORMAT_VERSION = 2  # the newest this emcli writes; it reads every version up to it
 MODEL_MAX_BYTES = 256 << 20
 MODEL_FIELDS = frozenset(
     "format format_version emcli_version columns covariance_type n_components n_features "
-    "weights means covariances standardization fit".split()
+    "weights means covariances standardization units fit".split()
 )
-MODEL_MAX_FIT_VALUES = 10_000
+# "units": "z-scores" (format_version 2): the parameters are those of the standardised
+# columns, for the models that scaling does not preserve (docs/modelfile.md §1)
+UNITS = ("data", "z-scores")
+MODEL_MAX_FIT_VALUES = 10_000  # numbers, strings and containers in the "fit" block
 # Means and standard deviations must square without overflow (as fitting.MAX_SPREAD).
-MODEL_MAX_VALUE = 1e150  # numbers, strings and containers in the "fit" block
+MODEL_MAX_VALUE = 1e150
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -84,9 +87,10 @@ def model_document(
         }
     if extra:
         fit.update(extra)
-    return {
+    doc = {
         "format": MODEL_FORMAT,
-        "format_version": MODEL_FORMAT_VERSION,
+        # version 2 only where it is needed, so that older emcli keep reading the rest
+        "format_version": 1 if p.scaling is None else 2,
         "emcli_version": __version__,
         "columns": list(columns),
         "covariance_type": p.covariance_type,
@@ -98,6 +102,9 @@ def model_document(
         "standardization": result.standardization,
         "fit": fit,
     }
+    if p.scaling is not None:
+        doc["units"] = "z-scores"
+    return doc
 
 
 def dumps_model(doc: dict[str, Any]) -> bytes:
@@ -215,10 +222,10 @@ def load_model(path: str) -> LoadedModel:
     if not isinstance(doc, dict) or doc.get("format") != MODEL_FORMAT:
         raise ModelFileError(f'{where}: not an emcli model file (no "format": "{MODEL_FORMAT}")')
     version = doc.get("format_version")
-    if version != MODEL_FORMAT_VERSION or isinstance(version, bool):
+    if version not in range(1, MODEL_FORMAT_VERSION + 1) or isinstance(version, bool):
         raise ModelFileError(
             f"{where}: model format_version {version!r} is not supported "
-            f"(this emcli reads version {MODEL_FORMAT_VERSION}); re-fit with this version"
+            f"(this emcli reads versions 1 to {MODEL_FORMAT_VERSION}); re-fit with this version"
         )
     unknown = sorted(set(doc) - MODEL_FIELDS)
     if unknown:
@@ -235,7 +242,7 @@ def load_model(path: str) -> LoadedModel:
     ):
         raise ModelFileError(f'{where}: "columns" must be a non-empty list of distinct names')
     t = doc.get("covariance_type")
-    if t not in COVARIANCE_TYPES:
+    if not isinstance(t, str) or model_name(t) != t:
         raise ModelFileError(f"{where}: unknown covariance_type {t!r}")
     weights = doc.get("weights")
     if not isinstance(weights, list) or not weights:
@@ -268,6 +275,18 @@ def load_model(path: str) -> LoadedModel:
             )
         if np.any(sc <= 0):
             raise ModelFileError(f"{where}: standardization scales must be positive")
+    units = doc.get("units", "data")
+    if units not in UNITS or (units == "z-scores" and (std is None or version == 1)):
+        raise ModelFileError(
+            f'{where}: "units" must be "data", or "z-scores" with a standardization in a '
+            "format_version 2 file; re-fit or restore the file"
+        )
+    scaling = None
+    if units == "z-scores":
+        assert std is not None
+        scaling = Scaling(
+            _num_array(std, "center", (d,), where), _num_array(std, "scale", (d,), where)
+        )
     for key, size in (("n_components", K), ("n_features", d)):
         given = doc.get(key, size)
         if isinstance(given, bool) or given != size:
@@ -290,4 +309,4 @@ def load_model(path: str) -> LoadedModel:
             "a model's fit record is small: re-fit or restore the file"
         )
     _check_fit_block(fit, where)
-    return LoadedModel(GMMParams(t, w, means, cov), list(cols), std, fit, doc)
+    return LoadedModel(GMMParams(t, w, means, cov, scaling), list(cols), std, fit, doc)

@@ -137,6 +137,7 @@ def clusters_png(
     params: GMMParams, points: PlotPoints, columns: Sequence[str], seed: int, title: str
 ) -> bytes:
     """Pair plot (≤ 5 columns), principal-axes projection (more), or histogram (one)."""
+    params = params.in_data_units()
     d, K = params.n_features, params.n_components
     colours = palette(K)
     caption = _caption(points, seed)

@@ -1,13 +1,14 @@
-"""Covariance models: one object per model, holding everything the rest asks of one.
+"""The interface of a covariance model, its two E-step families, and today's four models.
 
 A model knows the shape of its parameters, how many free parameters it has,
 how to turn them into full matrices, rescale them between units, permute
 components, regularise and re-seed a component, factor them for the E-step,
-and its M-step. Adding a model is adding one entry to ``MODELS``; no other
-module branches on a model's name.
+and its M-step. Adding a model is adding one entry to ``MODELS``
+(``emcli/covariance/__init__.py``); no other module branches on a model's name.
 
 Two families share their E-step kernels (``gaussian.py``): general models
-(full, tied) go through Cholesky factors, diagonal ones (diag, spherical)
+(VVV = full, EEE = tied, and the other correlated ones) go through Cholesky
+factors, diagonal ones (VVI = diag, VII = spherical, EII, EEI, VEI, EVI)
 through the mask design. Every M-step consumes the per-component statistics
 of ``stats.py`` (docs/m-step.md).
 """
@@ -19,9 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UsageError
-from .gaussian import GenPrepared, MaskPrepared, prepare_gen, prepare_mask, quad_width
-from .stats import GeneralStats, MaskStats, StartStats
+from emcli.gaussian import GenPrepared, MaskPrepared, prepare_gen, prepare_mask, quad_width
+from emcli.stats import GeneralStats, MaskStats, StartStats
 
 
 @dataclass
@@ -32,6 +32,7 @@ class Context:
     mean_w: float
     col_var: np.ndarray  # observed variance of each column, > 0
     reg_covar: float
+    inner_tol: float = 1e-10  # iterative M-steps stop at this relative change (docs/m-step.md §9)
 
 
 def _sym(U: np.ndarray) -> np.ndarray:
@@ -55,8 +56,10 @@ def _cholesky_fails(stack: np.ndarray, ks: Any) -> list[int]:
 class CovarianceModel:
     """The interface every covariance model offers; see ``MODELS`` for the entries."""
 
-    name: str = ""
-    mark: str = "?"  # one letter for text charts
+    name: str = ""  # mclust's three letters: volume, shape, orientation
+    alias: str = ""  # the name emcli used before the fourteen models, if any
+    seed_index: int = 0  # enters every restart's seed (docs/loop.md §6); aliases share it
+    preserved: bool = True  # whether per-column scaling keeps the model (docs/m-step.md §10)
     per_component: bool = True  # False: one covariance shared by every component
     correlated: bool = True  # off-diagonal terms (False: axis-aligned)
     isotropic: bool = False  # one variance for every column
@@ -86,8 +89,8 @@ class CovarianceModel:
         """The covariances of ``x / s`` given those of ``x`` (``s`` per column)."""
         raise NotImplementedError
 
-    def unscaled(self, cov: np.ndarray, s: np.ndarray) -> tuple[CovarianceModel, np.ndarray]:
-        """The covariances of ``x * s``, and the model they belong to then."""
+    def unscaled(self, cov: np.ndarray, s: np.ndarray) -> np.ndarray:
+        """The covariances of ``x * s`` (``s`` constant unless the model is ``preserved``)."""
         raise NotImplementedError
 
     def permute(self, cov: np.ndarray, order: np.ndarray) -> np.ndarray:
@@ -122,9 +125,23 @@ class CovarianceModel:
         raise NotImplementedError
 
     def m_step(
-        self, stats: Any, prep: Any, means: np.ndarray, ctx: Context
+        self, stats: Any, prep: Any, means: np.ndarray, cov: np.ndarray, ctx: Context
     ) -> tuple[np.ndarray, np.ndarray]:
-        """New means and covariances from a pass's statistics (docs/m-step.md)."""
+        """New means and covariances from a pass's statistics (docs/m-step.md).
+
+        ``means`` and ``cov`` are the parameters the E-step used; iterative
+        M-steps start from ``cov``.
+        """
+        raise NotImplementedError
+
+    def from_scatter(
+        self, W: np.ndarray, N: np.ndarray, ctx: Context, current: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Covariances from the weights ``N`` (K,) and expected scatters ``W`` (K, d, d).
+
+        The M-step every model shares (docs/m-step.md §8–9), on complete-data
+        statistics; ``current`` starts the iterative ones.
+        """
         raise NotImplementedError
 
     def start(
@@ -179,27 +196,31 @@ class _General(CovarianceModel):
         K, d = means.shape
         return prepare_gen(means, self.to_full(cov, K, d), not self.per_component, dtype, quad_ok)
 
-    def m_step(self, stats: GeneralStats, prep: GenPrepared, means, ctx):
+    def m_step(self, stats: GeneralStats, prep: GenPrepared, means, cov, ctx):
         N, S1, S2 = stats.scatter(prep)
         Nsafe = np.where(N > 0, N, 1.0)
         dmu = S1 / Nsafe[:, None]
         centred = S2 - N[:, None, None] * dmu[:, :, None] * dmu[:, None, :]
-        cov = self._from_scatter(centred, Nsafe, ctx) + np.diag(ctx.reg_covar * ctx.col_var)
-        return means + dmu, 0.5 * (cov + np.swapaxes(cov, -1, -2))
+        return means + dmu, self.from_scatter(centred, Nsafe, ctx, cov)
 
-    def _from_scatter(self, W: np.ndarray, N: np.ndarray, ctx: Context) -> np.ndarray:
-        """Covariances from each component's centred scatter ``W`` (K, d, d) and weight ``N``."""
+    def from_scatter(self, W, N, ctx, current=None):
+        new = self._from_scatter(W, N, ctx, current)
+        return 0.5 * (new + np.swapaxes(new, -1, -2))
+
+    def _from_scatter(
+        self, W: np.ndarray, N: np.ndarray, ctx: Context, current: np.ndarray | None
+    ) -> np.ndarray:
+        """Regularised covariances from each component's centred scatter ``W`` (K, d, d)."""
         raise NotImplementedError
 
     def start(self, st, delta, N, ctx):
         # gaps count as the component's mean: they add nothing to the scatter
         W = st.scatter(delta)
-        return self._from_scatter(W, N, ctx) + np.diag(ctx.reg_covar * ctx.col_var)
+        return self._from_scatter(W, N, ctx, None)
 
 
 class Full(_General):
-    name = "full"
-    mark = "F"
+    name, alias, seed_index = "VVV", "full", 0
 
     def shape(self, K, d):
         return (K, d, d)
@@ -214,20 +235,19 @@ class Full(_General):
         return cov / np.outer(s, s)[None]
 
     def unscaled(self, cov, s):
-        return self, cov * np.outer(s, s)[None]
+        return cov * np.outer(s, s)[None]
 
     def regularised(self, cov, k, amount, col_var):
         out = cov.copy()
         out[k] += amount * np.diag(col_var)
         return out
 
-    def _from_scatter(self, W, N, ctx):
-        return W / N[:, None, None]
+    def _from_scatter(self, W, N, ctx, current):
+        return W / N[:, None, None] + np.diag(ctx.reg_covar * ctx.col_var)
 
 
 class Tied(_General):
-    name = "tied"
-    mark = "T"
+    name, alias, seed_index = "EEE", "tied", 3
     per_component = False
 
     def shape(self, K, d):
@@ -243,13 +263,13 @@ class Tied(_General):
         return cov / np.outer(s, s)
 
     def unscaled(self, cov, s):
-        return self, cov * np.outer(s, s)
+        return cov * np.outer(s, s)
 
     def regularised(self, cov, k, amount, col_var):
         return cov + amount * np.diag(col_var)
 
-    def _from_scatter(self, W, N, ctx):
-        return W.sum(axis=0) / ctx.sum_w
+    def _from_scatter(self, W, N, ctx, current):
+        return W.sum(axis=0) / ctx.sum_w + np.diag(ctx.reg_covar * ctx.col_var)
 
 
 # --------------------------------------------------------------------------
@@ -287,7 +307,7 @@ class _Diagonal(CovarianceModel):
         """Per-coordinate variances ``(K, d)``."""
         raise NotImplementedError
 
-    def m_step(self, stats: MaskStats, prep: MaskPrepared, means, ctx):
+    def m_step(self, stats: MaskStats, prep: MaskPrepared, means, cov, ctx):
         """From observed entries only (docs/m-step.md §5)."""
         So, Sx, Sx2 = stats.So, stats.Sx, stats.Sx2
         assert So is not None and Sx is not None and Sx2 is not None
@@ -300,6 +320,12 @@ class _Diagonal(CovarianceModel):
     def _from_sums(self, ss, So, seen, col_var, reg_covar) -> np.ndarray:
         raise NotImplementedError
 
+    def from_scatter(self, W, N, ctx, current=None):
+        # on complete statistics the observed-entry form is the general one
+        Wd = np.einsum("kii->ki", W)
+        So = np.repeat(N[:, None], W.shape[1], axis=1)
+        return self._from_sums(Wd, So, So > 0, ctx.col_var, ctx.reg_covar)
+
     def start(self, st, delta, N, ctx):
         So = st.So
         assert So is not None
@@ -307,8 +333,7 @@ class _Diagonal(CovarianceModel):
 
 
 class Diag(_Diagonal):
-    name = "diag"
-    mark = "D"
+    name, alias, seed_index = "VVI", "diag", 1
 
     def shape(self, K, d):
         return (K, d)
@@ -323,7 +348,7 @@ class Diag(_Diagonal):
         return cov / s**2
 
     def unscaled(self, cov, s):
-        return self, cov * s**2
+        return cov * s**2
 
     def regularised(self, cov, k, amount, col_var):
         out = cov.copy()
@@ -342,9 +367,9 @@ class Diag(_Diagonal):
 
 
 class Spherical(_Diagonal):
-    name = "spherical"
-    mark = "S"
+    name, alias, seed_index = "VII", "spherical", 2
     isotropic = True
+    preserved = False
 
     def shape(self, K, d):
         return (K,)
@@ -359,10 +384,9 @@ class Spherical(_Diagonal):
         return cov / float(np.mean(s**2))
 
     def unscaled(self, cov, s):
-        if np.all(s == s[0]):
-            return self, cov * s[0] ** 2
-        # spherical in z-scores is diagonal in original units (docs/loop.md §2)
-        return MODELS["diag"], cov[:, None] * s**2
+        # only for one scale in every column: others keep VII in z-scores
+        # (docs/m-step.md §10)
+        return cov * s[0] ** 2
 
     def regularised(self, cov, k, amount, col_var):
         out = cov.copy()
@@ -380,16 +404,3 @@ class Spherical(_Diagonal):
         var = np.where(tot > 0, ss.sum(axis=1) / np.where(tot > 0, tot, 1.0), col_var.mean())
         return var + reg_covar * col_var.mean()
 
-
-MODELS: dict[str, CovarianceModel] = {m.name: m for m in (Full(), Diag(), Spherical(), Tied())}
-COVARIANCE_TYPES = tuple(MODELS)
-
-
-def get_model(name: str) -> CovarianceModel:
-    """The model called ``name``; a ``UsageError`` listing the choices otherwise."""
-    model = MODELS.get(name)
-    if model is None:
-        raise UsageError(
-            f"unknown covariance type {name!r}; use one of {', '.join(COVARIANCE_TYPES)}"
-        )
-    return model

@@ -1,0 +1,217 @@
+"""The constrained M-steps on per-component statistics (docs/m-step.md §9).
+
+Every function takes the weights ``N`` (K,) and the scatter about the new
+means, ``W`` (K, d, d), or its diagonal ``Wd`` (K, d), and returns the
+covariances that maximise ``Σ_k [−½ N_k log|Σ_k| − ½ tr(W_k Σ_k⁻¹)]`` within
+one of mclust's families ``Σ_k = λ_k D_k A_k D_kᵀ``. Closed forms are exact;
+the iterative ones run a fixed point (volumes) or majorise–minimise steps
+(a common orientation) from ``start`` (current covariances, or None for
+mclust's own starting values) until the relative change falls below ``tol``.
+Every form is called alike, ``form(W, N, start, tol)``. Nothing here knows
+about rows, missing cells or regularisation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+INNER_TOL = 1e-10
+INNER_MAX = 1000
+
+
+def _gm(a: np.ndarray) -> np.ndarray:
+    """Geometric mean over the last axis."""
+    return np.exp(np.mean(np.log(a), axis=-1))
+
+
+def _eig_desc(W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (decreasing) and eigenvectors of each symmetric matrix."""
+    vals, vecs = np.linalg.eigh(W)
+    return vals[..., ::-1], vecs[..., ::-1]
+
+
+def _compose(D: np.ndarray, lam: np.ndarray) -> np.ndarray:
+    """``D diag(lam) Dᵀ`` per component (D (K, d, d) or (d, d), lam (K, d))."""
+    if D.ndim == 2:
+        return np.einsum("ij,kj,lj->kil", D, lam, D)
+    return np.einsum("kij,kj,klj->kil", D, lam, D)
+
+
+# --------------------------------------------------------------------------
+# Diagonal families: Wd (K, d) -> variances (K, d)
+
+
+# Closed forms accept ``start`` and ``tol`` and ignore them.
+
+
+def eii(Wd, N, start=None, tol=0.0) -> np.ndarray:
+    var = Wd.sum() / (Wd.shape[1] * N.sum())
+    return np.full(Wd.shape[0], var)
+
+
+def vii(Wd, N, start=None, tol=0.0) -> np.ndarray:
+    return Wd.sum(axis=1) / (Wd.shape[1] * N)
+
+
+def eei(Wd, N, start=None, tol=0.0) -> np.ndarray:
+    return np.broadcast_to(Wd.sum(axis=0) / N.sum(), Wd.shape).copy()
+
+
+def vvi(Wd, N, start=None, tol=0.0) -> np.ndarray:
+    return Wd / N[:, None]
+
+
+def evi(Wd, N, start=None, tol=0.0) -> np.ndarray:
+    g = _gm(Wd)  # |diag W_k|^(1/d)
+    return Wd * (g.sum() / N.sum() / g)[:, None]
+
+
+def _volumes_shape(
+    omega: np.ndarray, N: np.ndarray, lam: np.ndarray | None, tol: float, max_iter: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed point of ``λ_k = Σ_j ω_kj / a_j / (d N_k)``, ``a ∝ Σ_k ω_k / λ_k`` (det a = 1).
+
+    ``omega`` (K, d): diagonal scatters (VEI) or eigenvalues (VEV). Starts
+    from ``a`` of ``Σ_k ω_k`` (mclust's start) or from the volumes ``lam``.
+    """
+    d = omega.shape[1]
+    if lam is None:
+        a = omega.sum(axis=0)
+    else:
+        a = (omega / lam[:, None]).sum(axis=0)
+    a = a / _gm(a)
+    lam = (omega / a).sum(axis=1) / (d * N)
+    for _ in range(max_iter):
+        a_new = (omega / lam[:, None]).sum(axis=0)
+        a_new = a_new / _gm(a_new)
+        lam_new = (omega / a_new).sum(axis=1) / (d * N)
+        err = max(
+            float(np.max(np.abs(a_new - a) / (1.0 + a_new))),
+            float(np.max(np.abs(lam_new - lam) / (1.0 + lam_new))),
+        )
+        a, lam = a_new, lam_new
+        if err < tol:
+            break
+    return lam, a
+
+
+def vei(Wd, N, start=None, tol=INNER_TOL, max_iter=INNER_MAX) -> np.ndarray:
+    lam0 = None if start is None else _gm(start)
+    lam, a = _volumes_shape(Wd, N, lam0, tol, max_iter)
+    return lam[:, None] * a[None]
+
+
+# --------------------------------------------------------------------------
+# General families: W (K, d, d) -> covariances (K, d, d)
+
+
+def eee(W, N, start=None, tol=0.0) -> np.ndarray:
+    return np.broadcast_to(W.sum(axis=0) / N.sum(), W.shape).copy()
+
+
+def vvv(W, N, start=None, tol=0.0) -> np.ndarray:
+    return W / N[:, None, None]
+
+
+def evv(W, N, start=None, tol=0.0) -> np.ndarray:
+    """Equal volume: ``Σ_k = λ W_k / |W_k|^(1/d)``, ``λ = Σ_k |W_k|^(1/d) / n``."""
+    d = W.shape[1]
+    g = np.exp(np.linalg.slogdet(W)[1] / d)
+    return W * (g.sum() / N.sum() / g)[:, None, None]
+
+
+def eev(W, N, start=None, tol=0.0) -> np.ndarray:
+    """Equal volume and shape: ``D_k`` the eigenvectors of ``W_k``, ``λA = Σ_k Ω_k / n``."""
+    omega, L = _eig_desc(W)
+    shape = omega.sum(axis=0) / N.sum()
+    return _compose(L, np.broadcast_to(shape, omega.shape))
+
+
+def vev(W, N, start=None, tol=INNER_TOL, max_iter=INNER_MAX) -> np.ndarray:
+    omega, L = _eig_desc(W)
+    lam0 = None if start is None else np.exp(np.linalg.slogdet(start)[1] / W.shape[1])
+    lam, a = _volumes_shape(omega, N, lam0, tol, max_iter)
+    return _compose(L, lam[:, None] * a[None])
+
+
+def vee(W, N, start=None, tol=INNER_TOL, max_iter=INNER_MAX) -> np.ndarray:
+    """Variable volume, common shape and orientation: ``Σ_k = λ_k C`` (det C = 1)."""
+    K, d, _ = W.shape
+    lam = np.ones(K) if start is None else np.exp(np.linalg.slogdet(start)[1] / d)
+    prev = np.inf
+    for _ in range(max_iter):
+        C = (W / lam[:, None, None]).sum(axis=0)
+        C = C / np.exp(np.linalg.slogdet(C)[1] / d)
+        Cinv = np.linalg.inv(C)
+        lam = np.einsum("kij,ji->k", W, Cinv) / (d * N)
+        target = float(d * N.sum() + d * np.sum(np.log(lam) * N))
+        if abs(target - prev) / (1.0 + abs(target)) <= tol:
+            break
+        prev = target
+    return lam[:, None, None] * C[None]
+
+
+def _common_axes(W: np.ndarray, start: np.ndarray | None) -> np.ndarray:
+    """A starting common orientation: the identity, or the axes ``start`` shares."""
+    d = W.shape[1]
+    if start is None:
+        return np.eye(d)
+    mix = np.einsum("k,kij->ij", np.arange(1.0, start.shape[0] + 1.0), start)
+    return np.linalg.eigh(mix)[1]
+
+
+def _orientation_mm(W: np.ndarray, omega_max: np.ndarray, D: np.ndarray, inv: np.ndarray):
+    """Two majorise–minimise steps for ``min_D Σ_k tr(W_k D diag(inv_k) Dᵀ)`` over rotations.
+
+    Browne & McNicholas (2014): each step replaces a concave part by its
+    tangent, whose minimum over orthogonal matrices is a Procrustes problem.
+    """
+    d = W.shape[1]
+    eye = np.eye(d)
+    G = np.einsum("kij,jl,kl->il", W - omega_max[:, None, None] * eye, D, inv)
+    U, _, Vt = np.linalg.svd(G)
+    D = -U @ Vt
+    alpha = inv.max(axis=1)
+    WD = W @ D
+    G = np.einsum("kil,kl->il", WD, inv) - np.einsum("k,kil->il", alpha, WD)
+    U, _, Vt = np.linalg.svd(G)
+    return -U @ Vt
+
+
+def _common_orientation(W, N, start, tol, max_iter, equal_volume: bool) -> np.ndarray:
+    """EVE (``equal_volume``) and VVE: ``Σ_k = λ_(k) D A_k Dᵀ`` with a common ``D``."""
+    K, d, _ = W.shape
+    omega_max = np.linalg.eigvalsh(W)[:, -1]
+    D = _common_axes(W, start)
+    if start is None:
+        inv = np.ones((K, d))
+    else:
+        diag = np.einsum("ji,kjl,li->ki", D, start, D)
+        inv = 1.0 / (diag if not equal_volume else diag / _gm(diag)[:, None])
+    prev = np.inf
+    for _ in range(max_iter):
+        D = _orientation_mm(W, omega_max, D, inv)
+        diag = np.einsum("ji,kjl,li->ki", D, W, D)  # diag(Dᵀ W_k D)
+        if equal_volume:
+            shape = diag / _gm(diag)[:, None]
+            inv = 1.0 / shape
+            target = float(np.sum(diag * inv))
+        else:
+            var = diag / N[:, None]
+            inv = 1.0 / var
+            target = float(np.sum(N * np.log(var).sum(axis=1)))
+        if abs(target - prev) / (1.0 + abs(target)) <= tol:
+            break
+        prev = target
+    if equal_volume:
+        lam = target / (d * N.sum())
+        return _compose(D, lam * shape)
+    return _compose(D, var)
+
+
+def eve(W, N, start=None, tol=INNER_TOL, max_iter=INNER_MAX) -> np.ndarray:
+    return _common_orientation(W, N, start, tol, max_iter, equal_volume=True)
+
+
+def vve(W, N, start=None, tol=INNER_TOL, max_iter=INNER_MAX) -> np.ndarray:
+    return _common_orientation(W, N, start, tol, max_iter, equal_volume=False)
