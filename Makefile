@@ -17,7 +17,7 @@ lint: install
 	$(BIN)/ruff check emcli tests benchmarks && $(BIN)/mypy
 
 bench: install
-	$(BIN)/python benchmarks/bench_em.py && $(BIN)/python benchmarks/bench_sweep.py && $(BIN)/python benchmarks/bench_missing.py
+	$(BIN)/python benchmarks/bench_em.py && $(BIN)/python benchmarks/bench_sweep.py && $(BIN)/python benchmarks/bench_missing.py && $(BIN)/python benchmarks/bench_dask.py
 
 demo: install
 	$(BIN)/emcli fit sample_data/airquality.csv -k 3 --n-init 3 -o demo-out && head -5 demo-out/airquality.labels.csv && tail -3 demo-out/airquality.convergence.csv

@@ -233,6 +233,23 @@ def test_every_output_format_and_json_to_stdout(tmp_path):
     assert f"p_{doc['n_components'] - 1}" in labels[0] and len(labels) == 120
 
 
+def test_labels_elsewhere_in_any_format_or_on_stdout(tmp_path):
+    write_generated_csv(tmp_path / "gen.csv", generated_rows(n=120))
+    args = ["select-k", "gen.csv", "--k", "2:3", "--no-hc", "-q"]
+    assert run_emcli([*args, "-o", "out"], cwd=tmp_path).returncode == 0
+    proc = run_emcli([*args, "-o", "pq", "--labels", "best.parquet"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert sorted(p.name for p in (tmp_path / "pq").iterdir()) == [
+        "gen.convergence.csv", "gen.model.json"]
+    want = read_csv(tmp_path / "out" / "gen.labels.csv")
+    got = pq.read_table(tmp_path / "best.parquet").to_pylist()
+    assert [int(r["label"]) for r in want] == [r["label"] for r in got] and len(got) == 120
+    proc = run_emcli([*args, "-o", "std", "--labels", "-"], cwd=tmp_path)
+    assert proc.stdout == (tmp_path / "out" / "gen.labels.csv").read_bytes()
+    proc = run_emcli([*args, "--labels", "-", "--json"], cwd=tmp_path)
+    assert proc.returncode == 2 and "stdout" in one_error_line(proc.stderr)
+
+
 def test_strict_exits_three_when_best_did_not_converge(tmp_path):
     write_generated_csv(tmp_path / "gen.csv", generated_rows(n=120))
     proc = run_emcli(["select-k", "gen.csv", "--k", "2:3", "--max-iter", "1", "--tol", "0",

@@ -74,6 +74,13 @@ def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     return proc
 
 
+def _model(files: list[str], tmp_path: Path) -> Path:
+    """A 3-component model of the files, fitted in memory."""
+    _ok(run_emcli(["fit", *files, "-k", "3", "--id-column", "id", "-o", tmp_path, "-q"],
+                  tmp_path))
+    return tmp_path / "part0.model.json"
+
+
 def _bytes(out: Path) -> dict[str, bytes]:
     return {f.name: f.read_bytes() for f in sorted(out.iterdir()) if "convergence" not in f.name}
 
@@ -105,9 +112,7 @@ def test_select_k_on_the_cluster_says_jobs_does_not_apply(client, data, tmp_path
 
 def test_predict_and_impute_on_the_cluster_write_the_in_memory_bytes(client, data, tmp_path):
     files = _files(data)
-    _ok(run_emcli(["fit", *files, "-k", "3", "--id-column", "id", "-o", tmp_path, "-q"],
-                  tmp_path))
-    model = tmp_path / "part0.model.json"
+    model = _model(files, tmp_path)
     address = client.scheduler.address
     for command, out, extra in (("predict", "labels", ["--probabilities"]),
                                 ("impute", "output", ["--variance"])):
@@ -182,6 +187,41 @@ def test_a_worker_killed_during_a_fit_is_recomputed(client):
     assert np.array_equal(got.params.means, want.params.means)
     assert got.log_likelihood == want.log_likelihood
     source.release()
+
+
+def test_a_worker_killed_during_a_cli_fit_gives_the_in_memory_bytes_or_one_line(
+    client, data, tmp_path
+):
+    args = ["fit", *_files(data), "-k", "3", "--tol", "0", "--max-iter", "80", "--id-column",
+            "id", "-q"]
+    _ok(run_emcli([*args, "-o", "mem"], tmp_path, timeout=300))
+    proc = popen_emcli([*args, "-o", "dask", "--dask", client.scheduler.address], tmp_path,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        holding: list[str] = []
+        while time.monotonic() < deadline and not holding and proc.poll() is None:
+            # a worker holds the fit's partitions: the fit is under way
+            holding = [w for w, keys in client.has_what().items() if keys]
+            time.sleep(0.05)
+        assert holding, "the fit never placed its partitions"
+        time.sleep(0.5)  # into the passes
+        assert proc.poll() is None, "the fit ended before a worker could be killed"
+        pid = client.run(os.getpid, workers=holding[:1])[holding[0]]
+        os.kill(pid, signal.SIGKILL)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    client.wait_for_workers(2, timeout=120)  # the nanny starts another for later tests
+    if proc.returncode == 0:
+        assert _bytes(tmp_path / "mem") == _bytes(tmp_path / "dask")
+    else:
+        assert proc.returncode == 1, err.decode()
+        assert "Dask" in one_error_line(err)
+        assert not (tmp_path / "dask").exists() or list((tmp_path / "dask").iterdir()) == []
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_an_unreachable_scheduler_is_one_line_naming_it(data, tmp_path):
@@ -366,3 +406,60 @@ def test_labels_to_a_directory_are_part_files_the_workers_write(client, data, tm
     assert got.equals(want)
     assert _bytes(tmp_path / "mem") == _bytes(tmp_path / "dask")  # the model file
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing staged left
+
+
+def test_impute_to_a_directory_is_part_files_the_workers_write(client, data, tmp_path):
+    files = _files(data)
+    model = _model(files, tmp_path)
+    address = client.scheduler.address
+    _ok(run_emcli(["impute", model, *files, "-o", "mem.parquet", "--variance", "-q"], tmp_path))
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "stale.parquet").write_bytes(b"not ours")  # replaced as a whole
+    _ok(run_emcli(["impute", model, *files, "-o", "old/", "--variance", "-q", "--dask", address],
+                  tmp_path))
+    parts = sorted(p.name for p in (tmp_path / "old").iterdir())
+    assert parts == [f"part-{i:05d}.parquet" for i in range(len(N_FILE))]
+    want = pq.read_table(tmp_path / "mem.parquet")
+    assert want.num_rows == sum(N_FILE)
+    assert pq.read_table(tmp_path / "old").equals(want)
+    assert pq.read_table(tmp_path / "old" / parts[1]).equals(want.slice(N_FILE[0], N_FILE[1]))
+    # with -k: the fit's files and the parts are committed together
+    common = ["impute", *files, "-k", "2", "-q"]
+    _ok(run_emcli([*common, "-o", "k.mem.parquet", "--out-dir", "m"], tmp_path))
+    _ok(run_emcli([*common, "-o", "k.parts/", "--out-dir", "d", "--dask", address], tmp_path))
+    assert pq.read_table(tmp_path / "k.parts").equals(pq.read_table(tmp_path / "k.mem.parquet"))
+    assert _bytes(tmp_path / "m") == _bytes(tmp_path / "d")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing staged left
+
+
+def test_a_failed_impute_to_a_directory_leaves_nothing(client, data, tmp_path):
+    files = _files(data)
+    _ok(run_emcli(["fit", *files, "-k", "2", "-o", tmp_path, "-q"], tmp_path))
+    # a file whose footer reads (here) but whose first page header is damaged: its worker
+    # fails while the other writes its part
+    pq.write_table(pq.read_table(files[1]), tmp_path / "damaged.parquet")
+    damaged = bytearray((tmp_path / "damaged.parquet").read_bytes())
+    damaged[4:40] = b"\xff" * 36
+    (tmp_path / "damaged.parquet").write_bytes(bytes(damaged))
+    proc = run_emcli(["impute", tmp_path / "part0.model.json", files[0], "damaged.parquet",
+                      "-o", "out/", "--dask", client.scheduler.address], tmp_path)
+    assert proc.returncode == 1
+    assert "damaged.parquet: cannot read as Parquet" in proc.stderr.decode()
+    assert "Traceback" not in proc.stderr.decode()
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_select_k_labels_to_a_directory_are_part_files_the_workers_write(client, data,
+                                                                          tmp_path):
+    args = ["select-k", *_files(data), "-k", "1:3", "--no-hc", "--id-column", "id", "-q"]
+    _ok(run_emcli([*args, "-o", "mem", "--labels", "mem.labels.parquet"], tmp_path))
+    _ok(run_emcli([*args, "-o", "dask", "--labels", "best/", "--dask",
+                   client.scheduler.address], tmp_path))
+    parts = sorted(p.name for p in (tmp_path / "best").iterdir())
+    assert parts == [f"part-{i:05d}.parquet" for i in range(len(N_FILE))]
+    want = pq.read_table(tmp_path / "mem.labels.parquet")
+    assert want.num_rows == sum(N_FILE) and want.column_names[0] == "id"
+    assert pq.read_table(tmp_path / "best").equals(want)
+    assert _bytes(tmp_path / "mem") == _bytes(tmp_path / "dask")  # the best model's file
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

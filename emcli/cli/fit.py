@@ -146,12 +146,9 @@ def run_fit(
     if fit.no_log and log is not None:
         raise UsageError("--no-log and --log contradict each other; give one")
     log_path = None if fit.no_log else log or default_log
-    # with --dask, labels to a directory are Parquet part files the workers write
-    parts = fit.dask is not None and labels is not None and (
-        labels.endswith(("/", os.sep)) or os.path.isdir(labels)
-    )
+    parts = is_parts_dir(labels, fit)
     labels_fmt = PARTS if parts else io.output_format(labels_path, "csv")
-    checked = os.path.join(labels_path, "part-00000.parquet") if parts else labels_path
+    checked = checked_path(labels_path, parts)
     log_fmt = io.output_format(log_path, "csv") if log_path is not None else "csv"
     if model_path != "-" and not model_path.lower().endswith(".json") and not io.in_place(
         model_path
@@ -219,6 +216,20 @@ def run_fit(
     if strict:
         require_clean(result)
     return result, rows
+
+
+def is_parts_dir(path: str | None, fit: FitOptions) -> bool:
+    """Whether the output ``path`` is a directory of Parquet part files that the workers
+    write: with ``--dask``, a path with a trailing slash or an existing directory."""
+    return fit.dask is not None and path is not None and path != "-" and (
+        path.endswith(("/", os.sep)) or os.path.isdir(path)
+    )
+
+
+def checked_path(path: str, parts: bool) -> str:
+    """The file that ``io.check_output_paths`` checks for the output ``path``: its first
+    part file when it is a directory of parts."""
+    return os.path.join(path, "part-00000.parquet") if parts else path
 
 
 def plot_paths(data: list[str], plot: str | None, command: str) -> list[str]:

@@ -5,14 +5,15 @@ from __future__ import annotations
 import io as stdio
 import sys
 import time
-from typing import TYPE_CHECKING, Annotated, Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 
 import typer
 
 from emcli.errors import UsageError
 
 from .app import app, handled
-from .fit import require_clean, run_fit
+from .fit import PARTS, checked_path, is_parts_dir, require_clean, run_fit
 from .options import (
     Covariance,
     CovarianceOpt,
@@ -54,9 +55,14 @@ _IMPUTE_OWN = ("paths", "n_components", "output", "variance", "format", "max_mem
                "dask", "debug", "quiet")
 
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
     from emcli.io import AtomicOutputs, InputFile
     from emcli.io.rows import OpenedRows
     from emcli.model import FitResult, GMMParams
+    from emcli.sources import Block
+
+T = TypeVar("T")
 
 
 @app.command("impute")
@@ -100,7 +106,9 @@ def impute_command(
 
         started = time.perf_counter()
         fmt = format.value if format is not None else None
-        out_fmt = io.output_format(output, "csv")
+        parts = is_parts_dir(output, fit)  # Parquet part files the workers write
+        out_fmt = PARTS if parts else io.output_format(output, "csv")
+        checked = checked_path(output, parts)
         budget = memory_budget(fit.max_memory)
         done: dict[str, Any] = {}
         fitted: FitResult | None = None
@@ -124,7 +132,7 @@ def impute_command(
             model_path, data = paths[0], paths[1:]
             loaded = io.load_model(model_path)
             inputs = io.resolve_inputs(data, fmt)
-            io.check_output_paths([output], [*inputs, io.InputFile(model_path, "json")])
+            io.check_output_paths([checked], [*inputs, io.InputFile(model_path, "json")])
             with io.AtomicOutputs() as out:
                 done = stage_imputed(out, loaded.params, inputs, loaded.columns, output, out_fmt,
                                      variance, fit.tmp_dir, budget, client=client)
@@ -161,7 +169,7 @@ def impute_command(
                 fmt=fmt,
                 strict=False,
                 quiet=quiet,
-                extra_outputs=[output],
+                extra_outputs=[checked],
                 stage_more=stage,
                 stdin=stdin,
             )
@@ -191,21 +199,45 @@ def stage_imputed(
 ) -> dict[str, Any]:
     """Stage the imputed table of ``inputs`` in ``out``, a block at a time in input order
     (every input column passed through), filled where the rows are (a Dask ``client``'s
-    workers, or here); returns what the summary reports."""
+    workers, or here); returns what the summary reports. ``out_fmt`` ``PARTS``: the
+    workers write it to the directory ``output`` as Parquet part files."""
     from emcli import io
     from emcli.io.rows import open_model_rows
     from emcli.scoring import impute_rows
 
+    def fill(block: Block) -> tuple[Block, tuple[np.ndarray, np.ndarray]]:
+        return block, impute_rows(params, block.X)
+
+    def columns(result: tuple[Block, tuple[np.ndarray, np.ndarray]]) -> dict[str, object]:
+        block, (filled, var) = result
+        return io.imputed_columns(block.extra, feature_names, filled, var if variance else None)
+
+    def tally(result: tuple[Block, Any]) -> tuple[int, int]:  # rows empty, cells filled
+        X = result[0].X
+        n_observed = io.observed_counts(X)
+        return int((n_observed == 0).sum()), int(X.size - n_observed.sum())
+
     n_empty = n_filled = 0
     with open_model_rows(inputs, feature_names, passthrough=True, tmp_dir=tmp_dir,
                          budget=budget, stdin=stdin, client=client) as rows:
-        table = out.stage_table(output, out_fmt)
-        for block, (filled, var) in rows.source.each(lambda b: (b, impute_rows(params, b.X))):
-            table.write(io.imputed_columns(
-                block.extra, feature_names, filled, var if variance else None
-            ))
-            n_observed = io.observed_counts(block.X)
-            n_empty += int((n_observed == 0).sum())
-            n_filled += int(block.X.size - n_observed.sum())
+        if out_fmt == PARTS:  # written by the workers, in input order
+            from emcli.sources.dask import written
+
+            staged = written(rows.source, out.stage_dir(output), columns, tally)
+            tallies = cast(Iterator[tuple[int, int]], staged.each(fill))  # each block's tally
+        else:
+            tallies = _written_here(out.stage_table(output, out_fmt), rows.source.each(fill),
+                                    columns, tally)
+        for empty, filled in tallies:
+            n_empty += empty
+            n_filled += filled
     return {"source": rows.name, "n_rows": rows.n_rows, "n_empty": n_empty,
             "n_filled": n_filled, "columns": feature_names}
+
+
+def _written_here(table: Any, results: Iterator[T], columns: Callable[[T], dict[str, object]],
+                  tally: Callable[[T], tuple[int, int]]) -> Iterator[tuple[int, int]]:
+    """Write each result's columns to ``table`` here; yield its tally."""
+    for result in results:
+        table.write(columns(result))
+        yield tally(result)

@@ -16,8 +16,11 @@ from emcli.errors import UsageError
 
 from .app import app, flagged, handled
 from .fit import (
+    PARTS,
+    checked_path,
     draw_fit,
     fit_paths,
+    is_parts_dir,
     naming,
     open_input,
     plot_paths,
@@ -30,6 +33,7 @@ from .options import (
     DebugOpt,
     FitOptions,
     FormatOpt,
+    LabelsOpt,
     PlotOpt,
     ProbabilitiesOpt,
     QuietOpt,
@@ -136,6 +140,7 @@ def select_k_command(
             "STEM.convergence.csv (created if needed).",
         ),
     ] = ".",
+    labels: LabelsOpt = None,
     probabilities: ProbabilitiesOpt = False,
     json_: Annotated[
         bool, typer.Option("--json", help="Print the best model's document to stdout.")
@@ -160,7 +165,9 @@ def select_k_command(
         from emcli.selection import parse_covariances, parse_k
 
         started = time.perf_counter()
-        stdout_count(**{"--table -": table_path == "-", "--json": json_})
+        stdout_count(
+            **{"--labels -": labels == "-", "--table -": table_path == "-", "--json": json_}
+        )
         k_values = parse_k(k)
         covariance_types = parse_covariances(covariance)
         method, means_path = init_choice(fit.init)
@@ -169,12 +176,16 @@ def select_k_command(
                 f"--init {fit.init!r}: select-k tries several k, so it cannot start from a file of "
                 "means; use a method (kmeans, hc, …) or emcli fit"
             )
-        paths = fit_paths(data, out_dir, fit)
+        default_labels, model_path, log_path = fit_paths(data, out_dir, fit)
+        paths = (labels or default_labels, model_path, log_path)
+        parts = is_parts_dir(labels, fit)  # Parquet part files the workers write
+        labels_fmt = PARTS if parts else io.output_format(paths[0], "csv")
         table_fmt = io.output_format(table_path, "csv") if table_path is not None else None
 
         pictures = plot_paths(data, plot, "select-k")
         outputs = [p for p in paths if p is not None] + ([table_path] if table_path else [])
         outputs += pictures
+        checked = [checked_path(paths[0], parts), *outputs[1:]]
         fmt = format.value if format is not None else None
         reporter = Reporter(quiet)
         from emcli.selection import sweep
@@ -185,7 +196,7 @@ def select_k_command(
                 "each fit's passes spread over the cluster's workers"
             )
             jobs = 1
-        with open_input(data, fit, fmt, outputs, reporter) as rows:
+        with open_input(data, fit, fmt, checked, reporter) as rows:
             n_cells = len(k_values) * len(covariance_types)
             with (
                 _one_blas_thread(),
@@ -235,7 +246,7 @@ def select_k_command(
                 rows,
                 extra,
                 paths,
-                ("csv", "csv"),
+                (labels_fmt, "csv"),
                 probabilities=probabilities,
                 json_=json_,
                 timings=fit.timings,
