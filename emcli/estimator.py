@@ -25,7 +25,7 @@ from .errors import ConvergenceWarning, DataError, FitWarning, NotFittedError
 from .fitting import fit_mixture
 from .model import FitResult, GMMParams, IterationRecord
 from .scoring import sample_mixture, score_rows
-from .sources.dask import is_collection
+from .sources.cluster import is_collection
 
 # One default for the Python API and the command line (README, "Python").
 MAX_ITER = 200

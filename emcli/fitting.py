@@ -371,7 +371,7 @@ def fit_mixture(
     a scheduler address, or None for the active client); the result then has no
     per-row outputs (``GaussianMixture.predict`` gives them as a Dask Array).
     """
-    from .sources.dask import is_collection
+    from .sources.cluster import is_collection
 
     if is_collection(X):
         from .sources.dask import collection_on_cluster

@@ -366,7 +366,7 @@ def test_a_worker_with_another_emcli_is_one_line_naming_both_versions(data, tmp_
     (fake / "sources").mkdir(parents=True)
     (fake / "__init__.py").write_text('__version__ = "9.9.9"\n')
     (fake / "sources" / "__init__.py").write_text("")
-    (fake / "sources" / "dask.py").write_text(
+    (fake / "sources" / "cluster.py").write_text(
         "def _emcli_version():\n    import emcli\n\n    return emcli.__version__\n"
     )
     env = dict(os.environ, PYTHONPATH=str(tmp_path / "other"))

@@ -309,7 +309,7 @@ def open_input(
     ``--dask``, lives as long as the context."""
     from emcli import io
     from emcli.io.rows import check_cluster_inputs, open_rows
-    from emcli.sources.dask import cluster
+    from emcli.sources.cluster import cluster
 
     from .options import memory_budget
 

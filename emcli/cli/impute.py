@@ -96,7 +96,7 @@ def impute_command(
     quiet: QuietOpt = False,
 ) -> None:
     """Fill every missing cell of the model's columns with E[x_missing | x_observed]."""
-    from emcli.sources.dask import cluster
+    from emcli.sources.cluster import cluster
 
     with handled(debug), cluster(fit.dask) as client:  # one cluster for the fit and the rows
         from emcli import io

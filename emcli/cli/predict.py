@@ -63,7 +63,7 @@ def predict_command(
         from emcli.io.rows import open_model_rows
         from emcli.render import Reporter, apply_summary
         from emcli.scoring import score_blocks
-        from emcli.sources.dask import cluster
+        from emcli.sources.cluster import cluster
 
         started = time.perf_counter()
         labels_fmt = io.output_format(labels, "csv")

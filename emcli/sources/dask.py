@@ -1,8 +1,9 @@
 """Rows on a Dask cluster: partitions read and kept on the workers for the whole fit.
 
-This is the only module that imports ``dask`` or ``distributed``, and only
-when a cluster is asked for: ``emcli --help`` and fits in memory never load
-them (install with ``pip install 'emcli[dask]'``).
+With ``cluster.py`` (connecting), this is the only module that imports
+``dask`` or ``distributed``, and only when a cluster is asked for: ``emcli
+--help`` and fits in memory never load them (install with ``pip install
+'emcli[dask]'``).
 
 A ``DaskSource`` holds one future per partition; each future's value, on a
 worker, is the partition's rows cut into ``Block``s at the offsets every
@@ -23,9 +24,7 @@ killing workers, the fit fails with one line.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from functools import reduce as _fold
 from operator import add
@@ -33,211 +32,12 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from emcli.errors import DataError, EmcliError, UsageError
+from emcli.errors import DataError, EmcliError
 from emcli.sources import Block, MapFn
+from emcli.sources.cluster import _distributed, _reason, default_client
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-INSTALL = "pip install 'emcli[dask]'"
-CONNECT_TIMEOUT = 5  # seconds to reach a scheduler before giving up
-CLOSE_TIMEOUT = 1  # seconds to close a client or a local cluster
-LOCAL = "local"
-
-
-def _distributed() -> Any:
-    try:
-        import distributed
-    except ImportError as exc:
-        raise UsageError(
-            f"running on a Dask cluster needs dask and distributed; install them with {INSTALL}"
-        ) from exc
-    return distributed
-
-
-def is_collection(X: Any) -> bool:
-    """Whether ``X`` is a Dask DataFrame, Series or Array (without importing dask)."""
-    return type(X).__module__.partition(".")[0] == "dask" and hasattr(X, "__dask_graph__")
-
-
-# ---- the cluster ---------------------------------------------------------------------
-
-_active: dict[str, Any] = {}  # spec -> client opened by ``cluster``, for nested uses
-
-
-@contextlib.contextmanager
-def cluster(spec: str | None) -> Iterator[Any]:
-    """A ``distributed.Client`` for ``spec`` (an address, ``local`` or ``local:N``), or None.
-
-    ``local[:N]`` starts a ``LocalCluster`` of N worker processes (default: the
-    cores) on 127.0.0.1; it is shut down on exit, on error and on Ctrl-C. A
-    use inside another for the same ``spec`` shares its client.
-    """
-    if spec is None:
-        yield None
-        return
-    if spec in _active:
-        yield _active[spec]
-        return
-    distributed = _distributed()
-    import dask
-
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(dask.config.set({
-            "distributed.comm.timeouts.connect": f"{CONNECT_TIMEOUT}s",
-            "distributed.admin.system-monitor.gil.enabled": False,
-        }))
-        stack.enter_context(_quiet_logs())
-        stack.enter_context(warnings.catch_warnings())
-        warnings.simplefilter("ignore")  # dask's advice (ports, graph sizes) is not the user's
-        with _sigint_held():  # a cluster half started cannot be shut down cleanly
-            if spec == LOCAL or spec.startswith(LOCAL + ":"):
-                n = _local_workers(spec)
-                local = distributed.LocalCluster(
-                    n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                    dashboard_address=":0", silence_logs=logging.CRITICAL,
-                )
-                stack.callback(_close, local)
-                client = distributed.Client(local, set_as_default=False)
-                # workers busy in a task outlive a close and hold the exit up (by
-                # seconds): they are this command's own processes and go first
-                stack.callback(_kill, list(client.run(os.getpid).values()))
-            else:
-                try:
-                    client = distributed.Client(
-                        spec, timeout=CONNECT_TIMEOUT, set_as_default=False
-                    )
-                except (OSError, TimeoutError, ValueError, TypeError) as exc:
-                    raise DataError(
-                        f"cannot reach the Dask scheduler at {spec} ({_reason(exc)}); check "
-                        "the address and that the scheduler is running"
-                    ) from None
-            stack.callback(_close, client)
-        check_versions(client)
-        _active[spec] = client
-        try:
-            yield client
-        finally:
-            _active.pop(spec, None)
-
-
-@contextlib.contextmanager
-def _sigint_held() -> Iterator[None]:
-    """Ctrl-C waits until the block ends (then it interrupts as usual). Processes and
-    threads started meanwhile keep it blocked: the workers are shut down by this
-    process, not by the terminal's Ctrl-C."""
-    import signal
-    import threading
-
-    if not hasattr(signal, "pthread_sigmask") or (
-        threading.current_thread() is not threading.main_thread()
-    ):
-        yield
-        return
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-
-
-def _local_workers(spec: str) -> int:
-    if spec == LOCAL:
-        return max(1, os.cpu_count() or 1)
-    text = spec[len(LOCAL) + 1:]
-    if not text.isdigit() or int(text) < 1:
-        raise UsageError(f"--dask {spec!r}: give local:N with N a number of workers, e.g. local:4")
-    return int(text)
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:160]
-
-
-def _close(thing: Any) -> None:
-    """Close a client or a cluster without waiting long for busy workers (Ctrl-C)."""
-    with contextlib.suppress(Exception):
-        thing.close(timeout=CLOSE_TIMEOUT)
-
-
-def _kill(pids: list[int]) -> None:
-    import signal
-
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-
-
-@contextlib.contextmanager
-def _quiet_logs() -> Iterator[None]:
-    """Dask's own log lines (a worker lost, a cluster closing) stay off stderr:
-    emcli says what matters in one line."""
-    loggers = [logging.getLogger(n) for n in ("distributed", "tornado", "asyncio")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
-
-
-def _emcli_version() -> str:
-    """This machine's emcli version (run on each worker)."""
-    import emcli
-
-    return emcli.__version__
-
-
-def check_versions(client: Any) -> None:
-    """Every worker runs this emcli version, or one line names both."""
-    from emcli import __version__
-
-    try:
-        found = client.run(_emcli_version, on_error="return")
-    except Exception as exc:  # noqa: BLE001 - the scheduler's reason, in one line
-        raise DataError(
-            f"cannot ask the Dask workers their emcli version ({_reason(exc)})"
-        ) from None
-    for worker, version in sorted(found.items()):
-        if isinstance(version, BaseException):
-            raise DataError(
-                f"Dask worker {worker} cannot run emcli ({_reason(version)}); install emcli "
-                f"{__version__} on every worker"
-            )
-        if version != __version__:
-            raise DataError(
-                f"Dask worker {worker} runs emcli {version}, this machine emcli {__version__}; "
-                "install the same emcli on every worker"
-            )
-    if not found:
-        raise DataError("the Dask cluster has no workers; start some, or use --dask local")
-
-
-def default_client(client: Any = None) -> Any:
-    """``client`` as a ``distributed.Client``: given, from an address, or the active one."""
-    distributed = _distributed()
-    if isinstance(client, distributed.Client):
-        return client
-    if isinstance(client, str):
-        try:
-            return distributed.Client(client, timeout=CONNECT_TIMEOUT, set_as_default=False)
-        except (OSError, TimeoutError, ValueError, TypeError) as exc:
-            raise DataError(
-                f"cannot reach the Dask scheduler at {client} ({_reason(exc)})"
-            ) from None
-    if client is not None:
-        raise DataError("client must be a distributed.Client, a scheduler address or None")
-    try:
-        return distributed.get_client()
-    except ValueError:
-        raise DataError(
-            "a Dask collection needs a cluster: start a distributed.Client first, or pass "
-            "client= (an address or a Client)"
-        ) from None
-
 
 # ---- the source ----------------------------------------------------------------------
 
