@@ -206,6 +206,7 @@ class AtomicOutputs:
         self._writers: list[TableWriter] = []
         self._stdout_streamed = False
         self._made_dirs: list[str] = []  # directories made for staged files, removed by abort
+        self._swapped = False  # set once every staged file is in place
 
     def stage(self, path: str) -> OutputFile:
         """A binary file object for the output ``path`` (``"-"``: standard output)."""
@@ -289,8 +290,16 @@ class AtomicOutputs:
                 self._staged.remove(s)
             self._swap_all()
         except BaseException:
-            self.abort()
+            if not self._swapped:
+                self.abort()
+                raise
+            # a signal held back during the swap is delivered once every file is in
+            # place: the set is committed, and the interrupt goes on from there
+            self._committed()
             raise
+        self._committed()
+
+    def _committed(self) -> None:
         COMMITTED.extend(s.path for s in self._staged)
         self._staged, self._stdout, self._writers, self._made_dirs = [], [], [], []
 
@@ -312,7 +321,9 @@ class AtomicOutputs:
                             f"{s.path}: cannot write ({exc.strerror}); no output file was changed"
                         ) from exc
                     swap.placed.append(s.target)
-                    held.check()
+                    if s is not self._staged[-1]:
+                        held.check()
+                self._swapped = True  # every file is in place
             except BaseException as exc:
                 kept = _roll_back(swap)
                 for s in self._staged:  # before a held SIGTERM ends the process
