@@ -97,8 +97,34 @@ def cluster(spec: str | None) -> Iterator[Any]:
         _active[spec] = client
         try:
             yield client
+        except KeyboardInterrupt:
+            _exit_if_stuck()  # the cluster's shutdown below must not hold Ctrl-C up
+            raise
         finally:
             _active.pop(spec, None)
+
+
+SHUTDOWN_GRACE = 10.0  # seconds a Ctrl-C waits for the cluster to shut down
+
+
+def _exit_if_stuck() -> None:
+    """End the process (exit 130) if shutting the cluster down outlasts ``SHUTDOWN_GRACE``.
+
+    Everything inside the cluster's block (staged outputs, spill files) is
+    already undone when this is armed; only the cluster's own shutdown is left.
+    """
+    import sys
+    import threading
+
+    def stuck() -> None:
+        with contextlib.suppress(Exception):
+            sys.stderr.write("emcli: interrupted; the Dask cluster was stopped without waiting\n")
+            sys.stderr.flush()
+        os._exit(130)
+
+    timer = threading.Timer(SHUTDOWN_GRACE, stuck)
+    timer.daemon = True
+    timer.start()
 
 
 @contextlib.contextmanager
