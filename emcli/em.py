@@ -283,6 +283,16 @@ def separation(mean_log_max: float, weights: np.ndarray) -> float:
 
 
 @dataclass
+class _Pending:
+    """Where a run stopped: what its next M-step needs, to resume it."""
+
+    recovery: Recovery
+    totals: PassTotals
+    prep: Any
+    flat: bool
+
+
+@dataclass
 class RunResult:
     params: GMMParams
     log_likelihood: float
@@ -290,6 +300,7 @@ class RunResult:
     n_iter: int
     history: list[IterationRecord]
     log_max: float  # ICL's entropy term at the returned parameters
+    pending: _Pending | None = None  # what ``resume`` needs to go on
 
 
 def run_em(
@@ -303,21 +314,34 @@ def run_em(
     dtype: Any = np.float64,
     callback: Callable[[IterationRecord], None] | None = None,
     map: MapFn = map,
+    resume: RunResult | None = None,
 ) -> RunResult:
     """Iterate E- and M-steps from ``params`` until the mean log-likelihood settles.
 
     ``history[0]`` is the log-likelihood at the starting parameters and
     ``history[t]`` the one after the t-th M-step; the returned parameters are
     the last ones evaluated, so the last history entry is their log-likelihood.
+    With ``resume`` (a run that stopped, at its ``max_iter`` or a looser
+    ``tol``), the run goes on from where it stopped, up to ``max_iter``
+    iterations in all, exactly as if it had not stopped; ``params`` is ignored.
     """
     history: list[IterationRecord] = []
-    recovery = Recovery(params.n_components)
-    params, events = recovery.check_start(params, ctx)
-    prev: float | None = None
     converged = False
     flat = False
     tick = time.perf_counter()
     t = 0
+    prev: float | None = None
+    if resume is None:
+        recovery = Recovery(params.n_components)
+        params, events = recovery.check_start(params, ctx)
+    else:
+        assert resume.pending is not None
+        pending = resume.pending
+        recovery, flat = pending.recovery, pending.flat
+        history = list(resume.history)
+        params, events = recovery.m_step(pending.totals, pending.prep, resume.params, ctx)
+        prev = history[-1].mean_log_likelihood
+        t = resume.n_iter + 1
     while True:
         try:
             totals, prep = e_pass(source, params, dtype, map)
@@ -358,7 +382,8 @@ def run_em(
         t += 1
     n_iter = t
     return RunResult(
-        params, history[-1].log_likelihood, converged, n_iter, history, totals.log_max
+        params, history[-1].log_likelihood, converged, n_iter, history, totals.log_max,
+        _Pending(recovery, totals, prep, flat),
     )
 
 

@@ -184,6 +184,9 @@ def fit_source(
     column_names: Sequence[str] | None = None,
     callback: Callable[[IterationRecord], None] | None = None,
     compare_kmeans: bool = False,
+    extra_inits: Sequence[str] = (),
+    race_iter: int = 0,
+    race_floor: float | None = None,
 ) -> FitResult:
     """Fit a Gaussian mixture by EM to the rows of ``source``, NaN integrated out exactly.
 
@@ -192,6 +195,13 @@ def fit_source(
     otherwise; either way the result is the same. The result has no per-row
     outputs: ``score_blocks`` gives them block by block. ``compare_kmeans``
     adds k-means against EM (``compare.compare_kmeans``, two more passes).
+
+    ``extra_inits`` are more start methods, each one more restart after the
+    ``n_init`` of ``init``. With ``race_iter``, each extra start runs that
+    many iterations and goes on to convergence only if its log-likelihood is
+    then at least the best of the ``init`` restarts' at the same iteration;
+    with ``race_floor`` too, every start goes on only if it is also at least
+    that (a log-likelihood in the data's units): docs/loop.md §6.
     """
     model = get_model(covariance_type)
     covariance_type = str(model_name(covariance_type))
@@ -254,31 +264,55 @@ def fit_source(
         user = _user_start(
             means_init, weights_init, precisions_init, covariance_type, K, d, centre, scale
         )
-        samples = _samples(rows, init, user, K, seed, scan, pmap)
-        best, best_restart = None, -1
-        history: list[IterationRecord] = []
-        failed: list[tuple[int, str]] = []
         # hc and given starts depend on the data alone: their restarts cannot differ
         distinct = 1 if init in ("hc", "means") else int(n_init)
-        for r in range(distinct):
+        starts = [(init, r) for r in range(distinct)]
+        starts += [(m, distinct + i) for i, m in enumerate(dict.fromkeys(
+            canonical_init(x) for x in extra_inits)) if m != init]
+        samples = _samples(rows, [m for m, _ in starts], user, K, seed, scan, pmap)
+        # log-densities in the data's units: each observed cell adds -log(scale)
+        offset = -float(np.log(scale) @ scan.sw)
+        runs: list[tuple[int, Any]] = []
+        records: dict[int, list[IterationRecord]] = {}
+        failed: list[tuple[int, str]] = []
+        for method, r in starts:
+            # raced: an extra start, or every start when there is a floor to reach
+            raced = race_iter > 0 and (r >= distinct or race_floor is not None)
             rng = restart_rng(int(seed), K, model.seed_index, r)
             try:
-                start = _start_params(rows, samples, K, covariance_type, init, rng, user, ctx, pmap)
+                start = _start_params(rows, samples, K, covariance_type, method, rng, user, ctx,
+                                      pmap)
                 run = run_em(
-                    rows, start, ctx, tol=tol, max_iter=int(max_iter), restart=r,
-                    dtype=np_dtype, callback=callback, map=pmap,
+                    rows, start, ctx, tol=tol,
+                    max_iter=min(int(race_iter), int(max_iter)) if raced else int(max_iter),
+                    restart=r, dtype=np_dtype, callback=callback, map=pmap,
                 )
+                if raced and not run.converged and run.n_iter < int(max_iter):
+                    # the others' best at the same iteration, or the floor
+                    floor = max((_ll_at(o.history, run.n_iter) for _, o in runs[:distinct]),
+                                default=-np.inf)
+                    if race_floor is not None:
+                        floor = max(floor, race_floor - offset)
+                    if run.log_likelihood >= floor:
+                        run = run_em(rows, run.params, ctx, tol=tol, max_iter=int(max_iter),
+                                     restart=r, dtype=np_dtype, callback=callback, map=pmap,
+                                     resume=run)
             except FitError as exc:
                 failed.append((r, str(exc)))
                 nan = float("nan")
-                history.append(IterationRecord(r, 0, nan, nan, nan, 0.0, f"restart failed: {exc}"))
+                records[r] = [IterationRecord(r, 0, nan, nan, nan, 0.0, f"restart failed: {exc}")]
                 continue
-            history.extend(run.history)
+            runs.append((r, run))
+        best, best_restart = None, -1
+        for r, run in runs:
+            records[r] = run.history
             if best is None or run.log_likelihood > best.log_likelihood:
                 best, best_restart = run, r
+        history = [h for r in sorted(records) for h in records[r]]
         if best is None:
             reasons = "; ".join(f"restart {r}: {why}" for r, why in failed)
-            raise FitError(f"every restart failed ({reasons})" if distinct > 1 else failed[0][1])
+            raise FitError(f"every restart failed ({reasons})" if len(starts) > 1
+                           else failed[0][1])
         thin = 2.0 * scan.sum_w / max(scan.n_rows - scan.n_empty, 1) if K > 1 else 0.0
         spikes = (
             spike_components(rows, best.params, scan.sum_w, thin, pmap)
@@ -288,7 +322,7 @@ def fit_source(
         if compare_kmeans:
             from .compare import compare_kmeans as _compare
 
-            kmeans = samples.kmeans or _samples(rows, "kmeans", None, K, seed, scan, pmap).kmeans
+            kmeans = samples.kmeans or _samples(rows, ["kmeans"], None, K, seed, scan, pmap).kmeans
             assert kmeans is not None
             rng = restart_rng(int(seed), K, model.seed_index, best_restart)
             comparison = _compare(rows, kmeans, best.params, rng, ctx, pmap)
@@ -296,8 +330,6 @@ def fit_source(
     params = best.params
     order = canonical_order(_to_original_units(params, centre, scale))
     params = permute(params, order)
-    # log-densities in the data's units: each observed cell adds -log(scale)
-    offset = -float(np.log(scale) @ scan.sw)
     ll = best.log_likelihood + offset
     sum_w = scan.sum_w
     history = [
@@ -335,7 +367,7 @@ def fit_source(
         missing_fraction=scan.n_missing / (scan.n_rows * d),
         settings={
             "covariance_type": covariance_type,
-            "init": init,
+            "init": dict((r, m) for m, r in starts)[best_restart],  # the winning start's
             "n_init": int(n_init),
             "seed": int(seed),
             "tol": float(tol),
@@ -349,10 +381,15 @@ def fit_source(
         else None,
         in_memory=keep,
         warnings=tuple(warnings),
-        n_restarts=distinct,
+        n_restarts=len(starts),
         failed_restarts=tuple(f"restart {r}: {why}" for r, why in failed),
         kmeans_comparison=None if comparison is None else comparison.as_record(offset),
     )
+
+
+def _ll_at(history: Sequence[IterationRecord], t: int) -> float:
+    """A run's log-likelihood after ``t`` iterations (its last, if it stopped before)."""
+    return history[min(t, len(history) - 1)].log_likelihood
 
 
 def fit_mixture(
@@ -399,16 +436,17 @@ class _Samples:
     hc: Sample | None
 
 
-def _samples(rows: FitRows, init: str, user, K: int, seed: int, scan: ColumnScan, pmap) -> _Samples:
-    """The rows the start works on: drawn once per fit, shared by its restarts."""
+def _samples(
+    rows: FitRows, inits: Sequence[str], user, K: int, seed: int, scan: ColumnScan, pmap
+) -> _Samples:
+    """The rows the starts work on: drawn once per fit, shared by its restarts."""
     if user is not None and {"means", "weights", "covariances"} <= user.keys():
         return _Samples(None, None)
-    needs = "hc" if init == "hc" else ("" if init in ("means", "random") else "kmeans")
     kmeans = hc = None
-    if needs == "kmeans":
+    if any(m not in ("hc", "means", "random") for m in inits):
         kmeans = draw_sample(rows, KMEANS_SAMPLE, seed_key(seed, 1), scan.n_fit, scan.sum_w,
                              False, pmap)
-    if needs == "hc":  # mclust's hc depends on the data alone: the key is the row count
+    if "hc" in inits:  # mclust's hc depends on the data alone: the key is the row count
         cap = max(MAX_ROWS, K)
         hc = draw_sample(rows, cap, seed_key(scan.n_fit, cap), scan.n_fit, scan.sum_w, True, pmap)
     return _Samples(kmeans, hc)

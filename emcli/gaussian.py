@@ -21,7 +21,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from scipy.linalg import solve_triangular
+from scipy.linalg.lapack import dtrtri
 
 from .conditional import incomplete_log_prob
 
@@ -212,6 +212,12 @@ PRECISION_ROUTE_BOUND = 1e-10
 
 def cholesky_components(cov: np.ndarray) -> tuple[np.ndarray | None, list[int]]:
     """Lower Cholesky factors of a ``(K, d, d)`` stack and the components that failed."""
+    try:  # the usual case: every component is fine, one batched call
+        L = np.linalg.cholesky(cov)
+        if np.all(np.isfinite(L)) and np.all(np.diagonal(L, axis1=1, axis2=2) > 0):
+            return L, []
+    except np.linalg.LinAlgError:
+        pass
     K = cov.shape[0]
     L = np.empty_like(cov)
     bad: list[int] = []
@@ -224,6 +230,16 @@ def cholesky_components(cov: np.ndarray) -> tuple[np.ndarray | None, list[int]]:
         if not np.all(np.isfinite(L[k])) or np.any(np.diag(L[k]) <= 0):
             bad.append(k)
     return (None if bad else L), bad
+
+
+def _triangular_inverses(L: np.ndarray) -> np.ndarray:
+    """``L_k⁻¹`` of each lower-triangular factor (LAPACK's trtri: exactly triangular)."""
+    out = np.empty_like(L)
+    for k in range(L.shape[0]):
+        out[k], info = dtrtri(L[k], lower=1)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"component {k}'s Cholesky factor is singular")
+    return out
 
 
 def prepare_gen(
@@ -239,8 +255,7 @@ def prepare_gen(
     L, bad = cholesky_components(cov)
     if L is None:
         raise np.linalg.LinAlgError(f"components {bad} are not positive definite")
-    eye = np.eye(d)
-    Linv = np.stack([solve_triangular(L[k], eye, lower=True) for k in range(K)])
+    Linv = _triangular_inverses(L)
     log_det = 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum(axis=1)
     W = np.ascontiguousarray(Linv.transpose(2, 0, 1).reshape(d, K * d)).astype(dtype)
     b = np.einsum("kab,kb->ka", Linv, means).reshape(K * d)

@@ -128,6 +128,14 @@ def _fit_in_worker(k: int, covariance_type: str, warm: Any = None) -> SweepCell:
                     **_WORKER["options"])
 
 
+# A sweep ranks fits by their likelihoods, so they run to tighter convergence
+# than a single fit's default (1e-3): stopped early, slow EM runs at larger k lose
+# several BIC units and the ranking with them (as mclust, which stops at 1e-5).
+SWEEP_TOL = 1e-5
+# Iterations every start of a cell runs before only the leader goes on (docs/criteria.md §4).
+RACE_ITER = 10
+
+
 def fit_cell(
     X: np.ndarray | RowSource,
     w: np.ndarray | None,
@@ -136,63 +144,46 @@ def fit_cell(
     *,
     init: str = "kmeans",
     try_hc: bool = True,
-    warm: tuple[np.ndarray, np.ndarray] | None = None,
+    warm: tuple[np.ndarray, np.ndarray, float | None] | None = None,
     **fit_options: Any,
 ) -> SweepCell:
     """Fit one (k, covariance) cell; a failure is recorded in the cell, not raised.
 
-    With ``try_hc`` and a k-means start, the cell is fitted a second time from
-    the ``hc`` start (one restart: it is deterministic below ``hc.MAX_ROWS``
-    rows) and the higher log-likelihood is kept. With ``warm`` (means and
-    weights in the data's units) the cell is fitted once, from those means.
+    With ``try_hc`` and a k-means start, the ``hc`` start (one restart: it is
+    deterministic below ``hc.MAX_ROWS`` rows) races the k-means restarts for
+    ``RACE_ITER`` iterations and the leader goes on (docs/criteria.md §4).
+    With ``warm`` (means and weights in the data's units, and the
+    log-likelihood to beat) the cell is fitted once, from those means, and
+    goes on past ``RACE_ITER`` iterations only if it is not below that.
     """
     t0 = time.perf_counter()
-    inits = [init] if warm is None else ["means"]
+    opts = dict(fit_options, race_iter=RACE_ITER)
     if try_hc and init == "kmeans" and k > 1 and warm is None:
-        inits.append("hc")
-    best = None
-    errors: list[str] = []
-    for name in inits:
-        opts = dict(fit_options)
-        if name == "hc" and name != init:
-            opts["n_init"] = 1
-        if warm is not None:
-            opts.update(n_init=1, means_init=warm[0], weights_init=warm[1])
-        try:
-            init_name = init if name == "means" else name  # means_init decides
-            if isinstance(X, np.ndarray):
-                res = fit_mixture(
-                    X, n_components=k, covariance_type=covariance_type, sample_weight=w,
-                    init=init_name, **opts,
-                )
-            else:  # a row source: per-row outputs come later, from score_blocks
-                res = fit_source(
-                    X, n_components=k, covariance_type=covariance_type, init=init_name, **opts
-                )
-        except MemoryBudgetError:
-            raise  # not this cell's failure: the whole sweep needs more memory
-        except (FitError, DataError) as exc:
-            errors.append(str(exc))
-            continue
+        opts["extra_inits"] = ("hc",)
+    if warm is not None:
+        opts.update(n_init=1, means_init=warm[0], weights_init=warm[1], race_floor=warm[2])
+    error = ""
+    try:
+        if isinstance(X, np.ndarray):
+            res = fit_mixture(
+                X, n_components=k, covariance_type=covariance_type, sample_weight=w,
+                init=init, **opts,
+            )
+        else:  # a row source: per-row outputs come later, from score_blocks
+            res = fit_source(X, n_components=k, covariance_type=covariance_type, init=init, **opts)
+    except MemoryBudgetError:
+        raise  # not this cell's failure: the whole sweep needs more memory
+    except (FitError, DataError) as exc:
+        error = str(exc)
+    else:
         if not np.isfinite(res.log_likelihood):
-            errors.append(f"the {name} start gave a non-finite log-likelihood")
-            continue
-        thin = _degenerate_component(res)
-        if thin:
-            errors.append(f"the {name} start gave a degenerate fit: {thin}")
-            continue
-        if best is None or res.log_likelihood > best.log_likelihood:
-            best = res
+            error = "the fit gave a non-finite log-likelihood"
+        elif thin := _degenerate_component(res):
+            error = f"the fit is degenerate: {thin}"
     seconds = time.perf_counter() - t0
-    if best is None:
-        return SweepCell(k, covariance_type, None, seconds, errors[0] if errors else "failed")
-    return SweepCell(k, covariance_type, best, seconds)
-
-
-# A sweep ranks fits by their likelihoods, so they run to tighter convergence
-# than a single fit's default (1e-3): stopped early, slow EM runs at larger k lose
-# several BIC units and the ranking with them (as mclust, which stops at 1e-5).
-SWEEP_TOL = 1e-5
+    if error:
+        return SweepCell(k, covariance_type, None, seconds, error)
+    return SweepCell(k, covariance_type, res, seconds)
 
 
 def _run_cells(pool, X, w, options, tasks) -> Iterator[tuple[int, SweepCell]]:
@@ -218,7 +209,11 @@ def _warm_starts(cells: Sequence[SweepCell], covs: Sequence[str]) -> list[tuple]
         top = cells[j]
         p = res.params
         means = p.means if p.scaling is None else p.scaling.to_data(p.means)
-        tasks.extend((i, k, c.covariance_type, (means, p.weights)) for i, c in at_k if c is not top)
+        tasks.extend(
+            (i, k, c.covariance_type,
+             (means, p.weights, None if c.result is None else c.result.log_likelihood))
+            for i, c in at_k if c is not top
+        )
     return tasks
 
 

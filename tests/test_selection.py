@@ -327,3 +327,26 @@ def test_second_round_from_the_best_model_at_each_k_only_helps_and_ignores_jobs(
         assert cell.result.log_likelihood >= alone.result.log_likelihood
         better += cell.result.log_likelihood > alone.result.log_likelihood + 1e-6
     assert better >= 1  # the round finds a better optimum somewhere on this data
+
+
+def test_a_raced_start_goes_on_only_when_it_leads_and_then_as_if_never_stopped():
+    """The hc start races the k-means restart for a few iterations (docs/loop.md §6)."""
+    X, _ = elongated_overlapping(seed=2)
+    race = 4
+    hc = fit_mixture(X, n_components=3, init="hc", tol=SWEEP_TOL)
+    km = fit_mixture(X, n_components=3, init="kmeans", tol=SWEEP_TOL)
+    both = fit_mixture(X, n_components=3, init="kmeans", extra_inits=("hc",), race_iter=race,
+                       tol=SWEEP_TOL)
+    runs = {r: [h for h in both.history if h.restart == r] for r in (0, 1)}
+    lls = lambda hist: [h.log_likelihood for h in hist]  # noqa: E731
+    assert lls(runs[0]) == lls(km.history)  # the k-means restart runs as on its own
+    # hc leads after `race` iterations, goes on, and ends exactly where it ends alone
+    assert runs[1][race].log_likelihood >= runs[0][race].log_likelihood
+    assert lls(runs[1]) == lls(hc.history)
+    assert both.log_likelihood == hc.log_likelihood and both.settings["init"] == "hc"
+    # a floor above what the race reaches stops the extra start at `race` iterations
+    floor = fit_mixture(X, n_components=3, init="kmeans", extra_inits=("hc",), race_iter=race,
+                        tol=SWEEP_TOL, race_floor=hc.log_likelihood + 1.0)
+    stopped = [h for h in floor.history if h.restart == 1]
+    assert len(stopped) == race + 1 and len(floor.history) == len(runs[0]) + len(stopped)
+    assert floor.log_likelihood == stopped[-1].log_likelihood
