@@ -204,7 +204,7 @@ class Recovery:
         weights = N / ctx.sum_w
         events: list[str] = []
         K = params.n_components
-        worst = list(zip(totals.worst.values, totals.worst.rows, strict=True))
+        worst: list | None = None  # the re-seed candidates, read at the first re-seed
         shared = not model.per_component
         bad = set(model.bad_components(cov))
         for k in range(1 if shared else K):
@@ -236,6 +236,8 @@ class Recovery:
                         "the shared covariance is singular even with extra regularisation; "
                         "try fewer components, a larger reg_covar, or standardize=True"
                     )
+                if worst is None:
+                    worst = list(zip(totals.worst.values, totals.worst.rows, strict=True))
                 means, cov, weights = self._reseed(k, means, cov, weights, worst, ctx, model)
                 self.level[k] = 0
                 self.reseeded[k] = True

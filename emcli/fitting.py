@@ -367,7 +367,7 @@ def fit_source(
         missing_fraction=scan.n_missing / (scan.n_rows * d),
         settings={
             "covariance_type": covariance_type,
-            "init": dict((r, m) for m, r in starts)[best_restart],  # the winning start's
+            "init": {r: m for m, r in starts}[best_restart],  # the winning start's
             "n_init": int(n_init),
             "seed": int(seed),
             "tol": float(tol),

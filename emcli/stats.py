@@ -89,13 +89,43 @@ class MaskStats(_Sum):
     Sx2: np.ndarray | None = None  # (K, d) sum w r o (x - μ)²
 
 
-@dataclass
 class Candidates:
-    """The ``keep`` rows with the lowest log-density seen so far, lowest first."""
+    """The ``keep`` rows with the lowest log-density seen so far, lowest first.
 
-    values: np.ndarray  # (m,) log-densities
-    rows: np.ndarray  # (m, d) the rows (NaN = missing)
-    keep: int
+    ``of`` defers the selection until ``values`` or ``rows`` is read (or the
+    value is added or pickled): most passes never re-seed, so never need it.
+    """
+
+    def __init__(self, values: np.ndarray, rows: np.ndarray, keep: int) -> None:
+        self._values, self._rows, self.keep = values, rows, keep
+        self._pending: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def values(self) -> np.ndarray:  # (m,) log-densities
+        self._select()
+        return self._values
+
+    @property
+    def rows(self) -> np.ndarray:  # (m, d) the rows (NaN = missing)
+        self._select()
+        return self._rows
+
+    def _select(self) -> None:
+        if self._pending is None:
+            return
+        lse, X = self._pending
+        self._pending = None
+        m = min(self.keep, lse.size)
+        if m == 0:
+            self._values, self._rows = np.empty(0), np.empty((0, X.shape[1]))
+            return
+        worst = np.argpartition(lse, m - 1)[:m]
+        order = np.argsort(lse[worst], kind="stable")
+        self._values, self._rows = lse[worst][order], X[worst][order].astype(float)
+
+    def __getstate__(self) -> dict:
+        self._select()  # ship the few rows, never the chunk
+        return self.__dict__
 
     def __add__(self, other: Candidates) -> Candidates:
         values = np.concatenate([self.values, other.values])
@@ -105,16 +135,10 @@ class Candidates:
 
     @classmethod
     def of(cls, lse: np.ndarray, X: np.ndarray, keep: int) -> Candidates:
-        """A chunk's ``keep`` worst-explained rows."""
-        m = min(keep, lse.size)
-        if m == 0:
-            return cls(np.empty(0), np.empty((0, X.shape[1])), keep)
-        worst = np.argpartition(lse, m - 1)[:m]
-        return cls(lse[worst], X[worst].astype(float), keep).sorted()
-
-    def sorted(self) -> Candidates:
-        order = np.argsort(self.values, kind="stable")
-        return Candidates(self.values[order], self.rows[order], self.keep)
+        """A chunk's ``keep`` worst-explained rows (chosen when first needed)."""
+        out = cls(np.empty(0), np.empty((0, X.shape[1])), keep)
+        out._pending = (lse, X)
+        return out
 
 
 @dataclass

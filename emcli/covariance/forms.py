@@ -166,14 +166,11 @@ def _orientation_mm(W: np.ndarray, omega_max: np.ndarray, D: np.ndarray, inv: np
     Browne & McNicholas (2014): each step replaces a concave part by its
     tangent, whose minimum over orthogonal matrices is a Procrustes problem.
     """
-    d = W.shape[1]
-    eye = np.eye(d)
-    G = np.einsum("kij,jl,kl->il", W - omega_max[:, None, None] * eye, D, inv)
+    # Σ_k (W_k − ω_k I) D diag(inv_k), with one batched product
+    G = np.einsum("kil,kl->il", W @ D, inv) - D * (omega_max @ inv)
     U, _, Vt = np.linalg.svd(G)
     D = -U @ Vt
-    alpha = inv.max(axis=1)
-    WD = W @ D
-    G = np.einsum("kil,kl->il", WD, inv) - np.einsum("k,kil->il", alpha, WD)
+    G = np.einsum("kil,kl->il", W @ D, inv - inv.max(axis=1)[:, None])
     U, _, Vt = np.linalg.svd(G)
     return -U @ Vt
 
