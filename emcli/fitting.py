@@ -197,9 +197,10 @@ def fit_source(
     adds k-means against EM (``compare.compare_kmeans``, two more passes).
 
     ``extra_inits`` are more start methods, each one more restart after the
-    ``n_init`` of ``init``. With ``race_iter``, each extra start runs that
-    many iterations and goes on to convergence only if its log-likelihood is
-    then at least the best of the ``init`` restarts' at the same iteration;
+    ``n_init`` of ``init`` (``hc`` at most once). With ``race_iter``, each
+    extra start runs that many iterations and goes on to convergence only if
+    its log-likelihood is then at least every earlier start's at the same
+    iteration;
     with ``race_floor`` too, every start goes on only if it is also at least
     that (a log-likelihood in the data's units): docs/loop.md §6.
     """
@@ -267,8 +268,9 @@ def fit_source(
         # hc and given starts depend on the data alone: their restarts cannot differ
         distinct = 1 if init in ("hc", "means") else int(n_init)
         starts = [(init, r) for r in range(distinct)]
-        starts += [(m, distinct + i) for i, m in enumerate(dict.fromkeys(
-            canonical_init(x) for x in extra_inits)) if m != init]
+        for m in map(canonical_init, extra_inits):  # hc is deterministic: once is enough
+            if m != "hc" or all(m != o for o, _ in starts):
+                starts.append((m, len(starts)))
         samples = _samples(rows, [m for m, _ in starts], user, K, seed, scan, pmap)
         # log-densities in the data's units: each observed cell adds -log(scale)
         offset = -float(np.log(scale) @ scan.sw)
@@ -289,7 +291,7 @@ def fit_source(
                 )
                 if raced and not run.converged and run.n_iter < int(max_iter):
                     # the others' best at the same iteration, or the floor
-                    floor = max((_ll_at(o.history, run.n_iter) for _, o in runs[:distinct]),
+                    floor = max((_ll_at(o.history, run.n_iter) for _, o in runs),
                                 default=-np.inf)
                     if race_floor is not None:
                         floor = max(floor, race_floor - offset)

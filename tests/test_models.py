@@ -232,3 +232,16 @@ def test_z_score_models_in_data_units_have_the_same_densities():
     plain = res.params.in_data_units()
     assert plain.scaling is None and plain.covariance_type == "VVV"
     np.testing.assert_allclose(score_rows(plain, X)[1], score_rows(res.params, X)[1], rtol=1e-9)
+
+
+@pytest.mark.parametrize("form", ["eve", "vve"])
+def test_common_orientation_of_one_component_is_its_scatter(form):
+    """With one component EVE and VVE are VVV: from no start the M-step gives W / N
+    (its first axes are the scatter's own, so the ten-column case converges too)."""
+    from emcli.covariance import forms
+
+    rng = np.random.default_rng(4)
+    A = rng.normal(size=(10, 10)) * np.geomspace(1.0, 30.0, 10)
+    W = (A @ A.T)[None]
+    N = np.array([57.0])
+    np.testing.assert_allclose(getattr(forms, form)(W, N), W / 57.0, rtol=1e-9, atol=0)

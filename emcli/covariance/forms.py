@@ -151,11 +151,11 @@ def vee(W, N, start=None, tol=INNER_TOL, max_iter=INNER_MAX) -> np.ndarray:
     return lam[:, None, None] * C[None]
 
 
-def _common_axes(W: np.ndarray, start: np.ndarray | None) -> np.ndarray:
-    """A starting common orientation: the identity, or the axes ``start`` shares."""
-    d = W.shape[1]
+def _common_axes(W: np.ndarray, N: np.ndarray, start: np.ndarray | None) -> np.ndarray:
+    """A starting common orientation: the axes ``start`` shares, or without one the
+    axes of the components' mean scatter (exact for one component)."""
     if start is None:
-        return np.eye(d)
+        return np.linalg.eigh((W / N[:, None, None]).sum(axis=0))[1]
     mix = np.einsum("k,kij->ij", np.arange(1.0, start.shape[0] + 1.0), start)
     return np.linalg.eigh(mix)[1]
 
@@ -179,12 +179,13 @@ def _common_orientation(W, N, start, tol, max_iter, equal_volume: bool) -> np.nd
     """EVE (``equal_volume``) and VVE: ``Σ_k = λ_(k) D A_k Dᵀ`` with a common ``D``."""
     K, d, _ = W.shape
     omega_max = np.linalg.eigvalsh(W)[:, -1]
-    D = _common_axes(W, start)
+    D = _common_axes(W, N, start)
+    # the shapes: of ``start`` on those axes, or without one the best given them
     if start is None:
-        inv = np.ones((K, d))
+        diag = np.einsum("ji,kjl,li->ki", D, W, D) / N[:, None]
     else:
         diag = np.einsum("ji,kjl,li->ki", D, start, D)
-        inv = 1.0 / (diag if not equal_volume else diag / _gm(diag)[:, None])
+    inv = 1.0 / (diag if not equal_volume else diag / _gm(diag)[:, None])
     prev = np.inf
     for _ in range(max_iter):
         D = _orientation_mm(W, omega_max, D, inv)
