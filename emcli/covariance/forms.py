@@ -17,6 +17,9 @@ import numpy as np
 
 INNER_TOL = 1e-10
 INNER_MAX = 1000
+# From this many columns EVE and VVE iterate compiled: below it, loading numba
+# (about half a second) costs more than the numpy steps it saves in a sweep.
+COMPILED_MIN_D = 6
 
 
 def _gm(a: np.ndarray) -> np.ndarray:
@@ -175,8 +178,31 @@ def _orientation_mm(W: np.ndarray, omega_max: np.ndarray, D: np.ndarray, inv: np
     return -U @ Vt
 
 
-def _common_orientation(W, N, start, tol, max_iter, equal_volume: bool) -> np.ndarray:
-    """EVE (``equal_volume``) and VVE: ``Σ_k = λ_(k) D A_k Dᵀ`` with a common ``D``."""
+def _orientation_numpy(W, N, D, inv, omega_max, tol, max_iter, equal_volume):
+    """The MM iterations in numpy: ``D``, ``diag(Dᵀ W_k D)`` and the objective at the end."""
+    prev = np.inf
+    for _ in range(max_iter):
+        D = _orientation_mm(W, omega_max, D, inv)
+        diag = np.einsum("ji,kjl,li->ki", D, W, D)  # diag(Dᵀ W_k D)
+        if equal_volume:
+            inv = _gm(diag)[:, None] / diag
+            target = float(np.sum(diag * inv))
+        else:
+            var = diag / N[:, None]
+            inv = 1.0 / var
+            target = float(np.sum(N * np.log(var).sum(axis=1)))
+        if abs(target - prev) / (1.0 + abs(target)) <= tol:
+            break
+        prev = target
+    return D, diag, target
+
+
+def _common_orientation(W, N, start, tol, max_iter, equal_volume: bool, compiled=None):
+    """EVE (``equal_volume``) and VVE: ``Σ_k = λ_(k) D A_k Dᵀ`` with a common ``D``.
+
+    The iterations run compiled (``compiled.py``) from ``COMPILED_MIN_D`` columns
+    when numba is installed, unless ``compiled`` says otherwise.
+    """
     K, d, _ = W.shape
     omega_max = np.linalg.eigvalsh(W)[:, -1]
     D = _common_axes(W, N, start)
@@ -186,25 +212,16 @@ def _common_orientation(W, N, start, tol, max_iter, equal_volume: bool) -> np.nd
     else:
         diag = np.einsum("ji,kjl,li->ki", D, start, D)
     inv = 1.0 / (diag if not equal_volume else diag / _gm(diag)[:, None])
-    prev = np.inf
-    for _ in range(max_iter):
-        D = _orientation_mm(W, omega_max, D, inv)
-        diag = np.einsum("ji,kjl,li->ki", D, W, D)  # diag(Dᵀ W_k D)
-        if equal_volume:
-            shape = diag / _gm(diag)[:, None]
-            inv = 1.0 / shape
-            target = float(np.sum(diag * inv))
-        else:
-            var = diag / N[:, None]
-            inv = 1.0 / var
-            target = float(np.sum(N * np.log(var).sum(axis=1)))
-        if abs(target - prev) / (1.0 + abs(target)) <= tol:
-            break
-        prev = target
+    from . import compiled as kernel
+
+    if compiled is None:
+        compiled = d >= COMPILED_MIN_D and kernel.available()
+    run = kernel.orientation if compiled else _orientation_numpy
+    D, diag, target = run(W, N, D, inv, omega_max, tol, max_iter, equal_volume)
     if equal_volume:
         lam = target / (d * N.sum())
-        return _compose(D, lam * shape)
-    return _compose(D, var)
+        return _compose(D, lam * diag / _gm(diag)[:, None])
+    return _compose(D, diag / N[:, None])
 
 
 def eve(W, N, start=None, tol=INNER_TOL, max_iter=INNER_MAX) -> np.ndarray:
