@@ -4,10 +4,11 @@ The majorise–minimise steps of docs/m-step.md §9 converge slowly (hundreds
 of steps for ten columns), and each step is a few products and two SVDs of
 d × d matrices: in numpy the call overhead is most of the cost (on a
 569 × 10 table, nine tenths of a sweep over the fourteen models). This is
-the same loop as ``forms._common_orientation_numpy``, which stays as the
-reference the tests compare it with and the route when numba is missing.
-numba is imported on the first EVE or VVE M-step only; the machine code is
-cached on disk (``cache=True``), so only the first use ever compiles.
+the same loop as ``forms._orientation_numpy``, which stays as the reference
+the tests compare it with, the route when numba is missing, and the first
+``forms.NUMPY_STEPS`` steps of every M-step: numba is imported only when an
+M-step has not settled by then; the machine code is cached on disk
+(``cache=True``), so only the first use ever compiles.
 """
 
 from __future__ import annotations

@@ -17,9 +17,9 @@ import numpy as np
 
 INNER_TOL = 1e-10
 INNER_MAX = 1000
-# From this many columns EVE and VVE iterate compiled: below it, loading numba
-# (about half a second) costs more than the numpy steps it saves in a sweep.
-COMPILED_MIN_D = 6
+# EVE and VVE iterate this many steps in numpy before going on compiled: most
+# M-steps within EM settle sooner and never load numba (about half a second).
+NUMPY_STEPS = 30
 
 
 def _gm(a: np.ndarray) -> np.ndarray:
@@ -179,8 +179,9 @@ def _orientation_mm(W: np.ndarray, omega_max: np.ndarray, D: np.ndarray, inv: np
 
 
 def _orientation_numpy(W, N, D, inv, omega_max, tol, max_iter, equal_volume):
-    """The MM iterations in numpy: ``D``, ``diag(Dᵀ W_k D)`` and the objective at the end."""
-    prev = np.inf
+    """The MM iterations in numpy: ``D``, ``diag(Dᵀ W_k D)``, the objective and the
+    inverse shapes at the end, and whether the objective settled."""
+    prev, diag, target = np.inf, np.empty(0), np.nan
     for _ in range(max_iter):
         D = _orientation_mm(W, omega_max, D, inv)
         diag = np.einsum("ji,kjl,li->ki", D, W, D)  # diag(Dᵀ W_k D)
@@ -192,16 +193,17 @@ def _orientation_numpy(W, N, D, inv, omega_max, tol, max_iter, equal_volume):
             inv = 1.0 / var
             target = float(np.sum(N * np.log(var).sum(axis=1)))
         if abs(target - prev) / (1.0 + abs(target)) <= tol:
-            break
+            return D, diag, target, inv, True
         prev = target
-    return D, diag, target
+    return D, diag, target, inv, False
 
 
 def _common_orientation(W, N, start, tol, max_iter, equal_volume: bool, compiled=None):
     """EVE (``equal_volume``) and VVE: ``Σ_k = λ_(k) D A_k Dᵀ`` with a common ``D``.
 
-    The iterations run compiled (``compiled.py``) from ``COMPILED_MIN_D`` columns
-    when numba is installed, unless ``compiled`` says otherwise.
+    The iterations run in numpy for ``NUMPY_STEPS`` steps and, if they have
+    not settled by then, go on compiled (``compiled.py``) when numba is
+    installed; ``compiled`` True or False runs them all one way.
     """
     K, d, _ = W.shape
     omega_max = np.linalg.eigvalsh(W)[:, -1]
@@ -215,9 +217,17 @@ def _common_orientation(W, N, start, tol, max_iter, equal_volume: bool, compiled
     from . import compiled as kernel
 
     if compiled is None:
-        compiled = d >= COMPILED_MIN_D and kernel.available()
-    run = kernel.orientation if compiled else _orientation_numpy
-    D, diag, target = run(W, N, D, inv, omega_max, tol, max_iter, equal_volume)
+        compiled = kernel.available()
+        D, diag, target, inv, done = _orientation_numpy(
+            W, N, D, inv, omega_max, tol, min(NUMPY_STEPS, max_iter), equal_volume)
+        max_iter -= NUMPY_STEPS
+        if done or max_iter <= 0:
+            compiled = None
+    if compiled:
+        D, diag, target = kernel.orientation(W, N, D, inv, omega_max, tol, max_iter, equal_volume)
+    elif compiled is not None:
+        D, diag, target, _, _ = _orientation_numpy(
+            W, N, D, inv, omega_max, tol, max_iter, equal_volume)
     if equal_volume:
         lam = target / (d * N.sum())
         return _compose(D, lam * diag / _gm(diag)[:, None])
