@@ -6,8 +6,9 @@ d × d matrices: in numpy the call overhead is most of the cost (on a
 569 × 10 table, nine tenths of a sweep over the fourteen models). This is
 the same loop as ``forms._orientation_numpy``, which stays as the reference
 the tests compare it with, the route when numba is missing, and the first
-``forms.NUMPY_STEPS`` steps of every M-step: numba is imported only when an
-M-step has not settled by then; the machine code is cached on disk
+``forms.NUMPY_STEPS`` steps of an M-step until one has not settled by then:
+numba is imported at that point, and later M-steps of the process run
+compiled from their first step. The machine code is cached on disk
 (``cache=True``), so only the first use ever compiles.
 """
 
@@ -24,6 +25,11 @@ import numpy as np
 def available() -> bool:
     """numba is installed (found, not imported)."""
     return find_spec("numba") is not None
+
+
+def loaded() -> bool:
+    """The kernel is ready in this process (an earlier M-step needed it)."""
+    return _kernel.cache_info().currsize > 0
 
 
 @lru_cache(maxsize=1)

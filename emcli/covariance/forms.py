@@ -203,7 +203,8 @@ def _common_orientation(W, N, start, tol, max_iter, equal_volume: bool, compiled
 
     The iterations run in numpy for ``NUMPY_STEPS`` steps and, if they have
     not settled by then, go on compiled (``compiled.py``) when numba is
-    installed; ``compiled`` True or False runs them all one way.
+    installed; once it is loaded, they all run compiled. ``compiled`` True or
+    False runs them all one way.
     """
     K, d, _ = W.shape
     omega_max = np.linalg.eigvalsh(W)[:, -1]
@@ -216,6 +217,8 @@ def _common_orientation(W, N, start, tol, max_iter, equal_volume: bool, compiled
     inv = 1.0 / (diag if not equal_volume else diag / _gm(diag)[:, None])
     from . import compiled as kernel
 
+    if compiled is None and kernel.loaded():
+        compiled = True
     if compiled is None:
         compiled = kernel.available()
         D, diag, target, inv, done = _orientation_numpy(
