@@ -35,13 +35,14 @@ def _awkward_rows(n: int, d: int, seed: int, frac: float = 0.3) -> np.ndarray:
     return X[~np.isnan(X).all(axis=1)]
 
 
-def _params(d: int, K: int, seed: int, tied: bool, cond: float | None = None):
+def _params(d: int, K: int, seed: int, tied: bool, cond: float | None = None,
+            scale: float = 1.0):
     rng = np.random.default_rng(seed)
     A = rng.normal(size=(K, d, d))
     cov = A @ np.swapaxes(A, 1, 2) + 0.5 * np.eye(d)
     if cond is not None:  # one component with the given condition number
         Q, _ = np.linalg.qr(rng.normal(size=(d, d)))
-        cov[0] = Q @ np.diag(np.geomspace(1.0, 1.0 / cond, d)) @ Q.T
+        cov[0] = scale * Q @ np.diag(np.geomspace(1.0, 1.0 / cond, d)) @ Q.T
     if tied:
         cov[:] = cov[0]
     means = rng.normal(size=(K, d))
@@ -50,10 +51,10 @@ def _params(d: int, K: int, seed: int, tied: bool, cond: float | None = None):
 
 
 @pytest.mark.parametrize("tied", [False, True])
-@pytest.mark.parametrize("cond", [None, 1e4, 1e7])
-def test_both_routes_give_the_reference_densities_and_sums(tied, cond):
+@pytest.mark.parametrize(("cond", "scale"), [(None, 1.0), (1e4, 1.0), (1e6, 100.0), (1e7, 1.0)])
+def test_both_routes_give_the_reference_densities_and_sums(tied, cond, scale):
     X = _awkward_rows(700, 7, seed=3)
-    weights, means, cov = _params(7, 4, seed=4, tied=tied, cond=cond)
+    weights, means, cov = _params(7, 4, seed=4, tied=tied, cond=cond, scale=scale)
     ref = ref_component_logpdf(X, means, cov) + np.log(weights)
     want_ll = float(logsumexp(ref, axis=1).sum())
     # both sides factor the observed block: backward stable, to about eps·cond of it
@@ -64,8 +65,12 @@ def test_both_routes_give_the_reference_densities_and_sums(tied, cond):
         assert prep.precise == (cond is None or cond < 1e5)
         prep.compiled = compiled
         chunk = Chunk(X, np.ones(X.shape[0]))
-        # a tight component takes the chunk off the quad route (the kernel's direct mode)
-        assert (chunk.max_sq_norm < prep.quad_limit) == (cond is None)
+        # a tight component takes the chunk off the quad route (the kernel's direct mode);
+        # with a wide one (1e6) the quad route stays, the others take the precision route
+        assert (chunk.max_sq_norm < prep.quad_limit) == (cond is None or cond < 1e7)
+        assert prep.precise_k is not None
+        well = cond is None or cond < 1e5
+        assert prep.precise_k.sum() == (4 if well else 0 if tied else 3)
         totals = chunk_statistics(chunk, prep, np.log(weights))
         assert totals.stats.ll == pytest.approx(want_ll, rel=rel)
         got.append(totals.stats.scatter(prep))
