@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from .conditional import BlockNotPD
+
 # Rows × components × columns of a fit from which the compiled kernel is used.
 COMPILED_MIN_WORK = 4_000_000
 
@@ -191,7 +193,7 @@ def _compiled() -> tuple[Any, Any, Any]:
                     else:
                         ld_block = obs_block(cov, kc, o, m, s, c, A, dv, B, inv, moments)
                     if ld_block != ld_block:
-                        return False
+                        return k
                 if moments:
                     base = coff[g] + k * c * c
                     for a in range(c):
@@ -214,7 +216,7 @@ def _compiled() -> tuple[Any, Any, Any]:
                         logp[i, k] = -0.5 * (s * log_2pi + ld_block + quad)
                         for a in range(c):
                             Xhat[k, i, m[a]] = xm[a]
-        return True
+        return -1
 
     # The quad mode works on all K components at once, the component innermost
     # (contiguous: one vector instruction for K ≤ 8), arrays laid out (..., K).
@@ -382,7 +384,7 @@ def _compiled() -> tuple[Any, Any, Any]:
                 if not factored or Kc > 1:
                     ld_block = obs_block(cov, kc, o, m, s, c, A1, dv1, B, C1, moments)
                     if ld_block != ld_block:
-                        return False
+                        return k
                     factored = True
                 if moments:
                     base = coff[g] + k * c * c
@@ -395,7 +397,7 @@ def _compiled() -> tuple[Any, Any, Any]:
                     logp[i, k] = -0.5 * (s * log_2pi + ld_block + q)
                     for a in range(c):
                         Xhat[k, i, m[a]] = means[k, m[a]] + xm[a]
-        return True
+        return -1
 
     @jit
     def cov_sums(mask, order, starts, wr, cbuf, coff, S2):
@@ -480,9 +482,10 @@ def direct_incomplete(
         np.cumsum(K * c * c, out=coff[1:])
     cbuf = np.empty(int(coff[-1]))
     out = np.empty((n, K))
-    if not direct_rows(X0, mask, order, starts, V, means, cov, prec, log_det, precise, moments,
-                       out, Xhat, cbuf, coff):
-        raise np.linalg.LinAlgError("a covariance block is not positive definite")
+    bad = direct_rows(X0, mask, order, starts, V, means, cov, prec, log_det, precise, moments,
+                      out, Xhat, cbuf, coff)
+    if bad >= 0:
+        raise BlockNotPD(int(bad))
     return out, (Xhat, order, starts, cbuf, coff)
 
 
@@ -519,9 +522,10 @@ def fill_incomplete(
     Xhat[:] = X0  # the kernel fills each component's missing cells in
     ok = np.ascontiguousarray(np.broadcast_to(np.asarray(precise, dtype=bool), (K,)))
     V = (X0 @ PT.reshape(d, d * K)).reshape(n, d, K)  # P x₀, one GEMM for every component
-    if not fill_rows(X0, mask, order, starts, V, PT, MT, PmuT, means, cov, log_det, ok, moments,
-                     logp, Xhat, cbuf, coff):
-        raise np.linalg.LinAlgError("a covariance block is not positive definite")
+    bad = fill_rows(X0, mask, order, starts, V, PT, MT, PmuT, means, cov, log_det, ok, moments,
+                    logp, Xhat, cbuf, coff)
+    if bad >= 0:
+        raise BlockNotPD(int(bad))
     return logp, (Xhat, order, starts, cbuf, coff)
 
 

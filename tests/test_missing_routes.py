@@ -123,3 +123,43 @@ def test_trajectories_agree_and_never_decrease(t, dtype):
     ref = ref_component_logpdf(X, P.means, covs) + np.log(P.weights)
     keep = ~np.isnan(X).all(axis=1)
     assert runs[1][-1] == pytest.approx(float(logsumexp(ref[keep], axis=1).sum()), rel=rel)
+
+
+# A 4×4 covariance whose Cholesky factor exists but whose block over columns (0, 1, 3)
+# fails to factor in rounding (eigenvalues 1, 1, 1.2e-16, 1.6e-17; found by search).
+_NEARLY_SINGULAR = np.frombuffer(bytes.fromhex(
+    "77000a0f1976d43fb52c3b5522ffdc3fd4ae66f9174853bf27d62d9e584cbc3f"
+    "b52c3b5522ffdc3ffeddda888f56e63fc3bc1b18e2b08d3f6bd65f43639cb2bf"
+    "d4ae66f9174853bfc3bc1b18e2b08d3ff7fd2958bb21733f3d9893f9a10db1bf"
+    "27d62d9e584cbc3f6bd65f43639cb2bf3d9893f9a10db1bfc8cdef782048ef3f")).reshape(4, 4)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_a_singular_observed_block_is_recovered_not_fatal(compiled):
+    """A component whose covariance factors but whose block over some rows' observed cells
+    does not: the loop regularises that component (an event) and goes on."""
+    from emcli.covariance import Context, get_model
+    from emcli.em import run_em
+    from emcli.model import GMMParams
+    from emcli.sources import FitRows
+    from emcli.sources.memory import ArraySource
+    from emcli.sources.rows import Units
+
+    cov = np.stack([_NEARLY_SINGULAR, np.eye(4)])
+    np.linalg.cholesky(cov[0])  # the whole covariance factors...
+    assert not get_model("full").bad_components(cov)  # ...and passes the start's check
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(0, 0.5, (200, 4)), rng.normal(3, 1, (200, 4))])
+    X[::3, 2] = np.nan  # a third of the rows observe columns (0, 1, 3)
+    rows = FitRows(ArraySource(X), Units(np.zeros(4), None, np.float64))
+    ctx = Context(400.0, 1.0, np.nanvar(X, axis=0), 1e-6)
+    start = GMMParams("full", np.array([0.5, 0.5]), np.array([np.zeros(4), np.full(4, 3.0)]),
+                      cov)
+    with compiled_kernels(compiled):
+        res = run_em(rows, start, ctx, tol=0.0, max_iter=3)
+    assert "component 0 collapsed (covariance singular over some rows' observed cells)" in (
+        res.history[0].event)
+    assert [h.iteration for h in res.history] == [0, 1, 2, 3]
+    P = res.params
+    ref = ref_component_logpdf(X, P.means, P.full_covariances()) + np.log(P.weights)
+    assert res.log_likelihood == pytest.approx(float(logsumexp(ref, axis=1).sum()), rel=1e-10)
