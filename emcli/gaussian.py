@@ -340,7 +340,7 @@ def log_prob_gen(
 class MaskPrepared:
     means: np.ndarray  # (K, d)
     var: np.ndarray  # (K, d): per-coordinate variances (spherical: repeated)
-    # the [x0^2, x0, observed] GEMM is accurate for chunks whose rows have |x|^2 below it
+    # the expanded form (GEMMs of x0², x0, o) is accurate for chunks whose |x|^2 is below it
     expand_limit: float = -np.inf
 
 
