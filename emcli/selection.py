@@ -133,7 +133,7 @@ def _fit_in_worker(k: int, covariance_type: str, warm: Any = None) -> SweepCell:
 # several BIC units and the ranking with them (as mclust, which stops at 1e-5).
 SWEEP_TOL = 1e-5
 # Iterations every start of a cell runs before only the leader goes on (docs/criteria.md §4).
-RACE_ITER = 10
+RACE_ITER = 20
 
 
 def fit_cell(
@@ -151,7 +151,7 @@ def fit_cell(
 
     With ``try_hc`` and a k-means start, the ``hc`` start (one restart: it is
     deterministic below ``hc.MAX_ROWS`` rows) races the k-means restarts for
-    ``RACE_ITER`` iterations and the leader goes on (docs/criteria.md §4).
+    ``RACE_ITER`` iterations and goes on only if it leads (docs/criteria.md §4).
     With ``warm`` (means and weights in the data's units, and the
     log-likelihood to beat) the cell is fitted once, from those means, and
     goes on past ``RACE_ITER`` iterations only if it is not below that.
