@@ -23,6 +23,8 @@ import numpy as np
 
 from .conditional import BlockNotPD
 
+LOG_2PI = float(np.log(2.0 * np.pi))
+
 # Rows × components × columns of a fit from which the compiled kernel is used.
 COMPILED_MIN_WORK = 4_000_000
 
@@ -48,7 +50,7 @@ def _compiled() -> tuple[Any, Any, Any]:
 
     jit = numba.njit(cache=True, nogil=True, error_model="numpy")
     inline = numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
-    log_2pi = float(np.log(2.0 * np.pi))
+    log_2pi = LOG_2PI
 
     @inline
     def ldl(A, q, dv):  # in place: unit lower L below the diagonal, 1/pivots on it (pivots
@@ -492,7 +494,6 @@ def direct_incomplete(
 def fill_incomplete(
     X0: np.ndarray,
     mask: np.ndarray,
-    logp: np.ndarray,
     means: np.ndarray,
     cov: np.ndarray,
     prec: np.ndarray,
@@ -500,9 +501,10 @@ def fill_incomplete(
     precise: np.ndarray,
     moments: bool,
 ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-    """Correct ``logp``, the quad design's log-densities ``(n, K)`` of an incomplete
-    chunk's zero-filled rows, in place to their densities over the observed cells; and
-    what ``fill_sums`` needs: the filled-in cells, the patterns and their conditional
+    """Log-densities over the observed cells of an incomplete chunk on the quad route
+    ``(n, K)``: those of its zero-filled rows, expanded as in the quad design, corrected
+    pattern by pattern (docs/e-step.md §7.3); and what ``filled_sums`` needs: the rows
+    filled in under each component ``(K, n, d)``, the patterns and their conditional
     covariances. ``precise`` ``(K,)`` says which components may take the precision route.
     """
     fill_rows = _compiled()[2]
@@ -522,6 +524,11 @@ def fill_incomplete(
     Xhat[:] = X0  # the kernel fills each component's missing cells in
     ok = np.ascontiguousarray(np.broadcast_to(np.asarray(precise, dtype=bool), (K,)))
     V = (X0 @ PT.reshape(d, d * K)).reshape(n, d, K)  # P x₀, one GEMM for every component
+    # the zero-filled rows: δ̃ᵀPδ̃ = x₀ᵀPx₀ − 2 (Pμ)ᵀx₀ + μᵀPμ, with δ̃ = x₀ − μ
+    quad = np.matmul(X0[:, None, :], V)[:, 0, :]
+    quad -= 2.0 * (X0 @ PmuT)
+    quad += np.einsum("ka,ak->k", means, PmuT)
+    logp = -0.5 * (d * LOG_2PI + np.broadcast_to(log_det, (K,)) + quad)
     bad = fill_rows(X0, mask, order, starts, V, PT, MT, PmuT, means, cov, log_det, ok, moments,
                     logp, Xhat, cbuf, coff)
     if bad >= 0:
@@ -538,9 +545,10 @@ def filled_sums(
     cov_sums = _compiled()[1]
     Xhat, order, starts, cbuf, coff = found
     K, n, d = Xhat.shape
-    S1 = np.einsum("nk,knd->kd", wr, Xhat)
+    S1 = np.empty((K, d))
     S2 = np.empty((K, d, d))
     for k in range(K):
+        S1[k] = wr[:, k] @ Xhat[k]
         S2[k] = (Xhat[k] * wr[:, k, None]).T @ Xhat[k]
     cov_sums(mask, order, starts, np.ascontiguousarray(wr), cbuf, coff, S2)
     return S1, S2
