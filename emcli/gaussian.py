@@ -312,9 +312,8 @@ def log_prob_gen(
         X0 = chunk.X0.astype(float, copy=False)
         if quad:
             assert prep.coef is not None
-            filled = chunk.design("quad").T @ prep.coef
             out, found = kernels.fill_incomplete(
-                X0, chunk.mask, filled, prep.means, prep.cov[one], prep.prec[one],
+                X0, chunk.mask, prep.means, prep.cov[one], prep.prec[one],
                 prep.log_det[one], prep.precise_k, moments)
             cache["filled"] = (chunk.mask, found)
         else:
