@@ -130,6 +130,7 @@ class FitResult:
     settings: dict = field(default_factory=dict)
     standardization: dict | None = None
     in_memory: bool = True  # whether the rows were kept in memory (else streamed every pass)
+    partitions: int | None = None  # the rows' partitions when a Dask cluster held them
     warnings: tuple[str, ...] = ()  # doubts about the fit, one sentence each (diagnostics.py)
     n_restarts: int = 1  # distinct restarts run (hc and given starts cannot differ: one)
     failed_restarts: tuple[str, ...] = ()  # "restart r: reason" for each restart that failed

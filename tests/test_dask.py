@@ -20,7 +20,6 @@ import dask.array as da
 import dask.dataframe as dd
 import numpy as np
 import pandas as pd
-import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -315,81 +314,6 @@ def test_plain_fits_and_help_never_import_dask(data, tmp_path):
                            "sys.argv = ['emcli', '--help']\ntry:\n    main()\nexcept SystemExit:\n"
                            "    pass\nprint('dask' in sys.modules)"], capture_output=True)
     assert proc.stdout.decode().strip().endswith("False")
-
-
-def test_ctrl_c_on_a_local_cluster_exits_130_and_leaves_nothing(tmp_path):
-    X, _ = blobs(150_000, 6, 5, seed=3)
-    pq.write_table(pa.table({f"x{j}": X[:, j] for j in range(6)}), tmp_path / "big.parquet")
-    proc = popen_emcli(["fit", "big.parquet", "-k", "5", "--tol", "0", "--max-iter", "100000",
-                        "--dask", "local:2", "-o", "out", "-q"], tmp_path,
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        _interrupt(proc, tmp_path)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-def _interrupt(proc: subprocess.Popen, tmp_path: Path) -> None:
-    me = psutil.Process(proc.pid)
-    deadline = time.monotonic() + 90
-    workers: list[psutil.Process] = []
-    while time.monotonic() < deadline and len(workers) < 2:  # the two worker processes
-        workers = [p for p in me.children(recursive=True) if _spawned(p)]
-        time.sleep(0.2)
-    assert len(workers) == 2, "the local cluster did not start"
-    children = me.children(recursive=True)
-    time.sleep(3.0)  # into the passes
-    sent = time.monotonic()
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    took = time.monotonic() - sent
-    assert proc.returncode == 130, err.decode()
-    assert "interrupted" in err.decode() and "Traceback" not in err.decode()
-    assert took < 20  # a hang check; see docs/scaling.md for the time measured
-    gone, alive = psutil.wait_procs(children, timeout=10)
-    assert not alive
-    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
-
-
-def _spawned(p: psutil.Process) -> bool:
-    try:
-        return "spawn_main" in " ".join(p.cmdline())
-    except psutil.Error:
-        return False
-
-
-def test_a_worker_with_another_emcli_is_one_line_naming_both_versions(data, tmp_path):
-    # a real worker process whose Python finds another emcli first
-    fake = tmp_path / "other" / "emcli"
-    (fake / "sources").mkdir(parents=True)
-    (fake / "__init__.py").write_text('__version__ = "9.9.9"\n')
-    (fake / "sources" / "__init__.py").write_text("")
-    (fake / "sources" / "cluster.py").write_text(
-        "def _emcli_version():\n    import emcli\n\n    return emcli.__version__\n"
-    )
-    env = dict(os.environ, PYTHONPATH=str(tmp_path / "other"))
-    with (
-        LocalCluster(n_workers=0, processes=True, host="127.0.0.1", dashboard_address=":0")
-        as cluster,
-        Client(cluster) as c,
-    ):
-        address = cluster.scheduler.address
-        worker = subprocess.Popen(
-            [str(Path(sys.executable).parent / "dask"), "worker", address, "--nthreads", "1",
-             "--no-dashboard", "--host", "127.0.0.1"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        try:
-            c.wait_for_workers(1, timeout=120)
-            proc = run_emcli(["fit", _files(data)[0], "-k", "1", "--dask", address], tmp_path)
-        finally:
-            worker.terminate()
-            worker.wait(timeout=60)
-    assert proc.returncode == 1
-    line = one_error_line(proc.stderr)
-    assert "runs emcli 9.9.9, this machine emcli" in line and emcli.__version__ in line
 
 
 def test_labels_to_a_directory_are_part_files_the_workers_write(client, data, tmp_path):

@@ -179,7 +179,11 @@ def _kill(pids: list[int]) -> None:
 def _quiet_logs() -> Iterator[None]:
     """Dask's own log lines (a worker lost, a cluster closing) stay off stderr:
     emcli says what matters in one line."""
-    loggers = [logging.getLogger(n) for n in ("distributed", "tornado", "asyncio")]
+    roots = ("distributed", "tornado", "asyncio")
+    # dask's logging configuration gives some of their loggers levels of their own
+    # (tornado.application: error), which a parent's level does not override
+    names = [*roots, *(n for n in logging.root.manager.loggerDict if n.split(".")[0] in roots)]
+    loggers = [logging.getLogger(n) for n in dict.fromkeys(names)]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.CRITICAL)

@@ -61,6 +61,11 @@ class DaskSource:
         self.n_features = int(n_features)
         self.chunk_rows = int(chunk_rows)
 
+    @property
+    def partitions(self) -> int:
+        """How many partitions the workers hold (the fit summary's \"rows held\")."""
+        return len(self.parts)
+
     def reduce(self, fn: Callable[[Block], T], map: MapFn = map) -> T:
         """``fn`` of every block on the workers, added here in block order."""
         futures = self._submit(fn)
@@ -182,12 +187,31 @@ def _cut(X: np.ndarray, w: np.ndarray | None, start: int, extra: Any, c: int) ->
     ]
 
 
-def _on_worker(what: str) -> str:
+def _worker() -> str:
+    """The address of the Dask worker running this, or "a Dask worker"."""
     with contextlib.suppress(Exception):
         from distributed import get_worker
 
-        return f"{what} (on Dask worker {get_worker().address})"
-    return what
+        return f"Dask worker {get_worker().address}"
+    return "a Dask worker"
+
+
+def _on_worker(what: str) -> str:
+    return f"{what} (on {_worker()})"
+
+
+def _seen(path: str) -> None:
+    """``path`` can be read here, on a worker, or one line names it: this machine opened
+    it, so the workers do not see the files this machine sees."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise DataError(
+            f"{path}: {_worker()} cannot read this input ({exc.strerror}); every worker "
+            "must see the input files at the same path (a shared file system), or run "
+            "without --dask"
+        ) from None
 
 
 # ---- Parquet files, read on the workers ----------------------------------------------
@@ -197,13 +221,13 @@ def _parquet_part(path: str, spec: dict[str, Any], stamp: Any, first_row: int) -
     """One file's blocks, read on a worker; it must be the file the client opened."""
     from emcli.sources.parquet import ParquetSource, _changed
 
+    _seen(path)
     try:
         src = ParquetSource([path], spec["features"], weights=spec["weights"], ids=spec["ids"],
                             chunk_rows=spec["chunk_rows"], file_format=spec["file_format"],
                             passthrough=spec["passthrough"])
     except DataError as exc:
-        raise DataError(_on_worker(str(exc)) + "; every worker must see the input paths "
-                        "(a shared file system)") from None
+        raise DataError(_on_worker(str(exc))) from None
     why = _changed(path, stamp)
     if why is not None:
         raise DataError(_on_worker(f"{path}: this file differs from the one emcli opened ({why})")
@@ -242,6 +266,7 @@ def _delimited_read(f: Any, choice: dict[str, Any], model: dict[str, Any] | None
     from emcli.io.readers import read_table
     from emcli.io.rows import _TableRows
 
+    _seen(f.path)
     try:
         table = read_table([f])
         if model is None:
@@ -311,6 +336,7 @@ def _input_sha256(files: Sequence[Any]) -> str:
 
     digest = hashlib.sha256()
     for f in files:
+        _seen(f.path)
         if f.format == "parquet":
             _hash_file(f.path, digest)
         else:
