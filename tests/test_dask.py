@@ -86,9 +86,12 @@ def _bytes(out: Path) -> dict[str, bytes]:
 
 def test_fit_on_the_cluster_writes_the_in_memory_bytes(client, data, tmp_path):
     args = ["fit", *_files(data), "-k", "3", "--n-init", "2", "--id-column", "id",
-            "--probabilities", "-q"]
-    _ok(run_emcli([*args, "-o", tmp_path / "mem"], tmp_path))
-    _ok(run_emcli([*args, "-o", tmp_path / "dask", "--dask", client.scheduler.address], tmp_path))
+            "--probabilities"]
+    held = _ok(run_emcli([*args, "-o", tmp_path / "mem"], tmp_path)).stderr.decode()
+    assert "rows held        in memory" in held
+    proc = _ok(run_emcli([*args, "-o", tmp_path / "dask", "--dask", client.scheduler.address],
+                         tmp_path))
+    assert "rows held        on the Dask cluster's workers, 3 partitions" in proc.stderr.decode()
     mem, on_cluster = _bytes(tmp_path / "mem"), _bytes(tmp_path / "dask")
     assert mem == on_cluster
     labels = on_cluster["part0.labels.csv"].decode().splitlines()

@@ -191,7 +191,7 @@ def test_workers_that_cannot_see_an_input_are_one_line_naming_it(tmp_path):
     here.mkdir()
     X, _ = blobs(600, 2, 2, seed=1)
     pq.write_table(pa.table({"a": X[:, 0], "b": X[:, 1]}), here / "rows.parquet")
-    (here / "rows.csv").write_text("a,b\n" + "".join(f"{a!r},{b!r}\n" for a, b in X))
+    (here / "rows.csv").write_text("a,b\n" + "".join(f"{a},{b}\n" for a, b in X.tolist()))
     prefix = _hidden_from(here)
     with (
         LocalCluster(n_workers=0, processes=True, host="127.0.0.1", dashboard_address=":0")
