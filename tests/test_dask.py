@@ -30,7 +30,8 @@ from helpers import blobs, mcar
 import emcli
 from emcli.fitting import fit_source
 from emcli.sources import ArraySource, chunk_rows_for
-from emcli.sources.dask import collection_on_cluster
+from emcli.sources.dask import collection_on_cluster, parquet_on_cluster, partitions
+from emcli.sources.parquet import ParquetSource
 
 D = 4
 N_FILE = (9_000, 7_000, 11_000)  # rows of each file (one block each: blocks are cut per file)
@@ -167,6 +168,41 @@ def test_python_fits_dask_collections_as_arrays_in_memory(client):
     np.testing.assert_allclose(got.params.means, want.params.means, rtol=1e-13)
     assert got.n_iter == want.n_iter
     assert got.log_likelihood == pytest.approx(want.log_likelihood, rel=1e-14)
+
+
+def test_one_parquet_file_is_split_by_row_groups_and_fits_as_in_memory(client, tmp_path):
+    X, _ = blobs(10_500, 3, 3, seed=21)
+    X = mcar(X, 0.1, seed=22)
+    path = tmp_path / "one.parquet"
+    pq.write_table(pa.table({f"x{j}": X[:, j] for j in range(3)}), path, row_group_size=1_300)
+    here = ParquetSource([path], ["x0", "x1", "x2"], chunk_rows=1_000)
+    there = parquet_on_cluster(client, here, partition_rows=3_000)
+    # row groups end at 1300, 2600, 3900, ...: partitions are cut at block boundaries
+    # (3000, 6000, 9000) within row groups, which two partitions then read
+    assert there.partitions == 4
+    assert _cuts(there) == _cuts(here)
+    options = {"n_components": 3, "seed": 3, "tol": 0.0, "max_iter": 15}
+    got, want = fit_source(there, **options), fit_source(here, **options)
+    for name in ("weights", "means", "covariances"):
+        assert np.array_equal(getattr(got.params, name), getattr(want.params, name))
+    assert got.log_likelihood == want.log_likelihood and got.partitions == 4
+    there.release()
+
+
+def _cuts(source) -> list[tuple[int, int, bytes]]:
+    return list(source.each(lambda b: (b.start, b.n, b.X.tobytes())))
+
+
+@pytest.mark.parametrize(("groups", "most", "want"), [
+    ([1_500] * 7, 3_000, [(0, 3_000), (3_000, 6_000), (6_000, 9_000), (9_000, 10_500)]),
+    ([1_500] * 7, 100_000, [(0, 10_500)]),  # one partition, as files that fit
+    ([10_000, 500], 3_000, [(0, 10_000), (10_000, 10_500)]),  # a big group alone
+    # the block boundary before a group's end, within it: both partitions read that group
+    ([700, 700, 700], 1_000, [(0, 1_000), (1_000, 2_100)]),
+    ([1_000, 0, 1_000], 1_000, [(0, 1_000), (1_000, 2_000)]),  # an empty group
+])
+def test_partitions_are_runs_of_row_groups_cut_at_block_boundaries(groups, most, want):
+    assert partitions(groups, 1_000, most) == want
 
 
 def test_a_worker_killed_during_a_fit_is_recomputed(client):

@@ -217,15 +217,17 @@ def _seen(path: str) -> None:
 # ---- Parquet files, read on the workers ----------------------------------------------
 
 
-def _parquet_part(path: str, spec: dict[str, Any], stamp: Any, first_row: int) -> list[Block]:
-    """One file's blocks, read on a worker; it must be the file the client opened."""
+def _parquet_part(path: str, spec: dict[str, Any], stamp: Any, first_row: int,
+                  rows: tuple[int, int] | None) -> list[Block]:
+    """One file's blocks (of its ``rows``, or all), read on a worker; it must be the file
+    the client opened."""
     from emcli.sources.parquet import ParquetSource, _changed
 
     _seen(path)
     try:
         src = ParquetSource([path], spec["features"], weights=spec["weights"], ids=spec["ids"],
                             chunk_rows=spec["chunk_rows"], file_format=spec["file_format"],
-                            passthrough=spec["passthrough"])
+                            passthrough=spec["passthrough"], rows=rows)
     except DataError as exc:
         raise DataError(_on_worker(str(exc))) from None
     why = _changed(path, stamp)
@@ -239,21 +241,56 @@ def _parquet_part(path: str, spec: dict[str, Any], stamp: Any, first_row: int) -
     return blocks
 
 
-def parquet_on_cluster(client: Any, source: Any) -> DaskSource:
+# Bytes of features a partition holds, about: a worker keeps them, and their copy in
+# fitting units, for the whole fit; Dask's advice is partitions of ~100 MB.
+PARTITION_BYTES = 64 << 20
+
+
+def parquet_on_cluster(client: Any, source: Any, partition_rows: int | None = None) -> DaskSource:
     """A ``DaskSource`` of the files of a ``ParquetSource`` (opened here: footers only),
-    one partition per file, read by the workers."""
+    read by the workers: a partition per file, or per run of row groups of a bigger
+    file (see ``partitions``; ``partition_rows``: about how many rows each, by default
+    ``PARTITION_BYTES`` of features)."""
+    from emcli.sources.parquet import _File
+
     spec = {
         "features": source.columns, "weights": source.weights, "ids": source.ids,
         "chunk_rows": source.chunk_rows, "file_format": source.file_format,
         "passthrough": source.passthrough, "common": source._common,
     }
+    c = source.chunk_rows
+    most = partition_rows or max(c, PARTITION_BYTES // (8 * max(source.n_features, 1)))
     parts, first = [], 0
     for path, stamp, n in zip(source.files, source._stamps, source.file_rows, strict=True):
         # the workers' working directory is not this one
         where = os.path.abspath(path)
-        parts.append(client.submit(_parquet_part, where, spec, stamp, first, pure=False))
+        f = _File(path, source.file_format)
+        try:
+            groups = f.group_rows()
+        finally:
+            f.close()
+        ranges = partitions(groups, c, most)
+        for rows in ranges:
+            whole = None if len(ranges) == 1 else rows
+            parts.append(client.submit(_parquet_part, where, spec, stamp, first, whole,
+                                       pure=False))
         first += n
     return DaskSource(client, parts, source.n_rows, source.n_features, source.chunk_rows)
+
+
+def partitions(group_rows: Sequence[int], chunk_rows: int, most: int) -> list[tuple[int, int]]:
+    """One file's partitions, as row ranges: runs of whole row groups of up to ``most``
+    rows (a bigger group is a partition of its own), each cut at the block boundary at
+    or before its last group's end. Blocks are cut every ``chunk_rows`` rows from the
+    file's first row, so every block lies whole in one partition, and the partitions'
+    blocks, in order, are the file's blocks (docs/scaling.md)."""
+    n = int(sum(group_rows))
+    bounds = [int(e) - int(e) % chunk_rows for e in np.cumsum(group_rows)[:-1]] + [n]
+    cuts = [0]
+    for at, after in zip(bounds, bounds[1:], strict=False):
+        if at > cuts[-1] and after - cuts[-1] > most:
+            cuts.append(at)
+    return [(a, b) for a, b in zip(cuts, cuts[1:] + [n], strict=True) if b > a] or [(0, n)]
 
 
 # ---- CSV and TSV files, read on the workers -------------------------------------------
