@@ -96,7 +96,7 @@ def _open(spec: str, stack: contextlib.ExitStack, distributed: Any) -> Any:
             client = distributed.Client(local, set_as_default=False)
             # workers busy in a task outlive a close and hold the exit up (by
             # seconds): they are this command's own processes and go first
-            stack.callback(_kill, list(client.run(os.getpid).values()))
+            stack.callback(_end_workers, local, list(client.run(os.getpid).values()))
         else:
             try:
                 client = distributed.Client(spec, timeout=CONNECT_TIMEOUT, set_as_default=False)
@@ -180,9 +180,14 @@ def _close(thing: Any) -> None:
         thing.close(timeout=CLOSE_TIMEOUT)
 
 
-def _kill(pids: list[int]) -> None:
+def _end_workers(local: Any, pids: list[int]) -> None:
+    """Kill a local cluster's worker processes, their nannies told first not to start
+    others in their place (they would, and the cluster's close would wait for them)."""
     import signal
 
+    for nanny in list(getattr(local, "workers", {}).values()):
+        with contextlib.suppress(Exception):
+            nanny.close_gracefully()
     for pid in pids:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
