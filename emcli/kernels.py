@@ -126,6 +126,25 @@ def _compiled() -> tuple[Any, Any, Any]:
                 out[a, b] = out[b, a]
 
     @inline
+    def split(mask, row, o, m):  # a row's observed columns into o, missing into m; (c, s)
+        c = 0
+        s = 0
+        for j in range(mask.shape[1]):
+            if mask[row, j]:
+                o[s] = j
+                s += 1
+            else:
+                m[c] = j
+                c += 1
+        return c, s
+
+    @inline
+    def put_block(cbuf, base, C, c):  # C[:c, :c] row by row at cbuf[base:]
+        for a in range(c):
+            for b in range(c):
+                cbuf[base + a * c + b] = C[a, b]
+
+    @inline
     def obs_block(cov, kc, o, m, s, c, A, dv, B, C, moments):  # the observed-block route's
         # factors: ldl of Σ_oo in A, B = Σ_mo Σ_oo⁻¹, C = Σ_mm − B Σ_om; log|Σ_oo| or nan
         ld = block_ldl(cov, kc, o, s, A, dv)
@@ -173,16 +192,7 @@ def _compiled() -> tuple[Any, Any, Any]:
         xm = np.empty(d)
         inv = np.empty((d, d))
         for g in range(starts.size - 1):
-            first = order[starts[g]]
-            c = 0
-            s = 0
-            for j in range(d):
-                if mask[first, j]:
-                    o[s] = j
-                    s += 1
-                else:
-                    m[c] = j
-                    c += 1
+            c, s = split(mask, order[starts[g]], o, m)
             by_prec = precise and 2 * c <= d
             ld_block = 0.0
             for k in range(K):
@@ -197,10 +207,7 @@ def _compiled() -> tuple[Any, Any, Any]:
                     if ld_block != ld_block:
                         return k
                 if moments:
-                    base = coff[g] + k * c * c
-                    for a in range(c):
-                        for b in range(c):
-                            cbuf[base + a * c + b] = inv[a, b]
+                    put_block(cbuf, coff[g] + k * c * c, inv, c)
                 for r in range(starts[g], starts[g + 1]):
                     i = order[r]
                     if by_prec:  # u = P_mo δ_o = (P δ_o)_m
@@ -316,16 +323,7 @@ def _compiled() -> tuple[Any, Any, Any]:
         t1 = np.empty(d)
         xm = np.empty(d)
         for g in range(starts.size - 1):
-            first = order[starts[g]]
-            c = 0
-            s = 0
-            for j in range(d):
-                if mask[first, j]:
-                    o[s] = j
-                    s += 1
-                else:
-                    m[c] = j
-                    c += 1
+            c, s = split(mask, order[starts[g]], o, m)
             by_prec = 2 * c <= d
             blocks = not by_prec
             for k in range(K):
@@ -389,10 +387,7 @@ def _compiled() -> tuple[Any, Any, Any]:
                         return k
                     factored = True
                 if moments:
-                    base = coff[g] + k * c * c
-                    for a in range(c):
-                        for b in range(c):
-                            cbuf[base + a * c + b] = C1[a, b]
+                    put_block(cbuf, coff[g] + k * c * c, C1, c)
                 for r in range(starts[g], starts[g + 1]):
                     i = order[r]
                     q = obs_row(X0, i, o, m, s, c, means, k, A1, B, t1, xm)
