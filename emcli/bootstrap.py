@@ -13,7 +13,7 @@ resample ``b`` is.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from typing import Any
 
 import numpy as np
@@ -146,7 +146,7 @@ def bootstrap_pick(
     processes and ``on_cell(None)`` is called as each one completes; ``max_memory``
     (bytes) bounds them all together.
     """
-    from .selection import _context, _init_worker, _stop_pool
+    from .selection import worker_pool
 
     chosen = candidates(result)
     cells: list[Candidate] = []
@@ -167,21 +167,11 @@ def bootstrap_pick(
         options = dict(options, max_memory=int(max_memory) // at_once)
     Xm, wm = _in_memory(X, w)
     values = np.full((n_resamples, len(cells)), np.nan)
-    pool = None
-    if at_once > 1:
-        pool = ProcessPoolExecutor(max_workers=at_once, mp_context=_context(),
-                                   initializer=_init_worker, initargs=(Xm, wm, options))
-    try:
+    with worker_pool(at_once, Xm, wm, options) as pool:
         for b, row in _run(pool, Xm, wm, cells, result.criterion, options, n_resamples):
             values[b] = row
             if on_cell is not None:
                 on_cell(None)
-    except BaseException:
-        if pool is not None:
-            _stop_pool(pool)
-        raise
-    if pool is not None:
-        pool.shutdown()
     return BootstrapResult(n_resamples=n_resamples, cells=tuple(chosen), values=values)
 
 

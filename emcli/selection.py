@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.context
 import time
@@ -123,6 +124,25 @@ def _stop_pool(pool: ProcessPoolExecutor) -> None:
         process.terminate()
     for process in processes:
         process.join(timeout=1.0)
+
+
+@contextlib.contextmanager
+def worker_pool(
+    workers: int, X: Any, w: np.ndarray | None, options: dict
+) -> Iterator[ProcessPoolExecutor | None]:
+    """``workers`` processes holding the rows and cell options (None for fewer than two),
+    stopped at once if the block raises (Ctrl-C or an error), else shut down."""
+    if workers < 2:
+        yield None
+        return
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_context(),
+                               initializer=_init_worker, initargs=(X, w, options))
+    try:
+        yield pool
+    except BaseException:
+        _stop_pool(pool)
+        raise
+    pool.shutdown()
 
 
 def _fit_in_worker(k: int, covariance_type: str, warm: Any = None) -> SweepCell:
