@@ -187,17 +187,19 @@ def _run(pool, X, w, cells, criterion, options, n) -> Iterator[tuple[int, np.nda
 
 
 def summary(result: SweepResult) -> str:
-    """One line for people: how often each refitted cell won."""
+    """One line for people: on what share of the resamples each refitted cell won."""
     boot = result.bootstrap
     assert boot is not None
-    shares = boot.shares
+    if not boot.n_decided:
+        return f"bootstrap: no refitted cell could be fitted on any of {boot.n_resamples} resamples"
     wins = ", ".join(
         f"k={result.cells[i].k} {result.cells[i].covariance_type} {100 * s:.0f}%"
-        for i, s in zip(boot.cells, shares, strict=True)
+        for i, s in zip(boot.cells, boot.shares, strict=True)
     )
-    line = (f"bootstrap: {boot.n_resamples} resamples; lowest {result.criterion.upper()} "
-            f"on a resample: {wins if boot.n_decided else 'no cell could be fitted'}")
+    line = (f"bootstrap: share of {boot.n_decided} resamples on which each cell has the lowest "
+            f"{result.criterion.upper()}: {wins}")
     undecided = boot.n_resamples - boot.n_decided
-    if undecided and boot.n_decided:
-        line += f" (of {boot.n_decided}; on {undecided} no refitted cell could be fitted)"
+    if undecided:
+        line += (f"; on {undecided} more resample{'s' if undecided > 1 else ''} no refitted "
+                 "cell could be fitted")
     return line

@@ -26,8 +26,9 @@ from conftest import (
 )
 
 import emcli
-from emcli.bootstrap import AT_MOST, WITHIN, candidates, refit_resample, resample_rows
+from emcli.bootstrap import AT_MOST, WITHIN, candidates, refit_resample, resample_rows, summary
 from emcli.errors import UsageError
+from emcli.model import BootstrapResult, SweepCell, SweepResult
 
 
 def read_csv(path) -> list[dict[str, str]]:
@@ -222,3 +223,17 @@ def test_the_python_api_takes_bootstrap():
     assert emcli.select(X, k_values=[2], covariance_types=["full"]).bootstrap is None
     with pytest.raises(UsageError, match="bootstrap"):
         emcli.select(X, k_values=[2], covariance_types=["full"], bootstrap=-2)
+
+
+def test_undecided_resamples_are_left_out_of_the_shares():
+    """A resample on which no refitted cell could be fitted wins for none: the shares
+    are over the others, and the line says how many were left out."""
+    boot = BootstrapResult(n_resamples=4, cells=(1, 0), values=np.array(
+        [[3.0, 2.0], [np.nan, 5.0], [np.nan, np.nan], [7.0, 7.0]]))
+    np.testing.assert_array_equal(boot.winners, [1, 1, -1, 0])  # a tie: the closer cell
+    assert boot.n_decided == 3
+    np.testing.assert_allclose(boot.shares, [1 / 3, 2 / 3])
+    cells = (SweepCell(2, "VVV", None, 0.0), SweepCell(3, "EEE", None, 0.0))
+    line = summary(SweepResult(cells, "bic", 1, (2, 3), bootstrap=boot))
+    assert line.startswith("bootstrap: share of 3 resamples")
+    assert "k=3 EEE 33%, k=2 VVV 67%" in line and "; on 1 more resample no" in line
