@@ -28,12 +28,26 @@ import numpy as np
 LOG_2PI = float(np.log(2.0 * np.pi))
 
 
+class BlockNotPD(np.linalg.LinAlgError):
+    """A component's covariance block over some row's observed (or missing) cells failed
+    to factor, though the whole covariance did: rounding, on a nearly singular one. The EM
+    loop regularises that component and repeats the pass (docs/loop.md §5)."""
+
+    def __init__(self, component: int) -> None:
+        super().__init__(f"component {component}: a covariance block is not positive definite")
+        self.component = component
+
+    def __reduce__(self) -> tuple[Any, tuple[int]]:  # across processes (--jobs, Dask)
+        return (BlockNotPD, (self.component,))
+
+
 def spd_inverse(M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Inverse and log-determinant of each symmetric positive definite ``(..., q, q)`` matrix.
 
     Sweeps every pivot in turn (Goodnight 1979), vectorised over the leading
     axes: q steps of a rank-one update instead of one LAPACK call per matrix.
-    Raises LinAlgError on a pivot that is not positive.
+    Raises BlockNotPD, naming the index along the first axis (the component), on
+    a pivot that is not positive.
     """
     q = M.shape[-1]
     A = np.array(M, dtype=float, copy=True)
@@ -41,7 +55,8 @@ def spd_inverse(M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     for j in range(q):
         piv = A[..., j, j].copy()
         if not np.all(piv > 0):
-            raise np.linalg.LinAlgError("a covariance block is not positive definite")
+            bad = ~(piv > 0).reshape(piv.shape[0], -1).all(axis=1) if piv.ndim else [True]
+            raise BlockNotPD(int(np.flatnonzero(bad)[0]))
         log_det += np.log(piv)
         col = A[..., :, j] / piv[..., None]
         A -= col[..., :, None] * A[..., j, None, :]

@@ -22,7 +22,7 @@ import numpy as np
 from scipy.linalg.blas import dsyrk, ssyrk
 
 from . import kernels
-from .conditional import incomplete_statistics
+from .conditional import BlockNotPD, incomplete_statistics
 from .covariance import Context
 from .errors import FitError
 from .gaussian import (
@@ -192,6 +192,27 @@ class Recovery:
                     break
         return params.replace(covariances=cov), events
 
+    def singular_block(
+        self, params: GMMParams, k: int, ctx: Context
+    ) -> tuple[GMMParams, list[str]]:
+        """A block of component ``k``'s covariance failed to factor in the E-step (over
+        some row's observed cells): one more level of regularisation, as for a collapse;
+        the pass is then repeated."""
+        model = params.model
+        k = k if model.per_component else 0
+        if self.level[k] >= self.max_level:
+            raise FitError(
+                f"component {k}: its covariance over some rows' observed cells stays "
+                "singular even with extra regularisation; try a larger reg_covar or "
+                "standardize=True"
+            )
+        self.level[k] += 1
+        amount = self.amount(self.level[k], ctx)
+        cov = model.regularised(np.asarray(params.covariances, float), k, amount, ctx.col_var)
+        event = (f"component {k} collapsed (covariance singular over some rows' observed "
+                 f"cells); regularisation {amount:.0e}")
+        return params.replace(covariances=cov), [event]
+
     def m_step(
         self, totals: PassTotals, prep: Any, params: GMMParams, ctx: Context
     ) -> tuple[GMMParams, list[str]]:
@@ -321,6 +342,10 @@ def run_em(
     while True:
         try:
             totals, prep = e_pass(source, params, dtype, map)
+        except BlockNotPD as exc:
+            params, more = recovery.singular_block(params, exc.component, ctx)
+            events = [*events, *more]
+            continue
         except np.linalg.LinAlgError as exc:
             raise FitError(
                 f"a covariance matrix is not positive definite ({exc}); "

@@ -197,6 +197,7 @@ class GenPrepared:
     shared: bool  # tied: one factor for every component
     prec: np.ndarray | None = None  # (K, d, d): the precisions Σ⁻¹
     precise: bool = False  # every component conditioned well enough for the precision route
+    precise_k: np.ndarray | None = None  # (K,): which are (the compiled quad mode's choice)
     compiled: bool = False  # incomplete rows through the compiled kernel (kernels.py)
     coef: np.ndarray | None = None  # (D, K): log-density as a linear map of the quad design
     quad_limit: float = -np.inf  # the quad route serves chunks whose rows have |x|^2 below it
@@ -205,7 +206,7 @@ class GenPrepared:
 # The quad design expands (x - mu)^T P (x - mu); the rounding error of that
 # expansion is about eps * lambda_max(P) * |x|^2. Above this bound the
 # whitened path (one GEMM against every component's inverse Cholesky) is used.
-QUAD_MAX_TERM = 1e6
+QUAD_MAX_TERM = 1e7
 # Incomplete rows take the precision route when eps·λmax(P)·λmax(Σ) stays below this.
 PRECISION_ROUTE_BOUND = 1e-10
 
@@ -250,7 +251,8 @@ def prepare_gen(
     lam_max = lam[:, -1]
     prep.prec = P
     # eps·λmax(P)·λmax(Σ_oo) ≤ eps·λmax(P)/λmin(P): the precision route's error bound
-    prep.precise = bool(np.all(np.finfo(float).eps * lam_max < PRECISION_ROUTE_BOUND * lam[:, 0]))
+    prep.precise_k = np.finfo(float).eps * lam_max < PRECISION_ROUTE_BOUND * lam[:, 0]
+    prep.precise = bool(np.all(prep.precise_k))
     if np.dtype(dtype) == np.float64 and quad_ok:
         prep.quad_limit = float(np.min(QUAD_MAX_TERM / lam_max - (means**2).sum(axis=1)))
         iu, ju, two = vech_weights(d)
@@ -295,20 +297,25 @@ def log_prob_gen(
     cache: dict = {}
     quad = prep.coef is not None and chunk.max_sq_norm < prep.quad_limit
     if not chunk.complete and prep.compiled:
-        # per pattern in the compiled kernel (§7.3): on the quad route, the zero-filled
+        # per pattern in the compiled kernels (§7.3): on the quad route, the zero-filled
         # rows' log-densities from the design, corrected per row; else directly
-        from .kernels import quad_incomplete
+        from . import kernels
 
-        assert prep.prec is not None
+        assert prep.prec is not None and prep.precise_k is not None
         one = slice(0, 1) if prep.shared else slice(None)
-        logp = None
+        X0 = chunk.X0.astype(float, copy=False)
         if quad:
             assert prep.coef is not None
-            logp = chunk.design("quad").T @ prep.coef
-        out, found = quad_incomplete(chunk.X0.astype(float, copy=False), chunk.mask, logp,
-                                     prep.means, prep.cov[one], prep.prec[one],
-                                     prep.log_det[one], prep.precise, moments)
-        cache["filled" if quad else "deviations"] = (chunk.mask, found)
+            filled = chunk.design("quad").T @ prep.coef
+            out, found = kernels.fill_incomplete(
+                X0, chunk.mask, filled, prep.means, prep.cov[one], prep.prec[one],
+                prep.log_det[one], prep.precise_k, moments)
+            cache["filled"] = (chunk.mask, found)
+        else:
+            out, found = kernels.direct_incomplete(
+                X0, chunk.mask, prep.means, prep.cov[one], prep.prec[one], prep.log_det[one],
+                prep.precise, moments)
+            cache["deviations"] = (chunk.mask, found)
         return out, cache
     if not chunk.complete:
         assert prep.prec is not None

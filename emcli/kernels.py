@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from .conditional import BlockNotPD
+
 # Rows × components × columns of a fit from which the compiled kernel is used.
 COMPILED_MIN_WORK = 4_000_000
 
@@ -41,7 +43,7 @@ def available() -> bool:
 
 
 @lru_cache(maxsize=1)
-def _compiled() -> tuple[Any, Any]:
+def _compiled() -> tuple[Any, Any, Any]:
     import numba
 
     jit = numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -121,13 +123,42 @@ def _compiled() -> tuple[Any, Any]:
             for b in range(a):
                 out[a, b] = out[b, a]
 
+    @inline
+    def obs_block(cov, kc, o, m, s, c, A, dv, B, C, moments):  # the observed-block route's
+        # factors: ldl of Σ_oo in A, B = Σ_mo Σ_oo⁻¹, C = Σ_mm − B Σ_om; log|Σ_oo| or nan
+        ld = block_ldl(cov, kc, o, s, A, dv)
+        if ld != ld:
+            return ld
+        for a in range(c):
+            for b in range(s):
+                B[a, b] = cov[kc, m[a], o[b]]
+            solve(A, B[a], s, False)
+        if moments:
+            for a in range(c):
+                for b in range(c):
+                    v = cov[kc, m[a], m[b]]
+                    for p in range(s):
+                        v -= B[a, p] * cov[kc, o[p], m[b]]
+                    C[a, b] = v
+        return ld
+
+    @inline
+    def obs_row(X0, i, o, m, s, c, means, k, A, B, t, xm):  # xm <- B δ_o; δ_oᵀ Σ_oo⁻¹ δ_o
+        for a in range(s):
+            t[a] = X0[i, o[a]] - means[k, o[a]]
+        for a in range(c):
+            v = 0.0
+            for b in range(s):
+                v += B[a, b] * t[b]
+            xm[a] = v
+        return solve(A, t, s, True)
+
     @jit
-    def quad_rows(X0, mask, order, starts, V, Pmu, means, cov, prec, log_det, precise, direct,
-                  moments, logp, Xhat, cbuf, coff):
-        # one pattern (rows ``order[starts[g]:starts[g + 1]]``) at a time (docs/e-step.md
-        # §7.3): quad mode corrects the zero-filled rows' log-densities from the quad design
-        # (V = P x₀) and fills Xhat = x̂; direct mode (V = P δ_o, Xhat = δ_o on entry)
-        # computes them and fills Xhat = x̂ − μ
+    def direct_rows(X0, mask, order, starts, V, means, cov, prec, log_det, precise, moments,
+                    logp, Xhat, cbuf, coff):
+        # off the quad route (docs/e-step.md §7.3), one pattern (rows
+        # ``order[starts[g]:starts[g + 1]]``) at a time: with V = P δ_o and Xhat = δ_o on
+        # entry, the log-densities, and Xhat = x̂ − μ
         d = X0.shape[1]
         K = means.shape[0]
         Kc = cov.shape[0]
@@ -136,9 +167,8 @@ def _compiled() -> tuple[Any, Any]:
         A = np.empty((d, d))
         dv = np.empty(d)
         B = np.empty((d, d))
-        pm = np.empty(d)
-        u = np.empty(d)
         t = np.empty(d)
+        xm = np.empty(d)
         inv = np.empty((d, d))
         for g in range(starts.size - 1):
             first = order[starts[g]]
@@ -153,39 +183,17 @@ def _compiled() -> tuple[Any, Any]:
                     c += 1
             by_prec = precise and 2 * c <= d
             ld_block = 0.0
-            lin0 = 0.0
             for k in range(K):
                 kc = 0 if Kc == 1 else k
                 if k == 0 or Kc > 1:  # a new factor (tied: one per pattern)
                     if by_prec:
                         ld_block = block_ldl(prec, kc, m, c, A, dv)
-                        if ld_block != ld_block:
-                            return False
-                        if moments:
+                        if ld_block == ld_block and moments:
                             inverse(A, c, inv)  # Cov[x_m | x_o] = P_mm^-1
                     else:
-                        ld_block = block_ldl(cov, kc, o, s, A, dv)
-                        if ld_block != ld_block:
-                            return False
-                        for a in range(c):  # B = Σ_mo Σ_oo^-1
-                            for b in range(s):
-                                B[a, b] = cov[kc, m[a], o[b]]
-                            solve(A, B[a], s, False)
-                        if moments:  # C = Σ_mm − Σ_mo Σ_oo^-1 Σ_om
-                            for a in range(c):
-                                for b in range(c):
-                                    v = cov[kc, m[a], m[b]]
-                                    for p in range(s):
-                                        v -= B[a, p] * cov[kc, o[p], m[b]]
-                                    inv[a, b] = v
-                if by_prec and not direct:  # P_mm μ_m and μ_mᵀ P_mm μ_m, for the pattern
-                    lin0 = 0.0
-                    for a in range(c):
-                        v = 0.0
-                        for b in range(c):
-                            v += prec[kc, m[a], m[b]] * means[k, m[b]]
-                        pm[a] = v - Pmu[k, m[a]]
-                        lin0 -= means[k, m[a]] * v
+                        ld_block = obs_block(cov, kc, o, m, s, c, A, dv, B, inv, moments)
+                    if ld_block != ld_block:
+                        return k
                 if moments:
                     base = coff[g] + k * c * c
                     for a in range(c):
@@ -193,7 +201,7 @@ def _compiled() -> tuple[Any, Any]:
                             cbuf[base + a * c + b] = inv[a, b]
                 for r in range(starts[g], starts[g + 1]):
                     i = order[r]
-                    if by_prec and direct:  # u = P_mo δ_o = (P δ_o)_m
+                    if by_prec:  # u = P_mo δ_o = (P δ_o)_m
                         quad = 0.0
                         for j in range(d):
                             quad += Xhat[k, i, j] * V[k, i, j]
@@ -203,28 +211,193 @@ def _compiled() -> tuple[Any, Any]:
                         logp[i, k] = -0.5 * (s * log_2pi + log_det[kc] + ld_block + quad)
                         for a in range(c):
                             Xhat[k, i, m[a]] = -t[a]
-                    elif by_prec:
-                        # u = P_mo δ_o = (P δ̃)_m + P_mm μ_m, with δ̃ = x₀ − μ
-                        lin = lin0
-                        for a in range(c):
-                            u[a] = V[k, i, m[a]] + pm[a]
-                            lin += 2.0 * means[k, m[a]] * u[a]
-                            t[a] = u[a]
-                        upu = solve(A, t, c, False)  # t = P_mm^-1 u
-                        logp[i, k] -= 0.5 * (-c * log_2pi + ld_block + lin - upu)
-                        for a in range(c):
-                            Xhat[k, i, m[a]] = means[k, m[a]] - t[a]
                     else:
-                        for a in range(s):
-                            t[a] = X0[i, o[a]] - means[k, o[a]]
-                        for a in range(c):
-                            v = 0.0 if direct else means[k, m[a]]
-                            for b in range(s):
-                                v += B[a, b] * t[b]
-                            Xhat[k, i, m[a]] = v
-                        quad = solve(A, t, s, True)
+                        quad = obs_row(X0, i, o, m, s, c, means, k, A, B, t, xm)
                         logp[i, k] = -0.5 * (s * log_2pi + ld_block + quad)
-        return True
+                        for a in range(c):
+                            Xhat[k, i, m[a]] = xm[a]
+        return -1
+
+    # The quad mode works on all K components at once, the component innermost
+    # (contiguous: one vector instruction for K ≤ 8), arrays laid out (..., K).
+
+    @inline
+    def ldl_k(A, q, dv, ld, K):  # ldl() of each A[:q, :q, k]; ld[k] = log det, nan if not PD
+        for k in range(K):
+            ld[k] = 0.0
+        for j in range(q):
+            for k in range(K):
+                dv[j, k] = A[j, j, k]
+            for p in range(j):
+                for k in range(K):
+                    dv[j, k] -= A[j, p, k] * A[j, p, k] * dv[p, k]
+            for k in range(K):
+                ld[k] += np.log(dv[j, k])
+                A[j, j, k] = 1.0 / dv[j, k]
+            for i in range(j + 1, q):
+                for p in range(j):
+                    for k in range(K):
+                        A[i, j, k] -= A[i, p, k] * A[j, p, k] * dv[p, k]
+                for k in range(K):
+                    A[i, j, k] *= A[j, j, k]
+
+    @inline
+    def solve_k(A, q, t, quad, K):  # t[:, k] <- A_k⁻¹ t[:, k]; quad[k] = t_origᵀ A_k⁻¹ t_orig
+        for i in range(q):
+            for p in range(i):
+                for k in range(K):
+                    t[i, k] -= A[i, p, k] * t[p, k]
+        for k in range(K):
+            quad[k] = 0.0
+        for i in range(q):
+            for k in range(K):
+                quad[k] += t[i, k] * t[i, k] * A[i, i, k]
+                t[i, k] *= A[i, i, k]
+        for i in range(q - 1, -1, -1):
+            for p in range(i + 1, q):
+                for k in range(K):
+                    t[i, k] -= A[p, i, k] * t[p, k]
+
+    @inline
+    def inverse_k(A, q, out, acc, K):  # inverse() of each factor
+        for j in range(q):
+            for k in range(K):
+                out[j, j, k] = 1.0
+            for i in range(j + 1, q):
+                for k in range(K):
+                    out[i, j, k] = -A[i, j, k]
+                for p in range(j + 1, i):
+                    for k in range(K):
+                        out[i, j, k] -= A[i, p, k] * out[p, j, k]
+        for a in range(q):
+            for b in range(a + 1):
+                for k in range(K):
+                    acc[k] = 0.0
+                for p in range(a, q):
+                    for k in range(K):
+                        acc[k] += out[p, a, k] * out[p, b, k] * A[p, p, k]
+                for k in range(K):
+                    out[b, a, k] = acc[k]
+        for a in range(q):
+            for b in range(a):
+                for k in range(K):
+                    out[a, b, k] = out[b, a, k]
+
+    @jit
+    def fill_rows(X0, mask, order, starts, V, PT, MT, PmuT, means, cov, log_det, precise,
+                  moments, logp, Xhat, cbuf, coff):
+        # quad mode (docs/e-step.md §7.3): logp (n, K) holds the zero-filled rows' log-
+        # densities and is corrected in place, with V (n, d, K) = P x₀; Xhat (K, n, d),
+        # the rows, gets each component's conditional means of the missing cells, and cbuf
+        # each pattern's conditional covariances. Components not ``precise`` (or whose
+        # P_mm fails) take the observed block.
+        d = X0.shape[1]
+        K = MT.shape[1]
+        Kc = cov.shape[0]
+        o = np.empty(d, np.int64)
+        m = np.empty(d, np.int64)
+        A = np.empty((d, d, K))
+        dv = np.empty((d, K))
+        inv = np.empty((d, d, K))
+        pm = np.empty((d, K))
+        t = np.empty((d, K))
+        ld = np.empty(K)
+        lin0 = np.empty(K)
+        lin = np.empty(K)
+        quad = np.empty(K)
+        acc = np.empty(K)
+        ok = np.empty(K, np.bool_)
+        A1 = np.empty((d, d))
+        dv1 = np.empty(d)
+        B = np.empty((d, d))
+        C1 = np.empty((d, d))
+        t1 = np.empty(d)
+        xm = np.empty(d)
+        for g in range(starts.size - 1):
+            first = order[starts[g]]
+            c = 0
+            s = 0
+            for j in range(d):
+                if mask[first, j]:
+                    o[s] = j
+                    s += 1
+                else:
+                    m[c] = j
+                    c += 1
+            by_prec = 2 * c <= d
+            blocks = not by_prec
+            for k in range(K):
+                ok[k] = by_prec and precise[k]
+            if by_prec:
+                for a in range(c):
+                    for b in range(a + 1):
+                        for k in range(K):
+                            A[a, b, k] = PT[m[a], m[b], k]
+                ldl_k(A, c, dv, ld, K)
+                for k in range(K):
+                    if not np.isfinite(ld[k]):
+                        ok[k] = False
+                    if not ok[k]:
+                        blocks = True
+                if moments:  # Cov[x_m | x_o] = P_mm⁻¹
+                    inverse_k(A, c, inv, acc, K)
+                    for k in range(K):
+                        base = coff[g] + k * c * c
+                        for a in range(c):
+                            for b in range(c):
+                                cbuf[base + a * c + b] = inv[a, b, k]
+                for k in range(K):  # P_mm μ_m − (P μ)_m, and −μ_mᵀ P_mm μ_m
+                    lin0[k] = 0.0
+                for a in range(c):
+                    for k in range(K):
+                        acc[k] = 0.0
+                    for b in range(c):
+                        for k in range(K):
+                            acc[k] += PT[m[a], m[b], k] * MT[m[b], k]
+                    for k in range(K):
+                        pm[a, k] = acc[k] - PmuT[m[a], k]
+                        lin0[k] -= MT[m[a], k] * acc[k]
+                for r in range(starts[g], starts[g + 1]):
+                    i = order[r]
+                    # u = P_mo δ_o = (P δ̃)_m + P_mm μ_m, with δ̃ = x₀ − μ
+                    for a in range(c):
+                        for k in range(K):
+                            t[a, k] = V[i, m[a], k] + pm[a, k]
+                    for k in range(K):
+                        lin[k] = lin0[k]
+                    for a in range(c):
+                        for k in range(K):
+                            lin[k] += 2.0 * MT[m[a], k] * t[a, k]
+                    solve_k(A, c, t, quad, K)  # t = P_mm⁻¹ u, quad = uᵀ P_mm⁻¹ u
+                    for k in range(K):
+                        logp[i, k] -= 0.5 * (-c * log_2pi + ld[k] + lin[k] - quad[k])
+                    for k in range(K):
+                        for a in range(c):
+                            Xhat[k, i, m[a]] = MT[m[a], k] - t[a, k]
+            if not blocks:
+                continue
+            factored = False
+            for k in range(K):
+                if ok[k]:
+                    continue
+                kc = 0 if Kc == 1 else k
+                if not factored or Kc > 1:
+                    ld_block = obs_block(cov, kc, o, m, s, c, A1, dv1, B, C1, moments)
+                    if ld_block != ld_block:
+                        return k
+                    factored = True
+                if moments:
+                    base = coff[g] + k * c * c
+                    for a in range(c):
+                        for b in range(c):
+                            cbuf[base + a * c + b] = C1[a, b]
+                for r in range(starts[g], starts[g + 1]):
+                    i = order[r]
+                    q = obs_row(X0, i, o, m, s, c, means, k, A1, B, t1, xm)
+                    logp[i, k] = -0.5 * (s * log_2pi + ld_block + q)
+                    for a in range(c):
+                        Xhat[k, i, m[a]] = means[k, m[a]] + xm[a]
+        return -1
 
     @jit
     def cov_sums(mask, order, starts, wr, cbuf, coff, S2):
@@ -248,7 +421,7 @@ def _compiled() -> tuple[Any, Any]:
                     for b in range(c):
                         S2[k, m[a], m[b]] += W * cbuf[base + a * c + b]
 
-    return quad_rows, cov_sums
+    return direct_rows, cov_sums, fill_rows
 
 
 def patterns(mask: np.ndarray, complete: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -279,10 +452,9 @@ def patterns(mask: np.ndarray, complete: bool = False) -> tuple[np.ndarray, np.n
     return order[pick], starts.astype(np.int64)
 
 
-def quad_incomplete(
+def direct_incomplete(
     X0: np.ndarray,
     mask: np.ndarray,
-    logp: np.ndarray | None,
     means: np.ndarray,
     cov: np.ndarray,
     prec: np.ndarray,
@@ -290,50 +462,79 @@ def quad_incomplete(
     precise: bool,
     moments: bool,
 ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-    """Log-densities over the observed cells of an incomplete chunk ``(n, K)``, and what
-    ``filled_sums`` needs.
-
-    With ``logp`` (the quad design's log-densities of the zero-filled rows), they are
-    corrected in place and the rows come back filled in, ``x̂`` ``(K, n, d)``; without,
-    every row's log-density is computed here and the rows come back as deviations
-    ``x̂ − μ``. Then the patterns and their conditional covariances (flat).
-    """
-    quad_rows = _compiled()[0]
+    """Log-densities over the observed cells of an incomplete chunk ``(n, K)`` off the
+    quad route, and what ``deviation_sums`` needs: the rows' deviations ``x̂ − μ``
+    ``(K, n, d)``, the patterns and their conditional covariances (flat)."""
+    direct_rows = _compiled()[0]
     n, d = X0.shape
     K = means.shape[0]
     full = np.broadcast_to(prec, (K, d, d))
-    direct = logp is None
     Xhat = np.empty((K, n, d))
     V = np.empty((K, n, d))
-    if direct:
-        np.subtract(X0[None], means[:, None, :], out=Xhat)
-        Xhat *= mask  # δ_o, zero at missing cells
-        for k in range(K):
-            np.matmul(Xhat[k], full[k], out=V[k])  # P δ_o
-    else:
-        Xhat[:] = X0  # the kernel fills each component's missing cells in
-        for k in range(K):
-            np.matmul(X0, full[k], out=V[k])  # P x₀
-    Pmu = np.einsum("kab,kb->ka", full, means)
-    order, starts = patterns(mask, complete=direct)
+    np.subtract(X0[None], means[:, None, :], out=Xhat)
+    Xhat *= mask  # δ_o, zero at missing cells
+    for k in range(K):
+        np.matmul(Xhat[k], full[k], out=V[k])  # P δ_o
+    order, starts = patterns(mask, complete=True)
     c = d - mask[order[starts[:-1]]].sum(axis=1)
     coff = np.zeros(starts.size, dtype=np.int64)
     if moments:
         np.cumsum(K * c * c, out=coff[1:])
     cbuf = np.empty(int(coff[-1]))
-    out = np.empty((n, K)) if logp is None else logp
-    if not quad_rows(X0, mask, order, starts, V, Pmu, means, cov, prec, log_det, precise, direct,
-                     moments, out, Xhat, cbuf, coff):
-        raise np.linalg.LinAlgError("a covariance block is not positive definite")
+    out = np.empty((n, K))
+    bad = direct_rows(X0, mask, order, starts, V, means, cov, prec, log_det, precise, moments,
+                      out, Xhat, cbuf, coff)
+    if bad >= 0:
+        raise BlockNotPD(int(bad))
     return out, (Xhat, order, starts, cbuf, coff)
+
+
+def fill_incomplete(
+    X0: np.ndarray,
+    mask: np.ndarray,
+    logp: np.ndarray,
+    means: np.ndarray,
+    cov: np.ndarray,
+    prec: np.ndarray,
+    log_det: np.ndarray,
+    precise: np.ndarray,
+    moments: bool,
+) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """Correct ``logp``, the quad design's log-densities ``(n, K)`` of an incomplete
+    chunk's zero-filled rows, in place to their densities over the observed cells; and
+    what ``fill_sums`` needs: the filled-in cells, the patterns and their conditional
+    covariances. ``precise`` ``(K,)`` says which components may take the precision route.
+    """
+    fill_rows = _compiled()[2]
+    n, d = X0.shape
+    K = means.shape[0]
+    full = np.broadcast_to(prec, (K, d, d))
+    PT = np.ascontiguousarray(full.transpose(1, 2, 0))
+    MT = np.ascontiguousarray(means.T)
+    PmuT = np.ascontiguousarray(np.einsum("kab,kb->ak", full, means))
+    order, starts = patterns(mask)
+    c = d - mask[order[starts[:-1]]].sum(axis=1)
+    coff = np.zeros(starts.size, dtype=np.int64)
+    if moments:
+        np.cumsum(K * c * c, out=coff[1:])
+    cbuf = np.empty(int(coff[-1]))
+    Xhat = np.empty((K, n, d))
+    Xhat[:] = X0  # the kernel fills each component's missing cells in
+    ok = np.ascontiguousarray(np.broadcast_to(np.asarray(precise, dtype=bool), (K,)))
+    V = (X0 @ PT.reshape(d, d * K)).reshape(n, d, K)  # P x₀, one GEMM for every component
+    bad = fill_rows(X0, mask, order, starts, V, PT, MT, PmuT, means, cov, log_det, ok, moments,
+                    logp, Xhat, cbuf, coff)
+    if bad >= 0:
+        raise BlockNotPD(int(bad))
+    return logp, (Xhat, order, starts, cbuf, coff)
 
 
 def filled_sums(
     mask: np.ndarray, wr: np.ndarray, found: tuple[np.ndarray, ...]
 ) -> tuple[np.ndarray, np.ndarray]:
     """``Σ w r y`` ``(K, d)`` and ``Σ w r (y yᵀ + C)`` ``(K, d, d)`` of the rows
-    ``quad_incomplete`` filled in under each component: ``y = x̂`` (raw sums) or
-    ``y = x̂ − μ`` (sums around the means, without the quad design)."""
+    ``fill_incomplete`` filled in under each component (``y = x̂``: raw sums) or
+    ``direct_incomplete`` did (``y = x̂ − μ``: around the means)."""
     cov_sums = _compiled()[1]
     Xhat, order, starts, cbuf, coff = found
     K, n, d = Xhat.shape
@@ -343,4 +544,5 @@ def filled_sums(
         S2[k] = (Xhat[k] * wr[:, k, None]).T @ Xhat[k]
     cov_sums(mask, order, starts, np.ascontiguousarray(wr), cbuf, coff, S2)
     return S1, S2
+
 

@@ -35,13 +35,14 @@ def _awkward_rows(n: int, d: int, seed: int, frac: float = 0.3) -> np.ndarray:
     return X[~np.isnan(X).all(axis=1)]
 
 
-def _params(d: int, K: int, seed: int, tied: bool, cond: float | None = None):
+def _params(d: int, K: int, seed: int, tied: bool, cond: float | None = None,
+            scale: float = 1.0):
     rng = np.random.default_rng(seed)
     A = rng.normal(size=(K, d, d))
     cov = A @ np.swapaxes(A, 1, 2) + 0.5 * np.eye(d)
     if cond is not None:  # one component with the given condition number
         Q, _ = np.linalg.qr(rng.normal(size=(d, d)))
-        cov[0] = Q @ np.diag(np.geomspace(1.0, 1.0 / cond, d)) @ Q.T
+        cov[0] = scale * Q @ np.diag(np.geomspace(1.0, 1.0 / cond, d)) @ Q.T
     if tied:
         cov[:] = cov[0]
     means = rng.normal(size=(K, d))
@@ -50,10 +51,10 @@ def _params(d: int, K: int, seed: int, tied: bool, cond: float | None = None):
 
 
 @pytest.mark.parametrize("tied", [False, True])
-@pytest.mark.parametrize("cond", [None, 1e4, 1e7])
-def test_both_routes_give_the_reference_densities_and_sums(tied, cond):
+@pytest.mark.parametrize(("cond", "scale"), [(None, 1.0), (1e4, 1.0), (1e6, 100.0), (1e7, 1.0)])
+def test_both_routes_give_the_reference_densities_and_sums(tied, cond, scale):
     X = _awkward_rows(700, 7, seed=3)
-    weights, means, cov = _params(7, 4, seed=4, tied=tied, cond=cond)
+    weights, means, cov = _params(7, 4, seed=4, tied=tied, cond=cond, scale=scale)
     ref = ref_component_logpdf(X, means, cov) + np.log(weights)
     want_ll = float(logsumexp(ref, axis=1).sum())
     # both sides factor the observed block: backward stable, to about eps·cond of it
@@ -64,8 +65,12 @@ def test_both_routes_give_the_reference_densities_and_sums(tied, cond):
         assert prep.precise == (cond is None or cond < 1e5)
         prep.compiled = compiled
         chunk = Chunk(X, np.ones(X.shape[0]))
-        # a tight component takes the chunk off the quad route (the kernel's direct mode)
-        assert (chunk.max_sq_norm < prep.quad_limit) == (cond is None)
+        # a tight component takes the chunk off the quad route (the kernel's direct mode);
+        # with a wide one (1e6) the quad route stays, the others take the precision route
+        assert (chunk.max_sq_norm < prep.quad_limit) == (cond is None or cond < 1e7)
+        assert prep.precise_k is not None
+        well = cond is None or cond < 1e5
+        assert prep.precise_k.sum() == (4 if well else 0 if tied else 3)
         totals = chunk_statistics(chunk, prep, np.log(weights))
         assert totals.stats.ll == pytest.approx(want_ll, rel=rel)
         got.append(totals.stats.scatter(prep))
@@ -118,3 +123,43 @@ def test_trajectories_agree_and_never_decrease(t, dtype):
     ref = ref_component_logpdf(X, P.means, covs) + np.log(P.weights)
     keep = ~np.isnan(X).all(axis=1)
     assert runs[1][-1] == pytest.approx(float(logsumexp(ref[keep], axis=1).sum()), rel=rel)
+
+
+# A 4×4 covariance whose Cholesky factor exists but whose block over columns (0, 1, 3)
+# fails to factor in rounding (eigenvalues 1, 1, 1.2e-16, 1.6e-17; found by search).
+_NEARLY_SINGULAR = np.frombuffer(bytes.fromhex(
+    "77000a0f1976d43fb52c3b5522ffdc3fd4ae66f9174853bf27d62d9e584cbc3f"
+    "b52c3b5522ffdc3ffeddda888f56e63fc3bc1b18e2b08d3f6bd65f43639cb2bf"
+    "d4ae66f9174853bfc3bc1b18e2b08d3ff7fd2958bb21733f3d9893f9a10db1bf"
+    "27d62d9e584cbc3f6bd65f43639cb2bf3d9893f9a10db1bfc8cdef782048ef3f")).reshape(4, 4)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_a_singular_observed_block_is_recovered_not_fatal(compiled):
+    """A component whose covariance factors but whose block over some rows' observed cells
+    does not: the loop regularises that component (an event) and goes on."""
+    from emcli.covariance import Context, get_model
+    from emcli.em import run_em
+    from emcli.model import GMMParams
+    from emcli.sources import FitRows
+    from emcli.sources.memory import ArraySource
+    from emcli.sources.rows import Units
+
+    cov = np.stack([_NEARLY_SINGULAR, np.eye(4)])
+    np.linalg.cholesky(cov[0])  # the whole covariance factors...
+    assert not get_model("full").bad_components(cov)  # ...and passes the start's check
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(0, 0.5, (200, 4)), rng.normal(3, 1, (200, 4))])
+    X[::3, 2] = np.nan  # a third of the rows observe columns (0, 1, 3)
+    rows = FitRows(ArraySource(X), Units(np.zeros(4), None, np.float64))
+    ctx = Context(400.0, 1.0, np.nanvar(X, axis=0), 1e-6)
+    start = GMMParams("full", np.array([0.5, 0.5]), np.array([np.zeros(4), np.full(4, 3.0)]),
+                      cov)
+    with compiled_kernels(compiled):
+        res = run_em(rows, start, ctx, tol=0.0, max_iter=3)
+    assert "component 0 collapsed (covariance singular over some rows' observed cells)" in (
+        res.history[0].event)
+    assert [h.iteration for h in res.history] == [0, 1, 2, 3]
+    P = res.params
+    ref = ref_component_logpdf(X, P.means, P.full_covariances()) + np.log(P.weights)
+    assert res.log_likelihood == pytest.approx(float(logsumexp(ref, axis=1).sum()), rel=1e-10)

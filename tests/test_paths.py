@@ -25,7 +25,8 @@ def _data(seed: int, holes: float) -> np.ndarray:
     return X
 
 
-def _ll_scipy(X: np.ndarray, params) -> float:
+def _ll_scipy(X: np.ndarray, params, scale: bool = False) -> float:
+    """The log-likelihood row by row; with ``scale``, the sum of its rows' magnitudes."""
     covs = params.full_covariances()
     total = 0.0
     for x in X:
@@ -36,7 +37,7 @@ def _ll_scipy(X: np.ndarray, params) -> float:
             w * multivariate_normal(m[o], c[np.ix_(o, o)]).pdf(x[o])
             for w, m, c in zip(params.weights, params.means, covs, strict=True)
         )
-        total += np.log(dens)
+        total += abs(np.log(dens)) if scale else np.log(dens)
     return total
 
 
@@ -146,3 +147,36 @@ def test_readme_python_example_runs():
     assert block is not None
     code = block.group(1) + "\nassert gm.converged_ and gm.weights_.shape == (3,)\n"
     subprocess.run([sys.executable, "-c", code], cwd=root, check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("holes", [0.0, 0.1])
+def test_quad_route_on_tight_components_matches_the_whitened_route(monkeypatch, holes):
+    """Components with eigenvalues near 1e-2 of the data's scale keep the quad route up to
+    λmax(P)·|x|² = QUAD_MAX_TERM (1e7), ten times past the old bound, and give the
+    whitened route's trajectory: each row's log-density to about eps·1e7 absolute, so the
+    sums agree to 1e-10 of Σ|log p(x_i)| (docs/e-step.md §6). The data are standardised,
+    so rows' log-densities of both signs nearly cancel in the total."""
+    from emcli.gaussian import QUAD_MAX_TERM, Chunk, prepare_gen
+
+    rng = np.random.default_rng(0)
+    n, d, K = 4000, 8, 4
+    y = rng.integers(0, K, n)
+    A = rng.standard_normal((K, d, d)) / np.sqrt(d)
+    A[:, :, 0] *= 0.1  # one tight direction per component
+    X = rng.normal(0.0, 2.5, (K, d))[y] + np.einsum("nij,nj->ni", A[y], rng.normal(size=(n, d)))
+    X = (X - X.mean(axis=0)) / X.std(axis=0)
+    X[rng.random(X.shape) < holes] = np.nan
+    kw = {"n_components": K, "seed": 1, "tol": 0.0, "max_iter": 10, "reg_covar": 0.0}
+    quad = fit_mixture(X, **kw)
+    p = quad.params
+    prep = prepare_gen(p.means, p.covariances, False, np.float64)
+    reach = float(np.max(np.linalg.eigvalsh(prep.prec)[:, -1])) * Chunk(
+        X, np.ones(n)).max_sq_norm
+    assert 1e6 < reach < QUAD_MAX_TERM  # past the old bound, on the quad route
+    monkeypatch.setattr(rows_module, "QUAD_DESIGN_BUDGET", 0)
+    whitened = fit_mixture(X, **kw)
+    ll_q = np.array([h.log_likelihood for h in quad.history])
+    ll_w = np.array([h.log_likelihood for h in whitened.history])
+    magnitude = _ll_scipy(X, quad.params, scale=True)
+    assert np.max(np.abs(ll_q - ll_w)) < 1e-10 * magnitude
+    assert abs(quad.log_likelihood - _ll_scipy(X, quad.params)) < 1e-10 * magnitude
