@@ -27,8 +27,10 @@ WITHIN = 10.0  # criterion units from the best cell
 AT_MOST = 5  # cells refitted
 MAX_RESAMPLES = 100_000  # more is a typo, not a plan
 
-# one cell to refit: (k, covariance type, warm start: means in the data's units, weights)
-Candidate = tuple[int, str, tuple[np.ndarray, np.ndarray]]
+# one cell to refit: (k, covariance type, warm start): the start is fit_cell's ``warm``,
+# the means (in the data's units) and weights of the cell's fit to all the rows, then None:
+# no log-likelihood to beat, so that start always runs to convergence
+Candidate = tuple[int, str, tuple[Any, ...]]
 
 
 def resamples(value: Any, name: str = "bootstrap") -> int:
@@ -155,7 +157,7 @@ def bootstrap_pick(
         assert cell.result is not None
         p = cell.result.params
         means = p.means if p.scaling is None else p.scaling.to_data(p.means)
-        cells.append((cell.k, cell.covariance_type, (means, p.weights)))
+        cells.append((cell.k, cell.covariance_type, (means, p.weights, None)))
     at_once = max(1, min(int(jobs), n_resamples))
     if max_memory is not None:  # the rows here, and in each job a copy, a resample and a fit
         n_rows, d = X.shape if isinstance(X, np.ndarray) else (X.n_rows, X.n_features)
