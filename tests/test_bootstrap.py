@@ -198,7 +198,7 @@ def test_a_one_component_refit_is_the_gaussian_bic_of_the_resample():
     rng = np.random.default_rng(2)
     X = rng.normal(size=(120, 2)) @ np.array([[1.0, 0.4], [0.0, 0.7]]) + 3.0
     options = {"seed": 9, "tol": 1e-8, "max_iter": 50, "reg_covar": 0.0}
-    warm = (X.mean(axis=0, keepdims=True), np.ones(1))
+    warm = (X.mean(axis=0, keepdims=True), np.ones(1), None)
     got = refit_resample(X, None, 4, [(1, "full", warm)], "bic", options)
     R = X[resample_rows(9, 4, 120)]
     S = np.cov(R.T, bias=True)
