@@ -108,28 +108,37 @@ def chunk_statistics(
     # candidates for re-seeding collapsed components: the chunk's K worst-explained rows
     explained = np.where(chunk.w > 0, lse, np.inf)  # rows of zero weight never re-seed
     with np.errstate(divide="ignore"):
-        log_max = float(chunk.w @ np.log(resp.max(axis=1))) if chunk.n else 0.0
+        log_max = float(chunk.w @ np.log(_across(np.maximum, resp))) if chunk.n else 0.0
     return PassTotals(st, Candidates.of(explained, chunk.X, log_weights.size), log_max)
+
+
+def _across(op: Any, a: np.ndarray) -> np.ndarray:
+    """``op.reduce(a, axis=1)`` for an ``(n, K)`` array, column by column: numpy's reduction
+    along a short last axis costs about ten times as much (the sum keeps its order)."""
+    out = a[:, 0].copy()
+    for k in range(1, a.shape[1]):
+        op(out, a[:, k], out=out)
+    return out
 
 
 def _normalise(logp: np.ndarray, log_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Row log-sum-exp of ``logp + log_weights`` and the responsibilities (in place)."""
     logp = np.add(logp, log_weights, dtype=float)
-    top = logp.max(axis=1, keepdims=True)
+    top = _across(np.maximum, logp)
     top[~np.isfinite(top)] = 0.0
-    logp -= top
+    logp -= top[:, None]
     # responsibilities below e^-700 are set to exactly 0: as subnormal numbers
     # they would slow every later product over them many times over
-    logp[logp < -700.0] = -np.inf
+    np.putmask(logp, logp < -700.0, -np.inf)
     np.exp(logp, out=logp)
-    total = logp.sum(axis=1, keepdims=True)
-    lost = total[:, 0] == 0  # -inf under every component: the row gets the weights
+    total = _across(np.add, logp)
+    lost = total == 0  # -inf under every component: the row gets the weights
     if lost.any():
         logp[lost] = np.exp(log_weights - np.max(log_weights))
-        total[lost] = logp[lost].sum(axis=1, keepdims=True)
+        total[lost] = logp[lost].sum(axis=1)
         top[lost] = -np.inf
-    logp /= total
-    return np.log(total[:, 0]) + top[:, 0], logp
+    logp /= total[:, None]
+    return np.log(total) + top, logp
 
 
 def e_pass(

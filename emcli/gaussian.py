@@ -125,25 +125,16 @@ class Chunk:
             return np.full(self.n, float(v.sum()))
         return obs @ v
 
+    @property
+    def squares(self) -> np.ndarray:
+        """``x0²`` cell by cell, for the diagonal models' expanded route."""
+        return self._get("squares")
+
     def design(self, kind: str) -> np.ndarray:
-        """Per-row features that make the E- and M-step one GEMM each (built per pass).
-
-        ``"mask"``: ``[x0^2, x0, observed]`` (``x0`` = x with gaps as 0), for
-        diagonal and spherical covariances; ``"quad"``: ``[vech(x0 x0^T), x0, 1]``,
-        transposed, for full and tied covariances.
-        """
+        """Per-row features that make the E- and M-step one GEMM each (built per pass):
+        ``"quad"``: ``[vech(x0 x0^T), x0, 1]`` (``x0`` = x with gaps as 0), transposed,
+        for full and tied covariances."""
         return self._get("design_" + kind)
-
-
-def _mask_design(chunk: Chunk) -> np.ndarray:
-    n, d = chunk.X.shape
-    X0 = chunk.X0
-    width = 2 * d + (1 if chunk.obs is None else d)
-    G = np.empty((n, width), dtype=X0.dtype)
-    np.multiply(X0, X0, out=G[:, :d])
-    G[:, d : 2 * d] = X0
-    G[:, 2 * d :] = 1.0 if chunk.obs is None else chunk.obs
-    return G
 
 
 def quad_width(d: int) -> int:
@@ -168,7 +159,7 @@ _DERIVE: dict[str, Any] = {
     "mask": lambda c: ~np.isnan(c.X),
     "X0": lambda c: np.where(c.mask, c.X, 0.0).astype(c.X.dtype, copy=False),
     "obs": lambda c: c.mask.astype(c.X.dtype),
-    "design_mask": lambda c: _mask_design(c),
+    "squares": lambda c: np.multiply(c.X0, c.X0),
     "design_quad": lambda c: _quad_design(c),
 }
 
@@ -306,9 +297,8 @@ def log_prob_gen(
         X0 = chunk.X0.astype(float, copy=False)
         if quad:
             assert prep.coef is not None
-            filled = chunk.design("quad").T @ prep.coef
             out, found = kernels.fill_incomplete(
-                X0, chunk.mask, filled, prep.means, prep.cov[one], prep.prec[one],
+                X0, chunk.mask, prep.means, prep.cov[one], prep.prec[one],
                 prep.log_det[one], prep.precise_k, moments)
             cache["filled"] = (chunk.mask, found)
         else:
@@ -349,7 +339,7 @@ def log_prob_gen(
 class MaskPrepared:
     means: np.ndarray  # (K, d)
     var: np.ndarray  # (K, d): per-coordinate variances (spherical: repeated)
-    # the [x0^2, x0, observed] GEMM is accurate for chunks whose rows have |x|^2 below it
+    # the expanded form (GEMMs of x0², x0, o) is accurate for chunks whose |x|^2 is below it
     expand_limit: float = -np.inf
 
 
@@ -366,9 +356,10 @@ def prepare_mask(means: np.ndarray, var: np.ndarray, dtype: Any = np.float64) ->
 def log_prob_mask(chunk: Chunk, prep: MaskPrepared) -> tuple[np.ndarray, dict]:
     """``sum_{j in o} log N(x_j | mu_kj, s2_kj)`` for every row and component.
 
-    When accurate, one GEMM of the chunk's ``[x0^2, x0, observed]`` design
-    against ``-0.5 [1/s2, -2 mu/s2, log 2pi + log s2 + mu^2/s2]``; otherwise
-    (tight components far from the data's centre) ``(x - mu)^2 / s2`` directly.
+    When accurate, GEMMs of the chunk's ``x0^2``, ``x0`` and observed mask against
+    ``-0.5 [1/s2, -2 mu/s2, log 2pi + log s2 + mu^2/s2]`` (docs/e-step.md §9);
+    otherwise (tight components far from the data's centre) ``(x - mu)^2 / s2``
+    directly.
     """
     prec = 1.0 / prep.var
     if not chunk.max_sq_norm < prep.expand_limit:
@@ -379,12 +370,17 @@ def log_prob_mask(chunk: Chunk, prep: MaskPrepared) -> tuple[np.ndarray, dict]:
             log_norm = chunk.obs_sum(LOG_2PI + np.log(prep.var[k]))
             out[:, k] = -0.5 * ((dev * dev) @ prec[k] + log_norm)
         return out, {}
-    const = LOG_2PI + np.log(prep.var) + prep.means**2 * prec  # (K, d)
+    const = -0.5 * (LOG_2PI + np.log(prep.var) + prep.means**2 * prec)  # (K, d)
+    X0 = chunk.X0
+    sq = chunk.squares
+    dt = X0.dtype
+    out = sq @ (-0.5 * prec.T).astype(dt)
+    out += X0 @ (prep.means * prec).T.astype(dt)
     if chunk.obs is None:
-        const = const.sum(axis=1, keepdims=True)
-    coef = -0.5 * np.concatenate([prec, -2.0 * prep.means * prec, const], axis=1).T
-    G = chunk.design("mask")
-    return G @ coef.astype(G.dtype), {"G": G}
+        out += const.sum(axis=1).astype(dt)
+    else:
+        out += chunk.obs @ const.T.astype(dt)
+    return out, {"expanded": True}
 
 
 def mask_statistics(
@@ -395,11 +391,14 @@ def mask_statistics(
     Around the current means, so the M-step's ``S2/N - (S1/N)^2`` keeps its digits.
     """
     K, d = prep.means.shape
-    if "G" in cache:
-        G = cache["G"]
-        T = (G.T @ wr.astype(G.dtype)).T.astype(float)  # (K, width)
-        So = np.broadcast_to(T[:, 2 * d :], (K, d)).copy()
-        Sx, Sx2 = T[:, d : 2 * d], T[:, :d]
+    if "expanded" in cache:  # raw sums of x0², x0 and o, moved to the means
+        w = wr.astype(chunk.X0.dtype)
+        Sx2 = (chunk.squares.T @ w).T.astype(float)
+        Sx = (chunk.X0.T @ w).T.astype(float)
+        if chunk.obs is None:
+            So = np.repeat(wr.sum(axis=0)[:, None], d, axis=1)
+        else:
+            So = (chunk.obs.T @ w).T.astype(float)
         mu = prep.means
         return So, Sx - mu * So, Sx2 - 2.0 * mu * Sx + mu**2 * So
     obs = np.ones_like(chunk.X0) if chunk.obs is None else chunk.obs

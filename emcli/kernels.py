@@ -23,6 +23,8 @@ import numpy as np
 
 from .conditional import BlockNotPD
 
+LOG_2PI = float(np.log(2.0 * np.pi))
+
 # Rows × components × columns of a fit from which the compiled kernel is used.
 COMPILED_MIN_WORK = 4_000_000
 
@@ -48,7 +50,7 @@ def _compiled() -> tuple[Any, Any, Any]:
 
     jit = numba.njit(cache=True, nogil=True, error_model="numpy")
     inline = numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
-    log_2pi = float(np.log(2.0 * np.pi))
+    log_2pi = LOG_2PI
 
     @inline
     def ldl(A, q, dv):  # in place: unit lower L below the diagonal, 1/pivots on it (pivots
@@ -124,6 +126,25 @@ def _compiled() -> tuple[Any, Any, Any]:
                 out[a, b] = out[b, a]
 
     @inline
+    def split(mask, row, o, m):  # a row's observed columns into o, missing into m; (c, s)
+        c = 0
+        s = 0
+        for j in range(mask.shape[1]):
+            if mask[row, j]:
+                o[s] = j
+                s += 1
+            else:
+                m[c] = j
+                c += 1
+        return c, s
+
+    @inline
+    def put_block(cbuf, base, C, c):  # C[:c, :c] row by row at cbuf[base:]
+        for a in range(c):
+            for b in range(c):
+                cbuf[base + a * c + b] = C[a, b]
+
+    @inline
     def obs_block(cov, kc, o, m, s, c, A, dv, B, C, moments):  # the observed-block route's
         # factors: ldl of Σ_oo in A, B = Σ_mo Σ_oo⁻¹, C = Σ_mm − B Σ_om; log|Σ_oo| or nan
         ld = block_ldl(cov, kc, o, s, A, dv)
@@ -171,16 +192,7 @@ def _compiled() -> tuple[Any, Any, Any]:
         xm = np.empty(d)
         inv = np.empty((d, d))
         for g in range(starts.size - 1):
-            first = order[starts[g]]
-            c = 0
-            s = 0
-            for j in range(d):
-                if mask[first, j]:
-                    o[s] = j
-                    s += 1
-                else:
-                    m[c] = j
-                    c += 1
+            c, s = split(mask, order[starts[g]], o, m)
             by_prec = precise and 2 * c <= d
             ld_block = 0.0
             for k in range(K):
@@ -195,10 +207,7 @@ def _compiled() -> tuple[Any, Any, Any]:
                     if ld_block != ld_block:
                         return k
                 if moments:
-                    base = coff[g] + k * c * c
-                    for a in range(c):
-                        for b in range(c):
-                            cbuf[base + a * c + b] = inv[a, b]
+                    put_block(cbuf, coff[g] + k * c * c, inv, c)
                 for r in range(starts[g], starts[g + 1]):
                     i = order[r]
                     if by_prec:  # u = P_mo δ_o = (P δ_o)_m
@@ -314,16 +323,7 @@ def _compiled() -> tuple[Any, Any, Any]:
         t1 = np.empty(d)
         xm = np.empty(d)
         for g in range(starts.size - 1):
-            first = order[starts[g]]
-            c = 0
-            s = 0
-            for j in range(d):
-                if mask[first, j]:
-                    o[s] = j
-                    s += 1
-                else:
-                    m[c] = j
-                    c += 1
+            c, s = split(mask, order[starts[g]], o, m)
             by_prec = 2 * c <= d
             blocks = not by_prec
             for k in range(K):
@@ -387,10 +387,7 @@ def _compiled() -> tuple[Any, Any, Any]:
                         return k
                     factored = True
                 if moments:
-                    base = coff[g] + k * c * c
-                    for a in range(c):
-                        for b in range(c):
-                            cbuf[base + a * c + b] = C1[a, b]
+                    put_block(cbuf, coff[g] + k * c * c, C1, c)
                 for r in range(starts[g], starts[g + 1]):
                     i = order[r]
                     q = obs_row(X0, i, o, m, s, c, means, k, A1, B, t1, xm)
@@ -492,7 +489,6 @@ def direct_incomplete(
 def fill_incomplete(
     X0: np.ndarray,
     mask: np.ndarray,
-    logp: np.ndarray,
     means: np.ndarray,
     cov: np.ndarray,
     prec: np.ndarray,
@@ -500,9 +496,10 @@ def fill_incomplete(
     precise: np.ndarray,
     moments: bool,
 ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-    """Correct ``logp``, the quad design's log-densities ``(n, K)`` of an incomplete
-    chunk's zero-filled rows, in place to their densities over the observed cells; and
-    what ``fill_sums`` needs: the filled-in cells, the patterns and their conditional
+    """Log-densities over the observed cells of an incomplete chunk on the quad route
+    ``(n, K)``: those of its zero-filled rows, expanded as in the quad design, corrected
+    pattern by pattern (docs/e-step.md §7.3); and what ``filled_sums`` needs: the rows
+    filled in under each component ``(K, n, d)``, the patterns and their conditional
     covariances. ``precise`` ``(K,)`` says which components may take the precision route.
     """
     fill_rows = _compiled()[2]
@@ -522,6 +519,11 @@ def fill_incomplete(
     Xhat[:] = X0  # the kernel fills each component's missing cells in
     ok = np.ascontiguousarray(np.broadcast_to(np.asarray(precise, dtype=bool), (K,)))
     V = (X0 @ PT.reshape(d, d * K)).reshape(n, d, K)  # P x₀, one GEMM for every component
+    # the zero-filled rows: δ̃ᵀPδ̃ = x₀ᵀPx₀ − 2 (Pμ)ᵀx₀ + μᵀPμ, with δ̃ = x₀ − μ
+    quad = np.matmul(X0[:, None, :], V)[:, 0, :]
+    quad -= 2.0 * (X0 @ PmuT)
+    quad += np.einsum("ka,ak->k", means, PmuT)
+    logp = -0.5 * (d * LOG_2PI + np.broadcast_to(log_det, (K,)) + quad)
     bad = fill_rows(X0, mask, order, starts, V, PT, MT, PmuT, means, cov, log_det, ok, moments,
                     logp, Xhat, cbuf, coff)
     if bad >= 0:
@@ -538,9 +540,10 @@ def filled_sums(
     cov_sums = _compiled()[1]
     Xhat, order, starts, cbuf, coff = found
     K, n, d = Xhat.shape
-    S1 = np.einsum("nk,knd->kd", wr, Xhat)
+    S1 = np.empty((K, d))
     S2 = np.empty((K, d, d))
     for k in range(K):
+        S1[k] = wr[:, k] @ Xhat[k]
         S2[k] = (Xhat[k] * wr[:, k, None]).T @ Xhat[k]
     cov_sums(mask, order, starts, np.ascontiguousarray(wr), cbuf, coff, S2)
     return S1, S2
