@@ -136,6 +136,16 @@ class FitResult:
     failed_restarts: tuple[str, ...] = ()  # "restart r: reason" for each restart that failed
     kmeans_comparison: dict | None = None  # compare_kmeans=True: k-means against EM
 
+    @property
+    def rows_held(self) -> str:
+        """Where the fit held its rows (the summary's "rows held")."""
+        n = self.partitions
+        if n is not None:
+            return f"on the Dask cluster's workers, {n} partition{'s' * (n != 1)}"
+        if self.in_memory:
+            return "in memory"
+        return "streamed from the input on every pass (above --max-memory)"
+
     def _rows(self) -> np.ndarray:
         if self.resp is None:
             raise ValueError("this fit has no per-row outputs; score the rows block by block")

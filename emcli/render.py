@@ -107,7 +107,7 @@ class Reporter:
             ),
             ("BIC / AIC / ICL", f"{result.bic:.6g} / {result.aic:.6g} / {result.icl:.6g}"),
             *_kmeans_items(result.kmeans_comparison),
-            ("rows held", _held(result)),
+            ("rows held", result.rows_held),
             ("time", f"{seconds:.2f} s"),
         ]
         for k, v in items:
@@ -128,15 +128,6 @@ class Reporter:
         self.console.print(comp)
         if written:
             self.console.print("wrote " + ", ".join(written), markup=False)
-
-
-def _held(result: FitResult) -> str:
-    if result.partitions is not None:
-        n = result.partitions
-        return f"on the Dask cluster's workers, {n} partition{'s' if n != 1 else ''}"
-    if result.in_memory:
-        return "in memory"
-    return "streamed from the input on every pass (above --max-memory)"
 
 
 def _restarts(result: FitResult) -> str:
