@@ -382,6 +382,7 @@ def fit_source(
         if standardize
         else None,
         in_memory=keep,
+        partitions=getattr(source, "partitions", None),
         warnings=tuple(warnings),
         n_restarts=len(starts),
         failed_restarts=tuple(f"restart {r}: {why}" for r, why in failed),

@@ -14,8 +14,8 @@ import numpy as np
 from .covariance import COVARIANCE_TYPES, CovarianceModel, get_model
 
 __all__ = [
-    "COVARIANCE_TYPES", "FitResult", "GMMParams", "IterationRecord", "Scaling", "SweepCell",
-    "SweepResult",
+    "COVARIANCE_TYPES", "BootstrapResult", "FitResult", "GMMParams", "IterationRecord", "Scaling",
+    "SweepCell", "SweepResult",
 ]
 
 
@@ -130,10 +130,21 @@ class FitResult:
     settings: dict = field(default_factory=dict)
     standardization: dict | None = None
     in_memory: bool = True  # whether the rows were kept in memory (else streamed every pass)
+    partitions: int | None = None  # the rows' partitions when a Dask cluster held them
     warnings: tuple[str, ...] = ()  # doubts about the fit, one sentence each (diagnostics.py)
     n_restarts: int = 1  # distinct restarts run (hc and given starts cannot differ: one)
     failed_restarts: tuple[str, ...] = ()  # "restart r: reason" for each restart that failed
     kmeans_comparison: dict | None = None  # compare_kmeans=True: k-means against EM
+
+    @property
+    def rows_held(self) -> str:
+        """Where the fit held its rows (the summary's "rows held")."""
+        n = self.partitions
+        if n is not None:
+            return f"on the Dask cluster's workers, {n} partition{'s' * (n != 1)}"
+        if self.in_memory:
+            return "in memory"
+        return "streamed from the input on every pass (above --max-memory)"
 
     def _rows(self) -> np.ndarray:
         if self.resp is None:
@@ -165,14 +176,49 @@ class SweepCell:
 
 
 @dataclass(frozen=True)
+class BootstrapResult:
+    """The sweep's leading cells refitted on bootstrap resamples (docs/criteria.md §7).
+
+    ``cells`` are indices into the sweep's cells, closest to the best first;
+    ``values[b, j]`` is cell ``cells[j]``'s criterion on resample ``b`` (NaN
+    when it could not be fitted there).
+    """
+
+    n_resamples: int
+    cells: tuple[int, ...]
+    values: np.ndarray
+
+    @property
+    def winners(self) -> np.ndarray:
+        """Per resample, the position in ``cells`` of the lowest criterion (-1: none fitted);
+        a tie goes to the cell closer to the best."""
+        finite = np.isfinite(self.values)
+        low = np.argmin(np.where(finite, self.values, np.inf), axis=1)
+        return np.where(finite.any(axis=1), low, -1)
+
+    @property
+    def n_decided(self) -> int:
+        """Resamples on which at least one refitted cell could be fitted."""
+        return int(np.count_nonzero(self.winners >= 0))
+
+    @property
+    def shares(self) -> np.ndarray:
+        """Per refitted cell, the fraction of decided resamples it wins (they sum to 1)."""
+        wins = np.bincount(self.winners[self.winners >= 0], minlength=len(self.cells))
+        return wins / self.n_decided if self.n_decided else np.full(len(self.cells), np.nan)
+
+
+@dataclass(frozen=True)
 class SweepResult:
-    """All cells of a sweep and the index of the best one under ``criterion``."""
+    """All cells of a sweep and the index of the best one under ``criterion``;
+    ``bootstrap`` when the leading cells were refitted on resamples."""
 
     cells: tuple[SweepCell, ...]
     criterion: str
     best_index: int
     k_values: tuple[int, ...] = ()
     edge_warning: str = ""
+    bootstrap: BootstrapResult | None = None
 
     @property
     def best(self) -> SweepCell:

@@ -107,8 +107,7 @@ class Reporter:
             ),
             ("BIC / AIC / ICL", f"{result.bic:.6g} / {result.aic:.6g} / {result.icl:.6g}"),
             *_kmeans_items(result.kmeans_comparison),
-            ("rows held", "in memory" if result.in_memory
-             else "streamed from the input on every pass (above --max-memory)"),
+            ("rows held", result.rows_held),
             ("time", f"{seconds:.2f} s"),
         ]
         for k, v in items:
@@ -179,7 +178,8 @@ def _series_style(name: str) -> str:
 
 @contextlib.contextmanager
 def sweep_progress(reporter: Reporter, n_cells: int) -> Iterator[Callable[[Any], None] | None]:
-    """An ``on_cell`` callback for the sweep that drives a progress bar over cells, or None."""
+    """An ``on_cell`` callback for the sweep that drives a progress bar over cells (and
+    bootstrap resamples, ``None``), or None."""
     if reporter.quiet or not reporter.console.is_terminal:
         yield None
         return
@@ -203,6 +203,9 @@ def sweep_progress(reporter: Reporter, n_cells: int) -> Iterator[Callable[[Any],
         task = bar.add_task("cells", total=n_cells, status="")
 
         def on_cell(cell: Any) -> None:
+            if cell is None:
+                bar.update(task, advance=1, status="bootstrap resamples")
+                return
             state = "done" if cell.ok else "failed"
             bar.update(task, advance=1, status=f"k={cell.k} {cell.covariance_type} {state}")
 
@@ -385,6 +388,10 @@ def sweep_report(
             f"{len(result.cells)} cells in {seconds:.2f} s",
             markup=False,
         )
+        if result.bootstrap is not None:
+            from .bootstrap import summary
+
+            console.print(summary(result), markup=False)
         if written:
             console.print("wrote " + ", ".join(written), markup=False)
     if result.edge_warning:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.context
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
+from .bootstrap import bootstrap_pick, check_bootstrap
 from .covariance import ORDER, get_model, model_name
 from .criteria import CRITERIA
 from .diagnostics import degenerate_component
@@ -121,6 +124,25 @@ def _stop_pool(pool: ProcessPoolExecutor) -> None:
         process.terminate()
     for process in processes:
         process.join(timeout=1.0)
+
+
+@contextlib.contextmanager
+def worker_pool(
+    workers: int, X: Any, w: np.ndarray | None, options: dict
+) -> Iterator[ProcessPoolExecutor | None]:
+    """``workers`` processes holding the rows and cell options (None for fewer than two),
+    stopped at once if the block raises (Ctrl-C or an error), else shut down."""
+    if workers < 2:
+        yield None
+        return
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_context(),
+                               initializer=_init_worker, initargs=(X, w, options))
+    try:
+        yield pool
+    except BaseException:
+        _stop_pool(pool)
+        raise
+    pool.shutdown()
 
 
 def _fit_in_worker(k: int, covariance_type: str, warm: Any = None) -> SweepCell:
@@ -262,10 +284,11 @@ def sweep(
     try_hc: bool = True,
     jobs: int = 1,
     column_names: Sequence[str] | None = None,
-    on_cell: Callable[[SweepCell], None] | None = None,
+    on_cell: Callable[[SweepCell | None], None] | None = None,
     dtype: str = "float64",
     n_threads: int = 1,
     max_memory: int | None = None,
+    bootstrap: int = 0,
 ) -> SweepResult:
     """Fit every (k, covariance) cell and pick the one with the lowest ``criterion``.
 
@@ -278,7 +301,11 @@ def sweep(
     and ``n_threads`` are passed to each fit (row-chunk threads only with
     ``jobs=1``); ``max_memory`` bounds all cells that run at once together.
     ``X`` is an array (cells then have per-row outputs) or a row source.
+    With ``bootstrap`` B > 0 the cells nearest the best are then refitted on B
+    resamples of the rows (``emcli.bootstrap``, docs/criteria.md §7), into
+    the result's ``bootstrap``; ``on_cell(None)`` marks each resample done.
     """
+    n_boot = check_bootstrap(bootstrap, X)
     criterion = str(criterion).lower()
     if criterion not in CRITERIA:
         raise UsageError(f"unknown criterion {criterion!r}; use one of {', '.join(CRITERIA)}")
@@ -368,10 +395,14 @@ def sweep(
             f"every cell of the sweep failed; first (k={first.k}, {first.covariance_type}): "
             f"{first.error}"
         )
-    return SweepResult(
+    result = SweepResult(
         cells=done,
         criterion=criterion,
         best_index=best_index,
         k_values=tuple(ks),
         edge_warning=_edge_warning(done[best_index].k, ks),
     )
+    if n_boot:
+        boot = bootstrap_pick(result, Xa, w_arg, options, n_boot, jobs, max_memory, on_cell)
+        result = replace(result, bootstrap=boot)
+    return result

@@ -20,7 +20,6 @@ import dask.array as da
 import dask.dataframe as dd
 import numpy as np
 import pandas as pd
-import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -30,8 +29,10 @@ from helpers import blobs, mcar
 
 import emcli
 from emcli.fitting import fit_source
+from emcli.io.modelfile import dumps_model, model_document
 from emcli.sources import ArraySource, chunk_rows_for
-from emcli.sources.dask import collection_on_cluster
+from emcli.sources.dask import collection_on_cluster, parquet_on_cluster, partitions
+from emcli.sources.parquet import ParquetSource
 
 D = 4
 N_FILE = (9_000, 7_000, 11_000)  # rows of each file (one block each: blocks are cut per file)
@@ -87,9 +88,12 @@ def _bytes(out: Path) -> dict[str, bytes]:
 
 def test_fit_on_the_cluster_writes_the_in_memory_bytes(client, data, tmp_path):
     args = ["fit", *_files(data), "-k", "3", "--n-init", "2", "--id-column", "id",
-            "--probabilities", "-q"]
-    _ok(run_emcli([*args, "-o", tmp_path / "mem"], tmp_path))
-    _ok(run_emcli([*args, "-o", tmp_path / "dask", "--dask", client.scheduler.address], tmp_path))
+            "--probabilities"]
+    held = _ok(run_emcli([*args, "-o", tmp_path / "mem"], tmp_path)).stderr.decode()
+    assert "rows held        in memory" in held
+    proc = _ok(run_emcli([*args, "-o", tmp_path / "dask", "--dask", client.scheduler.address],
+                         tmp_path))
+    assert "rows held        on the Dask cluster's workers, 3 partitions" in proc.stderr.decode()
     mem, on_cluster = _bytes(tmp_path / "mem"), _bytes(tmp_path / "dask")
     assert mem == on_cluster
     labels = on_cluster["part0.labels.csv"].decode().splitlines()
@@ -165,6 +169,41 @@ def test_python_fits_dask_collections_as_arrays_in_memory(client):
     np.testing.assert_allclose(got.params.means, want.params.means, rtol=1e-13)
     assert got.n_iter == want.n_iter
     assert got.log_likelihood == pytest.approx(want.log_likelihood, rel=1e-14)
+
+
+def test_one_parquet_file_is_split_by_row_groups_and_fits_as_in_memory(client, tmp_path):
+    X, _ = blobs(10_500, 3, 3, seed=21)
+    X = mcar(X, 0.1, seed=22)
+    path = tmp_path / "one.parquet"
+    pq.write_table(pa.table({f"x{j}": X[:, j] for j in range(3)}), path, row_group_size=1_300)
+    here = ParquetSource([path], ["x0", "x1", "x2"], chunk_rows=1_000)
+    there = parquet_on_cluster(client, here, partition_rows=3_000)
+    # row groups end at 1300, 2600, 3900, ...: partitions are cut at block boundaries
+    # (3000, 6000, 9000) within row groups, which two partitions then read
+    assert there.partitions == 4
+    assert _cuts(there) == _cuts(here)
+    options = {"n_components": 3, "seed": 3, "tol": 0.0, "max_iter": 15}
+    got, want = fit_source(there, **options), fit_source(here, **options)
+    model = [dumps_model(model_document(r, here.columns, "")) for r in (got, want)]
+    assert model[0] == model[1]  # the model file's bytes
+    assert got.n_iter == 15 and got.partitions == 4
+    there.release()
+
+
+def _cuts(source) -> list[tuple[int, int, bytes]]:
+    return list(source.each(lambda b: (b.start, b.n, b.X.tobytes())))
+
+
+@pytest.mark.parametrize(("groups", "most", "want"), [
+    ([1_500] * 7, 3_000, [(0, 3_000), (3_000, 6_000), (6_000, 9_000), (9_000, 10_500)]),
+    ([1_500] * 7, 100_000, [(0, 10_500)]),  # one partition, as files that fit
+    ([10_000, 500], 3_000, [(0, 10_000), (10_000, 10_500)]),  # a big group alone
+    # the block boundary before a group's end, within it: both partitions read that group
+    ([700, 700, 700], 1_000, [(0, 1_000), (1_000, 2_100)]),
+    ([1_000, 0, 1_000], 1_000, [(0, 1_000), (1_000, 2_000)]),  # an empty group
+])
+def test_partitions_are_runs_of_row_groups_cut_at_block_boundaries(groups, most, want):
+    assert partitions(groups, 1_000, most) == want
 
 
 def test_a_worker_killed_during_a_fit_is_recomputed(client):
@@ -315,81 +354,6 @@ def test_plain_fits_and_help_never_import_dask(data, tmp_path):
                            "sys.argv = ['emcli', '--help']\ntry:\n    main()\nexcept SystemExit:\n"
                            "    pass\nprint('dask' in sys.modules)"], capture_output=True)
     assert proc.stdout.decode().strip().endswith("False")
-
-
-def test_ctrl_c_on_a_local_cluster_exits_130_and_leaves_nothing(tmp_path):
-    X, _ = blobs(150_000, 6, 5, seed=3)
-    pq.write_table(pa.table({f"x{j}": X[:, j] for j in range(6)}), tmp_path / "big.parquet")
-    proc = popen_emcli(["fit", "big.parquet", "-k", "5", "--tol", "0", "--max-iter", "100000",
-                        "--dask", "local:2", "-o", "out", "-q"], tmp_path,
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        _interrupt(proc, tmp_path)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-def _interrupt(proc: subprocess.Popen, tmp_path: Path) -> None:
-    me = psutil.Process(proc.pid)
-    deadline = time.monotonic() + 90
-    workers: list[psutil.Process] = []
-    while time.monotonic() < deadline and len(workers) < 2:  # the two worker processes
-        workers = [p for p in me.children(recursive=True) if _spawned(p)]
-        time.sleep(0.2)
-    assert len(workers) == 2, "the local cluster did not start"
-    children = me.children(recursive=True)
-    time.sleep(3.0)  # into the passes
-    sent = time.monotonic()
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    took = time.monotonic() - sent
-    assert proc.returncode == 130, err.decode()
-    assert "interrupted" in err.decode() and "Traceback" not in err.decode()
-    assert took < 20  # a hang check; see docs/scaling.md for the time measured
-    gone, alive = psutil.wait_procs(children, timeout=10)
-    assert not alive
-    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
-
-
-def _spawned(p: psutil.Process) -> bool:
-    try:
-        return "spawn_main" in " ".join(p.cmdline())
-    except psutil.Error:
-        return False
-
-
-def test_a_worker_with_another_emcli_is_one_line_naming_both_versions(data, tmp_path):
-    # a real worker process whose Python finds another emcli first
-    fake = tmp_path / "other" / "emcli"
-    (fake / "sources").mkdir(parents=True)
-    (fake / "__init__.py").write_text('__version__ = "9.9.9"\n')
-    (fake / "sources" / "__init__.py").write_text("")
-    (fake / "sources" / "cluster.py").write_text(
-        "def _emcli_version():\n    import emcli\n\n    return emcli.__version__\n"
-    )
-    env = dict(os.environ, PYTHONPATH=str(tmp_path / "other"))
-    with (
-        LocalCluster(n_workers=0, processes=True, host="127.0.0.1", dashboard_address=":0")
-        as cluster,
-        Client(cluster) as c,
-    ):
-        address = cluster.scheduler.address
-        worker = subprocess.Popen(
-            [str(Path(sys.executable).parent / "dask"), "worker", address, "--nthreads", "1",
-             "--no-dashboard", "--host", "127.0.0.1"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        try:
-            c.wait_for_workers(1, timeout=120)
-            proc = run_emcli(["fit", _files(data)[0], "-k", "1", "--dask", address], tmp_path)
-        finally:
-            worker.terminate()
-            worker.wait(timeout=60)
-    assert proc.returncode == 1
-    line = one_error_line(proc.stderr)
-    assert "runs emcli 9.9.9, this machine emcli" in line and emcli.__version__ in line
 
 
 def test_labels_to_a_directory_are_part_files_the_workers_write(client, data, tmp_path):

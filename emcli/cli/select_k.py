@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from enum import Enum
 from typing import Annotated
 
+import numpy as np
 import typer
 
 from emcli.errors import UsageError
@@ -129,6 +130,16 @@ def select_k_command(
             "(by default both are tried and the better likelihood kept).",
         ),
     ] = False,
+    bootstrap: Annotated[
+        str,
+        typer.Option(
+            "--bootstrap",
+            metavar="B",
+            help="Refit the cells within 10 of the best criterion (at most five) on B "
+            "resamples of the rows and report how often each wins (bootstrap_share); "
+            "0 = off.",
+        ),
+    ] = "0",
     *,
     fit: FitOptions,
     out_dir: Annotated[
@@ -161,6 +172,7 @@ def select_k_command(
     """Sweep k (and covariance types), pick the best by BIC/AIC/ICL, write its files."""
     with handled(debug):
         from emcli import io
+        from emcli.bootstrap import resamples
         from emcli.render import Reporter, sweep_progress, sweep_report
         from emcli.selection import parse_covariances, parse_k
 
@@ -168,6 +180,12 @@ def select_k_command(
         stdout_count(
             **{"--labels -": labels == "-", "--table -": table_path == "-", "--json": json_}
         )
+        n_boot = resamples(bootstrap, "--bootstrap")
+        if n_boot and fit.dask is not None:
+            raise UsageError(
+                "--bootstrap draws resamples from rows held in this process, so it does not "
+                "run with --dask; drop one of them"
+            )
         k_values = parse_k(k)
         covariance_types = parse_covariances(covariance)
         method, means_path = init_choice(fit.init)
@@ -200,7 +218,7 @@ def select_k_command(
             n_cells = len(k_values) * len(covariance_types)
             with (
                 _one_blas_thread(),
-                sweep_progress(reporter, n_cells) as on_cell,
+                sweep_progress(reporter, n_cells + n_boot) as on_cell,
                 naming(rows.name),
             ):
                 result = sweep(
@@ -214,21 +232,29 @@ def select_k_command(
                     column_names=rows.columns,
                     on_cell=on_cell,
                     n_threads=os.cpu_count() or 1,
+                    bootstrap=n_boot,
                     **fit.em_settings(),
                 )
 
             best = result.best
             best_fit = best.result
             assert best_fit is not None  # the sweep never picks a failed cell
+            selected_by: dict[str, object] = {
+                "criterion": result.criterion,
+                "k_values": list(result.k_values),
+                "covariance_types": covariance_types,
+                "try_hc": not no_hc,
+            }
+            if result.bootstrap is not None:  # the pick's share (docs/criteria.md §7)
+                share = result.bootstrap.shares[result.bootstrap.cells.index(result.best_index)]
+                selected_by["bootstrap"] = {
+                    "resamples": result.bootstrap.n_resamples,
+                    "share": float(share) if np.isfinite(share) else None,
+                }
             extra: dict[str, object] = {
                 "id_column": fit.id_column,
                 "weights_column": fit.weights_column,
-                "selected_by": {
-                    "criterion": result.criterion,
-                    "k_values": list(result.k_values),
-                    "covariance_types": covariance_types,
-                    "try_hc": not no_hc,
-                },
+                "selected_by": selected_by,
             }
             more = []
             if table_path is not None and table_fmt is not None:

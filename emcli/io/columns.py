@@ -137,7 +137,8 @@ def sweep_columns(result: SweepResult, timings: bool = False) -> dict[str, Any]:
 
     A failed cell has ``status`` "failed", its reason in ``error`` and empty
     statistics; ``best`` marks the cell chosen by the sweep's criterion;
-    ``seconds`` only with ``timings``.
+    ``seconds`` only with ``timings``; ``bootstrap_share`` (NaN for cells not
+    refitted) only when the sweep ran a bootstrap.
     """
     cells = result.cells
     fits = [c.result for c in cells]
@@ -166,4 +167,8 @@ def sweep_columns(result: SweepResult, timings: bool = False) -> dict[str, Any]:
     }
     if not timings:
         del columns["seconds"]
+    if result.bootstrap is not None:
+        share = np.full(len(cells), math.nan)
+        share[list(result.bootstrap.cells)] = result.bootstrap.shares
+        columns["bootstrap_share"] = share
     return columns

@@ -60,48 +60,53 @@ def cluster(spec: str | None) -> Iterator[Any]:
         yield _active[spec]
         return
     distributed = _distributed()
-    import dask
-
     with contextlib.ExitStack() as stack:
-        stack.enter_context(dask.config.set({
-            "distributed.comm.timeouts.connect": f"{CONNECT_TIMEOUT}s",
-            "distributed.admin.system-monitor.gil.enabled": False,
-        }))
-        stack.enter_context(_quiet_logs())
-        stack.enter_context(warnings.catch_warnings())
-        warnings.simplefilter("ignore")  # dask's advice (ports, graph sizes) is not the user's
-        with _sigint_held():  # a cluster half started cannot be shut down cleanly
-            if spec == LOCAL or spec.startswith(LOCAL + ":"):
-                n = _local_workers(spec)
-                local = distributed.LocalCluster(
-                    n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                    dashboard_address=":0", silence_logs=logging.CRITICAL,
-                )
-                stack.callback(_close, local)
-                client = distributed.Client(local, set_as_default=False)
-                # workers busy in a task outlive a close and hold the exit up (by
-                # seconds): they are this command's own processes and go first
-                stack.callback(_kill, list(client.run(os.getpid).values()))
-            else:
-                try:
-                    client = distributed.Client(
-                        spec, timeout=CONNECT_TIMEOUT, set_as_default=False
-                    )
-                except (OSError, TimeoutError, ValueError, TypeError) as exc:
-                    raise DataError(
-                        f"cannot reach the Dask scheduler at {spec} ({_reason(exc)}); check "
-                        "the address and that the scheduler is running"
-                    ) from None
-            stack.callback(_close, client)
-        check_versions(client)
-        _active[spec] = client
         try:
+            client = _open(spec, stack, distributed)
+            check_versions(client)
+            _active[spec] = client
             yield client
         except KeyboardInterrupt:
             _exit_if_stuck()  # the cluster's shutdown below must not hold Ctrl-C up
             raise
         finally:
             _active.pop(spec, None)
+
+
+def _open(spec: str, stack: contextlib.ExitStack, distributed: Any) -> Any:
+    """A client for ``spec`` (and its local cluster), closed when ``stack`` ends; dask's
+    settings, logs and warnings as emcli keeps them until then."""
+    import dask
+
+    stack.enter_context(dask.config.set({
+        "distributed.comm.timeouts.connect": f"{CONNECT_TIMEOUT}s",
+        "distributed.admin.system-monitor.gil.enabled": False,
+    }))
+    stack.enter_context(_quiet_logs())
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore")  # dask's advice (ports, graph sizes) is not the user's
+    with _sigint_held():  # a cluster half started cannot be shut down cleanly
+        if spec == LOCAL or spec.startswith(LOCAL + ":"):
+            n = _local_workers(spec)
+            local = distributed.LocalCluster(
+                n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                dashboard_address=":0", silence_logs=logging.CRITICAL,
+            )
+            stack.callback(_close, local)
+            client = distributed.Client(local, set_as_default=False)
+            # workers busy in a task outlive a close and hold the exit up (by
+            # seconds): they are this command's own processes and go first
+            stack.callback(_end_workers, local, list(client.run(os.getpid).values()))
+        else:
+            try:
+                client = distributed.Client(spec, timeout=CONNECT_TIMEOUT, set_as_default=False)
+            except (OSError, TimeoutError, ValueError, TypeError) as exc:
+                raise DataError(
+                    f"cannot reach the Dask scheduler at {spec} ({_reason(exc)}); check "
+                    "the address and that the scheduler is running"
+                ) from None
+        stack.callback(_close, client)
+    return client
 
 
 SHUTDOWN_GRACE = 10.0  # seconds a Ctrl-C waits for the cluster to shut down
@@ -131,20 +136,28 @@ def _exit_if_stuck() -> None:
 def _sigint_held() -> Iterator[None]:
     """Ctrl-C waits until the block ends (then it interrupts as usual). Processes and
     threads started meanwhile keep it blocked: the workers are shut down by this
-    process, not by the terminal's Ctrl-C."""
+    process, not by the terminal's Ctrl-C.
+
+    Blocking it in this thread is not enough: threads started before (dask's, the
+    readers') take it instead, and Python would then interrupt this thread in the
+    middle of starting a cluster, whose processes nothing could shut down. So its
+    handler holds it back too, until the block ends."""
     import signal
     import threading
+
+    from emcli.io.outputs import _signals_held
 
     if not hasattr(signal, "pthread_sigmask") or (
         threading.current_thread() is not threading.main_thread()
     ):
         yield
         return
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    with _signals_held():
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def _local_workers(spec: str) -> int:
@@ -167,9 +180,14 @@ def _close(thing: Any) -> None:
         thing.close(timeout=CLOSE_TIMEOUT)
 
 
-def _kill(pids: list[int]) -> None:
+def _end_workers(local: Any, pids: list[int]) -> None:
+    """Kill a local cluster's worker processes, their nannies told first not to start
+    others in their place (they would, and the cluster's close would wait for them)."""
     import signal
 
+    for nanny in list(getattr(local, "workers", {}).values()):
+        with contextlib.suppress(Exception):
+            nanny.close_gracefully()
     for pid in pids:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
@@ -179,7 +197,11 @@ def _kill(pids: list[int]) -> None:
 def _quiet_logs() -> Iterator[None]:
     """Dask's own log lines (a worker lost, a cluster closing) stay off stderr:
     emcli says what matters in one line."""
-    loggers = [logging.getLogger(n) for n in ("distributed", "tornado", "asyncio")]
+    roots = ("distributed", "tornado", "asyncio")
+    # dask's logging configuration gives some of their loggers levels of their own
+    # (tornado.application: error), which a parent's level does not override
+    names = [*roots, *(n for n in logging.root.manager.loggerDict if n.split(".")[0] in roots)]
+    loggers = [logging.getLogger(n) for n in dict.fromkeys(names)]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.CRITICAL)

@@ -61,6 +61,11 @@ class DaskSource:
         self.n_features = int(n_features)
         self.chunk_rows = int(chunk_rows)
 
+    @property
+    def partitions(self) -> int:
+        """How many partitions the workers hold (the fit summary's \"rows held\")."""
+        return len(self.parts)
+
     def reduce(self, fn: Callable[[Block], T], map: MapFn = map) -> T:
         """``fn`` of every block on the workers, added here in block order."""
         futures = self._submit(fn)
@@ -182,28 +187,49 @@ def _cut(X: np.ndarray, w: np.ndarray | None, start: int, extra: Any, c: int) ->
     ]
 
 
-def _on_worker(what: str) -> str:
+def _worker() -> str:
+    """The address of the Dask worker running this, or "a Dask worker"."""
     with contextlib.suppress(Exception):
         from distributed import get_worker
 
-        return f"{what} (on Dask worker {get_worker().address})"
-    return what
+        return f"Dask worker {get_worker().address}"
+    return "a Dask worker"
+
+
+def _on_worker(what: str) -> str:
+    return f"{what} (on {_worker()})"
+
+
+def _seen(path: str) -> None:
+    """``path`` can be read here, on a worker, or one line names it: this machine opened
+    it, so the workers do not see the files this machine sees."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise DataError(
+            f"{path}: {_worker()} cannot read this input ({exc.strerror}); every worker "
+            "must see the input files at the same path (a shared file system), or run "
+            "without --dask"
+        ) from None
 
 
 # ---- Parquet files, read on the workers ----------------------------------------------
 
 
-def _parquet_part(path: str, spec: dict[str, Any], stamp: Any, first_row: int) -> list[Block]:
-    """One file's blocks, read on a worker; it must be the file the client opened."""
+def _parquet_part(path: str, spec: dict[str, Any], stamp: Any, first_row: int,
+                  rows: tuple[int, int] | None) -> list[Block]:
+    """One file's blocks (of its ``rows``, or all), read on a worker; it must be the file
+    the client opened."""
     from emcli.sources.parquet import ParquetSource, _changed
 
+    _seen(path)
     try:
         src = ParquetSource([path], spec["features"], weights=spec["weights"], ids=spec["ids"],
                             chunk_rows=spec["chunk_rows"], file_format=spec["file_format"],
-                            passthrough=spec["passthrough"])
+                            passthrough=spec["passthrough"], rows=rows)
     except DataError as exc:
-        raise DataError(_on_worker(str(exc)) + "; every worker must see the input paths "
-                        "(a shared file system)") from None
+        raise DataError(_on_worker(str(exc))) from None
     why = _changed(path, stamp)
     if why is not None:
         raise DataError(_on_worker(f"{path}: this file differs from the one emcli opened ({why})")
@@ -215,21 +241,56 @@ def _parquet_part(path: str, spec: dict[str, Any], stamp: Any, first_row: int) -
     return blocks
 
 
-def parquet_on_cluster(client: Any, source: Any) -> DaskSource:
+# Bytes of features a partition holds, about: a worker keeps them, and their copy in
+# fitting units, for the whole fit; Dask's advice is partitions of ~100 MB.
+PARTITION_BYTES = 64 << 20
+
+
+def parquet_on_cluster(client: Any, source: Any, partition_rows: int | None = None) -> DaskSource:
     """A ``DaskSource`` of the files of a ``ParquetSource`` (opened here: footers only),
-    one partition per file, read by the workers."""
+    read by the workers: a partition per file, or per run of row groups of a bigger
+    file (see ``partitions``; ``partition_rows``: about how many rows each, by default
+    ``PARTITION_BYTES`` of features)."""
+    from emcli.sources.parquet import _File
+
     spec = {
         "features": source.columns, "weights": source.weights, "ids": source.ids,
         "chunk_rows": source.chunk_rows, "file_format": source.file_format,
         "passthrough": source.passthrough, "common": source._common,
     }
+    c = source.chunk_rows
+    most = partition_rows or max(c, PARTITION_BYTES // (8 * max(source.n_features, 1)))
     parts, first = [], 0
     for path, stamp, n in zip(source.files, source._stamps, source.file_rows, strict=True):
         # the workers' working directory is not this one
         where = os.path.abspath(path)
-        parts.append(client.submit(_parquet_part, where, spec, stamp, first, pure=False))
+        f = _File(path, source.file_format)
+        try:
+            groups = f.group_rows()
+        finally:
+            f.close()
+        ranges = partitions(groups, c, most)
+        for rows in ranges:
+            whole = None if len(ranges) == 1 else rows
+            parts.append(client.submit(_parquet_part, where, spec, stamp, first, whole,
+                                       pure=False))
         first += n
     return DaskSource(client, parts, source.n_rows, source.n_features, source.chunk_rows)
+
+
+def partitions(group_rows: Sequence[int], chunk_rows: int, most: int) -> list[tuple[int, int]]:
+    """One file's partitions, as row ranges: runs of whole row groups of up to ``most``
+    rows (a bigger group is a partition of its own), each cut at the block boundary at
+    or before its last group's end. Blocks are cut every ``chunk_rows`` rows from the
+    file's first row, so every block lies whole in one partition, and the partitions'
+    blocks, in order, are the file's blocks (docs/scaling.md)."""
+    n = int(sum(group_rows))
+    bounds = [int(e) - int(e) % chunk_rows for e in np.cumsum(group_rows)[:-1]] + [n]
+    cuts = [0]
+    for at, after in zip(bounds, bounds[1:], strict=False):
+        if at > cuts[-1] and after - cuts[-1] > most:
+            cuts.append(at)
+    return [(a, b) for a, b in zip(cuts, cuts[1:] + [n], strict=True) if b > a] or [(0, n)]
 
 
 # ---- CSV and TSV files, read on the workers -------------------------------------------
@@ -242,6 +303,7 @@ def _delimited_read(f: Any, choice: dict[str, Any], model: dict[str, Any] | None
     from emcli.io.readers import read_table
     from emcli.io.rows import _TableRows
 
+    _seen(f.path)
     try:
         table = read_table([f])
         if model is None:
@@ -311,6 +373,7 @@ def _input_sha256(files: Sequence[Any]) -> str:
 
     digest = hashlib.sha256()
     for f in files:
+        _seen(f.path)
         if f.format == "parquet":
             _hash_file(f.path, digest)
         else:

@@ -83,10 +83,20 @@ class _File:
         what = "Parquet" if self.format == "parquet" else "an Arrow IPC file"
         return DataError(f"{self.path}: cannot read as {what} ({exc}); check the file or --format")
 
-    def batches(self, columns: list[str], batch_rows: int, use_threads: bool) -> Iterator[Any]:
+    def group_rows(self) -> list[int]:
+        """The rows of each row group (an Arrow IPC file counts as one group)."""
+        if self.format == "parquet":
+            meta = self._handle.metadata
+            return [int(meta.row_group(i).num_rows) for i in range(meta.num_row_groups)]
+        return [self.n_rows]
+
+    def batches(self, columns: list[str], batch_rows: int, use_threads: bool,
+                groups: list[int] | None = None) -> Iterator[Any]:
+        """Record batches of ``columns``: of every row group, or of ``groups`` (Parquet)."""
         if self.format == "parquet":
             yield from self._handle.iter_batches(
-                batch_size=batch_rows, columns=columns, use_threads=use_threads
+                batch_size=batch_rows, columns=columns, use_threads=use_threads,
+                row_groups=groups,
             )
             return
         for i in range(self._ipc.num_record_batches):
@@ -185,11 +195,15 @@ class ParquetSource:
         use_threads: bool = True,
         segments: Sequence[Sequence[int]] | None = None,
         passthrough: bool = False,
+        rows: tuple[int, int] | None = None,
     ) -> None:
         """``segments``: for each file, the row counts of the inputs it holds (a spill of
         several CSV files): blocks are cut at fixed offsets within each input.
         ``passthrough``: every column is read, and ``Block.extra`` is the block's
-        whole pyarrow Table (for outputs that carry every input column)."""
+        whole pyarrow Table (for outputs that carry every input column).
+        ``rows``: only the rows ``[lo, hi)`` of a single Parquet file, ``lo`` a multiple
+        of ``chunk_rows`` (a partition of it on a cluster); blocks keep the file's
+        numbering and its cuts, and only the row groups that hold these rows are read."""
         if file_format not in FILE_FORMATS:
             raise ValueError(f"file_format must be one of {FILE_FORMATS}, not {file_format!r}")
         if not files:
@@ -208,7 +222,14 @@ class ParquetSource:
         if passthrough:
             self._read = list(_stamp(self.files[0], file_format, []).schema.names)
         self._stamps = [_stamp(path, file_format, self._read) for path in self.files]
-        self.file_rows = [s.n_rows for s in self._stamps]
+        self.rows = rows
+        if rows is not None and not (
+            len(self.files) == 1 and file_format == "parquet" and not segments
+            and 0 <= rows[0] < rows[1] <= self._stamps[0].n_rows
+            and rows[0] % self.chunk_rows == 0
+        ):
+            raise ValueError(f"rows {rows} is not a range of blocks of one Parquet file")
+        self.file_rows = [s.n_rows for s in self._stamps] if rows is None else [rows[1] - rows[0]]
         self.n_rows = sum(self.file_rows)
         # what travels to the outputs has one type over all files (text where any
         # file has text), so that a writer sees the same columns in every block
@@ -216,7 +237,7 @@ class ParquetSource:
         self._ends = [
             np.cumsum(seg).tolist() if seg else [n]
             for seg, n in zip(segments or [[]] * len(self.files), self.file_rows, strict=True)
-        ]
+        ] if rows is None else [[rows[1]]]
 
     @property
     def schemas(self) -> list[Any]:
@@ -257,7 +278,8 @@ class ParquetSource:
         except DataError:
             _check_unchanged(path, stamp)
             raise
-        n_held, done, seg = 0, 0, 0
+        lo, hi = self.rows or (0, stamp.n_rows)
+        n_held, done, seg = 0, lo, 0
         held: list[Any] = []
 
         def need() -> int:  # rows of the next block: up to chunk_rows, within one input
@@ -268,7 +290,7 @@ class ParquetSource:
 
         try:
             _check_unchanged(path, stamp, f)
-            for batch in self._batches(f, stamp):
+            for batch in self._batches(f, stamp, lo, hi):
                 held.append(batch)
                 n_held += batch.num_rows
                 while n_held >= (c := need()):
@@ -281,13 +303,23 @@ class ParquetSource:
         finally:
             f.close()
         _check_unchanged(path, stamp)
-        if done != stamp.n_rows:
+        if done != hi:
             _check_unchanged(path, stamp, f)
-            raise DataError(f"{path}: read {done} rows where the file says {stamp.n_rows}")
+            raise DataError(f"{path}: read {done - lo} rows where the file says {hi - lo}")
 
-    def _batches(self, f: _File, stamp: _Stamp) -> Iterator[Any]:
-        it = f.batches(self._read, max(self.chunk_rows, MIN_BATCH_ROWS), self.use_threads)
-        while True:
+    def _batches(self, f: _File, stamp: _Stamp, lo: int, hi: int) -> Iterator[Any]:
+        """The record batches of rows ``[lo, hi)``: those of the row groups that hold
+        them, the rows before ``lo`` and from ``hi`` on cut away."""
+        groups, at = None, 0  # ``at``: the file's row of the next batch's first row
+        if (lo, hi) != (0, stamp.n_rows):
+            ends = np.cumsum(f.group_rows())
+            first = int(np.searchsorted(ends, lo, side="right"))  # the group of row lo
+            last = int(np.searchsorted(ends, hi - 1, side="right"))  # of row hi - 1
+            groups = list(range(first, last + 1))
+            at = int(ends[first - 1]) if first else 0
+        it = f.batches(self._read, max(self.chunk_rows, MIN_BATCH_ROWS), self.use_threads,
+                       groups)
+        while groups is None or at < hi:
             try:
                 batch = next(it)
             except StopIteration:
@@ -295,8 +327,11 @@ class ParquetSource:
             except (pa.ArrowException, OSError, ValueError) as exc:
                 _check_unchanged(f.path, stamp)
                 raise f.unreadable(exc) from exc
-            if batch.num_rows:
-                yield batch
+            start, at = at, at + batch.num_rows
+            if at > lo:
+                batch = batch.slice(max(lo - start, 0), min(at, hi) - max(lo, start))
+                if batch.num_rows:
+                    yield batch
 
 
 def _cast_column(values: Any, to: Any) -> Any:
