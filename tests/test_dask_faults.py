@@ -115,6 +115,43 @@ def test_ctrl_c_on_a_local_cluster_exits_130_and_leaves_nothing(tmp_path, when):
     _nothing_written(tmp_path)
 
 
+def test_ctrl_c_that_a_cluster_start_outlasts_ends_the_process_at_once(tmp_path):
+    """A start that goes on past the grace after a Ctrl-C (seconds, on a loaded machine):
+    the process kills its own processes and exits 130. The grace is cut to 10 ms here
+    so that every start outlasts it; the command is emcli's own main()."""
+    from conftest import _default_sigint
+
+    _big_parquet(tmp_path)
+    mark = f"{os.getpid()}-{tmp_path.name}"
+    code = ("import sys, emcli.sources.cluster as c; c.START_GRACE = 0.01; "
+            "sys.argv = ['emcli', *sys.argv[1:]]; from emcli.cli import main; main()")
+    proc = subprocess.Popen([sys.executable, "-c", code, *ENDLESS, "--dask", "local:2"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=_default_sigint, env=dict(os.environ, EMCLI_TEST_MARK=mark))
+    try:
+        me = psutil.Process(proc.pid)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not [
+                p for p in me.children(recursive=True) if _spawned(p)]:
+            time.sleep(0.02)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err.decode()
+        assert time.monotonic() - sent < 10  # a hang check: about 0.05 s measured
+        assert err.decode().strip().splitlines()[-1] == (
+            "emcli: interrupted while the Dask cluster started")
+        deadline = time.monotonic() + 10
+        while _marked(mark) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _marked(mark)  # its workers killed with it
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    _nothing_written(tmp_path)
+
+
 def test_ctrl_c_on_a_remote_scheduler_leaves_no_tasks_on_it(tmp_path):
     _big_parquet(tmp_path)
     with (

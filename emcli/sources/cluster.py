@@ -152,12 +152,67 @@ def _sigint_held() -> Iterator[None]:
     ):
         yield
         return
-    with _signals_held():
+    with _signals_held(), _exit_soon_on_sigint():
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             yield
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+START_GRACE = 1.0  # seconds a Ctrl-C waits for a cluster's start to end
+
+
+@contextlib.contextmanager
+def _exit_soon_on_sigint() -> Iterator[None]:
+    """While a cluster starts (Ctrl-C held back), a Ctrl-C that the start outlasts by
+    ``START_GRACE`` ends the process with exit 130, its own processes killed first: the
+    start cannot be interrupted, and may take seconds. A thread watches the signal's
+    wakeup byte, which arrives whatever the main thread is blocked in."""
+    import signal
+    import sys
+    import threading
+
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    try:
+        previous = signal.set_wakeup_fd(w)
+    except ValueError:  # not the main thread
+        os.close(r)
+        os.close(w)
+        yield
+        return
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            try:
+                data = os.read(r, 64)
+            except OSError:
+                return
+            if not data or done.is_set():
+                return
+            if signal.SIGINT in data and not done.wait(START_GRACE):
+                import psutil  # a dependency of distributed
+
+                for child in psutil.Process().children(recursive=True):
+                    with contextlib.suppress(Exception):
+                        child.kill()
+                with contextlib.suppress(Exception):
+                    sys.stderr.write("emcli: interrupted while the Dask cluster started\n")
+                    sys.stderr.flush()
+                os._exit(130)
+
+    watcher = threading.Thread(target=watch, name="emcli-start-watch", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        signal.set_wakeup_fd(previous)
+        os.close(w)  # the watcher's read ends
+        watcher.join(1.0)
+        os.close(r)
 
 
 def _local_workers(spec: str) -> int:
