@@ -348,13 +348,8 @@ def sweep(
         "max_memory": None if max_memory is None else int(max_memory) // at_once,
     }
     cells: list[SweepCell | None] = [None] * len(tasks)
-    pool = None
-    if jobs > 1 and len(tasks) > 1:
-        pool = ProcessPoolExecutor(
-            max_workers=min(jobs, len(tasks)), mp_context=_context(),
-            initializer=_init_worker, initargs=(Xa, w_arg, options),
-        )
-    try:
+    workers = min(jobs, len(tasks)) if jobs > 1 else 1
+    with worker_pool(workers, Xa, w_arg, options) as pool:
         for i, cell in _run_cells(pool, Xa, w_arg, options, [(i, k, c, None)
                                                              for i, (k, c) in enumerate(tasks)]):
             cells[i] = cell
@@ -374,12 +369,6 @@ def sweep(
             else:
                 cells[i] = SweepCell(old.k, old.covariance_type, old.result,
                                      old.seconds + cell.seconds, old.error)
-    except BaseException:
-        if pool is not None:
-            _stop_pool(pool)
-        raise
-    if pool is not None:
-        pool.shutdown()
     done = tuple(c for c in cells if c is not None)
 
     best_index, best_value = -1, np.inf
