@@ -32,7 +32,8 @@ class Context:
     mean_w: float
     col_var: np.ndarray  # observed variance of each column, > 0
     reg_covar: float
-    inner_tol: float = 1e-10  # iterative M-steps stop at this relative change (docs/m-step.md §9)
+    # iterative M-steps stop at this relative change: mclust's sqrt(eps) (docs/m-step.md §9)
+    inner_tol: float = 1.4901161193847656e-08
 
 
 def _sym(U: np.ndarray) -> np.ndarray:
