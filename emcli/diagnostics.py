@@ -26,17 +26,20 @@ NOT_CONVERGED = "the fit did not converge"
 def degenerate_component(
     params: GMMParams, n: float, n_rows: int, component: int | None = None
 ) -> str:
-    """A reason when a component holds less than two rows' weight (docs/criteria.md §5).
+    """A reason when a component holds less weight than its model can estimate from
+    (``least_rows``: two rows when each component has its own volume, else any
+    weight above zero; docs/criteria.md §5).
 
     ``n`` is the total weight of the ``n_rows`` rows fitted. Such a fit's
     likelihood rests on regularisation, not data.
     """
-    if not params.model.per_component or params.n_components < 2:
+    model = params.model
+    if not model.per_component or params.n_components < 2:
         return ""
     mean_w = n / max(n_rows, 1)
     N = params.weights * n
     k = int(np.argmin(N)) if component is None else component
-    if N[k] < 2.0 * mean_w:
+    if N[k] < model.least_rows * mean_w:
         return f"component {k} holds {N[k] / mean_w:.3g} rows; use fewer components"
     return ""
 

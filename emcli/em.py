@@ -155,7 +155,8 @@ class Recovery:
     """Collapse recovery within one restart (docs/loop.md §5).
 
     A component collapses when its covariance is not positive definite or its
-    weight sum falls below twice the mean row weight. Each collapse raises its
+    weight sum falls below ``model.least_rows`` mean row weights (two when each
+    component has its own volume, docs/criteria.md §5). Each collapse raises its
     extra regularisation one level, ``max(10 * reg_covar, 1e-8)`` relative to
     the column variances and tenfold per level, which then stays for the rest
     of the restart; past the fourth level the component is re-seeded on a
@@ -238,7 +239,7 @@ class Recovery:
         shared = not model.per_component
         bad = set(model.bad_components(cov))
         for k in range(1 if shared else K):
-            small = not shared and K > 1 and N[k] < 2.0 * ctx.mean_w
+            small = not shared and K > 1 and N[k] < model.least_rows * ctx.mean_w
             if not (small or k in bad or self.level[k]):
                 continue
             trial = cov

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -16,6 +17,9 @@ from emcli.fitting import fit_mixture
 from emcli.model import GMMParams
 from emcli.scoring import sample_mixture
 from emcli.selection import SWEEP_TOL, parse_covariances, parse_k, sweep
+
+REFERENCE = json.loads(
+    (Path(__file__).parent / "reference" / "mclust_bic.json").read_text())
 
 FAITHFUL = Path(__file__).resolve().parents[1] / "sample_data" / "faithful.csv"
 
@@ -305,6 +309,36 @@ def test_a_fit_with_a_component_on_one_row_is_a_failed_cell():
     for k in (3, 4):
         assert not by_k[k].ok
         assert "degenerate" in by_k[k].error
+
+
+def test_one_row_components_count_only_where_a_component_has_its_own_volume():
+    """docs/criteria.md §5: with a shared volume (EII, EEI, EVI, EEE, EVE, EEV, EVV) the
+    likelihood stays bounded when a component shrinks onto one row, so mclust reports a
+    BIC for such fits and so does the sweep; with its own volume (VII, VVV, ...) the
+    fit rests on regularisation and is rejected."""
+    from emcli.diagnostics import degenerate_component
+
+    means = np.array([[0.0, 0.0], [5.0, 5.0]])
+    one_row = np.array([0.99, 0.01])  # of 100 rows: one row's weight
+    for name, cov in [("EII", np.ones(2)), ("EEI", np.ones((2, 2))),
+                      ("EVV", np.stack([np.eye(2)] * 2)), ("VII", np.ones(2)),
+                      ("VVV", np.stack([np.eye(2)] * 2)), ("VEV", np.stack([np.eye(2)] * 2))]:
+        reason = degenerate_component(GMMParams(name, one_row, means, cov), 100.0, 100)
+        assert bool(reason) == name.startswith("V"), name
+    empty = np.array([1.0 - 1e-12, 1e-12])
+    assert "holds" in degenerate_component(GMMParams("EII", empty, means, np.ones(2)), 100.0, 100)
+
+    # diabetes, EII at k = 8: the best fit gives one outlying row a component of its
+    # own; mclust reports that cell (5153.69) and the sweep now fits it, no worse
+    ref = REFERENCE["diabetes"]
+    X = np.loadtxt(Path(__file__).parent / "reference" / "data" / "diabetes.csv",
+                   delimiter=",", skiprows=1)
+    res = sweep(X, k_values=[8], covariance_types=["EII", "VEE"])
+    eii = res.cells[0]
+    assert eii.ok, eii.error
+    assert min(eii.result.params.weights) * len(X) < 2.0
+    mclust = next(c["bic"] for c in ref["cells"] if c["k"] == 8 and c["model"] == "EII")
+    assert eii.result.bic <= mclust + 0.1
 
 
 def test_second_round_from_the_best_model_at_each_k_only_helps_and_ignores_jobs():

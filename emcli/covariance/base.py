@@ -36,6 +36,10 @@ class Context:
     inner_tol: float = 1.4901161193847656e-08
 
 
+# A component's weight below this many rows is empty: mclust's sqrt(eps) (its me* routines)
+EMPTY_ROWS = float(np.sqrt(np.finfo(float).eps))
+
+
 def _sym(U: np.ndarray) -> np.ndarray:
     """A symmetric matrix (stack) from its upper triangle."""
     return np.triu(U) + np.swapaxes(np.triu(U, 1), -1, -2)
@@ -66,6 +70,15 @@ class CovarianceModel:
     isotropic: bool = False  # one variance for every column
     parallel_rows: bool = True  # whether row-chunk threads pay for this model's passes
     start_cross: bool = True  # whether its first M-step needs the cross sums of StartStats
+
+    @property
+    def least_rows(self) -> float:
+        """The weight (in rows) below which a component's fit rests on regularisation, not
+        data (docs/criteria.md §5): two rows for a model where each component has its own
+        volume (its likelihood grows without bound as a component shrinks onto one row);
+        with a shared volume the likelihood stays bounded, and only an empty component
+        (mclust's ``sqrt(eps)``) cannot be estimated."""
+        return 2.0 if self.name.startswith("V") else EMPTY_ROWS
 
     def shape(self, K: int, d: int) -> tuple[int, ...]:
         """The shape of ``covariances`` (scikit-learn's for the four classic models)."""
