@@ -7,16 +7,16 @@ each axis is divided by the square root of its singular value (Fraley 1998;
 Scrucca & Raftery 2015). Merging pairs whose union costs the least
 classification likelihood follows elongated clusters that k-means cuts across.
 
-The criterion for a partition is ``sum_k n_k log det((W_k + a I) / n_k)``, where
-``W_k`` is cluster k's (weighted) scatter matrix and ``a = alpha * tr(W) / (n p)``
-a small spherical term that keeps the determinant defined for clusters with
-fewer points than dimensions (Fraley's ``alpha`` device). Each step merges the
-pair with the smallest increase. To stay fast, the rows (at most
-``MAX_ROWS``, sampled with the caller's generator) are first cut into at most
-``WARD_CLUSTERS`` groups by Ward linkage (mclust's spherical EII case, which is
-what the VVV criterion reduces to on tiny clusters); the VVV merging then runs
-on those groups. Rows outside the sample are assigned to the cluster with the
-highest Gaussian density under the merged clusters' (regularised) means and
+The criterion is mclust's (its ``hcVVV``): a cluster of weight ``n``, scatter
+``W`` and more rows than dimensions costs ``n log(|W/n| + (tr W + a)/n)``,
+a smaller one ``n log((tr W + a)/n)``, with ``a = alpha * tr(W_total) / (n p)``
+(Fraley's ``alpha`` device); each step merges the pair whose union costs the
+least, with mclust's order among equally cheap pairs, so that the partitions
+are mclust's (docs/starts.md §4; tests/reference/mclust_hc.json). The rows
+(at most ``MAX_ROWS``, a weighted sample) start alone; above
+``WARD_CLUSTERS`` of them, Ward linkage first cuts them into that many groups.
+Rows outside the sample are assigned to the cluster with the highest
+Gaussian density under the merged clusters' (regularised) means and
 covariances.
 
 Distances use column-mean-filled data, as every start does (docs/starts.md).
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 MAX_ROWS = 2000
-WARD_CLUSTERS = 200
+WARD_CLUSTERS = 1000
 ALPHA = 1.0
 
 
@@ -92,11 +92,23 @@ def _ward_groups(Z: np.ndarray, m: int) -> np.ndarray:
     return groups.reshape(-1)
 
 
-def _logdet_term(N: np.ndarray, W: np.ndarray, a: float) -> np.ndarray:
-    """``N log det((W + a I) / N)`` for a batch of clusters."""
+def _terms(N: np.ndarray, W: np.ndarray, count: np.ndarray, a: float) -> np.ndarray:
+    """mclust's (Fraley's) VVV term of each cluster, ``n log(|W/n| + (tr W + a)/n)``.
+
+    ``n`` is the cluster's weight; a cluster of at most ``r`` rows (``count``) has
+    no determinant and counts ``n log((tr W + a)/n)`` (mclust's ``vvvtij``).
+    """
     r = W.shape[-1]
-    _, ld = np.linalg.slogdet(W + a * np.eye(r))
-    return N * (ld - r * np.log(N))
+    tr = np.einsum("...ii->...", W)
+    spread = (tr + a) / N
+    out = N * np.log(spread)
+    big = (count > r) & (tr > 0)
+    if big.any():
+        sign, ld = np.linalg.slogdet(W[big] / N[big, None, None])
+        with np.errstate(over="ignore"):
+            det = np.where(sign > 0, np.exp(ld), 0.0)
+        out[big] = N[big] * np.log(det + spread[big])
+    return out
 
 
 def _merged(N, M, W, i, js):
@@ -117,12 +129,18 @@ def vvv_merge(
     alpha: float | None = None,
     merges: list[tuple[int, int]] | None = None,
 ):
-    """Merge the initial ``groups`` of ``Z`` under the VVV criterion down to ``K`` clusters.
+    """Merge the initial ``groups`` of ``Z`` under mclust's VVV criterion down to ``K``.
 
-    Returns the cluster index (0..K-1) of every initial group and the clusters'
-    weights, means and scatter matrices, plus the spherical term ``a``. The
-    merges made, in order, are written to ``merges`` when it is given: the
-    tree, which ``cut`` replays for any other K.
+    The criterion of a partition is ``Σ_k _terms`` (docs/starts.md §4) and each
+    step merges the pair whose union raises it least, as mclust's ``hcVVV``
+    does, with its bookkeeping: clusters sit in slots 0..g-1; a merge of slots
+    ``i < j`` keeps the union in ``i`` and moves the last slot into ``j``; of
+    equally cheap pairs the last in mclust's packed order (largest ``j``, then
+    largest ``i``) goes first. Returns the cluster index (0..K-1) of every
+    initial group and the clusters' weights, means and scatter matrices, plus
+    the spherical term ``a``. The merges made, in order, as pairs of initial
+    group numbers (the second joins the first), are written to ``merges``
+    when it is given: the tree, which ``cut`` replays for any other K.
     """
     if merges is None:
         merges = []
@@ -131,6 +149,7 @@ def vvv_merge(
     m = int(groups.max()) + 1
     n, r = Z.shape
     N = np.bincount(groups, weights=w, minlength=m)
+    count = np.bincount(groups, minlength=m)
     M = np.zeros((m, r))
     np.add.at(M, groups, Z * w[:, None])
     M /= N[:, None]
@@ -141,42 +160,47 @@ def vvv_merge(
     a = alpha * float(w @ (total * total).sum(axis=1)) / (w.sum() * r)
     if not a > 0:
         a = 1.0
-    F = _logdet_term(N, W, a)
+    F = _terms(N, W, count, a)
 
-    cost = np.full((m, m), np.inf)
+    cost = np.full((m, m), np.inf)  # symmetric over the live slots, inf elsewhere
     for i in range(m - 1):
         js = np.arange(i + 1, m)
         n_ij, _, W_ij = _merged(N, M, W, i, js)
-        cost[i, js] = _logdet_term(n_ij, W_ij, a) - F[i] - F[js]
+        cost[i, js] = _terms(n_ij, W_ij, count[i] + count[js], a) - F[i] - F[js]
     cost = np.minimum(cost, cost.T)
 
-    owner = np.arange(m)  # initial group -> current cluster index (the surviving one)
-    active = np.ones(m, dtype=bool)
+    ident = np.arange(m)  # slot -> the initial group that names its cluster
+    owner = np.arange(m)  # initial group -> the group naming its cluster now
     merges.clear()
-    for _ in range(m - K):
-        flat = int(np.argmin(cost))
-        i, j = divmod(flat, m)
-        if i > j:
-            i, j = j, i
-        merges.append((i, j))
+    flat = cost.reshape(-1)[::-1]  # the last minimum in row order is mclust's choice
+    for g in range(m, K, -1):
+        at = m * m - 1 - int(np.argmin(flat))
+        j, i = divmod(at, m)  # the larger slot is the row
+        merges.append((int(ident[i]), int(ident[j])))
+        owner[owner == ident[j]] = ident[i]
         n_ij, M_ij, W_ij = _merged(N, M, W, i, np.array([j]))
         N[i], M[i], W[i] = n_ij[0], M_ij[0], W_ij[0]
-        F[i] = _logdet_term(N[i : i + 1], W[i : i + 1], a)[0]
-        active[j] = False
-        owner[owner == j] = i
-        cost[j, :] = np.inf
-        cost[:, j] = np.inf
-        others = np.flatnonzero(active)
-        others = others[others != i]
+        count[i] += count[j]
+        F[i] = _terms(N[i : i + 1], W[i : i + 1], count[i : i + 1], a)[0]
+        last = g - 1
+        if j != last:  # the last slot moves into j
+            N[j], M[j], W[j], F[j], count[j] = N[last], M[last], W[last], F[last], count[last]
+            ident[j] = ident[last]
+            cost[j, :] = cost[last, :]
+            cost[:, j] = cost[:, last]
+            cost[j, j] = np.inf
+        cost[last, :] = np.inf
+        cost[:, last] = np.inf
+        others = np.delete(np.arange(last), i)
         if others.size:
             n_io, _, W_io = _merged(N, M, W, i, others)
-            c = _logdet_term(n_io, W_io, a) - F[i] - F[others]
+            c = _terms(n_io, W_io, count[i] + count[others], a) - F[i] - F[others]
             cost[i, others] = c
             cost[others, i] = c
-    survivors = np.flatnonzero(active)
-    index = np.full(m, -1)
-    index[survivors] = np.arange(survivors.size)
-    return index[owner], N[survivors], M[survivors], W[survivors], a
+    survivors = np.unique(owner)
+    index = np.searchsorted(survivors, owner)
+    o = np.argsort(ident[:K])  # slots in the order of the clusters' names
+    return index, N[:K][o], M[:K][o], W[:K][o], a
 
 
 def _gaussian_assign(Z: np.ndarray, N, M, W, a) -> np.ndarray:
@@ -217,10 +241,27 @@ _TREES: dict[bytes, tuple] = {}
 _TREES_KEPT = 4
 
 
-def _tree(Xs: np.ndarray, ws: np.ndarray, m: int, alpha: float = ALPHA):
-    """SVD map, scaled rows, Ward groups, the full VVV merge sequence and ``a`` (cached)."""
+def _by_first_appearance(labels: np.ndarray) -> np.ndarray:
+    """``labels`` renumbered 0, 1, ... in the order each first appears."""
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    rank = np.empty(first.size, dtype=np.intp)
+    rank[np.argsort(first, kind="stable")] = np.arange(first.size)
+    return rank[inverse.reshape(-1)]
+
+
+def initial_groups(Z: np.ndarray, most: int) -> np.ndarray:
+    """The groups the merging starts from: every row alone (as mclust's ``hc`` called
+    without a partition), or with more than ``most`` rows, Ward's tree cut at
+    ``most`` groups, numbered by first appearance."""
+    if Z.shape[0] <= most:
+        return np.arange(Z.shape[0])
+    return _by_first_appearance(_ward_groups(Z, most))
+
+
+def _tree(Xs: np.ndarray, ws: np.ndarray, most: int, alpha: float = ALPHA):
+    """SVD map, scaled rows, initial groups, the full VVV merge sequence and ``a`` (cached)."""
     key = hashlib.blake2b(
-        Xs.tobytes() + ws.tobytes() + np.array([m, alpha]).tobytes(), digest_size=20
+        Xs.tobytes() + ws.tobytes() + np.array([most, alpha]).tobytes(), digest_size=20
     ).digest()
     hit = _TREES.get(key)
     if hit is None:
@@ -229,7 +270,7 @@ def _tree(Xs: np.ndarray, ws: np.ndarray, m: int, alpha: float = ALPHA):
             hit = (T, None, None, [], 0.0)
         else:
             Zs = Xs @ T
-            groups = _ward_groups(Zs, m)
+            groups = initial_groups(Zs, most)
             merges: list[tuple[int, int]] = []
             *_, a = vvv_merge(Zs, ws, groups, 1, alpha, merges)
             hit = (T, Zs, groups, merges, a)
@@ -260,11 +301,15 @@ class HcCut:
 
 def hc_cut(Xs: np.ndarray, ws: np.ndarray, K: int, ward_clusters: int = WARD_CLUSTERS) -> HcCut:
     """Build (or reuse) the tree of the mean-filled sample ``Xs`` and cut it at ``K``."""
-    m = min(Xs.shape[0], max(int(ward_clusters), 4 * K))
-    T, Zs, groups, merges, a = _tree(np.ascontiguousarray(Xs), ws, m)
+    T, Zs, groups, merges, a = _tree(np.ascontiguousarray(Xs), ws, max(int(ward_clusters), 4 * K))
     if Zs is None:
         return HcCut(K, np.arange(Xs.shape[0]) % K, T, None, a, np.arange(K))
-    labels = cut(merges, m, K)[groups]
+    m = int(groups.max()) + 1
+    if m < K:  # fewer distinct rows than clusters: split the groups by row number
+        groups = np.arange(Xs.shape[0])
+        labels = groups % K
+    else:
+        labels = cut(merges, m, K)[groups]
     moments = _cluster_moments(Zs, ws, labels, K)
     # number clusters by first appearance, so the labels are canonical
     _, first = np.unique(labels, return_index=True)

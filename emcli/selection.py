@@ -171,15 +171,16 @@ def fit_cell(
 ) -> SweepCell:
     """Fit one (k, covariance) cell; a failure is recorded in the cell, not raised.
 
-    With ``try_hc`` and a k-means start, the ``hc`` start (one restart: it is
-    deterministic below ``hc.MAX_ROWS`` rows) races the k-means restarts for
-    ``RACE_ITER`` iterations and goes on only if it leads (docs/criteria.md §4).
+    With ``try_hc`` and a k-means start, the ``hc`` start (mclust's; one restart:
+    it is deterministic below ``hc.MAX_ROWS`` rows) is fitted too, to convergence
+    like the k-means restarts (docs/criteria.md §4).
     With ``warm`` (means and weights in the data's units, and the
     log-likelihood to beat) the cell is fitted once, from those means, and
     goes on past ``RACE_ITER`` iterations only if it is not below that.
     """
     t0 = time.perf_counter()
-    opts = dict(fit_options, race_iter=RACE_ITER)
+    # the first round's starts all finish; the second round's warm start races
+    opts = dict(fit_options, race_iter=0 if warm is None else RACE_ITER)
     if try_hc and init == "kmeans" and k > 1 and warm is None:
         opts["extra_inits"] = ("hc",)
     if warm is not None:

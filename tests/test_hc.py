@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score  # noqa: TID251
@@ -13,6 +16,9 @@ from emcli.hc import _ward_groups, hc_labels, svd_scale, vvv_merge
 from emcli.init import Sample, make_partition
 from emcli.model import GMMParams
 from emcli.scoring import sample_mixture
+
+REF = Path(__file__).parent / "reference"
+HC_REF = json.loads((REF / "mclust_hc.json").read_text())
 
 
 def kmeans_labels(X: np.ndarray, w: np.ndarray, K: int, rng: np.random.Generator) -> np.ndarray:
@@ -47,7 +53,7 @@ def test_labels_cover_every_cluster_and_are_deterministic():
     assert a.shape == (len(X),)
     assert set(a.tolist()) == {0, 1, 2}
     np.testing.assert_array_equal(a, b)
-    assert adjusted_rand_score(y, a) > 0.6  # measured 0.83; EM polishes the rest
+    assert adjusted_rand_score(y, a) > 0.1  # measured 0.21; EM polishes the rest
 
 
 def test_hc_partition_beats_kmeans_partition_on_elongated_clusters():
@@ -56,8 +62,10 @@ def test_hc_partition_beats_kmeans_partition_on_elongated_clusters():
     w = np.ones(len(X))
     hc = hc_labels(X, w, 3, np.random.default_rng(0))
     km = kmeans_labels(X, w, 3, np.random.default_rng(0))
-    # measured ARI 0.68 (hc partition) against 0.00 (k-means partition)
-    assert adjusted_rand_score(y, hc) > 0.5
+    # measured ARI 0.14 (mclust's hc partition) against 0.00 (k-means partition); the
+    # Ward-based tree emcli used before mclust's reached 0.68 here, but not mclust's
+    # partitions on real data (test_partitions_are_mclusts_default_hc)
+    assert adjusted_rand_score(y, hc) > adjusted_rand_score(y, km) + 0.1
     assert adjusted_rand_score(y, km) < 0.2
 
 
@@ -66,9 +74,10 @@ def test_hc_start_finds_a_better_model_than_kmeans_after_em(seed):
     X, y = elongated(seed)
     km = fit_mixture(X, n_components=3, init="kmeans", seed=seed)
     hc = fit_mixture(X, n_components=3, init="hc", seed=seed)
-    # measured: ll about -2430 (hc) against -2680 (kmeans); ARI 0.98 against 0.00
+    # measured: ll -2557 and -2614 (hc) against -2682 and -2715 (kmeans); ARI 0.48 and
+    # 0.45 against 0.00
     assert hc.log_likelihood > km.log_likelihood + 100
-    assert adjusted_rand_score(y, hc.labels) > 0.95
+    assert adjusted_rand_score(y, hc.labels) > 0.4
     assert adjusted_rand_score(y, km.labels) < 0.2
 
 
@@ -92,26 +101,51 @@ def test_merge_bookkeeping_matches_direct_computation():
     assert a > 0
 
 
-def test_first_merge_is_the_cheapest_pair_by_brute_force():
+def _mclust_term(Z, rows, a):
+    """mclust's hcVVV term of a cluster (its vvvtij): n log(|W/n| + (tr W + a)/n),
+    the determinant left out for at most as many rows as columns."""
+    D = Z[rows] - Z[rows].mean(axis=0)
+    n, r = len(rows), Z.shape[1]
+    W = D.T @ D
+    spread = (np.trace(W) + a) / n
+    if n <= r:
+        return n * np.log(spread)
+    return n * np.log(np.linalg.det(W / n) + spread)
+
+
+def test_first_merges_are_the_cheapest_pairs_by_brute_force():
     rng = np.random.default_rng(7)
     Z = rng.normal(size=(12, 2)) * [4.0, 0.3]
     w = np.ones(12)
-    groups = np.arange(12)
-    index, *_ = vvv_merge(Z, w, groups, 11)
-    merged = [g for g in range(12) if np.sum(index == index[g]) == 2]
-    # brute force: the pair whose union raises sum n log det((W + aI)/n) the least
     total = Z - Z.mean(axis=0)
     a = (total * total).sum() / (12 * 2)
+    merges: list[tuple[int, int]] = []
+    vvv_merge(Z, w, np.arange(12), 1, merges=merges)
+    clusters = [[i] for i in range(12)]
+    for step in range(6):  # brute force over every pair of the current clusters
+        costs = {
+            (x, y): _mclust_term(Z, clusters[x] + clusters[y], a)
+            - _mclust_term(Z, clusters[x], a) - _mclust_term(Z, clusters[y], a)
+            for x in range(len(clusters)) for y in range(x + 1, len(clusters))
+        }
+        x, y = min(costs, key=costs.get)
+        i, j = merges[step]  # initial-group names: each cluster is named by a member
+        assert {i, j} <= set(clusters[x] + clusters[y])
+        assert (i in clusters[x]) != (i in clusters[y]) and (j in clusters[x]) != (j in clusters[y])
+        clusters[x] = clusters[x] + clusters[y]
+        del clusters[y]
 
-    def term(rows):
-        D = Z[rows] - Z[rows].mean(axis=0)
-        n = len(rows)
-        return n * np.linalg.slogdet((D.T @ D + a * np.eye(2)) / n)[1]
 
-    costs = {
-        (i, j): term([i, j]) - term([i]) - term([j]) for i in range(12) for j in range(i + 1, 12)
-    }
-    assert tuple(merged) == min(costs, key=costs.get)
+@pytest.mark.parametrize("name", sorted(HC_REF))
+def test_partitions_are_mclusts_default_hc(name):
+    """mclust 6's default start: hc(X, "VVV", use = "SVD") cut at G = 1..9
+    (tests/reference/mclust_hc.json): the same partitions, up to the labels."""
+    X = np.loadtxt(REF / "data" / f"{name}.csv", delimiter=",", skiprows=1)
+    X = X - X.mean(axis=0)  # fitting units
+    for K, want in enumerate(HC_REF[name], start=1):
+        got = hc_labels(X, np.ones(len(X)), K)
+        pairs = set(zip(got.tolist(), want, strict=True))
+        assert len(pairs) == K == len(set(want)), (name, K)
 
 
 def test_svd_scaling_whitens_up_to_the_square_root_of_singular_values():
@@ -140,13 +174,14 @@ def test_missing_values_and_sampling_above_max_rows():
     np.testing.assert_array_equal(a, b)
     assert set(a.tolist()) == {0, 1, 2}
     km = kmeans_labels(Xn, w, 3, np.random.default_rng(0))
-    # the raw start depends on which 800 rows the tree is built from (measured 0.24 and 0.52
-    # on two samples); k-means cuts across the elongated clusters (0.00)
-    assert adjusted_rand_score(y, a) > adjusted_rand_score(y, km) + 0.2
-    # through fit_mixture (3000 rows > MAX_ROWS, so the tree is built on a sample)
+    # the raw start depends on which 800 rows the tree is built from (measured 0.07);
+    # k-means cuts across the elongated clusters (0.00)
+    assert adjusted_rand_score(y, a) > adjusted_rand_score(y, km) + 0.03
+    # through fit_mixture (3000 rows > MAX_ROWS, so the tree is built on a sample):
+    # measured 0.53 from hc, 0.00 from k-means
     res = fit_mixture(Xn, n_components=3, init="hc", seed=0)
     complete = ~holes.any(axis=1)  # a row seen on one axis only is ambiguous here
-    assert adjusted_rand_score(y[complete], res.labels[complete]) > 0.9
+    assert adjusted_rand_score(y[complete], res.labels[complete]) > 0.4
 
 
 def test_degenerate_inputs():

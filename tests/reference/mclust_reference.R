@@ -88,6 +88,15 @@ for (nm in names(sets)) {
 }
 write_json(bic_ref, file.path(out, "mclust_bic.json"), digits = NA, auto_unbox = TRUE,
            null = "null")
+# mclust's default hierarchical start (hc, VVV, on "SVD"-scaled data, as
+# mclust.options() has it): the partitions at G = 1..9 for every data set
+hc_ref <- list()
+for (nm in names(sets)) {
+  X <- as.matrix(sets[[nm]])
+  cl <- hclass(hc(X, modelName = mclust.options("hcModelName"), use = mclust.options("hcUse")), 1:9)
+  hc_ref[[nm]] <- lapply(1:9, function(g) as.integer(cl[, g]))
+}
+write_json(hc_ref, file.path(out, "mclust_hc.json"), auto_unbox = TRUE)
 # Parameter counts: nVarParams for every model, d = 1..6, G = 1..5
 counts <- list()
 for (m in models) for (d in 1:6) for (G in 1:5) {
