@@ -341,6 +341,23 @@ def test_one_row_components_count_only_where_a_component_has_its_own_volume():
     assert eii.result.bic <= mclust + 0.1
 
 
+@pytest.mark.parametrize(("name", "k", "model"), [
+    ("thyroid", 3, "VII"), ("thyroid", 2, "VVI"), ("wdbc", 4, "VVV"), ("wdbc", 8, "VVI")])
+def test_cells_from_mclusts_hc_start_reach_mclusts_bic(name, k, model):
+    """Cells where emcli's earlier start (a Ward-based tree, raced) ended 50-360 BIC
+    units above mclust: mclust's hc start, fitted to convergence, wins the cell and
+    reaches mclust's BIC (tests/reference/mclust_bic.json) to 0.1."""
+    from emcli.selection import fit_cell
+
+    X = np.loadtxt(Path(__file__).parent / "reference" / "data" / f"{name}.csv",
+                   delimiter=",", skiprows=1)
+    cell = fit_cell(X, None, k, model, tol=SWEEP_TOL)
+    mclust = next(c["bic"] for c in REFERENCE[name]["cells"]
+                  if c["k"] == k and c["model"] == model)
+    assert cell.ok and cell.result.settings["init"] == "hc"
+    assert cell.result.bic <= mclust + 0.1
+
+
 def test_second_round_from_the_best_model_at_each_k_only_helps_and_ignores_jobs():
     """Each cell also starts from the highest-likelihood fit at its k (docs/criteria.md §4)."""
     from emcli.selection import fit_cell
