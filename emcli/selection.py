@@ -240,6 +240,56 @@ def _warm_starts(cells: Sequence[SweepCell], covs: Sequence[str]) -> list[tuple]
     return tasks
 
 
+def _better(old: SweepCell, new: SweepCell) -> SweepCell:
+    """The cell with the higher-likelihood accepted fit of the two, their times added."""
+    seconds = old.seconds + new.seconds
+    if new.result is not None and (
+        old.result is None or new.result.log_likelihood > old.result.log_likelihood
+    ):
+        return SweepCell(old.k, old.covariance_type, new.result, seconds)
+    return SweepCell(old.k, old.covariance_type, old.result, seconds, old.error)
+
+
+def _data_means(res: FitResult) -> np.ndarray:
+    p = res.params
+    return p.means if p.scaling is None else p.scaling.to_data(p.means)
+
+
+def _neighbour_starts(
+    cells: Sequence[SweepCell], X: Any, w: np.ndarray | None
+) -> list[tuple]:
+    """Third-round tasks (docs/criteria.md §4): each cell (k, model) starts once more from
+    the same model's fit at k + 1 with its lightest component dropped, and once from its
+    fit at k - 1 with a component added on its worst-explained row."""
+    by = {(c.k, c.covariance_type): (i, c) for i, c in enumerate(cells)}
+    tasks: list[tuple] = []
+    for i, c in enumerate(cells):
+        if c.k < 2:
+            continue
+        floor = None if c.result is None else c.result.log_likelihood
+        above = by.get((c.k + 1, c.covariance_type))
+        if above is not None and above[1].result is not None:
+            res = above[1].result
+            keep = np.sort(np.argsort(-res.params.weights, kind="stable")[: c.k])
+            kept = res.params.weights[keep]
+            tasks.append(
+                (i, c.k, c.covariance_type, (_data_means(res)[keep], kept / kept.sum(), floor)))
+        below = by.get((c.k - 1, c.covariance_type))
+        if below is not None and below[1].result is not None and isinstance(X, np.ndarray):
+            res = below[1].result
+            assert res.log_density is not None
+            dens = np.where(np.isfinite(res.log_density), res.log_density, np.inf)
+            if w is not None:
+                dens[w <= 0] = np.inf  # a row of no weight seeds nothing
+            row = int(np.argmin(dens))
+            means = _data_means(res)
+            centre = res.params.weights @ means
+            added = np.where(np.isnan(X[row]), centre, X[row])
+            weights = np.append(res.params.weights * (1.0 - 1.0 / c.k), 1.0 / c.k)
+            tasks.append((i, c.k, c.covariance_type, (np.vstack([means, added]), weights, floor)))
+    return tasks
+
+
 def _degenerate_component(res: FitResult) -> str:
     """A reason when a component holds less than two rows' weight (docs/criteria.md §5).
 
@@ -358,18 +408,14 @@ def sweep(
                 on_cell(cell)
         # second round: every cell also starts from the best-fitting model at its k
         # (docs/criteria.md §4); it depends only on the first round, so not on jobs
-        warm = _warm_starts([c for c in cells if c is not None], covs)
-        for i, cell in _run_cells(pool, Xa, w_arg, options, warm):
-            old = cells[i]
-            assert old is not None
-            if cell.result is not None and (
-                old.result is None or cell.result.log_likelihood > old.result.log_likelihood
-            ):
-                cells[i] = SweepCell(old.k, old.covariance_type, cell.result,
-                                     old.seconds + cell.seconds)
-            else:
-                cells[i] = SweepCell(old.k, old.covariance_type, old.result,
-                                     old.seconds + cell.seconds, old.error)
+        rounds = (lambda done: _warm_starts(done, covs),
+                  lambda done: _neighbour_starts(done, Xa, w_arg))
+        for round_tasks in rounds:
+            warm = round_tasks([c for c in cells if c is not None])
+            for i, cell in _run_cells(pool, Xa, w_arg, options, warm):
+                old = cells[i]
+                assert old is not None
+                cells[i] = _better(old, cell)
     done = tuple(c for c in cells if c is not None)
 
     best_index, best_value = -1, np.inf
