@@ -69,6 +69,13 @@ def test_m_step_matches_mclust(name, m):
         assert q_value(N, W, got) >= q_value(N, W, want) - 1e-9 * abs(q_value(N, W, want))
         np.testing.assert_allclose(got, want, rtol=0.05, atol=0.05 * np.abs(want).max())
         return
+    if m == "EVE":
+        # Q is flat along the common axes near its maximum: emcli's rotations (plane
+        # sweeps besides the MM steps, docs/m-step.md §9) reach a Q at least mclust's
+        # (equal to 1e-13) at covariances that differ from its MM end by ~1e-5
+        assert q_value(N, W, got) >= q_value(N, W, want) - 1e-12 * abs(q_value(N, W, want))
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
+        return
     np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-8 * np.abs(want).max())
 
 

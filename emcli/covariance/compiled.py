@@ -1,9 +1,8 @@
 """The common-orientation iterations of EVE and VVE, compiled (numba).
 
-The majorise–minimise steps of docs/m-step.md §9 converge slowly (hundreds
-of steps for ten columns), and each step is a few products and two SVDs of
-d × d matrices: in numpy the call overhead is most of the cost (on a
-569 × 10 table, nine tenths of a sweep over the fourteen models). This is
+Each iteration of docs/m-step.md §9 is a sweep of plane rotations and two
+majorise–minimise steps: many small loops, products and two SVDs of d × d
+matrices, for which numpy's call overhead would be most of the cost. This is
 the same loop as ``forms._orientation_numpy``, which stays as the reference
 the tests compare it with, the route when numba is missing, and the first
 ``forms.NUMPY_STEPS`` steps of an M-step until one has not settled by then:
@@ -37,12 +36,47 @@ def _kernel() -> Any:
     import numba
 
     @numba.njit(cache=True, nogil=True, error_model="numpy")
-    def orient(W, N, D, inv, omega_max, tol, max_iter, equal_volume):  # pragma: no cover
+    def orient(W, N, D, inv, omega_max, tol, max_iter, equal_volume, gain):  # pragma: no cover
         K, d, _ = W.shape
         diag = np.empty((K, d))
+        P = np.empty((K, d, d))
         target = 0.0
         prev = np.inf
         for _ in range(max_iter):
+            # a sweep of exact plane rotations (forms._jacobi_sweep)
+            for k in range(K):
+                P[k] = D.T @ (W[k] @ D)
+            for i in range(d - 1):
+                for j in range(i + 1, d):
+                    A = 0.0
+                    B = 0.0
+                    for k in range(K):
+                        u = inv[k, i] - inv[k, j]
+                        A += u * (P[k, i, i] - P[k, j, j])
+                        B += u * P[k, i, j]
+                    A *= 0.5
+                    r = np.hypot(A, B)
+                    if not A + r > gain * (abs(A) + r):
+                        continue
+                    phi = np.arctan2(-B, -A)
+                    c = np.cos(0.5 * phi)
+                    s = np.sin(0.5 * phi)
+                    for m in range(d):
+                        di = D[m, i]
+                        dj = D[m, j]
+                        D[m, i] = c * di + s * dj
+                        D[m, j] = c * dj - s * di
+                    for k in range(K):
+                        for m in range(d):
+                            pi = P[k, m, i]
+                            pj = P[k, m, j]
+                            P[k, m, i] = c * pi + s * pj
+                            P[k, m, j] = c * pj - s * pi
+                        for m in range(d):
+                            pi = P[k, i, m]
+                            pj = P[k, j, m]
+                            P[k, i, m] = c * pi + s * pj
+                            P[k, j, m] = c * pj - s * pi
             # G₁ = Σ_k (W_k − ω_k I) D diag(inv_k)
             G = np.zeros((d, d))
             for k in range(K):
@@ -100,10 +134,12 @@ def orientation(
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """The common axes ``D``, ``diag(Dᵀ W_k D)`` and the objective at the last step."""
     f = _kernel()
+    from .forms import ROTATION_GAIN
+
     D, diag, target = f(
         np.ascontiguousarray(W, dtype=float), np.ascontiguousarray(N, dtype=float),
-        np.ascontiguousarray(D, dtype=float), np.array(inv, dtype=float),
+        np.array(D, dtype=float), np.array(inv, dtype=float),
         np.ascontiguousarray(omega_max, dtype=float), float(tol), int(max_iter),
-        bool(equal_volume),
+        bool(equal_volume), float(ROTATION_GAIN),
     )
     return D, diag, float(target)
