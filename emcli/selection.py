@@ -406,10 +406,11 @@ def sweep(
             cells[i] = cell
             if on_cell is not None:
                 on_cell(cell)
-        # second round: every cell also starts from the best-fitting model at its k
-        # (docs/criteria.md §4); it depends only on the first round, so not on jobs
-        rounds = (lambda done: _warm_starts(done, covs),
-                  lambda done: _neighbour_starts(done, Xa, w_arg))
+        # second round: every cell also starts from the best-fitting model at its k;
+        # third and fourth: from the same model's fits at k - 1 and k + 1
+        # (docs/criteria.md §4); each depends only on the rounds before, so not on jobs
+        neighbours = lambda done: _neighbour_starts(done, Xa, w_arg)  # noqa: E731
+        rounds = (lambda done: _warm_starts(done, covs), neighbours, neighbours)
         for round_tasks in rounds:
             warm = round_tasks([c for c in cells if c is not None])
             for i, cell in _run_cells(pool, Xa, w_arg, options, warm):
