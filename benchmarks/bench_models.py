@@ -113,10 +113,10 @@ def one(name: str, ref: dict, jobs: int, with_sklearn: bool) -> dict:
             continue
         counted += 1
         bic = cell.result.bic if cell.result is not None else float("inf")
-        ok = bic <= min(refs) + 0.1
+        ok = bool(bic <= min(refs) + 0.1)
         found += ok
         # a miss only against a scikit-learn fit that rests on regularisation
-        degenerate_ref = not ok and bool(s_why) and (m_bic is None or bic <= m_bic + 0.1)
+        degenerate_ref = not ok and bool(s_why) and bool(m_bic is None or bic <= m_bic + 0.1)
         excluded += degenerate_ref
         if not ok:
             misses.append((cell.k, cell.covariance_type, round(bic - min(refs), 2)))
