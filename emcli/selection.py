@@ -156,6 +156,8 @@ def _fit_in_worker(k: int, covariance_type: str, warm: Any = None) -> SweepCell:
 SWEEP_TOL = 1e-5
 # Iterations every start of a cell runs before only the leader goes on (docs/criteria.md §4).
 RACE_ITER = 20
+# At most this many rounds of starts from the neighbouring k (docs/criteria.md §4).
+NEIGHBOUR_ROUNDS = 8
 
 
 def fit_cell(
@@ -256,27 +258,36 @@ def _data_means(res: FitResult) -> np.ndarray:
 
 
 def _neighbour_starts(
-    cells: Sequence[SweepCell], X: Any, w: np.ndarray | None
+    cells: Sequence[SweepCell], X: Any, w: np.ndarray | None, changed: set[int] | None
 ) -> list[tuple]:
-    """Third-round tasks (docs/criteria.md §4): each cell (k, model) starts once more from
-    the same model's fit at k + 1 with its lightest component dropped, and once from its
-    fit at k - 1 with a component added on its worst-explained row."""
+    """Neighbour-round tasks (docs/criteria.md §4): each cell (k, model) starts once more
+    from the same model's fit at k + 1 with its lightest component dropped, and once
+    from its fit at k - 1 with a component added on its worst-explained row; only from
+    the fits in ``changed`` (None: every fit), since a start tried before would end
+    where it ended."""
     by = {(c.k, c.covariance_type): (i, c) for i, c in enumerate(cells)}
     tasks: list[tuple] = []
+
+    def new(key: tuple[int, str]) -> FitResult | None:
+        hit = by.get(key)
+        if hit is None or (changed is not None and hit[0] not in changed):
+            return None
+        return hit[1].result
+
     for i, c in enumerate(cells):
         if c.k < 2:
             continue
         floor = None if c.result is None else c.result.log_likelihood
-        above = by.get((c.k + 1, c.covariance_type))
-        if above is not None and above[1].result is not None:
-            res = above[1].result
+        above = new((c.k + 1, c.covariance_type))
+        if above is not None:
+            res = above
             keep = np.sort(np.argsort(-res.params.weights, kind="stable")[: c.k])
             kept = res.params.weights[keep]
             tasks.append(
                 (i, c.k, c.covariance_type, (_data_means(res)[keep], kept / kept.sum(), floor)))
-        below = by.get((c.k - 1, c.covariance_type))
-        if below is not None and below[1].result is not None and isinstance(X, np.ndarray):
-            res = below[1].result
+        below = new((c.k - 1, c.covariance_type))
+        if below is not None and isinstance(X, np.ndarray):
+            res = below
             assert res.log_density is not None
             dens = np.where(np.isfinite(res.log_density), res.log_density, np.inf)
             if w is not None:
@@ -407,16 +418,24 @@ def sweep(
             if on_cell is not None:
                 on_cell(cell)
         # second round: every cell also starts from the best-fitting model at its k;
-        # third and fourth: from the same model's fits at k - 1 and k + 1
-        # (docs/criteria.md §4); each depends only on the rounds before, so not on jobs
-        neighbours = lambda done: _neighbour_starts(done, Xa, w_arg)  # noqa: E731
-        rounds = (lambda done: _warm_starts(done, covs), neighbours, neighbours)
-        for round_tasks in rounds:
-            warm = round_tasks([c for c in cells if c is not None])
-            for i, cell in _run_cells(pool, Xa, w_arg, options, warm):
+        # then rounds from the same model's fits at k - 1 and k + 1, from the cells the
+        # round before improved, until none is (docs/criteria.md §4); each round
+        # depends only on the rounds before, so not on jobs
+        changed: set[int] | None = None  # the cells a round improved (None: all)
+        for r in range(1 + NEIGHBOUR_ROUNDS):
+            done_so_far = [c for c in cells if c is not None]
+            tasks = (_warm_starts(done_so_far, covs) if r == 0
+                     else _neighbour_starts(done_so_far, Xa, w_arg, changed))
+            if r > 0:
+                changed = set()
+            for i, cell in _run_cells(pool, Xa, w_arg, options, tasks):
                 old = cells[i]
                 assert old is not None
-                cells[i] = _better(old, cell)
+                kept = cells[i] = _better(old, cell)
+                if changed is not None and kept.result is not old.result:
+                    changed.add(i)
+            if changed is not None and not changed:
+                break
     done = tuple(c for c in cells if c is not None)
 
     best_index, best_value = -1, np.inf
