@@ -189,7 +189,7 @@ class GenPrepared:
     prec: np.ndarray | None = None  # (K, d, d): the precisions Σ⁻¹
     precise: bool = False  # every component conditioned well enough for the precision route
     precise_k: np.ndarray | None = None  # (K,): which are (the compiled quad mode's choice)
-    compiled: bool = False  # incomplete rows through the compiled kernel (kernels.py)
+    compiled: bool = False  # incomplete rows through the compiled kernels (kernels/)
     coef: np.ndarray | None = None  # (D, K): log-density as a linear map of the quad design
     quad_limit: float = -np.inf  # the quad route serves chunks whose rows have |x|^2 below it
 

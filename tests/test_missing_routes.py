@@ -2,7 +2,7 @@
 
 The numpy route (``conditional.py``: the precision matrix for rows missing at
 most half their cells, the observed block otherwise) and the compiled route of
-big fits (``kernels.py``: the quad design of the zero-filled rows, corrected
+big fits (``emcli/kernels/``: the quad design of the zero-filled rows, corrected
 row by row) are checked against the row-by-row scipy reference and each
 other: log-densities, M-step sums and whole log-likelihood trajectories, with
 rows missing one cell, most cells and all but one, ill-conditioned components
