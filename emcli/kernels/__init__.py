@@ -2,17 +2,18 @@
 
 An incomplete chunk on the quad route (docs/e-step.md §6) gets every row's
 log-density from the quad design of its zero-filled rows, like a complete
-chunk, and the kernels correct it row by row through the precision
-matrix (or the observed block), the patterns taken in batches whose
-(pattern, component) pairs are vectorised lanes (``lanes.py``), filling the
-missing cells in for the M-step's raw sums; off the quad route the rows'
+chunk, and the kernels correct it row by row through the precision matrix
+(or the observed block), the patterns taken in batches whose (pattern,
+component) pairs are vectorised lanes (``lanes.py``), filling the missing
+cells in for the M-step's raw sums; off the quad route the rows'
 log-densities are computed directly, pattern by pattern, with the
-deviations from the means filled in (``rows.py``; docs/e-step.md §7.3-7.4). ``conditional.py`` computes the same quantities with
-numpy: it is the reference the tests compare these with, and the route of
-small fits. numba is imported on first use only, for fits large enough that
-loading the cached machine code (``cache=True``; compiling, the first time)
-costs little beside the passes; complete data, small fits and ``emcli
---help`` never import it.
+deviations from the means filled in (``rows.py``; docs/e-step.md
+§7.3-7.4). ``conditional.py`` computes the same quantities with numpy: it
+is the reference the tests compare these with, and the route of small fits.
+numba is imported on first use only, for fits large enough that loading the
+cached machine code (``cache=True``; compiling, the first time) costs little
+beside the passes; complete data, small fits and ``emcli --help`` never
+import it.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def _compiled() -> Any:
     from . import lanes, rows
 
     return SimpleNamespace(direct_rows=rows.direct_rows, fill_lanes=lanes.fill_lanes,
-                           weighted_rows=lanes.weighted_rows, cov_lanes=lanes.cov_lanes)
+                           weighted_rows=lanes.weighted_rows, cov_lanes=lanes.cov_lanes,
+                           zero_filled=lanes.zero_filled)
 
 
 def patterns(mask: np.ndarray, complete: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -86,28 +88,33 @@ def patterns(mask: np.ndarray, complete: bool = False) -> tuple[np.ndarray, np.n
     return order[pick], starts.astype(np.int64)
 
 
-def pattern_groups(mask: np.ndarray, K: int, complete: bool = False) -> tuple[np.ndarray, ...]:
+def pattern_groups(mask: np.ndarray, complete: bool = False) -> tuple[np.ndarray, ...]:
     """The patterns of ``patterns`` grouped by their number of missing cells, as the
     kernels take them (docs/e-step.md §7.4): ``order, starts`` (the patterns), ``gpat``
-    (the patterns, group after group), ``gstart`` (where each group starts in it, one
-    group per count 0..d), ``goff`` (where each group's conditional covariances start in
-    the flat buffer, ``K c²`` numbers per pattern) and ``nb`` (patterns per batch)."""
+    (the patterns, group after group) and ``gstart`` (where each group starts in it, one
+    group per count 0..d). A chunk keeps them across passes (``Chunk.pattern_groups``)."""
     d = mask.shape[1]
     order, starts = patterns(mask, complete)
     c = d - mask[order[starts[:-1]]].sum(axis=1)
     gpat = np.argsort(c, kind="stable").astype(np.int64)
-    count = np.bincount(c, minlength=d + 1)
     gstart = np.zeros(d + 2, dtype=np.int64)
-    np.cumsum(count, out=gstart[1:])
-    goff = np.zeros(d + 2, dtype=np.int64)
-    np.cumsum(K * count * np.arange(d + 1) ** 2, out=goff[1:])
-    nb = np.int64(max(1, LANES // K))
-    return order, starts, gpat, gstart, goff, nb
+    np.cumsum(np.bincount(c, minlength=d + 1), out=gstart[1:])
+    return order, starts, gpat, gstart
+
+
+def _layout(gstart: np.ndarray, K: int) -> tuple[np.ndarray, np.int64]:
+    """Where each group's conditional covariances start in the flat buffer (``K c²``
+    numbers per pattern, one past the end last), and the patterns per batch."""
+    c = np.arange(gstart.size - 1)
+    goff = np.zeros(gstart.size, dtype=np.int64)
+    np.cumsum(K * np.diff(gstart) * c * c, out=goff[1:])
+    return goff, np.int64(max(1, LANES // K))
 
 
 def direct_incomplete(
     X0: np.ndarray,
     mask: np.ndarray,
+    groups: tuple[np.ndarray, ...],
     means: np.ndarray,
     cov: np.ndarray,
     prec: np.ndarray,
@@ -117,7 +124,8 @@ def direct_incomplete(
 ) -> tuple[np.ndarray, tuple[Any, ...]]:
     """Log-densities over the observed cells of an incomplete chunk ``(n, K)`` off the
     quad route, and what ``filled_sums`` needs: the rows' deviations ``x̂ − μ``
-    ``(K, n, d)``, the patterns and their conditional covariances (flat)."""
+    ``(K, n, d)``, the patterns and their conditional covariances (flat). ``groups``
+    are the chunk's ``pattern_groups(mask, complete=True)``."""
     n, d = X0.shape
     K = means.shape[0]
     full = np.broadcast_to(prec, (K, d, d))
@@ -127,20 +135,22 @@ def direct_incomplete(
     Xhat *= mask  # δ_o, zero at missing cells
     for k in range(K):
         np.matmul(Xhat[k], full[k], out=V[k])  # P δ_o
-    groups = pattern_groups(mask, K, complete=True)
-    cbuf = np.empty(int(groups[4][-1]))  # written only with moments
+    order, starts, gpat, gstart = groups
+    goff, nb = _layout(gstart, K)
+    cbuf = np.empty(int(goff[-1]))  # written only with moments
     out = np.empty((n, K))
-    order, starts, gpat, gstart, goff, nb = groups
     bad = _compiled().direct_rows(X0, mask, order, starts, gpat, gstart, nb, V, means, cov,
                                   prec, log_det, precise, moments, out, Xhat, cbuf, goff)
     if bad >= 0:
         raise BlockNotPD(int(bad))
-    return out, (Xhat, groups, cbuf)
+    return out, (Xhat, groups, goff, nb, cbuf)
 
 
 def fill_incomplete(
     X0: np.ndarray,
     mask: np.ndarray,
+    groups: tuple[np.ndarray, ...],
+    complete_rows: np.ndarray,
     means: np.ndarray,
     cov: np.ndarray,
     prec: np.ndarray,
@@ -152,8 +162,9 @@ def fill_incomplete(
     ``(n, K)``: those of its zero-filled rows, expanded as in the quad design, corrected
     pattern by pattern (docs/e-step.md §7.3, in lanes: §7.4); and what ``filled_sums``
     needs: the rows filled in under each component ``(K, n, d)``, the patterns and their
-    conditional covariances. ``precise`` ``(K,)`` says which components may take the
-    precision route.
+    conditional covariances. ``groups`` are the chunk's ``pattern_groups(mask)``,
+    ``complete_rows`` its rows with every cell observed; ``precise`` ``(K,)`` says which
+    components may take the precision route.
     """
     n, d = X0.shape
     K = means.shape[0]
@@ -161,23 +172,24 @@ def fill_incomplete(
     PT = np.ascontiguousarray(full.transpose(1, 2, 0))
     MT = np.ascontiguousarray(means.T)
     PmuT = np.ascontiguousarray(np.einsum("kab,kb->ak", full, means))
-    groups = pattern_groups(mask, K)
-    cbuf = np.empty(int(groups[4][-1]))  # written only with moments
-    Xhat = np.empty((K, n, d))
-    Xhat[:] = X0  # the kernel fills each component's missing cells in
+    order, starts, gpat, gstart = groups
+    goff, nb = _layout(gstart, K)
+    cbuf = np.empty(int(goff[-1]))  # written only with moments
+    Xhat = np.empty((K, n, d))  # the kernel writes the incomplete rows, filled in
+    Xhat[:, complete_rows] = X0[complete_rows]
     ok = np.ascontiguousarray(np.broadcast_to(np.asarray(precise, dtype=bool), (K,)))
     V = (X0 @ PT.reshape(d, d * K)).reshape(n, d, K)  # P x₀, one GEMM for every component
     # the zero-filled rows: δ̃ᵀPδ̃ = x₀ᵀPx₀ − 2 (Pμ)ᵀx₀ + μᵀPμ, with δ̃ = x₀ − μ
-    quad = np.matmul(X0[:, None, :], V)[:, 0, :]
-    quad -= 2.0 * (X0 @ PmuT)
-    quad += np.einsum("ka,ak->k", means, PmuT)
-    logp = -0.5 * (d * LOG_2PI + np.broadcast_to(log_det, (K,)) + quad)
-    order, starts, gpat, gstart, goff, nb = groups
-    bad = _compiled().fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT,
-                                 means, cov, ok, moments, logp, Xhat, cbuf, goff)
+    const = -0.5 * (d * LOG_2PI + np.broadcast_to(log_det, (K,))
+                    + np.einsum("ka,ak->k", means, PmuT))
+    logp = np.empty((n, K))
+    kernels = _compiled()
+    kernels.zero_filled(X0, V, PmuT, const, logp)
+    bad = kernels.fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT,
+                             means, cov, ok, moments, logp, Xhat, cbuf, goff)
     if bad >= 0:
         raise BlockNotPD(int(bad))
-    return logp, (Xhat, groups, cbuf)
+    return logp, (Xhat, groups, goff, nb, cbuf)
 
 
 def filled_sums(
@@ -188,7 +200,7 @@ def filled_sums(
     ``direct_incomplete`` did (``y = x̂ − μ``: around the means). Consumes ``found``
     (its rows are scaled in place)."""
     kernels = _compiled()
-    Xhat, groups, cbuf = found
+    Xhat, groups, goff, nb, cbuf = found
     K, n, d = Xhat.shape
     wr = np.ascontiguousarray(wr, dtype=float)
     S1 = np.empty((K, d))
@@ -196,6 +208,6 @@ def filled_sums(
     kernels.weighted_rows(Xhat, wr, S1)  # Xhat[k] scaled by √(w r)
     for k in range(K):
         np.matmul(Xhat[k].T, Xhat[k], out=S2[k])
-    order, starts, gpat, gstart, goff, nb = groups
+    order, starts, gpat, gstart = groups
     kernels.cov_lanes(mask, order, starts, gpat, gstart, nb, wr, cbuf, goff, S2)
     return S1, S2

@@ -236,6 +236,9 @@ def fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT, means
                         for k in range(K):
                             logp[i, k] -= 0.5 * (-c * LOG_2PI + ld[src + k] + lin[dst + k]
                                                  - quad[dst + k])
+                        for k in range(K):
+                            for j in range(d):
+                                Xhat[k, i, j] = X0[i, j]
                         for a in range(c):
                             ma = M[pg[ri], a]
                             for k in range(K):
@@ -261,11 +264,30 @@ def fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT, means
                         put_lanes(out, gi * K + k, C1, c)
                     for r in range(starts[g], starts[g + 1]):
                         i = order[r]
+                        if not by_prec:  # no lane wrote the row
+                            for j in range(d):
+                                Xhat[k, i, j] = X0[i, j]
                         qd = obs_row(X0, i, o, m, s, c, means, k, A1, B, t1, xm)
                         logp[i, k] = -0.5 * (s * LOG_2PI + ld_block + qd)
                         for a in range(c):
                             Xhat[k, i, m[a]] = means[k, m[a]] + xm[a]
     return -1
+
+
+@jit
+def zero_filled(X0, V, PmuT, const, logp):
+    # logp[i, k] = const[k] − ½ (x₀ᵀ P x₀ − 2 (Pμ)ᵀ x₀) with V = P x₀ (docs/e-step.md §7.3)
+    n, d = X0.shape
+    K = const.size
+    for i in range(n):
+        for k in range(K):
+            logp[i, k] = 0.0
+        for j in range(d):
+            x = X0[i, j]
+            for k in range(K):
+                logp[i, k] += x * (V[i, j, k] - 2.0 * PmuT[j, k])
+        for k in range(K):
+            logp[i, k] = const[k] - 0.5 * logp[i, k]
 
 
 @jit
@@ -323,4 +345,4 @@ def cov_lanes(mask, order, starts, gpat, gstart, nb, wr, cbuf, goff, S2):
                                 S2[k, mb, ma] += v
 
 
-__all__ = ["cov_lanes", "fill_lanes", "weighted_rows"]
+__all__ = ["cov_lanes", "fill_lanes", "weighted_rows", "zero_filled"]
