@@ -309,11 +309,13 @@ def weighted_rows(Xhat, wr, S1):
 @jit
 def cov_lanes(mask, order, starts, gpat, gstart, nb, wr, cbuf, goff, S2):
     # S2[k] += Σ over patterns g of (Σ_{i in g} wr[i, k]) C_gk, each lane's C (lower
-    # triangle in cbuf) placed at its pattern's missing block
+    # triangle in cbuf) placed at its pattern's missing block; summed with the component
+    # innermost (contiguous in both the lanes and ``acc``), then mirrored into S2
     d = mask.shape[1]
     K = wr.shape[1]
     M = np.empty((1, d), np.int64)
     W = np.empty(K)
+    acc = np.zeros((d, d, K))
     for q in range(gstart.size - 1):
         G = gstart[q + 1] - gstart[q]
         if G == 0:
@@ -334,15 +336,19 @@ def cov_lanes(mask, order, starts, gpat, gstart, nb, wr, cbuf, goff, S2):
                 for r in range(starts[g], starts[g + 1]):
                     for k in range(K):
                         W[k] += wr[order[r], k]
+                lane = gi * K
                 for a in range(c):
                     ma = M[0, a]
                     for b in range(a + 1):
                         mb = M[0, b]
                         for k in range(K):
-                            v = W[k] * out[a, b, gi * K + k]
-                            S2[k, ma, mb] += v
-                            if b < a:
-                                S2[k, mb, ma] += v
+                            acc[ma, mb, k] += W[k] * out[a, b, lane + k]
+    for i in range(d):  # missing columns come in increasing order: acc is lower
+        for j in range(i + 1):
+            for k in range(K):
+                S2[k, i, j] += acc[i, j, k]
+                if j < i:
+                    S2[k, j, i] += acc[i, j, k]
 
 
 __all__ = ["cov_lanes", "fill_lanes", "weighted_rows", "zero_filled"]
