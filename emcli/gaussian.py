@@ -331,8 +331,8 @@ def log_prob_gen(
             cache["filled"] = (chunk.mask, found)
         else:
             out, found = kernels.direct_incomplete(
-                X0, chunk.mask, chunk.pattern_groups(complete=True), prep.means,
-                prep.cov[one], prep.prec[one], prep.log_det[one], prep.precise, moments)
+                X0, chunk.mask, chunk.pattern_groups(), prep.means, prep.cov[one],
+                prep.prec[one], prep.log_det[one], prep.precise_k, moments)
             cache["deviations"] = (chunk.mask, found)
         return out, cache
     if not chunk.complete:

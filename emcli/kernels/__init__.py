@@ -2,18 +2,17 @@
 
 An incomplete chunk on the quad route (docs/e-step.md §6) gets every row's
 log-density from the quad design of its zero-filled rows, like a complete
-chunk, and the kernels correct it row by row through the precision matrix
-(or the observed block), the patterns taken in batches whose (pattern,
-component) pairs are vectorised lanes (``lanes.py``), filling the missing
-cells in for the M-step's raw sums; off the quad route the rows'
-log-densities are computed directly, pattern by pattern, with the
-deviations from the means filled in (``rows.py``; docs/e-step.md
-§7.3-7.4). ``conditional.py`` computes the same quantities with numpy: it
-is the reference the tests compare these with, and the route of small fits.
-numba is imported on first use only, for fits large enough that loading the
-cached machine code (``cache=True``; compiling, the first time) costs little
-beside the passes; complete data, small fits and ``emcli --help`` never
-import it.
+chunk; off it, from its rows' deviations ``δ_o`` over the observed cells.
+One kernel then corrects each row through the precision matrix (or the
+observed block), the patterns taken in batches whose (pattern, component)
+pairs are vectorised lanes (``lanes.py``; the observed block in
+``blocks.py``), and fills the missing cells in for the M-step's sums
+(docs/e-step.md §7.3-7.4). ``conditional.py`` computes the same quantities
+with numpy: it is the reference the tests compare these with, and the route
+of small fits. numba is imported on first use only, for fits large enough
+that loading the cached machine code (``cache=True``; compiling, the first
+time) costs little beside the passes; complete data, small fits and ``emcli
+--help`` never import it.
 """
 
 from __future__ import annotations
@@ -53,9 +52,9 @@ def available() -> bool:
 @lru_cache(maxsize=1)
 def _compiled() -> Any:
     """The compiled kernels (importing numba, and loading or compiling their code)."""
-    from . import lanes, rows
+    from . import lanes
 
-    return SimpleNamespace(direct_rows=rows.direct_rows, fill_lanes=lanes.fill_lanes,
+    return SimpleNamespace(fill_lanes=lanes.fill_lanes,
                            weighted_rows=lanes.weighted_rows, cov_lanes=lanes.cov_lanes,
                            zero_filled=lanes.zero_filled)
 
@@ -119,31 +118,47 @@ def direct_incomplete(
     cov: np.ndarray,
     prec: np.ndarray,
     log_det: np.ndarray,
-    precise: bool,
+    precise: np.ndarray,
     moments: bool,
 ) -> tuple[np.ndarray, tuple[Any, ...]]:
     """Log-densities over the observed cells of an incomplete chunk ``(n, K)`` off the
     quad route, and what ``filled_sums`` needs: the rows' deviations ``x̂ − μ``
     ``(K, n, d)``, the patterns and their conditional covariances (flat). ``groups``
-    are the chunk's ``pattern_groups(mask, complete=True)``."""
+    are the chunk's ``pattern_groups(mask)``; ``precise`` ``(K,)`` says which components
+    may take the precision route (docs/e-step.md §7.3)."""
     n, d = X0.shape
     K = means.shape[0]
     full = np.broadcast_to(prec, (K, d, d))
     Xhat = np.empty((K, n, d))
-    V = np.empty((K, n, d))
+    V = np.empty((n, d, K))
     np.subtract(X0[None], means[:, None, :], out=Xhat)
     Xhat *= mask  # δ_o, zero at missing cells
+    q0 = np.empty((n, K))
     for k in range(K):
-        np.matmul(Xhat[k], full[k], out=V[k])  # P δ_o
+        v = Xhat[k] @ full[k]  # P δ_o
+        V[:, :, k] = v
+        q0[:, k] = np.einsum("nd,nd->n", Xhat[k], v)
+    logp = -0.5 * (d * LOG_2PI + np.broadcast_to(log_det, (K,)) + q0)
+    PT = np.ascontiguousarray(full.transpose(1, 2, 0))
+    return logp, _lanes(X0, mask, groups, V, PT, np.zeros((d, K)), np.zeros((d, K)), means,
+                        cov, precise, moments, False, logp, Xhat)
+
+
+def _lanes(X0: np.ndarray, mask: np.ndarray, groups: tuple[np.ndarray, ...], V: np.ndarray,
+           PT: np.ndarray, MT: np.ndarray, PmuT: np.ndarray, means: np.ndarray,
+           cov: np.ndarray, precise: np.ndarray, moments: bool, raw: bool, logp: np.ndarray,
+           Xhat: np.ndarray) -> tuple[Any, ...]:
+    """Run ``lanes.fill_lanes`` on a chunk; what ``filled_sums`` needs."""
+    K, d = means.shape
     order, starts, gpat, gstart = groups
     goff, nb = _layout(gstart, K)
     cbuf = np.empty(int(goff[-1]))  # written only with moments
-    out = np.empty((n, K))
-    bad = _compiled().direct_rows(X0, mask, order, starts, gpat, gstart, nb, V, means, cov,
-                                  prec, log_det, precise, moments, out, Xhat, cbuf, goff)
+    ok = np.ascontiguousarray(np.broadcast_to(np.asarray(precise, dtype=bool), (K,)))
+    bad = _compiled().fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT,
+                                 means, cov, ok, moments, raw, logp, Xhat, cbuf, goff)
     if bad >= 0:
         raise BlockNotPD(int(bad))
-    return out, (Xhat, groups, goff, nb, cbuf)
+    return Xhat, groups, goff, nb, cbuf
 
 
 def fill_incomplete(
@@ -172,24 +187,16 @@ def fill_incomplete(
     PT = np.ascontiguousarray(full.transpose(1, 2, 0))
     MT = np.ascontiguousarray(means.T)
     PmuT = np.ascontiguousarray(np.einsum("kab,kb->ak", full, means))
-    order, starts, gpat, gstart = groups
-    goff, nb = _layout(gstart, K)
-    cbuf = np.empty(int(goff[-1]))  # written only with moments
     Xhat = np.empty((K, n, d))  # the kernel writes the incomplete rows, filled in
     Xhat[:, complete_rows] = X0[complete_rows]
-    ok = np.ascontiguousarray(np.broadcast_to(np.asarray(precise, dtype=bool), (K,)))
     V = (X0 @ PT.reshape(d, d * K)).reshape(n, d, K)  # P x₀, one GEMM for every component
     # the zero-filled rows: δ̃ᵀPδ̃ = x₀ᵀPx₀ − 2 (Pμ)ᵀx₀ + μᵀPμ, with δ̃ = x₀ − μ
     const = -0.5 * (d * LOG_2PI + np.broadcast_to(log_det, (K,))
                     + np.einsum("ka,ak->k", means, PmuT))
     logp = np.empty((n, K))
-    kernels = _compiled()
-    kernels.zero_filled(X0, V, PmuT, const, logp)
-    bad = kernels.fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT,
-                             means, cov, ok, moments, logp, Xhat, cbuf, goff)
-    if bad >= 0:
-        raise BlockNotPD(int(bad))
-    return logp, (Xhat, groups, goff, nb, cbuf)
+    _compiled().zero_filled(X0, V, PmuT, const, logp)
+    return logp, _lanes(X0, mask, groups, V, PT, MT, PmuT, means, cov, precise, moments,
+                        True, logp, Xhat)
 
 
 def filled_sums(

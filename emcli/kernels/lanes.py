@@ -1,4 +1,4 @@
-"""Compiled code for incomplete rows on the quad route, batched in lanes (numba).
+"""Compiled code for incomplete rows, batched in lanes (numba).
 
 Imported on first use only. A chunk's missingness patterns are taken in
 batches of patterns with the same number ``c`` of missing cells; a batch's
@@ -10,13 +10,12 @@ compiler turns into vector instructions, where a pattern at a time would
 loop over the K components only. The rows then take their patterns' factors
 in blocks of row lanes the same way (docs/e-step.md §7.4). Lanes whose
 component is too ill-conditioned for the precision route, or whose ``P_mm``
-does not factor, and patterns with most cells missing take the observed
-block, row by row (``rows.py``).
+does not factor, take the observed block, row by row (``blocks.py``).
 """
 
 import numpy as np
 
-from .rows import LOG_2PI, inline, jit, obs_block, obs_row, pattern_columns, put_lanes, split
+from .blocks import LOG_2PI, inline, jit, obs_block, obs_row, pattern_columns, put_lanes, split
 
 
 @inline
@@ -102,12 +101,14 @@ def lanes_solve(Fac, c, L, t, quad):  # t[:, l] <- F_l⁻¹ t[:, l]; quad[l] = t
 
 @jit
 def fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT, means, cov,
-               precise, moments, logp, Xhat, cbuf, goff):
-    # quad mode (docs/e-step.md §7.3-7.4): logp (n, K) holds the zero-filled rows' log-
-    # densities and is corrected in place, with V (n, d, K) = P x₀; Xhat (K, n, d), the
-    # rows, gets each component's conditional means of the missing cells, and cbuf each
-    # lane's conditional covariance (lower triangle). Returns -1, or the component whose
-    # observed block failed to factor.
+               precise, moments, raw, logp, Xhat, cbuf, goff):
+    # docs/e-step.md §7.3-7.4. logp (n, K) is corrected in place, and cbuf gets each
+    # lane's conditional covariance (lower triangle). With ``raw`` (the quad route), logp
+    # holds the zero-filled rows' log-densities, V (n, d, K) = P x₀, and Xhat (K, n, d)
+    # gets the incomplete rows filled in under each component. Otherwise (the direct
+    # route) MT and PmuT are zero, logp holds −½(d log 2π + log|Σ| + δ_oᵀ P δ_o), V = P δ_o
+    # and Xhat = δ_o, which gets x̂ − μ. Returns -1, or the component whose observed block
+    # failed to factor.
     d = X0.shape[1]
     K = MT.shape[1]
     Kc = cov.shape[0]
@@ -236,9 +237,10 @@ def fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT, means
                         for k in range(K):
                             logp[i, k] -= 0.5 * (-c * LOG_2PI + ld[src + k] + lin[dst + k]
                                                  - quad[dst + k])
-                        for k in range(K):
-                            for j in range(d):
-                                Xhat[k, i, j] = X0[i, j]
+                        if raw:
+                            for k in range(K):
+                                for j in range(d):
+                                    Xhat[k, i, j] = X0[i, j]
                         for a in range(c):
                             ma = M[pg[ri], a]
                             for k in range(K):
@@ -264,13 +266,13 @@ def fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT, means
                         put_lanes(out, gi * K + k, C1, c)
                     for r in range(starts[g], starts[g + 1]):
                         i = order[r]
-                        if not by_prec:  # no lane wrote the row
+                        if raw and not by_prec:  # no lane wrote the row
                             for j in range(d):
                                 Xhat[k, i, j] = X0[i, j]
                         qd = obs_row(X0, i, o, m, s, c, means, k, A1, B, t1, xm)
                         logp[i, k] = -0.5 * (s * LOG_2PI + ld_block + qd)
                         for a in range(c):
-                            Xhat[k, i, m[a]] = means[k, m[a]] + xm[a]
+                            Xhat[k, i, m[a]] = xm[a] + (means[k, m[a]] if raw else 0.0)
     return -1
 
 
