@@ -139,7 +139,7 @@ def direct_incomplete(
         V[:, :, k] = v
         q0[:, k] = np.einsum("nd,nd->n", Xhat[k], v)
     logp = -0.5 * (d * LOG_2PI + np.broadcast_to(log_det, (K,)) + q0)
-    PT = np.ascontiguousarray(full.transpose(1, 2, 0))
+    PT = np.ascontiguousarray(prec.transpose(1, 2, 0))  # tied: one, factored once
     return logp, _lanes(X0, mask, groups, V, PT, np.zeros((d, K)), np.zeros((d, K)), means,
                         cov, precise, moments, False, logp, Xhat)
 
@@ -184,12 +184,15 @@ def fill_incomplete(
     n, d = X0.shape
     K = means.shape[0]
     full = np.broadcast_to(prec, (K, d, d))
-    PT = np.ascontiguousarray(full.transpose(1, 2, 0))
+    PT = np.ascontiguousarray(prec.transpose(1, 2, 0))  # tied: one, factored once
     MT = np.ascontiguousarray(means.T)
     PmuT = np.ascontiguousarray(np.einsum("kab,kb->ak", full, means))
     Xhat = np.empty((K, n, d))  # the kernel writes the incomplete rows, filled in
     Xhat[:, complete_rows] = X0[complete_rows]
-    V = (X0 @ PT.reshape(d, d * K)).reshape(n, d, K)  # P x₀, one GEMM for every component
+    Kf = PT.shape[2]
+    V = (X0 @ PT.reshape(d, d * Kf)).reshape(n, d, Kf)  # P x₀, one GEMM for every component
+    if Kf < K:
+        V = np.repeat(V, K, axis=2)
     # the zero-filled rows: δ̃ᵀPδ̃ = x₀ᵀPx₀ − 2 (Pμ)ᵀx₀ + μᵀPμ, with δ̃ = x₀ − μ
     const = -0.5 * (d * LOG_2PI + np.broadcast_to(log_det, (K,))
                     + np.einsum("ka,ak->k", means, PmuT))

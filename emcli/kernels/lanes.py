@@ -107,10 +107,12 @@ def fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT, means
     # holds the zero-filled rows' log-densities, V (n, d, K) = P x₀, and Xhat (K, n, d)
     # gets the incomplete rows filled in under each component. Otherwise (the direct
     # route) MT and PmuT are zero, logp holds −½(d log 2π + log|Σ| + δ_oᵀ P δ_o), V = P δ_o
-    # and Xhat = δ_o, which gets x̂ − μ. Returns -1, or the component whose observed block
-    # failed to factor.
+    # and Xhat = δ_o, which gets x̂ − μ. PT (d, d, Kf) holds the precisions: Kf = K, or 1
+    # when every component shares one (tied), factored then once per pattern. Returns -1,
+    # or the component whose observed block failed to factor.
     d = X0.shape[1]
     K = MT.shape[1]
+    Kf = PT.shape[2]
     Kc = cov.shape[0]
     h = 1  # the most missing cells of a pattern here
     for q in range(gstart.size - 1):
@@ -125,6 +127,7 @@ def fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT, means
     lin0 = np.empty(Lmax)
     dv = np.empty((h, Lmax))
     ld = np.empty(Lmax)
+    ldk = np.empty(Lmax)  # the log-determinants per (pattern, component) lane
     ok = np.empty(Lmax, np.bool_)
     M = np.empty((nb, d), np.int64)
     t = np.empty((h, Lmax))
@@ -149,6 +152,7 @@ def fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT, means
         for p0 in range(0, G, nb):
             P = min(nb, G - p0)
             L = P * K
+            Lf = P * Kf  # the factors' lanes
             base = goff[q] + p0 * K * c * c
             out = cbuf[base : base + c * c * L].reshape(c, c, L)
             for gi in range(P):
@@ -166,17 +170,20 @@ def fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT, means
                         for gi in range(P):
                             ma = M[gi, a]
                             mb = M[gi, b]
-                            for k in range(K):
-                                A[a, b, gi * K + k] = PT[ma, mb, k]
+                            for k in range(Kf):
+                                A[a, b, gi * Kf + k] = PT[ma, mb, k]
                 # pm = P_mm μ_m − (Pμ)_m; lin0 = −μ_mᵀ P_mm μ_m = −μ_mᵀ (pm + (Pμ)_m)
                 for a in range(c):
                     for b in range(c):
-                        if b <= a:
+                        x, y = (a, b) if b <= a else (b, a)
+                        if Kf == K:
                             for l in range(L):
-                                pm[a, l] += A[a, b, l] * mu[b, l]
+                                pm[a, l] += A[x, y, l] * mu[b, l]
                         else:
-                            for l in range(L):
-                                pm[a, l] += A[b, a, l] * mu[b, l]
+                            for gi in range(P):
+                                v = A[x, y, gi]
+                                for k in range(K):
+                                    pm[a, gi * K + k] += v * mu[b, gi * K + k]
                 for l in range(L):
                     lin0[l] = 0.0
                 for a in range(c):
@@ -185,13 +192,23 @@ def fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT, means
                         for k in range(K):
                             lane = gi * K + k
                             lin0[lane] -= mu[a, lane] * (pm[a, lane] + PmuT[ma, k])
-                lanes_ldl(A, c, L, dv, ld)
-                lanes_log_det(ld, dv, c, L)
+                lanes_ldl(A, c, Lf, dv, ld)
+                lanes_log_det(ld, dv, c, Lf)
                 for l in range(L):
-                    if ld[l] != ld[l]:
+                    ldk[l] = ld[l] if Kf == K else ld[l // K]
+                    if ldk[l] != ldk[l]:
                         ok[l] = False
                 if moments:  # Cov[x_m | x_o] = P_mm⁻¹
-                    lanes_inverse(A, c, L, out, Wb)
+                    if Kf == K:
+                        lanes_inverse(A, c, L, out, Wb)
+                    else:  # one per pattern, for each of its lanes
+                        lanes_inverse(A, c, Lf, Fac, Wb)
+                        for a in range(c):
+                            for b in range(a + 1):
+                                for gi in range(P):
+                                    v = Fac[a, b, gi]
+                                    for k in range(K):
+                                        out[a, b, gi * K + k] = v
                 # the rows, in blocks of at most nb rows (nb·K row lanes)
                 gi = 0
                 r = starts[gpat[gstart[q] + p0]]
@@ -219,23 +236,28 @@ def fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT, means
                                 v = V[i, ma, k] + pm[a, src + k]
                                 t[a, dst + k] = v
                                 lin[dst + k] += 2.0 * mu[a, src + k] * v
-                    if R == P and pg[0] == 0 and pg[R - 1] == P - 1:  # one row per pattern
-                        lanes_solve(A, c, R * K, t, quad)
+                    if Kf == K and R == P and pg[0] == 0 and pg[R - 1] == P - 1:
+                        lanes_solve(A, c, R * K, t, quad)  # one row per pattern
                     else:  # the rows' patterns' factors, lane by lane
                         for a in range(c):
                             for b in range(a + 1):
                                 for ri in range(R):
-                                    src = pg[ri] * K
                                     dst = ri * K
-                                    for k in range(K):
-                                        Fac[a, b, dst + k] = A[a, b, src + k]
+                                    if Kf == K:
+                                        src = pg[ri] * K
+                                        for k in range(K):
+                                            Fac[a, b, dst + k] = A[a, b, src + k]
+                                    else:
+                                        v = A[a, b, pg[ri]]
+                                        for k in range(K):
+                                            Fac[a, b, dst + k] = v
                         lanes_solve(Fac, c, R * K, t, quad)
                     for ri in range(R):  # t = P_mm⁻¹ u, quad = uᵀ P_mm⁻¹ u
                         i = rows[ri]
                         src = pg[ri] * K
                         dst = ri * K
                         for k in range(K):
-                            logp[i, k] -= 0.5 * (-c * LOG_2PI + ld[src + k] + lin[dst + k]
+                            logp[i, k] -= 0.5 * (-c * LOG_2PI + ldk[src + k] + lin[dst + k]
                                                  - quad[dst + k])
                         if raw:
                             for k in range(K):
