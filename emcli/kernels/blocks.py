@@ -99,7 +99,7 @@ def pattern_columns(mask, row, M, gi):  # the missing columns of a row into M[gi
     return c
 
 
-@inline
+@jit
 def obs_block(cov, kc, o, m, s, c, A, dv, B, C, moments):  # the observed-block route's
     # factors: ldl of Σ_oo in A, B = Σ_mo Σ_oo⁻¹, C = Σ_mm − B Σ_om; log|Σ_oo| or nan
     ld = block_ldl(cov, kc, o, s, A, dv)
@@ -118,7 +118,7 @@ def obs_block(cov, kc, o, m, s, c, A, dv, B, C, moments):  # the observed-block 
                 C[a, b] = v
     return ld
 
-@inline
+@jit
 def obs_row(X0, i, o, m, s, c, means, k, A, B, t, xm):  # xm <- B δ_o; δ_oᵀ Σ_oo⁻¹ δ_o
     for a in range(s):
         t[a] = X0[i, o[a]] - means[k, o[a]]

@@ -15,10 +15,10 @@ does not factor, take the observed block, row by row (``blocks.py``).
 
 import numpy as np
 
-from .blocks import LOG_2PI, inline, jit, obs_block, obs_row, pattern_columns, put_lanes, split
+from .blocks import LOG_2PI, jit, obs_block, obs_row, pattern_columns, put_lanes, split
 
 
-@inline
+@jit
 def lanes_ldl(A, c, L, dv, ld):
     # in place, per lane l: unit lower L below the diagonal of A[:c, :c, l], 1/pivots on
     # it, the pivots in dv; ld[l] = their product, negative when one is not positive
@@ -42,7 +42,7 @@ def lanes_ldl(A, c, L, dv, ld):
                 A[i, j, l] *= A[j, j, l]
 
 
-@inline
+@jit
 def lanes_log_det(ld, dv, c, L):  # the products of the pivots as log-determinants (nan: not PD)
     for l in range(L):
         v = ld[l]
@@ -57,7 +57,7 @@ def lanes_log_det(ld, dv, c, L):  # the products of the pivots as log-determinan
             ld[l] = np.nan
 
 
-@inline
+@jit
 def lanes_inverse(A, c, L, out, W):
     # out[a, b, l] (b <= a) <- (A_l⁻¹)[a, b] = (L⁻ᵀ D⁻¹ L⁻¹)[a, b]; W scratch for L⁻¹
     for j in range(c):
@@ -81,7 +81,7 @@ def lanes_inverse(A, c, L, out, W):
                     out[a, b, l] += W[p, a, l] * W[p, b, l] * A[p, p, l]
 
 
-@inline
+@jit
 def lanes_solve(Fac, c, L, t, quad):  # t[:, l] <- F_l⁻¹ t[:, l]; quad[l] = t_origᵀ F_l⁻¹ t_orig
     for a in range(c):
         for p in range(a):
