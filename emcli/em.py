@@ -122,14 +122,17 @@ def _across(op: Any, a: np.ndarray) -> np.ndarray:
 
 
 def _normalise(logp: np.ndarray, log_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Row log-sum-exp of ``logp + log_weights`` and the responsibilities (in place)."""
-    logp = np.add(logp, log_weights, dtype=float)
+    """Row log-sum-exp of ``logp + log_weights`` and the responsibilities.
+
+    The work is done column by column, on a copy laid out so (Fortran order), and
+    ``copyto`` keeps that layout where ``putmask`` would walk it row by row."""
+    logp = np.add(logp, log_weights, dtype=float, order="F")
     top = _across(np.maximum, logp)
     top[~np.isfinite(top)] = 0.0
     logp -= top[:, None]
     # responsibilities below e^-700 are set to exactly 0: as subnormal numbers
     # they would slow every later product over them many times over
-    np.putmask(logp, logp < -700.0, -np.inf)
+    np.copyto(logp, -np.inf, where=logp < -700.0)
     np.exp(logp, out=logp)
     total = _across(np.add, logp)
     lost = total == 0  # -inf under every component: the row gets the weights

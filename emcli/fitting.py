@@ -152,7 +152,9 @@ def working_set(
     ``kept``, the start's sample, and each thread's chunk with its temporaries."""
     chunk = chunk_rows_for(d) * (d * (d + 1) // 2 + 3 * d + 4 * K + 8) * 8 * 3
     sample = min(n_rows, KMEANS_SAMPLE) * (d + 2) * 8
-    rows = n_rows * (d * itemsize + 24) if kept else 0
+    # a kept row: its cells, weight and bookkeeping (24), and the compiled kernels'
+    # missingness patterns, which an incomplete chunk keeps across passes (24)
+    rows = n_rows * (d * itemsize + 48) if kept else 0
     return rows + sample + max(1, n_threads) * chunk
 
 

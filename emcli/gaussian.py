@@ -65,6 +65,7 @@ class Chunk:
             self._n_obs = d - nan.sum(axis=1)
             self._complete_rows = np.flatnonzero(self._n_obs == d)
         self._derived: dict[str, Any] = {}
+        self._kept: dict[bool, Any] = {}  # the compiled kernels' patterns, kept across passes
 
     @property
     def n(self) -> int:
@@ -92,6 +93,18 @@ class Chunk:
             sq = np.einsum("ij,ij->i", X0, X0, dtype=float)
             self._max_sq = float(sq.max()) if self.n else 0.0
         return self._max_sq
+
+    def pattern_groups(self, complete: bool = False) -> Any:
+        """The incomplete rows (with ``complete``, every row) by missingness pattern and
+        the patterns by their number of missing cells, for the compiled kernels
+        (``kernels.pattern_groups``); found once, kept across passes (at most 24 bytes a
+        row: ``working_set`` counts them)."""
+        v = self._kept.get(complete)
+        if v is None:
+            from . import kernels
+
+            v = self._kept[complete] = kernels.pattern_groups(self.mask, complete)
+        return v
 
     def release(self) -> None:
         """Drop what the kernels derived during a pass."""
@@ -189,7 +202,7 @@ class GenPrepared:
     prec: np.ndarray | None = None  # (K, d, d): the precisions Σ⁻¹
     precise: bool = False  # every component conditioned well enough for the precision route
     precise_k: np.ndarray | None = None  # (K,): which are (the compiled quad mode's choice)
-    compiled: bool = False  # incomplete rows through the compiled kernel (kernels.py)
+    compiled: bool = False  # incomplete rows through the compiled kernels (kernels/)
     coef: np.ndarray | None = None  # (D, K): log-density as a linear map of the quad design
     quad_limit: float = -np.inf  # the quad route serves chunks whose rows have |x|^2 below it
 
@@ -313,13 +326,13 @@ def log_prob_gen(
         if quad:
             assert prep.coef is not None
             out, found = kernels.fill_incomplete(
-                X0, chunk.mask, prep.means, prep.cov[one], prep.prec[one],
-                prep.log_det[one], prep.precise_k, moments)
+                X0, chunk.mask, chunk.pattern_groups(), chunk.complete_rows, prep.means,
+                prep.cov[one], prep.prec[one], prep.log_det[one], prep.precise_k, moments)
             cache["filled"] = (chunk.mask, found)
         else:
             out, found = kernels.direct_incomplete(
-                X0, chunk.mask, prep.means, prep.cov[one], prep.prec[one], prep.log_det[one],
-                prep.precise, moments)
+                X0, chunk.mask, chunk.pattern_groups(), prep.means, prep.cov[one],
+                prep.prec[one], prep.log_det[one], prep.precise_k, moments)
             cache["deviations"] = (chunk.mask, found)
         return out, cache
     if not chunk.complete:

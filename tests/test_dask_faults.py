@@ -139,8 +139,11 @@ def test_ctrl_c_that_a_cluster_start_outlasts_ends_the_process_at_once(tmp_path)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 130, err.decode()
         assert time.monotonic() - sent < 10  # a hang check: about 0.05 s measured
-        assert err.decode().strip().splitlines()[-1] == (
-            "emcli: interrupted while the Dask cluster started")
+        # emcli's last word; a process the start was spawning as it was killed (a
+        # multiprocessing resource tracker) can print its own traceback about once in
+        # twenty runs under pytest, after this line or before it
+        ours = [line for line in err.decode().splitlines() if line.startswith("emcli:")]
+        assert ours[-1:] == ["emcli: interrupted while the Dask cluster started"], err.decode()
         deadline = time.monotonic() + 10
         while _marked(mark) and time.monotonic() < deadline:
             time.sleep(0.1)

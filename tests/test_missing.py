@@ -483,7 +483,7 @@ def test_one_em_step_matches_reference_m_step(case):
     prec = np.linalg.inv(cov) if t in ("full", "tied") else 1.0 / cov
     rw, rmu, rcov = ref_em_step(X, w, t, weights, means, full_covs(t, cov, K, d))
     perm = np.lexsort((*[rmu[:, j] for j in reversed(range(d))], -rw))
-    for compiled in (False, True):  # the numpy route, and numba's for big fits (kernels.py)
+    for compiled in (False, True):  # the numpy route, and numba's for big fits (emcli/kernels/)
         with compiled_kernels(compiled):
             res = fit_mixture(X, n_components=K, covariance_type=t, sample_weight=w,
                               weights_init=weights, means_init=means, precisions_init=prec,

@@ -2,7 +2,7 @@
 
 The numpy route (``conditional.py``: the precision matrix for rows missing at
 most half their cells, the observed block otherwise) and the compiled route of
-big fits (``kernels.py``: the quad design of the zero-filled rows, corrected
+big fits (``emcli/kernels/``: the quad design of the zero-filled rows, corrected
 row by row) are checked against the row-by-row scipy reference and each
 other: log-densities, M-step sums and whole log-likelihood trajectories, with
 rows missing one cell, most cells and all but one, ill-conditioned components
@@ -76,6 +76,35 @@ def test_both_routes_give_the_reference_densities_and_sums(tied, cond, scale):
         got.append(totals.stats.scatter(prep))
     for a, b in zip(got[0], got[1], strict=True):
         np.testing.assert_allclose(a, b, rtol=rel, atol=rel * np.abs(a).max())
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("cond", [None, 1e7])  # the quad route, and off it (direct)
+def test_the_batches_of_lanes_change_nothing(monkeypatch, tied, cond):
+    """The compiled kernels take the patterns in batches of ``LANES // K`` (docs/e-step.md
+    §7.4): one pattern per batch (each row block its pattern's only row, or a pattern's
+    rows split over blocks), a few, or every pattern of a group in one batch give the
+    same numbers, bit for bit, and the reference's."""
+    from emcli import kernels
+
+    X = _awkward_rows(1500, 9, seed=11, frac=0.35)
+    X = np.concatenate([X, np.repeat(X[5:6], 150, axis=0)])  # one pattern with many rows
+    weights, means, cov = _params(9, 4, seed=12, tied=tied, cond=cond)
+    want_ll = float(logsumexp(ref_component_logpdf(X, means, cov) + np.log(weights),
+                              axis=1).sum())
+    got = []
+    for lanes in (4, 12, 37, 256, 100_000):
+        monkeypatch.setattr(kernels, "LANES", lanes)
+        prep = prepare_gen(means, cov, tied, np.float64)
+        prep.compiled = True
+        chunk = Chunk(X, np.ones(X.shape[0]))
+        assert (chunk.max_sq_norm < prep.quad_limit) == (cond is None)
+        totals = chunk_statistics(chunk, prep, np.log(weights))
+        assert totals.stats.ll == pytest.approx(want_ll, rel=1e-10)
+        got.append((totals.stats.ll, *totals.stats.scatter(prep)))
+    for other in got[1:]:
+        for a, b in zip(got[0], other, strict=True):
+            np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("t", ["full", "tied"])

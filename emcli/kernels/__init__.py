@@ -1,0 +1,223 @@
+"""Compiled kernels for incomplete rows (numba), used when the work pays.
+
+An incomplete chunk on the quad route (docs/e-step.md §6) gets every row's
+log-density from the quad design of its zero-filled rows, like a complete
+chunk; off it, from its rows' deviations ``δ_o`` over the observed cells.
+One kernel then corrects each row through the precision matrix (or the
+observed block), the patterns taken in batches whose (pattern, component)
+pairs are vectorised lanes (``lanes.py``; the observed block in
+``blocks.py``), and fills the missing cells in for the M-step's sums
+(docs/e-step.md §7.3-7.4). ``conditional.py`` computes the same quantities
+with numpy: it is the reference the tests compare these with, and the route
+of small fits. numba is imported on first use only, for fits large enough
+that loading the cached machine code (``cache=True``; compiling, the first
+time) costs little beside the passes; complete data, small fits and ``emcli
+--help`` never import it.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from emcli.conditional import BlockNotPD
+
+LOG_2PI = float(np.log(2.0 * np.pi))
+
+# Rows × components × columns of a fit from which the compiled kernel is used.
+COMPILED_MIN_WORK = 4_000_000
+# Lanes (pattern, component) per batch of the kernels (docs/e-step.md §7.4): few enough
+# that a batch's factors stay in the L1/L2 cache.
+LANES = 256
+
+
+def wanted(n_rows: int, n_components: int, n_features: int) -> bool:
+    """Whether a fit of this size uses the compiled kernel (when numba is installed)."""
+    if n_rows * n_components * n_features < COMPILED_MIN_WORK:
+        return False
+    return available()
+
+
+@lru_cache(maxsize=1)
+def available() -> bool:
+    """numba is installed (found, not imported: complete data never imports it)."""
+    from importlib.util import find_spec
+
+    return find_spec("numba") is not None
+
+
+@lru_cache(maxsize=1)
+def _compiled() -> Any:
+    """The compiled kernels (importing numba, and loading or compiling their code)."""
+    from . import lanes
+
+    return SimpleNamespace(fill_lanes=lanes.fill_lanes,
+                           weighted_rows=lanes.weighted_rows, cov_lanes=lanes.cov_lanes,
+                           zero_filled=lanes.zero_filled)
+
+
+def patterns(mask: np.ndarray, complete: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The incomplete rows (with ``complete``, every row) ordered by missingness
+    pattern (stable), and where each pattern's rows start (one past the last at the end)."""
+    n, d = mask.shape
+    if d <= 62:
+        code = mask.astype(np.int64) @ (np.int64(1) << np.arange(d, dtype=np.int64))
+        if not complete:
+            code[code == (1 << d) - 1] = -1  # complete rows
+    else:
+        keys = np.packbits(mask, axis=1)
+        full = np.packbits(np.ones(d, dtype=bool))
+        _, code = np.unique(keys, axis=0, return_inverse=True)
+        code = code.reshape(-1).astype(np.int64)
+        if not complete:
+            code[(keys == full).all(axis=1)] = -1
+    order = np.argsort(code, kind="stable")
+    order = order[code[order] >= 0]
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(code[order])) + 1, [order.size]])
+    # patterns in the order of their first rows: with mostly distinct patterns, the
+    # kernel then walks the chunk's rows in memory order instead of at random
+    size = np.diff(starts)
+    by_first = np.argsort(order[starts[:-1]], kind="stable")
+    pick = np.repeat(starts[:-1][by_first] - np.cumsum(np.r_[0, size[by_first][:-1]]),
+                     size[by_first]) + np.arange(order.size)
+    starts = np.concatenate([[0], np.cumsum(size[by_first])])
+    return order[pick], starts.astype(np.int64)
+
+
+def pattern_groups(mask: np.ndarray, complete: bool = False) -> tuple[np.ndarray, ...]:
+    """The patterns of ``patterns`` grouped by their number of missing cells, as the
+    kernels take them (docs/e-step.md §7.4): ``order, starts`` (the patterns), ``gpat``
+    (the patterns, group after group) and ``gstart`` (where each group starts in it, one
+    group per count 0..d). A chunk keeps them across passes (``Chunk.pattern_groups``)."""
+    d = mask.shape[1]
+    order, starts = patterns(mask, complete)
+    c = d - mask[order[starts[:-1]]].sum(axis=1)
+    gpat = np.argsort(c, kind="stable").astype(np.int64)
+    gstart = np.zeros(d + 2, dtype=np.int64)
+    np.cumsum(np.bincount(c, minlength=d + 1), out=gstart[1:])
+    return order, starts, gpat, gstart
+
+
+def _layout(gstart: np.ndarray, K: int) -> tuple[np.ndarray, np.int64]:
+    """Where each group's conditional covariances start in the flat buffer (``K c²``
+    numbers per pattern, one past the end last), and the patterns per batch."""
+    c = np.arange(gstart.size - 1)
+    goff = np.zeros(gstart.size, dtype=np.int64)
+    np.cumsum(K * np.diff(gstart) * c * c, out=goff[1:])
+    return goff, np.int64(max(1, LANES // K))
+
+
+def direct_incomplete(
+    X0: np.ndarray,
+    mask: np.ndarray,
+    groups: tuple[np.ndarray, ...],
+    means: np.ndarray,
+    cov: np.ndarray,
+    prec: np.ndarray,
+    log_det: np.ndarray,
+    precise: np.ndarray,
+    moments: bool,
+) -> tuple[np.ndarray, tuple[Any, ...]]:
+    """Log-densities over the observed cells of an incomplete chunk ``(n, K)`` off the
+    quad route, and what ``filled_sums`` needs: the rows' deviations ``x̂ − μ``
+    ``(K, n, d)``, the patterns and their conditional covariances (flat). ``groups``
+    are the chunk's ``pattern_groups(mask)``; ``precise`` ``(K,)`` says which components
+    may take the precision route (docs/e-step.md §7.3)."""
+    n, d = X0.shape
+    K = means.shape[0]
+    full = np.broadcast_to(prec, (K, d, d))
+    Xhat = np.empty((K, n, d))
+    V = np.empty((n, d, K))
+    np.subtract(X0[None], means[:, None, :], out=Xhat)
+    Xhat *= mask  # δ_o, zero at missing cells
+    q0 = np.empty((n, K))
+    for k in range(K):
+        v = Xhat[k] @ full[k]  # P δ_o
+        V[:, :, k] = v
+        q0[:, k] = np.einsum("nd,nd->n", Xhat[k], v)
+    logp = -0.5 * (d * LOG_2PI + np.broadcast_to(log_det, (K,)) + q0)
+    PT = np.ascontiguousarray(prec.transpose(1, 2, 0))  # tied: one, factored once
+    return logp, _lanes(X0, mask, groups, V, PT, np.zeros((d, K)), np.zeros((d, K)), means,
+                        cov, precise, moments, False, logp, Xhat)
+
+
+def _lanes(X0: np.ndarray, mask: np.ndarray, groups: tuple[np.ndarray, ...], V: np.ndarray,
+           PT: np.ndarray, MT: np.ndarray, PmuT: np.ndarray, means: np.ndarray,
+           cov: np.ndarray, precise: np.ndarray, moments: bool, raw: bool, logp: np.ndarray,
+           Xhat: np.ndarray) -> tuple[Any, ...]:
+    """Run ``lanes.fill_lanes`` on a chunk; what ``filled_sums`` needs."""
+    K, d = means.shape
+    order, starts, gpat, gstart = groups
+    goff, nb = _layout(gstart, K)
+    cbuf = np.empty(int(goff[-1]))  # written only with moments
+    ok = np.ascontiguousarray(np.broadcast_to(np.asarray(precise, dtype=bool), (K,)))
+    bad = _compiled().fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT,
+                                 means, cov, ok, moments, raw, logp, Xhat, cbuf, goff)
+    if bad >= 0:
+        raise BlockNotPD(int(bad))
+    return Xhat, groups, goff, nb, cbuf
+
+
+def fill_incomplete(
+    X0: np.ndarray,
+    mask: np.ndarray,
+    groups: tuple[np.ndarray, ...],
+    complete_rows: np.ndarray,
+    means: np.ndarray,
+    cov: np.ndarray,
+    prec: np.ndarray,
+    log_det: np.ndarray,
+    precise: np.ndarray,
+    moments: bool,
+) -> tuple[np.ndarray, tuple[Any, ...]]:
+    """Log-densities over the observed cells of an incomplete chunk on the quad route
+    ``(n, K)``: those of its zero-filled rows, expanded as in the quad design, corrected
+    pattern by pattern (docs/e-step.md §7.3, in lanes: §7.4); and what ``filled_sums``
+    needs: the rows filled in under each component ``(K, n, d)``, the patterns and their
+    conditional covariances. ``groups`` are the chunk's ``pattern_groups(mask)``,
+    ``complete_rows`` its rows with every cell observed; ``precise`` ``(K,)`` says which
+    components may take the precision route.
+    """
+    n, d = X0.shape
+    K = means.shape[0]
+    full = np.broadcast_to(prec, (K, d, d))
+    PT = np.ascontiguousarray(prec.transpose(1, 2, 0))  # tied: one, factored once
+    MT = np.ascontiguousarray(means.T)
+    PmuT = np.ascontiguousarray(np.einsum("kab,kb->ak", full, means))
+    Xhat = np.empty((K, n, d))  # the kernel writes the incomplete rows, filled in
+    Xhat[:, complete_rows] = X0[complete_rows]
+    Kf = PT.shape[2]
+    V = (X0 @ PT.reshape(d, d * Kf)).reshape(n, d, Kf)  # P x₀, one GEMM for every component
+    if Kf < K:
+        V = np.repeat(V, K, axis=2)
+    # the zero-filled rows: δ̃ᵀPδ̃ = x₀ᵀPx₀ − 2 (Pμ)ᵀx₀ + μᵀPμ, with δ̃ = x₀ − μ
+    const = -0.5 * (d * LOG_2PI + np.broadcast_to(log_det, (K,))
+                    + np.einsum("ka,ak->k", means, PmuT))
+    logp = np.empty((n, K))
+    _compiled().zero_filled(X0, V, PmuT, const, logp)
+    return logp, _lanes(X0, mask, groups, V, PT, MT, PmuT, means, cov, precise, moments,
+                        True, logp, Xhat)
+
+
+def filled_sums(
+    mask: np.ndarray, wr: np.ndarray, found: tuple[Any, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``Σ w r y`` ``(K, d)`` and ``Σ w r (y yᵀ + C)`` ``(K, d, d)`` of the rows
+    ``fill_incomplete`` filled in under each component (``y = x̂``: raw sums) or
+    ``direct_incomplete`` did (``y = x̂ − μ``: around the means). Consumes ``found``
+    (its rows are scaled in place)."""
+    kernels = _compiled()
+    Xhat, groups, goff, nb, cbuf = found
+    K, n, d = Xhat.shape
+    wr = np.ascontiguousarray(wr, dtype=float)
+    S1 = np.empty((K, d))
+    S2 = np.empty((K, d, d))
+    kernels.weighted_rows(Xhat, wr, S1)  # Xhat[k] scaled by √(w r)
+    for k in range(K):
+        np.matmul(Xhat[k].T, Xhat[k], out=S2[k])
+    order, starts, gpat, gstart = groups
+    kernels.cov_lanes(mask, order, starts, gpat, gstart, nb, wr, cbuf, goff, S2)
+    return S1, S2

@@ -1,0 +1,378 @@
+"""Compiled code for incomplete rows, batched in lanes (numba).
+
+Imported on first use only. A chunk's missingness patterns are taken in
+batches of patterns with the same number ``c`` of missing cells; a batch's
+(pattern, component) pairs are its *lanes*, and the small dense algebra of
+the precision route (gathering ``P_mm``, its LDL factors, log-determinant and
+inverse, docs/e-step.md §7.3) runs once per lane with the lane innermost:
+each step is one contiguous loop over a few hundred lanes, which the
+compiler turns into vector instructions, where a pattern at a time would
+loop over the K components only. The rows then take their patterns' factors
+in blocks of row lanes the same way (docs/e-step.md §7.4). Lanes whose
+component is too ill-conditioned for the precision route, or whose ``P_mm``
+does not factor, take the observed block, row by row (``blocks.py``).
+"""
+
+import numpy as np
+
+from .blocks import LOG_2PI, jit, obs_block, obs_row, pattern_columns, put_lanes, split
+
+
+@jit
+def lanes_ldl(A, c, L, dv, ld):
+    # in place, per lane l: unit lower L below the diagonal of A[:c, :c, l], 1/pivots on
+    # it, the pivots in dv; ld[l] = their product, negative when one is not positive
+    for l in range(L):
+        ld[l] = 1.0
+    for j in range(c):
+        for l in range(L):
+            dv[j, l] = A[j, j, l]
+        for p in range(j):
+            for l in range(L):
+                dv[j, l] -= A[j, p, l] * A[j, p, l] * dv[p, l]
+        for l in range(L):
+            v = dv[j, l]
+            ld[l] = ld[l] * v if v > 0.0 else -1.0 - abs(ld[l])
+            A[j, j, l] = 1.0 / v
+        for i in range(j + 1, c):
+            for p in range(j):
+                for l in range(L):
+                    A[i, j, l] -= A[i, p, l] * A[j, p, l] * dv[p, l]
+            for l in range(L):
+                A[i, j, l] *= A[j, j, l]
+
+
+@jit
+def lanes_log_det(ld, dv, c, L):  # the products of the pivots as log-determinants (nan: not PD)
+    for l in range(L):
+        v = ld[l]
+        if v > 1e-300 and v < 1e300:
+            ld[l] = np.log(v)
+        elif v > 0.0:  # the product left the floating-point range: add the logs
+            s = 0.0
+            for j in range(c):
+                s += np.log(dv[j, l])
+            ld[l] = s
+        else:
+            ld[l] = np.nan
+
+
+@jit
+def lanes_inverse(A, c, L, out, W):
+    # out[a, b, l] (b <= a) <- (A_l⁻¹)[a, b] = (L⁻ᵀ D⁻¹ L⁻¹)[a, b]; W scratch for L⁻¹
+    for j in range(c):
+        for i in range(j + 1, c):
+            for l in range(L):
+                W[i, j, l] = -A[i, j, l]
+            for p in range(j + 1, i):
+                for l in range(L):
+                    W[i, j, l] -= A[i, p, l] * W[p, j, l]
+    for a in range(c):
+        for l in range(L):
+            out[a, a, l] = A[a, a, l]
+        for b in range(a):
+            for l in range(L):
+                out[a, b, l] = A[a, a, l] * W[a, b, l]
+        for p in range(a + 1, c):
+            for l in range(L):
+                out[a, a, l] += W[p, a, l] * W[p, a, l] * A[p, p, l]
+            for b in range(a):
+                for l in range(L):
+                    out[a, b, l] += W[p, a, l] * W[p, b, l] * A[p, p, l]
+
+
+@jit
+def lanes_solve(Fac, c, L, t, quad):  # t[:, l] <- F_l⁻¹ t[:, l]; quad[l] = t_origᵀ F_l⁻¹ t_orig
+    for a in range(c):
+        for p in range(a):
+            for l in range(L):
+                t[a, l] -= Fac[a, p, l] * t[p, l]
+    for l in range(L):
+        quad[l] = 0.0
+    for a in range(c):
+        for l in range(L):
+            quad[l] += t[a, l] * t[a, l] * Fac[a, a, l]
+            t[a, l] *= Fac[a, a, l]
+    for a in range(c - 1, -1, -1):
+        for p in range(a + 1, c):
+            for l in range(L):
+                t[a, l] -= Fac[p, a, l] * t[p, l]
+
+
+@jit
+def fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT, means, cov,
+               precise, moments, raw, logp, Xhat, cbuf, goff):
+    # docs/e-step.md §7.3-7.4. logp (n, K) is corrected in place, and cbuf gets each
+    # lane's conditional covariance (lower triangle). With ``raw`` (the quad route), logp
+    # holds the zero-filled rows' log-densities, V (n, d, K) = P x₀, and Xhat (K, n, d)
+    # gets the incomplete rows filled in under each component. Otherwise (the direct
+    # route) MT and PmuT are zero, logp holds −½(d log 2π + log|Σ| + δ_oᵀ P δ_o), V = P δ_o
+    # and Xhat = δ_o, which gets x̂ − μ. PT (d, d, Kf) holds the precisions: Kf = K, or 1
+    # when every component shares one (tied), factored then once per pattern. Returns -1,
+    # or the component whose observed block failed to factor.
+    d = X0.shape[1]
+    K = MT.shape[1]
+    Kf = PT.shape[2]
+    Kc = cov.shape[0]
+    h = 1  # the most missing cells of a pattern here
+    for q in range(gstart.size - 1):
+        if gstart[q + 1] > gstart[q]:
+            h = max(h, d - int(mask[order[starts[gpat[gstart[q]]]]].sum()))
+    Lmax = nb * K
+    A = np.empty((h, h, Lmax))
+    Fac = np.empty((h, h, Lmax))
+    Wb = np.empty((h, h, Lmax))
+    mu = np.empty((h, Lmax))
+    pm = np.empty((h, Lmax))
+    lin0 = np.empty(Lmax)
+    dv = np.empty((h, Lmax))
+    ld = np.empty(Lmax)
+    ldk = np.empty(Lmax)  # the log-determinants per (pattern, component) lane
+    ok = np.empty(Lmax, np.bool_)
+    M = np.empty((nb, d), np.int64)
+    t = np.empty((h, Lmax))
+    quad = np.empty(Lmax)
+    lin = np.empty(Lmax)
+    rows = np.empty(nb, np.int64)
+    pg = np.empty(nb, np.int64)  # the patterns (in the batch) of a block's rows
+    o = np.empty(d, np.int64)
+    m = np.empty(d, np.int64)
+    A1 = np.empty((d, d))
+    dv1 = np.empty(d)
+    B = np.empty((d, d))
+    C1 = np.empty((d, d))
+    t1 = np.empty(d)
+    xm = np.empty(d)
+    for q in range(gstart.size - 1):
+        G = gstart[q + 1] - gstart[q]
+        if G == 0:
+            continue
+        c = d - int(mask[order[starts[gpat[gstart[q]]]]].sum())
+        by_prec = c < d  # vectorised, the precision route is the cheaper for any c (§7.4)
+        for p0 in range(0, G, nb):
+            P = min(nb, G - p0)
+            L = P * K
+            Lf = P * Kf  # the factors' lanes
+            base = goff[q] + p0 * K * c * c
+            out = cbuf[base : base + c * c * L].reshape(c, c, L)
+            for gi in range(P):
+                pattern_columns(mask, order[starts[gpat[gstart[q] + p0 + gi]]], M, gi)
+            for l in range(L):
+                ok[l] = by_prec and precise[l % K]
+            if by_prec:
+                for a in range(c):
+                    for gi in range(P):
+                        ma = M[gi, a]
+                        for k in range(K):
+                            mu[a, gi * K + k] = MT[ma, k]
+                            pm[a, gi * K + k] = -PmuT[ma, k]
+                    for b in range(a + 1):
+                        for gi in range(P):
+                            ma = M[gi, a]
+                            mb = M[gi, b]
+                            for k in range(Kf):
+                                A[a, b, gi * Kf + k] = PT[ma, mb, k]
+                # pm = P_mm μ_m − (Pμ)_m; lin0 = −μ_mᵀ P_mm μ_m = −μ_mᵀ (pm + (Pμ)_m)
+                for a in range(c):
+                    for b in range(c):
+                        x, y = (a, b) if b <= a else (b, a)
+                        if Kf == K:
+                            for l in range(L):
+                                pm[a, l] += A[x, y, l] * mu[b, l]
+                        else:
+                            for gi in range(P):
+                                v = A[x, y, gi]
+                                for k in range(K):
+                                    pm[a, gi * K + k] += v * mu[b, gi * K + k]
+                for l in range(L):
+                    lin0[l] = 0.0
+                for a in range(c):
+                    for gi in range(P):
+                        ma = M[gi, a]
+                        for k in range(K):
+                            lane = gi * K + k
+                            lin0[lane] -= mu[a, lane] * (pm[a, lane] + PmuT[ma, k])
+                lanes_ldl(A, c, Lf, dv, ld)
+                lanes_log_det(ld, dv, c, Lf)
+                for l in range(L):
+                    ldk[l] = ld[l] if Kf == K else ld[l // K]
+                    if ldk[l] != ldk[l]:
+                        ok[l] = False
+                if moments:  # Cov[x_m | x_o] = P_mm⁻¹
+                    if Kf == K:
+                        lanes_inverse(A, c, L, out, Wb)
+                    else:  # one per pattern, for each of its lanes
+                        lanes_inverse(A, c, Lf, Fac, Wb)
+                        for a in range(c):
+                            for b in range(a + 1):
+                                for gi in range(P):
+                                    v = Fac[a, b, gi]
+                                    for k in range(K):
+                                        out[a, b, gi * K + k] = v
+                # the rows, in blocks of at most nb rows (nb·K row lanes)
+                gi = 0
+                r = starts[gpat[gstart[q] + p0]]
+                while gi < P:
+                    R = 0
+                    while R < nb and gi < P:
+                        rows[R] = order[r]
+                        pg[R] = gi
+                        R += 1
+                        r += 1
+                        if r == starts[gpat[gstart[q] + p0 + gi] + 1]:
+                            gi += 1
+                            if gi < P:
+                                r = starts[gpat[gstart[q] + p0 + gi]]
+                    # u = P_mo δ_o = (P δ̃)_m + P_mm μ_m, with δ̃ = x₀ − μ
+                    for ri in range(R):
+                        i = rows[ri]
+                        src = pg[ri] * K
+                        dst = ri * K
+                        for k in range(K):
+                            lin[dst + k] = lin0[src + k]
+                        for a in range(c):
+                            ma = M[pg[ri], a]
+                            for k in range(K):
+                                v = V[i, ma, k] + pm[a, src + k]
+                                t[a, dst + k] = v
+                                lin[dst + k] += 2.0 * mu[a, src + k] * v
+                    if Kf == K and R == P and pg[0] == 0 and pg[R - 1] == P - 1:
+                        lanes_solve(A, c, R * K, t, quad)  # one row per pattern
+                    else:  # the rows' patterns' factors, lane by lane
+                        for a in range(c):
+                            for b in range(a + 1):
+                                for ri in range(R):
+                                    dst = ri * K
+                                    if Kf == K:
+                                        src = pg[ri] * K
+                                        for k in range(K):
+                                            Fac[a, b, dst + k] = A[a, b, src + k]
+                                    else:
+                                        v = A[a, b, pg[ri]]
+                                        for k in range(K):
+                                            Fac[a, b, dst + k] = v
+                        lanes_solve(Fac, c, R * K, t, quad)
+                    for ri in range(R):  # t = P_mm⁻¹ u, quad = uᵀ P_mm⁻¹ u
+                        i = rows[ri]
+                        src = pg[ri] * K
+                        dst = ri * K
+                        for k in range(K):
+                            logp[i, k] -= 0.5 * (-c * LOG_2PI + ldk[src + k] + lin[dst + k]
+                                                 - quad[dst + k])
+                        if raw:
+                            for k in range(K):
+                                for j in range(d):
+                                    Xhat[k, i, j] = X0[i, j]
+                        for a in range(c):
+                            ma = M[pg[ri], a]
+                            for k in range(K):
+                                Xhat[k, i, ma] = mu[a, src + k] - t[a, dst + k]
+            # the observed block, for the lanes the precision route did not serve
+            for gi in range(P):
+                g = gpat[gstart[q] + p0 + gi]
+                factored = False
+                s = d - c
+                ld_block = 0.0
+                for k in range(K):
+                    if ok[gi * K + k]:
+                        continue
+                    if not factored:
+                        split(mask, order[starts[g]], o, m)
+                    kc = 0 if Kc == 1 else k
+                    if not factored or Kc > 1:
+                        ld_block = obs_block(cov, kc, o, m, s, c, A1, dv1, B, C1, moments)
+                        if ld_block != ld_block:
+                            return k
+                        factored = True
+                    if moments:
+                        put_lanes(out, gi * K + k, C1, c)
+                    for r in range(starts[g], starts[g + 1]):
+                        i = order[r]
+                        if raw and not by_prec:  # no lane wrote the row
+                            for j in range(d):
+                                Xhat[k, i, j] = X0[i, j]
+                        qd = obs_row(X0, i, o, m, s, c, means, k, A1, B, t1, xm)
+                        logp[i, k] = -0.5 * (s * LOG_2PI + ld_block + qd)
+                        for a in range(c):
+                            Xhat[k, i, m[a]] = xm[a] + (means[k, m[a]] if raw else 0.0)
+    return -1
+
+
+@jit
+def zero_filled(X0, V, PmuT, const, logp):
+    # logp[i, k] = const[k] − ½ (x₀ᵀ P x₀ − 2 (Pμ)ᵀ x₀) with V = P x₀ (docs/e-step.md §7.3)
+    n, d = X0.shape
+    K = const.size
+    for i in range(n):
+        for k in range(K):
+            logp[i, k] = 0.0
+        for j in range(d):
+            x = X0[i, j]
+            for k in range(K):
+                logp[i, k] += x * (V[i, j, k] - 2.0 * PmuT[j, k])
+        for k in range(K):
+            logp[i, k] = const[k] - 0.5 * logp[i, k]
+
+
+@jit
+def weighted_rows(Xhat, wr, S1):
+    # S1[k] = Σ_i wr[i, k] Xhat[k, i]; Xhat[k, i] scaled by √wr[i, k] in place, so that
+    # Xhat[k]ᵀ Xhat[k] = Σ_i wr[i, k] x̂ x̂ᵀ is one GEMM
+    K, n, d = Xhat.shape
+    for k in range(K):
+        for j in range(d):
+            S1[k, j] = 0.0
+        for i in range(n):
+            s = np.sqrt(wr[i, k])
+            for j in range(d):
+                v = Xhat[k, i, j] * s
+                Xhat[k, i, j] = v
+                S1[k, j] += v * s
+
+
+@jit
+def cov_lanes(mask, order, starts, gpat, gstart, nb, wr, cbuf, goff, S2):
+    # S2[k] += Σ over patterns g of (Σ_{i in g} wr[i, k]) C_gk, each lane's C (lower
+    # triangle in cbuf) placed at its pattern's missing block; summed with the component
+    # innermost (contiguous in both the lanes and ``acc``), then mirrored into S2
+    d = mask.shape[1]
+    K = wr.shape[1]
+    M = np.empty((1, d), np.int64)
+    W = np.empty(K)
+    acc = np.zeros((d, d, K))
+    for q in range(gstart.size - 1):
+        G = gstart[q + 1] - gstart[q]
+        if G == 0:
+            continue
+        c = d - int(mask[order[starts[gpat[gstart[q]]]]].sum())
+        if c == 0:
+            continue
+        for p0 in range(0, G, nb):
+            P = min(nb, G - p0)
+            L = P * K
+            base = goff[q] + p0 * K * c * c
+            out = cbuf[base : base + c * c * L].reshape(c, c, L)
+            for gi in range(P):
+                g = gpat[gstart[q] + p0 + gi]
+                pattern_columns(mask, order[starts[g]], M, 0)
+                for k in range(K):
+                    W[k] = 0.0
+                for r in range(starts[g], starts[g + 1]):
+                    for k in range(K):
+                        W[k] += wr[order[r], k]
+                lane = gi * K
+                for a in range(c):
+                    ma = M[0, a]
+                    for b in range(a + 1):
+                        mb = M[0, b]
+                        for k in range(K):
+                            acc[ma, mb, k] += W[k] * out[a, b, lane + k]
+    for i in range(d):  # missing columns come in increasing order: acc is lower
+        for j in range(i + 1):
+            for k in range(K):
+                S2[k, i, j] += acc[i, j, k]
+                if j < i:
+                    S2[k, j, i] += acc[i, j, k]
+
+
+__all__ = ["cov_lanes", "fill_lanes", "weighted_rows", "zero_filled"]
