@@ -285,3 +285,23 @@ def test_compiled_common_orientation_matches_numpy(form):
         fast = forms._common_orientation(W, N, s, 1e-10, 300, form == "eve", compiled=True)
         slow = forms._common_orientation(W, N, s, 1e-10, 300, form == "eve", compiled=False)
         np.testing.assert_allclose(fast, slow, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("form", ["eve", "vve"])
+def test_common_orientation_route_depends_on_the_installation_only(form):
+    """With numba installed every EVE/VVE M-step runs compiled, from its first step, in
+    any process (a route chosen by what the process ran before let a sweep's cells
+    depend on which worker fitted them): the default is bit for bit the compiled one."""
+    pytest.importorskip("numba")
+    from emcli.covariance import forms
+
+    rng = np.random.default_rng(3)
+    W = np.stack([(lambda A: A @ A.T)(rng.normal(size=(5, 40))) for _ in range(3)])
+    N = np.array([40.0, 38.0, 42.0])
+    start = forms.vvv(W * 1.05 + np.eye(5), N)
+    for s in (None, start):
+        default = getattr(forms, form)(W, N, s)
+        fast = forms._common_orientation(W, N, s, forms.INNER_TOL, forms.INNER_MAX,
+                                         form == "eve", compiled=True)
+        np.testing.assert_array_equal(default, fast)
+

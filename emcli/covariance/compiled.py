@@ -4,10 +4,11 @@ Each iteration of docs/m-step.md §9 is a sweep of plane rotations and two
 majorise–minimise steps: many small loops, products and two SVDs of d × d
 matrices, for which numpy's call overhead would be most of the cost. This is
 the same loop as ``forms._orientation_numpy``, which stays as the reference
-the tests compare it with, the route when numba is missing, and the first
-``forms.NUMPY_STEPS`` steps of an M-step until one has not settled by then:
-numba is imported at that point, and later M-steps of the process run
-compiled from their first step. The machine code is cached on disk
+the tests compare it with and the route when numba is missing. With numba
+installed every EVE and VVE M-step runs here (numba is imported at the
+first, about half a second), whatever the process ran before: the two
+routes round differently, and a route chosen by a process's history would
+let ``--jobs`` change a sweep's cells. The machine code is cached on disk
 (``cache=True``), so only the first use ever compiles.
 """
 
@@ -24,11 +25,6 @@ import numpy as np
 def available() -> bool:
     """numba is installed (found, not imported)."""
     return find_spec("numba") is not None
-
-
-def loaded() -> bool:
-    """The kernel is ready in this process (an earlier M-step needed it)."""
-    return _kernel.cache_info().currsize > 0
 
 
 @lru_cache(maxsize=1)

@@ -19,9 +19,6 @@ import numpy as np
 # costs EVE and VVE many more steps per M-step for no better fit (docs/m-step.md §9)
 INNER_TOL = float(np.sqrt(np.finfo(float).eps))
 INNER_MAX = 1000
-# EVE and VVE iterate this many steps in numpy before going on compiled: most
-# M-steps within EM settle sooner and never load numba (about half a second).
-NUMPY_STEPS = 30
 # A plane rotation is made only when it lowers the objective by more than this share
 # of its scale: below, the angle is rounding noise
 ROTATION_GAIN = 1e-15
@@ -234,10 +231,10 @@ def _orientation_numpy(W, N, D, inv, omega_max, tol, max_iter, equal_volume):
 def _common_orientation(W, N, start, tol, max_iter, equal_volume: bool, compiled=None):
     """EVE (``equal_volume``) and VVE: ``Σ_k = λ_(k) D A_k Dᵀ`` with a common ``D``.
 
-    The iterations run in numpy for ``NUMPY_STEPS`` steps and, if they have
-    not settled by then, go on compiled (``compiled.py``) when numba is
-    installed; once it is loaded, they all run compiled. ``compiled`` True or
-    False runs them all one way.
+    The iterations run compiled (``compiled.py``) when numba is installed, else
+    in numpy; ``compiled`` True or False picks one. The choice depends on the
+    installation only, never on what the process ran before, so a sweep's
+    cells end alike in any worker (numpy and numba round differently).
     """
     K, d, _ = W.shape
     omega_max = np.linalg.eigvalsh(W)[:, -1]
@@ -250,18 +247,11 @@ def _common_orientation(W, N, start, tol, max_iter, equal_volume: bool, compiled
     inv = 1.0 / (diag if not equal_volume else diag / _gm(diag)[:, None])
     from . import compiled as kernel
 
-    if compiled is None and kernel.loaded():
-        compiled = True
     if compiled is None:
         compiled = kernel.available()
-        D, diag, target, inv, done = _orientation_numpy(
-            W, N, D, inv, omega_max, tol, min(NUMPY_STEPS, max_iter), equal_volume)
-        max_iter -= NUMPY_STEPS
-        if done or max_iter <= 0:
-            compiled = None
     if compiled:
         D, diag, target = kernel.orientation(W, N, D, inv, omega_max, tol, max_iter, equal_volume)
-    elif compiled is not None:
+    else:
         D, diag, target, _, _ = _orientation_numpy(
             W, N, D, inv, omega_max, tol, max_iter, equal_volume)
     if equal_volume:
