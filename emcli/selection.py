@@ -232,11 +232,10 @@ def _warm_starts(cells: Sequence[SweepCell], covs: Sequence[str]) -> list[tuple]
             continue
         j, res = max(fitted, key=lambda ir: (ir[1].log_likelihood, -ir[0]))
         top = cells[j]
-        p = res.params
-        means = p.means if p.scaling is None else p.scaling.to_data(p.means)
         tasks.extend(
             (i, k, c.covariance_type,
-             (means, p.weights, None if c.result is None else c.result.log_likelihood))
+             (_data_means(res), res.params.weights,
+              None if c.result is None else c.result.log_likelihood))
             for i, c in at_k if c is not top
         )
     return tasks
@@ -302,10 +301,11 @@ def _neighbour_starts(
 
 
 def _degenerate_component(res: FitResult) -> str:
-    """A reason when a component holds less than two rows' weight (docs/criteria.md §5).
+    """A reason when a component holds less weight than its model needs (two rows when
+    each component has its own volume; docs/criteria.md §5).
 
     Such a fit's likelihood rests on regularisation, not data, so it must not
-    win a selection (mclust reports no BIC for it).
+    win a selection.
     """
     return degenerate_component(res.params, res.n, res.n_rows - res.n_empty_rows)
 
@@ -424,11 +424,11 @@ def sweep(
         changed: set[int] | None = None  # the cells a round improved (None: all)
         for r in range(1 + NEIGHBOUR_ROUNDS):
             done_so_far = [c for c in cells if c is not None]
-            tasks = (_warm_starts(done_so_far, covs) if r == 0
-                     else _neighbour_starts(done_so_far, Xa, w_arg, changed))
+            starts = (_warm_starts(done_so_far, covs) if r == 0
+                      else _neighbour_starts(done_so_far, Xa, w_arg, changed))
             if r > 0:
                 changed = set()
-            for i, cell in _run_cells(pool, Xa, w_arg, options, tasks):
+            for i, cell in _run_cells(pool, Xa, w_arg, options, starts):
                 old = cells[i]
                 assert old is not None
                 kept = cells[i] = _better(old, cell)
