@@ -192,3 +192,25 @@ def test_a_singular_observed_block_is_recovered_not_fatal(compiled):
     P = res.params
     ref = ref_component_logpdf(X, P.means, P.full_covariances()) + np.log(P.weights)
     assert res.log_likelihood == pytest.approx(float(logsumexp(ref, axis=1).sum()), rel=1e-10)
+
+
+def test_the_lanes_log_determinants_survive_products_out_of_range():
+    """A batch's log|P_mm| from the product of its pivots (docs/e-step.md §7.4): a product
+    that overflows, or underflows to 0 (20 pivots of 1e-20, as for data in units of 1e10),
+    gets the sum of the logarithms; only a pivot that is not positive gives nan."""
+    from emcli.kernels import lanes
+
+    c = 20
+    scales = [1e-20, 1e20, 1e-15, 1.0, -1.0, -1e-20]
+    A = np.zeros((c, c, len(scales)))
+    for lane, s in enumerate(scales):
+        A[:, :, lane] = np.eye(c) * abs(s)
+    A[c - 1, c - 1, -2] = -1.0  # a last pivot that is not positive
+    A[0, 0, -1] = -1e-20  # a first one, the product then underflowing to -0
+    dv = np.empty((c, len(scales)))
+    ld = np.empty(len(scales))
+    lanes.lanes_ldl(A, c, len(scales), dv, ld)
+    lanes.lanes_log_det(ld, dv, c, len(scales))
+    want = [c * np.log(abs(s)) for s in scales[:-2]]
+    np.testing.assert_allclose(ld[:-2], want, rtol=1e-14, atol=1e-12)
+    assert np.isnan(ld[-2:]).all()

@@ -48,10 +48,12 @@ def lanes_log_det(ld, dv, c, L):  # the products of the pivots as log-determinan
         v = ld[l]
         if v > 1e-300 and v < 1e300:
             ld[l] = np.log(v)
-        elif v > 0.0:  # the product left the floating-point range: add the logs
+        elif v >= 0.0:  # the product left the range (underflowing to 0, or a failed
+            # lane's to -0): add the logs, nan at a pivot that is not positive
             s = 0.0
             for j in range(c):
-                s += np.log(dv[j, l])
+                p = dv[j, l]
+                s += np.log(p) if p > 0.0 else np.nan
             ld[l] = s
         else:
             ld[l] = np.nan
