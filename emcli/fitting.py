@@ -150,7 +150,9 @@ def working_set(
 ) -> int:
     """Bytes a fit holds: the rows in fitting units and their bookkeeping when
     ``kept``, the start's sample, and each thread's chunk with its temporaries."""
-    chunk = chunk_rows_for(d) * (d * (d + 1) // 2 + 3 * d + 4 * K + 8) * 8 * 3
+    # the widest temporaries, thrice; and the compiled kernels' filled rows and P x₀ of an
+    # incomplete chunk, K·d numbers a row each (docs/e-step.md §7.3)
+    chunk = chunk_rows_for(d) * ((d * (d + 1) // 2 + 3 * d + 4 * K + 8) * 3 + 2 * K * d) * 8
     sample = min(n_rows, KMEANS_SAMPLE) * (d + 2) * 8
     # a kept row: its cells, weight and bookkeeping (24), and the compiled kernels'
     # missingness patterns, which an incomplete chunk keeps across passes (24)

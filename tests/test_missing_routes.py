@@ -192,3 +192,102 @@ def test_a_singular_observed_block_is_recovered_not_fatal(compiled):
     P = res.params
     ref = ref_component_logpdf(X, P.means, P.full_covariances()) + np.log(P.weights)
     assert res.log_likelihood == pytest.approx(float(logsumexp(ref, axis=1).sum()), rel=1e-10)
+
+
+def test_the_lanes_log_determinants_survive_products_out_of_range():
+    """A batch's log|P_mm| from the product of its pivots (docs/e-step.md §7.4): a product
+    that overflows, or underflows to 0 (20 pivots of 1e-20, as for data in units of 1e10),
+    gets the sum of the logarithms; only a pivot that is not positive gives nan."""
+    from emcli.kernels import lanes
+
+    c = 20
+    scales = [1e-20, 1e20, 1e-15, 1.0, -1.0, -1e-20]
+    A = np.zeros((c, c, len(scales)))
+    for lane, s in enumerate(scales):
+        A[:, :, lane] = np.eye(c) * abs(s)
+    A[c - 1, c - 1, -2] = -1.0  # a last pivot that is not positive
+    A[0, 0, -1] = -1e-20  # a first one, the product then underflowing to -0
+    dv = np.empty((c, len(scales)))
+    ld = np.empty(len(scales))
+    lanes.lanes_ldl(A, c, len(scales), dv, ld)
+    lanes.lanes_log_det(ld, dv, c, len(scales))
+    want = [c * np.log(abs(s)) for s in scales[:-2]]
+    np.testing.assert_allclose(ld[:-2], want, rtol=1e-14, atol=1e-12)
+    assert np.isnan(ld[-2:]).all()
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_a_block_that_fails_to_factor_takes_the_observed_block(tied):
+    """A lane whose ``P_mm`` fails to factor (a pivot ≤ 0) takes the observed block for
+    that component alone, in the batch beside lanes that take the precision route
+    (docs/e-step.md §7.3): on the quad route and off it, the densities are the
+    reference's and the sums the numpy route's. No real precision conditioned for the
+    precision route fails so; one is spoiled here, at a cell every row misses."""
+    from emcli import kernels
+    from emcli.conditional import incomplete_log_prob, incomplete_statistics
+
+    X = _awkward_rows(300, 6, seed=21)
+    X[:, 0] = np.nan
+    X = X[~np.isnan(X).all(axis=1)]
+    K = 3
+    _, means, cov = _params(6, K, seed=22, tied=tied)
+    cov = cov[:1] if tied else cov
+    prec = np.linalg.inv(cov)
+    log_det = np.linalg.slogdet(cov)[1]
+    spoiled = prec.copy()
+    spoiled[-1, 0, 0] = -1.0  # tied: every component's; else component 2's
+    mask = ~np.isnan(X)
+    X0 = np.where(mask, X, 0.0)
+    wr = np.random.default_rng(23).uniform(size=(X.shape[0], K))
+    ref = ref_component_logpdf(X, means, np.broadcast_to(cov, (K, 6, 6)))
+    _, inc = incomplete_log_prob(X0, mask, means, cov, prec, log_det, True, True)
+    want1, want2 = incomplete_statistics(inc, wr)
+    N = wr.sum(axis=0)
+    groups = kernels.pattern_groups(mask)
+    precise = np.ones(K, dtype=bool)
+    for raw in (True, False):
+        if raw:
+            logp, found = kernels.fill_incomplete(
+                X0, mask, groups, np.flatnonzero(mask.all(axis=1)), means, cov, spoiled,
+                log_det, precise, True)
+        else:
+            logp, found = kernels.direct_incomplete(X0, mask, groups, means, cov,
+                                                    spoiled, log_det, precise, True)
+        np.testing.assert_allclose(logp, ref, rtol=1e-12, atol=1e-11)
+        S1, S2 = kernels.filled_sums(mask, wr, found)
+        if raw:  # raw sums, around the means
+            cross = S1[:, :, None] * means[:, None, :]
+            S2 = (S2 - cross - np.swapaxes(cross, 1, 2)
+                  + N[:, None, None] * means[:, :, None] * means[:, None, :])
+            S1 = S1 - N[:, None] * means
+        np.testing.assert_allclose(S1, want1, rtol=1e-11, atol=1e-11)
+        np.testing.assert_allclose(S2, want2, rtol=1e-11, atol=1e-10)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_wide_rows_and_more_components_than_lanes(monkeypatch, tied):
+    """d > 62 (the patterns found from packed bits, not an integer code) and K above
+    ``LANES`` (one pattern a batch, one row a block): the compiled route's log-likelihood
+    is the reference's and its sums the numpy route's."""
+    from emcli import kernels
+
+    rng = np.random.default_rng(31)
+    n, d, K = 120, 65, 3
+    X = rng.normal(size=(n, d)) @ (np.eye(d) + 0.1 * rng.normal(size=(d, d)))
+    X = mcar(X, 0.2, seed=32)
+    X[3, 1:] = np.nan  # one cell seen
+    X[4] = X[5]  # a pattern with two rows
+    X[6] = 1.0  # a complete row
+    weights, means, cov = _params(d, K, seed=33, tied=tied)
+    want_ll = float(logsumexp(ref_component_logpdf(X, means, cov) + np.log(weights),
+                              axis=1).sum())
+    monkeypatch.setattr(kernels, "LANES", 2)
+    got = []
+    for compiled in (False, True):
+        prep = prepare_gen(means, cov, tied, np.float64)
+        prep.compiled = compiled
+        totals = chunk_statistics(Chunk(X, np.ones(n)), prep, np.log(weights))
+        assert totals.stats.ll == pytest.approx(want_ll, rel=1e-10)
+        got.append(totals.stats.scatter(prep))
+    for a, b in zip(got[0], got[1], strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-10 * np.abs(a).max())

@@ -102,11 +102,12 @@ def pattern_groups(mask: np.ndarray, complete: bool = False) -> tuple[np.ndarray
 
 
 def _layout(gstart: np.ndarray, K: int) -> tuple[np.ndarray, np.int64]:
-    """Where each group's conditional covariances start in the flat buffer (``K c²``
-    numbers per pattern, one past the end last), and the patterns per batch."""
+    """Where each group's conditional covariances start in the flat buffer (``K c(c+1)/2``
+    numbers per pattern: lower triangles; one past the end last), and the patterns per
+    batch."""
     c = np.arange(gstart.size - 1)
     goff = np.zeros(gstart.size, dtype=np.int64)
-    np.cumsum(K * np.diff(gstart) * c * c, out=goff[1:])
+    np.cumsum(K * np.diff(gstart) * (c * (c + 1) // 2), out=goff[1:])
     return goff, np.int64(max(1, LANES // K))
 
 

@@ -83,10 +83,10 @@ def split(mask, row, o, m):  # a row's observed columns into o, missing into m; 
     return c, s
 
 @inline
-def put_lanes(out, lane, C, c):  # the lower triangle of C[:c, :c] into lane ``lane`` of out
+def put_lanes(out, lane, C, c):  # the lower triangle of C[:c, :c], packed, into lane ``lane``
     for a in range(c):
         for b in range(a + 1):
-            out[a, b, lane] = C[a, b]
+            out[a * (a + 1) // 2 + b, lane] = C[a, b]
 
 
 @inline

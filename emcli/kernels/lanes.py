@@ -48,10 +48,12 @@ def lanes_log_det(ld, dv, c, L):  # the products of the pivots as log-determinan
         v = ld[l]
         if v > 1e-300 and v < 1e300:
             ld[l] = np.log(v)
-        elif v > 0.0:  # the product left the floating-point range: add the logs
+        elif v >= 0.0:  # the product left the range (underflowing to 0, or a failed
+            # lane's to -0): add the logs, nan at a pivot that is not positive
             s = 0.0
             for j in range(c):
-                s += np.log(dv[j, l])
+                p = dv[j, l]
+                s += np.log(p) if p > 0.0 else np.nan
             ld[l] = s
         else:
             ld[l] = np.nan
@@ -59,7 +61,8 @@ def lanes_log_det(ld, dv, c, L):  # the products of the pivots as log-determinan
 
 @jit
 def lanes_inverse(A, c, L, out, W):
-    # out[a, b, l] (b <= a) <- (A_l⁻¹)[a, b] = (L⁻ᵀ D⁻¹ L⁻¹)[a, b]; W scratch for L⁻¹
+    # out[a(a+1)/2 + b, l] (b <= a) <- (A_l⁻¹)[a, b] = (L⁻ᵀ D⁻¹ L⁻¹)[a, b], the lower
+    # triangle packed row by row; W scratch for L⁻¹
     for j in range(c):
         for i in range(j + 1, c):
             for l in range(L):
@@ -68,17 +71,18 @@ def lanes_inverse(A, c, L, out, W):
                 for l in range(L):
                     W[i, j, l] -= A[i, p, l] * W[p, j, l]
     for a in range(c):
+        row = a * (a + 1) // 2
         for l in range(L):
-            out[a, a, l] = A[a, a, l]
+            out[row + a, l] = A[a, a, l]
         for b in range(a):
             for l in range(L):
-                out[a, b, l] = A[a, a, l] * W[a, b, l]
+                out[row + b, l] = A[a, a, l] * W[a, b, l]
         for p in range(a + 1, c):
             for l in range(L):
-                out[a, a, l] += W[p, a, l] * W[p, a, l] * A[p, p, l]
+                out[row + a, l] += W[p, a, l] * W[p, a, l] * A[p, p, l]
             for b in range(a):
                 for l in range(L):
-                    out[a, b, l] += W[p, a, l] * W[p, b, l] * A[p, p, l]
+                    out[row + b, l] += W[p, a, l] * W[p, b, l] * A[p, p, l]
 
 
 @jit
@@ -103,7 +107,7 @@ def lanes_solve(Fac, c, L, t, quad):  # t[:, l] <- F_l⁻¹ t[:, l]; quad[l] = t
 def fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT, means, cov,
                precise, moments, raw, logp, Xhat, cbuf, goff):
     # docs/e-step.md §7.3-7.4. logp (n, K) is corrected in place, and cbuf gets each
-    # lane's conditional covariance (lower triangle). With ``raw`` (the quad route), logp
+    # lane's conditional covariance (lower triangle, packed). With ``raw`` (the quad route), logp
     # holds the zero-filled rows' log-densities, V (n, d, K) = P x₀, and Xhat (K, n, d)
     # gets the incomplete rows filled in under each component. Otherwise (the direct
     # route) MT and PmuT are zero, logp holds −½(d log 2π + log|Σ| + δ_oᵀ P δ_o), V = P δ_o
@@ -122,6 +126,7 @@ def fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT, means
     A = np.empty((h, h, Lmax))
     Fac = np.empty((h, h, Lmax))
     Wb = np.empty((h, h, Lmax))
+    Ct = np.empty((h * (h + 1) // 2, nb))  # tied: a batch's conditional covariances
     mu = np.empty((h, Lmax))
     pm = np.empty((h, Lmax))
     lin0 = np.empty(Lmax)
@@ -153,8 +158,9 @@ def fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT, means
             P = min(nb, G - p0)
             L = P * K
             Lf = P * Kf  # the factors' lanes
-            base = goff[q] + p0 * K * c * c
-            out = cbuf[base : base + c * c * L].reshape(c, c, L)
+            T = c * (c + 1) // 2
+            base = goff[q] + p0 * K * T
+            out = cbuf[base : base + T * L].reshape(T, L)
             for gi in range(P):
                 pattern_columns(mask, order[starts[gpat[gstart[q] + p0 + gi]]], M, gi)
             for l in range(L):
@@ -202,13 +208,12 @@ def fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT, means
                     if Kf == K:
                         lanes_inverse(A, c, L, out, Wb)
                     else:  # one per pattern, for each of its lanes
-                        lanes_inverse(A, c, Lf, Fac, Wb)
-                        for a in range(c):
-                            for b in range(a + 1):
-                                for gi in range(P):
-                                    v = Fac[a, b, gi]
-                                    for k in range(K):
-                                        out[a, b, gi * K + k] = v
+                        lanes_inverse(A, c, Lf, Ct, Wb)
+                        for e in range(T):
+                            for gi in range(P):
+                                v = Ct[e, gi]
+                                for k in range(K):
+                                    out[e, gi * K + k] = v
                 # the rows, in blocks of at most nb rows (nb·K row lanes)
                 gi = 0
                 r = starts[gpat[gstart[q] + p0]]
@@ -350,8 +355,9 @@ def cov_lanes(mask, order, starts, gpat, gstart, nb, wr, cbuf, goff, S2):
         for p0 in range(0, G, nb):
             P = min(nb, G - p0)
             L = P * K
-            base = goff[q] + p0 * K * c * c
-            out = cbuf[base : base + c * c * L].reshape(c, c, L)
+            T = c * (c + 1) // 2
+            base = goff[q] + p0 * K * T
+            out = cbuf[base : base + T * L].reshape(T, L)
             for gi in range(P):
                 g = gpat[gstart[q] + p0 + gi]
                 pattern_columns(mask, order[starts[g]], M, 0)
@@ -363,10 +369,11 @@ def cov_lanes(mask, order, starts, gpat, gstart, nb, wr, cbuf, goff, S2):
                 lane = gi * K
                 for a in range(c):
                     ma = M[0, a]
+                    row = a * (a + 1) // 2
                     for b in range(a + 1):
                         mb = M[0, b]
                         for k in range(K):
-                            acc[ma, mb, k] += W[k] * out[a, b, lane + k]
+                            acc[ma, mb, k] += W[k] * out[row + b, lane + k]
     for i in range(d):  # missing columns come in increasing order: acc is lower
         for j in range(i + 1):
             for k in range(K):
