@@ -24,8 +24,7 @@ from typing import Any
 import numpy as np
 
 from emcli.conditional import BlockNotPD
-
-LOG_2PI = float(np.log(2.0 * np.pi))
+from emcli.gaussian import LOG_2PI
 
 # Rows × components × columns of a fit from which the compiled kernel is used.
 COMPILED_MIN_WORK = 4_000_000

@@ -12,7 +12,6 @@ import numpy as np
 
 jit = numba.njit(cache=True, nogil=True, error_model="numpy")
 inline = numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
-LOG_2PI = float(np.log(2.0 * np.pi))
 
 
 @inline

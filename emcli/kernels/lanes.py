@@ -15,7 +15,9 @@ does not factor, take the observed block, row by row (``blocks.py``).
 
 import numpy as np
 
-from .blocks import LOG_2PI, jit, obs_block, obs_row, pattern_columns, put_lanes, split
+from emcli.gaussian import LOG_2PI
+
+from .blocks import jit, obs_block, obs_row, pattern_columns, put_lanes, split
 
 
 @jit
@@ -153,7 +155,6 @@ def fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT, means
         if G == 0:
             continue
         c = d - int(mask[order[starts[gpat[gstart[q]]]]].sum())
-        by_prec = c < d  # vectorised, the precision route is the cheaper for any c (§7.4)
         for p0 in range(0, G, nb):
             P = min(nb, G - p0)
             L = P * K
@@ -164,114 +165,113 @@ def fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT, means
             for gi in range(P):
                 pattern_columns(mask, order[starts[gpat[gstart[q] + p0 + gi]]], M, gi)
             for l in range(L):
-                ok[l] = by_prec and precise[l % K]
-            if by_prec:
-                for a in range(c):
+                ok[l] = precise[l % K]
+            for a in range(c):
+                for gi in range(P):
+                    ma = M[gi, a]
+                    for k in range(K):
+                        mu[a, gi * K + k] = MT[ma, k]
+                        pm[a, gi * K + k] = -PmuT[ma, k]
+                for b in range(a + 1):
                     for gi in range(P):
                         ma = M[gi, a]
-                        for k in range(K):
-                            mu[a, gi * K + k] = MT[ma, k]
-                            pm[a, gi * K + k] = -PmuT[ma, k]
-                    for b in range(a + 1):
-                        for gi in range(P):
-                            ma = M[gi, a]
-                            mb = M[gi, b]
-                            for k in range(Kf):
-                                A[a, b, gi * Kf + k] = PT[ma, mb, k]
-                # pm = P_mm μ_m − (Pμ)_m; lin0 = −μ_mᵀ P_mm μ_m = −μ_mᵀ (pm + (Pμ)_m)
-                for a in range(c):
-                    for b in range(c):
-                        x, y = (a, b) if b <= a else (b, a)
-                        if Kf == K:
-                            for l in range(L):
-                                pm[a, l] += A[x, y, l] * mu[b, l]
-                        else:
-                            for gi in range(P):
-                                v = A[x, y, gi]
-                                for k in range(K):
-                                    pm[a, gi * K + k] += v * mu[b, gi * K + k]
-                for l in range(L):
-                    lin0[l] = 0.0
-                for a in range(c):
-                    for gi in range(P):
-                        ma = M[gi, a]
-                        for k in range(K):
-                            lane = gi * K + k
-                            lin0[lane] -= mu[a, lane] * (pm[a, lane] + PmuT[ma, k])
-                lanes_ldl(A, c, Lf, dv, ld)
-                lanes_log_det(ld, dv, c, Lf)
-                for l in range(L):
-                    ldk[l] = ld[l] if Kf == K else ld[l // K]
-                    if ldk[l] != ldk[l]:
-                        ok[l] = False
-                if moments:  # Cov[x_m | x_o] = P_mm⁻¹
+                        mb = M[gi, b]
+                        for k in range(Kf):
+                            A[a, b, gi * Kf + k] = PT[ma, mb, k]
+            # pm = P_mm μ_m − (Pμ)_m; lin0 = −μ_mᵀ P_mm μ_m = −μ_mᵀ (pm + (Pμ)_m)
+            for a in range(c):
+                for b in range(c):
+                    x, y = (a, b) if b <= a else (b, a)
                     if Kf == K:
-                        lanes_inverse(A, c, L, out, Wb)
-                    else:  # one per pattern, for each of its lanes
-                        lanes_inverse(A, c, Lf, Ct, Wb)
-                        for e in range(T):
-                            for gi in range(P):
-                                v = Ct[e, gi]
-                                for k in range(K):
-                                    out[e, gi * K + k] = v
-                # the rows, in blocks of at most nb rows (nb·K row lanes)
-                gi = 0
-                r = starts[gpat[gstart[q] + p0]]
-                while gi < P:
-                    R = 0
-                    while R < nb and gi < P:
-                        rows[R] = order[r]
-                        pg[R] = gi
-                        R += 1
-                        r += 1
-                        if r == starts[gpat[gstart[q] + p0 + gi] + 1]:
-                            gi += 1
-                            if gi < P:
-                                r = starts[gpat[gstart[q] + p0 + gi]]
-                    # u = P_mo δ_o = (P δ̃)_m + P_mm μ_m, with δ̃ = x₀ − μ
-                    for ri in range(R):
-                        i = rows[ri]
-                        src = pg[ri] * K
-                        dst = ri * K
+                        for l in range(L):
+                            pm[a, l] += A[x, y, l] * mu[b, l]
+                    else:
+                        for gi in range(P):
+                            v = A[x, y, gi]
+                            for k in range(K):
+                                pm[a, gi * K + k] += v * mu[b, gi * K + k]
+            for l in range(L):
+                lin0[l] = 0.0
+            for a in range(c):
+                for gi in range(P):
+                    ma = M[gi, a]
+                    for k in range(K):
+                        lane = gi * K + k
+                        lin0[lane] -= mu[a, lane] * (pm[a, lane] + PmuT[ma, k])
+            lanes_ldl(A, c, Lf, dv, ld)
+            lanes_log_det(ld, dv, c, Lf)
+            for l in range(L):
+                ldk[l] = ld[l] if Kf == K else ld[l // K]
+                if ldk[l] != ldk[l]:
+                    ok[l] = False
+            if moments:  # Cov[x_m | x_o] = P_mm⁻¹
+                if Kf == K:
+                    lanes_inverse(A, c, L, out, Wb)
+                else:  # one per pattern, for each of its lanes
+                    lanes_inverse(A, c, Lf, Ct, Wb)
+                    for e in range(T):
+                        for gi in range(P):
+                            v = Ct[e, gi]
+                            for k in range(K):
+                                out[e, gi * K + k] = v
+            # the rows, in blocks of at most nb rows (nb·K row lanes)
+            gi = 0
+            r = starts[gpat[gstart[q] + p0]]
+            while gi < P:
+                R = 0
+                while R < nb and gi < P:
+                    rows[R] = order[r]
+                    pg[R] = gi
+                    R += 1
+                    r += 1
+                    if r == starts[gpat[gstart[q] + p0 + gi] + 1]:
+                        gi += 1
+                        if gi < P:
+                            r = starts[gpat[gstart[q] + p0 + gi]]
+                # u = P_mo δ_o = (P δ̃)_m + P_mm μ_m, with δ̃ = x₀ − μ
+                for ri in range(R):
+                    i = rows[ri]
+                    src = pg[ri] * K
+                    dst = ri * K
+                    for k in range(K):
+                        lin[dst + k] = lin0[src + k]
+                    for a in range(c):
+                        ma = M[pg[ri], a]
                         for k in range(K):
-                            lin[dst + k] = lin0[src + k]
-                        for a in range(c):
-                            ma = M[pg[ri], a]
-                            for k in range(K):
-                                v = V[i, ma, k] + pm[a, src + k]
-                                t[a, dst + k] = v
-                                lin[dst + k] += 2.0 * mu[a, src + k] * v
-                    if Kf == K and R == P and pg[0] == 0 and pg[R - 1] == P - 1:
-                        lanes_solve(A, c, R * K, t, quad)  # one row per pattern
-                    else:  # the rows' patterns' factors, lane by lane
-                        for a in range(c):
-                            for b in range(a + 1):
-                                for ri in range(R):
-                                    dst = ri * K
-                                    if Kf == K:
-                                        src = pg[ri] * K
-                                        for k in range(K):
-                                            Fac[a, b, dst + k] = A[a, b, src + k]
-                                    else:
-                                        v = A[a, b, pg[ri]]
-                                        for k in range(K):
-                                            Fac[a, b, dst + k] = v
-                        lanes_solve(Fac, c, R * K, t, quad)
-                    for ri in range(R):  # t = P_mm⁻¹ u, quad = uᵀ P_mm⁻¹ u
-                        i = rows[ri]
-                        src = pg[ri] * K
-                        dst = ri * K
+                            v = V[i, ma, k] + pm[a, src + k]
+                            t[a, dst + k] = v
+                            lin[dst + k] += 2.0 * mu[a, src + k] * v
+                if Kf == K and R == P and pg[0] == 0 and pg[R - 1] == P - 1:
+                    lanes_solve(A, c, R * K, t, quad)  # one row per pattern
+                else:  # the rows' patterns' factors, lane by lane
+                    for a in range(c):
+                        for b in range(a + 1):
+                            for ri in range(R):
+                                dst = ri * K
+                                if Kf == K:
+                                    src = pg[ri] * K
+                                    for k in range(K):
+                                        Fac[a, b, dst + k] = A[a, b, src + k]
+                                else:
+                                    v = A[a, b, pg[ri]]
+                                    for k in range(K):
+                                        Fac[a, b, dst + k] = v
+                    lanes_solve(Fac, c, R * K, t, quad)
+                for ri in range(R):  # t = P_mm⁻¹ u, quad = uᵀ P_mm⁻¹ u
+                    i = rows[ri]
+                    src = pg[ri] * K
+                    dst = ri * K
+                    for k in range(K):
+                        logp[i, k] -= 0.5 * (-c * LOG_2PI + ldk[src + k] + lin[dst + k]
+                                             - quad[dst + k])
+                    if raw:
                         for k in range(K):
-                            logp[i, k] -= 0.5 * (-c * LOG_2PI + ldk[src + k] + lin[dst + k]
-                                                 - quad[dst + k])
-                        if raw:
-                            for k in range(K):
-                                for j in range(d):
-                                    Xhat[k, i, j] = X0[i, j]
-                        for a in range(c):
-                            ma = M[pg[ri], a]
-                            for k in range(K):
-                                Xhat[k, i, ma] = mu[a, src + k] - t[a, dst + k]
+                            for j in range(d):
+                                Xhat[k, i, j] = X0[i, j]
+                    for a in range(c):
+                        ma = M[pg[ri], a]
+                        for k in range(K):
+                            Xhat[k, i, ma] = mu[a, src + k] - t[a, dst + k]
             # the observed block, for the lanes the precision route did not serve
             for gi in range(P):
                 g = gpat[gstart[q] + p0 + gi]
@@ -293,9 +293,6 @@ def fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT, means
                         put_lanes(out, gi * K + k, C1, c)
                     for r in range(starts[g], starts[g + 1]):
                         i = order[r]
-                        if raw and not by_prec:  # no lane wrote the row
-                            for j in range(d):
-                                Xhat[k, i, j] = X0[i, j]
                         qd = obs_row(X0, i, o, m, s, c, means, k, A1, B, t1, xm)
                         logp[i, k] = -0.5 * (s * LOG_2PI + ld_block + qd)
                         for a in range(c):
