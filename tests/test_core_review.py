@@ -17,6 +17,7 @@ from scipy.stats import multivariate_normal as mvn
 import emcli.sources.rows as rows_module
 from emcli.conditional import spd_inverse
 from emcli.fitting import fit_mixture
+from emcli.gaussian import QUAD_MAX_TERM
 from emcli.model import GMMParams
 from emcli.scoring import impute_rows, score_rows
 
@@ -157,12 +158,15 @@ def test_outputs_line_up_with_input_rows(t):
     r, lse = ref_estep(X, P.weights, P.means, _full(P.covariance_type, P.covariances, 3, 4))
     use = ~np.isnan(X).all(axis=1)
     # alignment is the point here: a misplaced row is off by O(1); the quad route's own
-    # rounding (eps times its 1e6 term bound) is allowed
-    np.testing.assert_allclose(res.resp, r, atol=1e-10)
-    np.testing.assert_allclose(res.log_density[use], lse[use], rtol=1e-10)
+    # rounding (eps times its term bound, absolute: docs/e-step.md §6) is allowed
+    quad_rounding = QUAD_MAX_TERM * np.finfo(float).eps
+    np.testing.assert_allclose(res.resp, r, atol=quad_rounding)
+    np.testing.assert_allclose(res.log_density[use], lse[use], rtol=0, atol=quad_rounding)
     assert np.isnan(res.log_density[~use]).all()
     fit = use & (w > 0)
-    assert res.log_likelihood == pytest.approx(float(w[fit] @ lse[fit]), rel=1e-12)
+    assert res.log_likelihood == pytest.approx(
+        float(w[fit] @ lse[fit]), rel=0, abs=quad_rounding * w[fit].sum()
+    )
     # scoring new rows with other patterns and a far outlier
     Y = rng.normal(size=(30, 4)) * 3.0
     Y[rng.random(Y.shape) < 0.5] = np.nan
