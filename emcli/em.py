@@ -66,11 +66,18 @@ def _syrk_upper(Zs: np.ndarray) -> np.ndarray:
     return np.asarray(syrk(1.0, Zs.T, trans=0, lower=0), dtype=float)
 
 
+def _second_moment(X: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``Σ w x xᵀ`` (d, d) by SYRK."""
+    U = _syrk_upper(X if np.all(w == 1.0) else X * np.sqrt(w)[:, None])
+    return np.triu(U) + np.triu(U, 1).T
+
+
 def _general_statistics(
     chunk: Chunk, prep: GenPrepared, cache: dict, wr: np.ndarray
 ) -> GeneralStats:
     K, d = prep.means.shape
-    st = GeneralStats(N=wr.sum(axis=0))
+    N = wr.sum(axis=0)
+    st = GeneralStats(N=N)
     if "inc" in cache:
         st.S1, st.S2 = incomplete_statistics(cache["inc"], wr)
     elif "filled" in cache:  # incomplete rows: the raw sums of the filled-in rows
@@ -81,6 +88,10 @@ def _general_statistics(
     elif "deviations" in cache:  # incomplete rows off the quad route, around the means
         mask, found = cache["deviations"]
         st.S1, st.S2 = kernels.filled_sums(mask, wr, found)
+    elif "pooled" in cache:  # tied: Σ w x xᵀ is the same at every pass, kept with the chunk
+        X = chunk.X
+        st.G = chunk.keep("second moment", lambda: _second_moment(X, chunk.w))
+        st.F1 = np.concatenate([X.T @ wr, N[None]])
     elif "quad" in cache:  # raw sums, moved to the old means once per pass
         st.F = cache["quad"] @ wr
     else:

@@ -155,8 +155,10 @@ def working_set(
     chunk = chunk_rows_for(d) * ((d * (d + 1) // 2 + 3 * d + 4 * K + 8) * 3 + 2 * K * d) * 8
     sample = min(n_rows, KMEANS_SAMPLE) * (d + 2) * 8
     # a kept row: its cells, weight and bookkeeping (24), and the compiled kernels'
-    # missingness patterns, which an incomplete chunk keeps across passes (24)
-    rows = n_rows * (d * itemsize + 48) if kept else 0
+    # missingness patterns, which an incomplete chunk keeps across passes (24); a kept
+    # chunk: the tied model's second moment (d² numbers)
+    n_chunks = -(-n_rows // chunk_rows_for(d))
+    rows = n_rows * (d * itemsize + 48) + n_chunks * d * d * 8 if kept else 0
     return rows + sample + max(1, n_threads) * chunk
 
 

@@ -65,7 +65,7 @@ class Chunk:
             self._n_obs = d - nan.sum(axis=1)
             self._complete_rows = np.flatnonzero(self._n_obs == d)
         self._derived: dict[str, Any] = {}
-        self._kept: dict[bool, Any] = {}  # the compiled kernels' patterns, kept across passes
+        self._kept: dict[Any, Any] = {}  # what depends on the rows alone: kept across passes
 
     @property
     def n(self) -> int:
@@ -99,11 +99,18 @@ class Chunk:
         the patterns by their number of missing cells, for the compiled kernels
         (``kernels.pattern_groups``); found once, kept across passes (at most 24 bytes a
         row: ``working_set`` counts them)."""
-        v = self._kept.get(complete)
-        if v is None:
-            from . import kernels
+        from . import kernels
 
-            v = self._kept[complete] = kernels.pattern_groups(self.mask, complete)
+        return self.keep(
+            ("patterns", complete), lambda: kernels.pattern_groups(self.mask, complete)
+        )
+
+    def keep(self, key: Any, make: Any) -> Any:
+        """``make()``, found on first use and kept across passes: for what depends on
+        the rows and weights alone, never on the parameters."""
+        v = self._kept.get(key)
+        if v is None:
+            v = self._kept[key] = make()
         return v
 
     def release(self) -> None:
@@ -307,7 +314,8 @@ def log_prob_gen(
 ) -> tuple[np.ndarray, dict]:
     """Log-densities ``(n, K)`` over observed coordinates; cache for the statistics pass.
 
-    Complete chunks take the quad design (§6) or the whitened rows (§8);
+    Complete chunks take the quad design (§6; the tied model whitens its rows once,
+    §6.1) or the whitened rows (§8);
     incomplete chunks the precision or observed-block route of
     ``conditional.py`` (§7), which also finds the conditional moments of the
     missing cells unless ``moments`` is false.
@@ -343,6 +351,15 @@ def log_prob_gen(
             X0, chunk.mask, prep.means, prep.cov[one], prep.prec[one], prep.log_det[one],
             prep.precise, moments,
         )
+        return out, cache
+    if quad and prep.shared:
+        # one shared factor: the rows whitened once, |y − b_k|² expanded (docs/e-step.md §6.1)
+        Y = chunk.X @ prep.W[:, :d]
+        b = prep.b.reshape(K, d)
+        out = Y @ b.T
+        out += -0.5 * (d * LOG_2PI + prep.log_det + np.einsum("ka,ka->k", b, b))
+        out -= 0.5 * np.einsum("ij,ij->i", Y, Y)[:, None]
+        cache["pooled"] = True
         return out, cache
     if quad:
         assert prep.coef is not None

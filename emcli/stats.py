@@ -8,9 +8,10 @@ carries nothing of the parameters it was computed at: the prepared factors
 travel separately (docs/m-step.md §1).
 
 - ``GeneralStats``: full and tied models. Complete chunks may keep raw sums
-  of the quad design (``F``) or whitened sums (``Z1``, ``Z2``); incomplete
-  rows give deviations around the current means (``S1``, ``S2``) with the
-  conditional-covariance term included. ``scatter`` turns all three into one
+  of the quad design (``F``), whitened sums (``Z1``, ``Z2``) or, for the tied
+  model, one pooled raw second moment (``G`` with ``F1``); incomplete rows
+  give deviations around the current means (``S1``, ``S2``) with the
+  conditional-covariance term included. ``scatter`` turns them all into one
   ``(N, S1, S2)`` about the current means.
 - ``MaskStats``: diagonal models, from observed entries only.
 - ``Candidates``: the worst-explained rows, to re-seed a collapsed component.
@@ -60,13 +61,31 @@ class GeneralStats(_Sum):
     Z2: np.ndarray | None = None  # (K, d, d) upper triangle of sum w r z zᵀ
     S1: np.ndarray | None = None  # (K, d) sum w r (x̂ - μ)
     S2: np.ndarray | None = None  # (K, d, d) sum w r [(x̂ - μ)(x̂ - μ)ᵀ + C]
+    # the tied model's complete chunks on the pooled route (docs/m-step.md §3)
+    G: np.ndarray | None = None  # (d, d) sum w x xᵀ, the same for every component
+    F1: np.ndarray | None = None  # (d + 1, K) sum w r [x, 1]
 
-    def scatter(self, prep: GenPrepared) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``N``, ``S1`` and ``S2`` about ``prep.means``, whatever route each chunk took."""
+    def scatter(
+        self, prep: GenPrepared, pooled: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``N``, ``S1`` and ``S2`` about ``prep.means``, whatever route each chunk took.
+
+        With ``pooled`` (the tied model), ``S2`` is ``Σ_k S2_k`` (d, d), the one
+        scatter a shared covariance needs; without it no chunk may have taken
+        the pooled route."""
         K, d = prep.means.shape
         N = np.zeros(K) if self.N is None else self.N
         S1 = np.zeros((K, d)) if self.S1 is None else self.S1
         S2 = np.zeros((K, d, d)) if self.S2 is None else self.S2
+        S2_pooled = np.zeros((d, d))
+        if self.G is not None and self.F1 is not None:
+            if not pooled:
+                raise ValueError("pooled sums give only the scatter summed over components")
+            mu = prep.means
+            r1, n1 = self.F1[:d].T, self.F1[d]
+            cross = r1.T @ mu  # Σ_k (Σ w r x) μ_kᵀ
+            S1 = S1 + r1 - n1[:, None] * mu
+            S2_pooled = self.G - cross - cross.T + (mu.T * n1) @ mu
         if self.Z1 is not None and self.Z2 is not None:
             L = prep.chol
             upper = np.triu(self.Z2) + np.swapaxes(np.triu(self.Z2, 1), -1, -2)
@@ -75,7 +94,7 @@ class GeneralStats(_Sum):
         if self.F is not None:
             f1, f2 = quad_deviations(self.F, prep.means)
             S1, S2 = S1 + f1, S2 + f2
-        return N, S1, S2
+        return (N, S1, S2.sum(axis=0) + S2_pooled) if pooled else (N, S1, S2)
 
 
 @dataclass

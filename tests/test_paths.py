@@ -66,6 +66,45 @@ def test_whitened_route_equals_quad_route(monkeypatch, covariance_type, holes):
     assert quad.log_likelihood == pytest.approx(_ll_scipy(X, quad.params), rel=1e-10)
 
 
+def test_tied_pooled_route_on_weighted_rows_and_mixed_chunks(monkeypatch):
+    """The tied model's complete chunks add one pooled second moment (docs/m-step.md §3);
+    beside a chunk with holes and with row weights, the fit is the whitened route's."""
+    rng = np.random.default_rng(8)
+    X = np.vstack([_data(s, 0.0) for s in range(6)])[rng.permutation(2700)]
+    X[2200:][rng.random((500, 4)) < 0.2] = np.nan  # chunks of 1000: only the last has holes
+    w = rng.uniform(0.2, 3.0, size=X.shape[0])
+    kw = {
+        "n_components": 3,
+        "covariance_type": "tied",
+        "seed": 2,
+        "tol": 0.0,
+        "max_iter": 12,
+        "chunk_rows": 1000,
+    }
+    pooled = fit_mixture(X, sample_weight=w, **kw)
+    monkeypatch.setattr(rows_module, "QUAD_DESIGN_BUDGET", 0)
+    whitened = fit_mixture(X, sample_weight=w, **kw)
+    np.testing.assert_allclose(pooled.params.means, whitened.params.means, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(
+        pooled.params.covariances, whitened.params.covariances, rtol=1e-9, atol=1e-9
+    )
+    ll_p = [h.log_likelihood for h in pooled.history]
+    np.testing.assert_allclose(ll_p, [h.log_likelihood for h in whitened.history], rtol=1e-11)
+    assert np.all(np.diff(ll_p) >= -1e-9 * abs(ll_p[-1]))
+    covs = pooled.params.full_covariances()
+    ref = 0.0
+    for x, wi in zip(X, w, strict=True):  # the weighted log-likelihood row by row
+        o = ~np.isnan(x)
+        if not o.any():
+            continue
+        dens = sum(
+            pk * multivariate_normal(m[o], c[np.ix_(o, o)]).pdf(x[o])
+            for pk, m, c in zip(pooled.params.weights, pooled.params.means, covs, strict=True)
+        )
+        ref += wi * np.log(dens)
+    assert pooled.log_likelihood == pytest.approx(ref, rel=1e-10)
+
+
 def test_far_tight_components_are_not_flushed_to_zero_wrongly():
     """Responsibilities below e^-700 are zeroed; labels and ll stay exact."""
     rng = np.random.default_rng(3)

@@ -211,10 +211,15 @@ class _General(CovarianceModel):
         return prepare_gen(means, self.to_full(cov, K, d), not self.per_component, dtype, quad_ok)
 
     def m_step(self, stats: GeneralStats, prep: GenPrepared, means, cov, ctx):
-        N, S1, S2 = stats.scatter(prep)
+        # a shared covariance needs only the scatter summed over components
+        pooled = not self.per_component
+        N, S1, S2 = stats.scatter(prep, pooled)
         Nsafe = np.where(N > 0, N, 1.0)
         dmu = S1 / Nsafe[:, None]
-        centred = S2 - N[:, None, None] * dmu[:, :, None] * dmu[:, None, :]
+        if pooled:
+            centred = (S2 - (dmu.T * N) @ dmu)[None]
+        else:
+            centred = S2 - N[:, None, None] * dmu[:, :, None] * dmu[:, None, :]
         return means + dmu, self.from_scatter(centred, Nsafe, ctx, cov)
 
     def from_scatter(self, W, N, ctx, current=None):
@@ -283,6 +288,7 @@ class Tied(_General):
         return cov + amount * np.diag(col_var)
 
     def _from_scatter(self, W, N, ctx, current):
+        # W: each component's scatter, or (from the M-step) their sum as one
         return W.sum(axis=0) / ctx.sum_w + np.diag(ctx.reg_covar * ctx.col_var)
 
 
