@@ -92,6 +92,11 @@ def _general_statistics(
         X = chunk.X
         st.G = chunk.keep("second moment", lambda: _second_moment(X, chunk.w))
         st.F1 = np.concatenate([X.T @ wr, N[None]])
+    elif "tied" in cache:  # tied, incomplete rows: the same, and their missing cells' part
+        X0 = chunk.X0.astype(float, copy=False)
+        extra, S1 = kernels.tied_sums(X0, chunk.mask, chunk.w, wr, cache["tied"])
+        st.G = chunk.keep("second moment", lambda: _second_moment(X0, chunk.w)) + extra
+        st.F1 = np.concatenate([S1.T, N[None]])
     elif "quad" in cache:  # raw sums, moved to the old means once per pass
         st.F = cache["quad"] @ wr
     else:

@@ -331,6 +331,13 @@ def log_prob_gen(
         assert prep.prec is not None and prep.precise_k is not None
         one = slice(0, 1) if prep.shared else slice(None)
         X0 = chunk.X0.astype(float, copy=False)
+        if quad and prep.shared and prep.precise:  # one factor per pattern (§7.5)
+            tied = kernels.tied_incomplete(
+                X0, chunk.mask, chunk.pattern_groups(), prep.means, prep.prec[0],
+                float(prep.log_det[0]), moments)
+            if tied is not None:
+                cache["tied"] = tied[1]
+                return tied[0], cache
         if quad:
             assert prep.coef is not None
             out, found = kernels.fill_incomplete(

@@ -19,7 +19,7 @@ from test_missing import ref_component_logpdf, ref_em_step
 
 from emcli.em import chunk_statistics
 from emcli.fitting import fit_mixture
-from emcli.gaussian import Chunk, prepare_gen
+from emcli.gaussian import Chunk, log_prob_gen, prepare_gen
 
 
 def _awkward_rows(n: int, d: int, seed: int, frac: float = 0.3) -> np.ndarray:
@@ -73,7 +73,7 @@ def test_both_routes_give_the_reference_densities_and_sums(tied, cond, scale):
         assert prep.precise_k.sum() == (4 if well else 0 if tied else 3)
         totals = chunk_statistics(chunk, prep, np.log(weights))
         assert totals.stats.ll == pytest.approx(want_ll, rel=rel)
-        got.append(totals.stats.scatter(prep))
+        got.append(totals.stats.scatter(prep, pooled=tied))
     for a, b in zip(got[0], got[1], strict=True):
         np.testing.assert_allclose(a, b, rtol=rel, atol=rel * np.abs(a).max())
 
@@ -101,10 +101,41 @@ def test_the_batches_of_lanes_change_nothing(monkeypatch, tied, cond):
         assert (chunk.max_sq_norm < prep.quad_limit) == (cond is None)
         totals = chunk_statistics(chunk, prep, np.log(weights))
         assert totals.stats.ll == pytest.approx(want_ll, rel=1e-10)
-        got.append((totals.stats.ll, *totals.stats.scatter(prep)))
+        got.append((totals.stats.ll, *totals.stats.scatter(prep, pooled=tied)))
     for other in got[1:]:
         for a, b in zip(got[0], other, strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("frac", [0.1, 0.35, 0.6])
+def test_the_tied_kernel_gives_the_lanes_and_the_reference(frac):
+    """A tied model's incomplete chunk takes one factor per pattern (docs/e-step.md §7.5)
+    and pooled sums: the same log-densities, log-likelihood and pooled scatter as the
+    lanes' precision route and the row-by-row reference, with row weights."""
+    X = _awkward_rows(900, 8, seed=41, frac=frac)
+    w = np.random.default_rng(43).uniform(0.2, 3.0, X.shape[0])
+    weights, means, cov = _params(8, 5, seed=42, tied=True)
+    ref = ref_component_logpdf(X, means, cov) + np.log(weights)
+    want_ll = float(w @ logsumexp(ref, axis=1))
+    got = []
+    for tied_kernel in (True, False):
+        prep = prepare_gen(means, cov, True, np.float64)
+        prep.compiled = True
+        prep.precise = tied_kernel  # False: the lanes, on their precision route still
+        assert prep.precise_k is not None and prep.precise_k.all()
+        chunk = Chunk(X, w)
+        logp, cache = log_prob_gen(chunk, prep)
+        assert ("tied" in cache) == tied_kernel and ("filled" in cache) != tied_kernel
+        np.testing.assert_allclose(logp, ref - np.log(weights), rtol=1e-11, atol=1e-11)
+        chunk.release()
+        bare, _ = log_prob_gen(chunk, prep, moments=False)
+        np.testing.assert_array_equal(bare, logp)
+        chunk.release()
+        totals = chunk_statistics(chunk, prep, np.log(weights))
+        assert totals.stats.ll == pytest.approx(want_ll, rel=1e-11)
+        got.append(totals.stats.scatter(prep, pooled=True))
+    for a, b in zip(got[0], got[1], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10 * np.abs(b).max())
 
 
 @pytest.mark.parametrize("t", ["full", "tied"])
@@ -288,6 +319,6 @@ def test_wide_rows_and_more_components_than_lanes(monkeypatch, tied):
         prep.compiled = compiled
         totals = chunk_statistics(Chunk(X, np.ones(n)), prep, np.log(weights))
         assert totals.stats.ll == pytest.approx(want_ll, rel=1e-10)
-        got.append(totals.stats.scatter(prep))
+        got.append(totals.stats.scatter(prep, pooled=tied))
     for a, b in zip(got[0], got[1], strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-10 * np.abs(a).max())

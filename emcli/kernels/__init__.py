@@ -7,7 +7,9 @@ One kernel then corrects each row through the precision matrix (or the
 observed block), the patterns taken in batches whose (pattern, component)
 pairs are vectorised lanes (``lanes.py``; the observed block in
 ``blocks.py``), and fills the missing cells in for the M-step's sums
-(docs/e-step.md §7.3-7.4). ``conditional.py`` computes the same quantities
+(docs/e-step.md §7.3-7.4). A tied model's chunk takes one factor per pattern
+and one solve per row instead, with pooled sums (``tied.py``, §7.5).
+``conditional.py`` computes the same quantities
 with numpy: it is the reference the tests compare these with, and the route
 of small fits. numba is imported on first use only, for fits large enough
 that loading the cached machine code (``cache=True``; compiling, the first
@@ -51,11 +53,12 @@ def available() -> bool:
 @lru_cache(maxsize=1)
 def _compiled() -> Any:
     """The compiled kernels (importing numba, and loading or compiling their code)."""
-    from . import lanes
+    from . import lanes, tied
 
     return SimpleNamespace(fill_lanes=lanes.fill_lanes,
                            weighted_rows=lanes.weighted_rows, cov_lanes=lanes.cov_lanes,
-                           zero_filled=lanes.zero_filled)
+                           zero_filled=lanes.zero_filled, tied_rows=tied.tied_rows,
+                           tied_sums=tied.tied_sums)
 
 
 def patterns(mask: np.ndarray, complete: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -221,3 +224,64 @@ def filled_sums(
     order, starts, gpat, gstart = groups
     kernels.cov_lanes(mask, order, starts, gpat, gstart, nb, wr, cbuf, goff, S2)
     return S1, S2
+
+
+def tied_incomplete(
+    X0: np.ndarray,
+    mask: np.ndarray,
+    groups: tuple[np.ndarray, ...],
+    means: np.ndarray,
+    prec: np.ndarray,
+    log_det: float,
+    moments: bool,
+) -> tuple[np.ndarray, tuple[Any, ...]] | None:
+    """The tied model's log-densities over the observed cells of an incomplete chunk on
+    the quad route ``(n, K)``, one factor per pattern and one solve per row
+    (docs/e-step.md §7.5), and what ``tied_sums`` needs; None if a pattern's ``P_mm``
+    does not factor (the lanes then take the chunk). ``prec`` is the shared precision."""
+    n, d = X0.shape
+    K = means.shape[0]
+    order, starts = groups[0], groups[1]
+    V = X0 @ prec  # P x₀
+    PmuT = np.ascontiguousarray(prec @ means.T)
+    # the zero-filled rows: δ̃ᵀPδ̃ = x₀ᵀPx₀ − 2 (Pμ)ᵀx₀ + μᵀPμ, with δ̃ = x₀ − μ
+    logp = X0 @ PmuT
+    logp += -0.5 * (d * LOG_2PI + log_det + np.einsum("ka,ak->k", means, PmuT))
+    logp -= 0.5 * np.einsum("ij,ij->i", X0, V)[:, None]
+    off, toff = _packing(mask, order, starts)
+    hbuf = np.empty(K * off[-1] if moments else 0)
+    cbuf = np.empty(toff[-1] if moments else 0)
+    g = np.zeros((n if moments else 0, d))
+    bad = _compiled().tied_rows(mask, order, starts, V, prec, np.ascontiguousarray(means.T),
+                                PmuT, moments, logp, g, hbuf, cbuf, off, toff)
+    if bad >= 0:
+        return None
+    return logp, (groups, g, hbuf, cbuf, off, toff)
+
+
+def _packing(mask: np.ndarray, order: np.ndarray, starts: np.ndarray) -> tuple[Any, Any]:
+    """Where each pattern's numbers start in the tied kernel's flat buffers: the missing
+    cells of the patterns before it, and the entries of their lower triangles."""
+    c = mask.shape[1] - mask[order[starts[:-1]]].sum(axis=1)
+    off = np.zeros(c.size + 1, dtype=np.int64)
+    toff = np.zeros(c.size + 1, dtype=np.int64)
+    np.cumsum(c, out=off[1:])
+    np.cumsum(c * (c + 1) // 2, out=toff[1:])
+    return off, toff
+
+
+def tied_sums(
+    X0: np.ndarray, mask: np.ndarray, w: np.ndarray, wr: np.ndarray, found: tuple[Any, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``Σ_k Σ w r (x̂ x̂ᵀ + C) − Σ w x₀ x₀ᵀ`` ``(d, d)`` and ``Σ w r x̂`` ``(K, d)`` of the rows
+    ``tied_incomplete`` corrected (raw sums: docs/m-step.md §3; the chunk adds its kept
+    ``Σ w x₀ x₀ᵀ``)."""
+    groups, g, hbuf, cbuf, off, toff = found
+    order, starts = groups[0], groups[1]
+    wr = np.ascontiguousarray(wr, dtype=float)
+    S1 = np.ascontiguousarray(((X0 - g).T @ wr).T)  # the kernel adds Σ_k W_pk h_k
+    E = np.zeros_like(X0)
+    S2 = np.zeros((X0.shape[1],) * 2)
+    _compiled().tied_sums(mask, order, starts, wr, w, g, hbuf, cbuf, off, toff, S1, E, S2)
+    cross = X0.T @ E
+    return S2 + cross + cross.T, S1
