@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import compiled_kernels
 from scipy.stats import multivariate_normal
 
 import emcli.sources.rows as rows_module
@@ -66,9 +67,11 @@ def test_whitened_route_equals_quad_route(monkeypatch, covariance_type, holes):
     assert quad.log_likelihood == pytest.approx(_ll_scipy(X, quad.params), rel=1e-10)
 
 
-def test_tied_pooled_route_on_weighted_rows_and_mixed_chunks(monkeypatch):
+@pytest.mark.parametrize("compiled", [False, True])
+def test_tied_pooled_route_on_weighted_rows_and_mixed_chunks(monkeypatch, compiled):
     """The tied model's complete chunks add one pooled second moment (docs/m-step.md §3);
-    beside a chunk with holes and with row weights, the fit is the whitened route's."""
+    beside a chunk with holes (numpy, or the compiled kernel of docs/e-step.md §7.5)
+    and with row weights, the fit is the whitened route's."""
     rng = np.random.default_rng(8)
     X = np.vstack([_data(s, 0.0) for s in range(6)])[rng.permutation(2700)]
     X[2200:][rng.random((500, 4)) < 0.2] = np.nan  # chunks of 1000: only the last has holes
@@ -81,9 +84,10 @@ def test_tied_pooled_route_on_weighted_rows_and_mixed_chunks(monkeypatch):
         "max_iter": 12,
         "chunk_rows": 1000,
     }
-    pooled = fit_mixture(X, sample_weight=w, **kw)
-    monkeypatch.setattr(rows_module, "QUAD_DESIGN_BUDGET", 0)
-    whitened = fit_mixture(X, sample_weight=w, **kw)
+    with compiled_kernels(compiled):
+        pooled = fit_mixture(X, sample_weight=w, **kw)
+        monkeypatch.setattr(rows_module, "QUAD_DESIGN_BUDGET", 0)
+        whitened = fit_mixture(X, sample_weight=w, **kw)
     np.testing.assert_allclose(pooled.params.means, whitened.params.means, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(
         pooled.params.covariances, whitened.params.covariances, rtol=1e-9, atol=1e-9

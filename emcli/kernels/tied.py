@@ -45,8 +45,8 @@ def tied_rows(mask, order, starts, V, P, MT, PmuT, moments, logp, g, hbuf, cbuf,
     lin0 = np.empty(K)  # −2 μ_k,mᵀ a_k − μ_k,mᵀ P_mm μ_k,m
     quad = np.empty(K)
     lin = np.empty(K)
-    v = np.empty(d)
     z = np.empty(d)
+    sq = np.empty(d)  # D^-½
     E = np.empty((d, d))
     for p in range(starts.size - 1):
         c = pattern_columns(mask, order[starts[p]], M, 0)
@@ -78,6 +78,7 @@ def tied_rows(mask, order, starts, V, P, MT, PmuT, moments, logp, g, hbuf, cbuf,
                 for k in range(K):
                     Y[x, k] -= axy * Y[y, k]
             r = np.sqrt(A[x, x])
+            sq[x] = r
             for k in range(K):
                 ZA[x, k] = Y[x, k] * r
         if moments:
@@ -114,12 +115,11 @@ def tied_rows(mask, order, starts, V, P, MT, PmuT, moments, logp, g, hbuf, cbuf,
                 lin[k] = lin0[k]
             for x in range(c):
                 vx = V[i, m[x]]
-                v[x] = vx
                 t = vx
                 for y in range(x):
                     t -= A[x, y] * z[y]
                 z[x] = t
-                zx = t * np.sqrt(A[x, x])
+                zx = t * sq[x]
                 for k in range(K):
                     e = zx - ZA[x, k]
                     quad[k] += e * e
@@ -175,7 +175,6 @@ def tied_sums(mask, order, starts, wr, w, g, hbuf, cbuf, off, toff, S1, E, S2):
                     gy = g[i, m[y]]
                     S2[m[x], m[y]] += wi * gx * gy - hh[x] * gy - gx * hh[y]
         for x in range(c):  # Σ_k W_pk h_k (h_kᵀ), and the pattern's C
-            t = 0.0
             for k in range(K):
                 S1[k, m[x]] += Wk[k] * h[x, k]
             for y in range(x + 1):

@@ -60,18 +60,22 @@ class RowSource(Protocol):
 
 
 def chunk_rows_for(n_features: int) -> int:
-    """Rows per block: about 8 MiB of the widest per-row working set, a multiple of 64.
+    """Rows per block: about 8 MiB of the widest per-row working set, a multiple of 64,
+    and at most 8192.
 
     It depends on the number of columns only, so every source, every model
     and every number of components cuts the same rows into the same blocks.
     Measured at d=16, K=8 (full): blocks of ~7000 rows pass 1.25x faster on one
     thread and 2.6x faster on two than blocks of ~800 (Python's per-block cost
-    and the GIL), although their quad design no longer fits in L2.
+    and the GIL), although their quad design no longer fits in L2. Beyond 8192
+    rows the log-densities and responsibilities (rows × K) leave the L2 cache
+    between the normalisation's passes over them: at d=4, K=8 blocks of 8192 rows
+    pass 1.1-1.8x faster than blocks of 32768 (docs/loop.md §10.1).
     """
     d = max(int(n_features), 1)
     width = max(d * (d + 1) // 2 + d + 1, 8 * d)  # the quad design, or K=8 log-densities
     rows = (8 << 20) // (8 * width)
-    return int(np.clip(rows // 64 * 64, 1024, 65536))
+    return int(np.clip(rows // 64 * 64, 1024, 8192))
 
 
 def ordered_map(
