@@ -112,8 +112,9 @@ def chunk_statistics(
 ) -> PassTotals:
     """E-step on one chunk: log-likelihood, sufficient statistics, re-seed candidates."""
     logp, cache = log_prob(chunk, prep)
-    lse, resp = _normalise(logp, log_weights)
-    wr = chunk.w[:, None] * resp
+    lse, resp, log_total = _responsibilities(logp, log_weights, own=True)
+    unit = chunk.keep("unit weights", lambda: bool(np.all(chunk.w == 1.0)))
+    wr = resp if unit else chunk.w[:, None] * resp
     st: GeneralStats | MaskStats
     if isinstance(prep, GenPrepared):
         st = _general_statistics(chunk, prep, cache, wr)
@@ -122,9 +123,11 @@ def chunk_statistics(
         st = MaskStats(N=wr.sum(axis=0), So=So, Sx=Sx, Sx2=Sx2)
     st.ll = float(chunk.w @ lse)
     # candidates for re-seeding collapsed components: the chunk's K worst-explained rows
-    explained = np.where(chunk.w > 0, lse, np.inf)  # rows of zero weight never re-seed
-    with np.errstate(divide="ignore"):
-        log_max = float(chunk.w @ np.log(_across(np.maximum, resp))) if chunk.n else 0.0
+    # (rows of zero weight never re-seed)
+    positive = chunk.keep("positive weights", lambda: bool(np.all(chunk.w > 0)))
+    explained = lse if positive else np.where(chunk.w > 0, lse, np.inf)
+    # log max_k r = −log Σ_k e^(l_k − max l): the largest term of the sum is e^0
+    log_max = -float(chunk.w @ log_total)
     return PassTotals(st, Candidates.of(explained, chunk.X, log_weights.size), log_max)
 
 
@@ -138,11 +141,23 @@ def _across(op: Any, a: np.ndarray) -> np.ndarray:
 
 
 def _normalise(logp: np.ndarray, log_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Row log-sum-exp of ``logp + log_weights`` and the responsibilities.
+    """Row log-sum-exp of ``logp + log_weights`` and the responsibilities."""
+    lse, resp, _ = _responsibilities(logp, log_weights)
+    return lse, resp
 
-    The work is done column by column, on a copy laid out so (Fortran order), and
-    ``copyto`` keeps that layout where ``putmask`` would walk it row by row."""
-    logp = np.add(logp, log_weights, dtype=float, order="F")
+
+def _responsibilities(
+    logp: np.ndarray, log_weights: np.ndarray, own: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_normalise``'s two results and each row's ``log Σ_k e^(l_k − max_k l_k)``.
+
+    The work is done column by column, laid out so (Fortran order), and ``copyto``
+    keeps that layout where ``putmask`` would walk it row by row: on ``logp`` itself
+    when it is the caller's to give (``own``) and so laid out, else on a copy."""
+    if own and logp.dtype == np.float64 and logp.flags.f_contiguous:
+        logp += log_weights
+    else:
+        logp = np.add(logp, log_weights, dtype=float, order="F")
     top = _across(np.maximum, logp)
     top[~np.isfinite(top)] = 0.0
     logp -= top[:, None]
@@ -156,8 +171,9 @@ def _normalise(logp: np.ndarray, log_weights: np.ndarray) -> tuple[np.ndarray, n
         logp[lost] = np.exp(log_weights - np.max(log_weights))
         total[lost] = logp[lost].sum(axis=1)
         top[lost] = -np.inf
-    logp /= total[:, None]
-    return np.log(total) + top, logp
+    logp *= (1.0 / total)[:, None]
+    log_total = np.log(total)
+    return log_total + top, logp, log_total
 
 
 def e_pass(

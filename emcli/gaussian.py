@@ -21,6 +21,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
+from scipy.linalg.blas import dgemm, sgemm
 from scipy.linalg.lapack import dtrtri
 
 from .conditional import incomplete_log_prob
@@ -426,13 +427,25 @@ def log_prob_mask(chunk: Chunk, prep: MaskPrepared) -> tuple[np.ndarray, dict]:
     X0 = chunk.X0
     sq = chunk.squares
     dt = X0.dtype
-    out = sq @ (-0.5 * prec.T).astype(dt)
-    out += X0 @ (prep.means * prec).T.astype(dt)
     if chunk.obs is None:
-        out += const.sum(axis=1).astype(dt)
+        out = np.empty((chunk.n, prep.means.shape[0]), dtype=dt)
+        out[:] = const.sum(axis=1).astype(dt)
     else:
-        out += chunk.obs @ const.T.astype(dt)
+        out = chunk.obs @ const.T.astype(dt)
+    _add_product(out, sq, -0.5 * prec.T)
+    _add_product(out, X0, (prep.means * prec).T)
     return out, {"expanded": True}
+
+
+def _add_product(out: np.ndarray, A: np.ndarray, B: np.ndarray) -> None:
+    """``out += A @ B`` for C-ordered ``out`` (n, K) and rows ``A`` (n, d), in one BLAS
+    call (numpy's ``+=`` after ``@`` makes a temporary and passes over ``out`` twice)."""
+    gemm = sgemm if A.dtype == np.float32 else dgemm
+    Bt = np.asfortranarray(B.T, dtype=A.dtype)
+    # column-major: out is (K, n), A is (d, n), so out = Bᵀ A + out, in place
+    res = gemm(1.0, Bt, A.T, beta=1.0, c=out.T, overwrite_c=1)
+    if not np.shares_memory(res, out):  # (a layout BLAS could not take: copied back)
+        out[:] = res.T
 
 
 def mask_statistics(
@@ -444,13 +457,13 @@ def mask_statistics(
     """
     K, d = prep.means.shape
     if "expanded" in cache:  # raw sums of x0², x0 and o, moved to the means
-        w = wr.astype(chunk.X0.dtype)
-        Sx2 = (chunk.squares.T @ w).T.astype(float)
-        Sx = (chunk.X0.T @ w).T.astype(float)
+        w = wr.astype(chunk.X0.dtype, copy=False)
+        Sx2 = (chunk.squares.T @ w).T.astype(float, copy=False)
+        Sx = (chunk.X0.T @ w).T.astype(float, copy=False)
         if chunk.obs is None:
             So = np.repeat(wr.sum(axis=0)[:, None], d, axis=1)
         else:
-            So = (chunk.obs.T @ w).T.astype(float)
+            So = (chunk.obs.T @ w).T.astype(float, copy=False)
         mu = prep.means
         return So, Sx - mu * So, Sx2 - 2.0 * mu * Sx + mu**2 * So
     obs = np.ones_like(chunk.X0) if chunk.obs is None else chunk.obs
