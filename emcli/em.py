@@ -66,9 +66,9 @@ def _syrk_upper(Zs: np.ndarray) -> np.ndarray:
     return np.asarray(syrk(1.0, Zs.T, trans=0, lower=0), dtype=float)
 
 
-def _second_moment(X: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """``Σ w x xᵀ`` (d, d) by SYRK."""
-    U = _syrk_upper(X if np.all(w == 1.0) else X * np.sqrt(w)[:, None])
+def _second_moment(X: np.ndarray, w: np.ndarray, unit: bool) -> np.ndarray:
+    """``Σ w x xᵀ`` (d, d) by SYRK (``unit``: every weight is 1)."""
+    U = _syrk_upper(X if unit else X * np.sqrt(w)[:, None])
     return np.triu(U) + np.triu(U, 1).T
 
 
@@ -90,12 +90,14 @@ def _general_statistics(
         st.S1, st.S2 = kernels.filled_sums(mask, wr, found)
     elif "pooled" in cache:  # tied: Σ w x xᵀ is the same at every pass, kept with the chunk
         X = chunk.X
-        st.G = chunk.keep("second moment", lambda: _second_moment(X, chunk.w))
+        st.G = chunk.keep("second moment",
+                          lambda: _second_moment(X, chunk.w, chunk.unit_weights))
         st.F1 = np.concatenate([X.T @ wr, N[None]])
     elif "tied" in cache:  # tied, incomplete rows: the same, and their missing cells' part
         X0 = chunk.X0.astype(float, copy=False)
         extra, S1 = kernels.tied_sums(X0, chunk.mask, chunk.w, wr, cache["tied"])
-        st.G = chunk.keep("second moment", lambda: _second_moment(X0, chunk.w)) + extra
+        G = chunk.keep("second moment", lambda: _second_moment(X0, chunk.w, chunk.unit_weights))
+        st.G = G + extra
         st.F1 = np.concatenate([S1.T, N[None]])
     elif "quad" in cache:  # raw sums, moved to the old means once per pass
         st.F = cache["quad"] @ wr
@@ -113,8 +115,7 @@ def chunk_statistics(
     """E-step on one chunk: log-likelihood, sufficient statistics, re-seed candidates."""
     logp, cache = log_prob(chunk, prep)
     lse, resp, log_total = _responsibilities(logp, log_weights, own=True)
-    unit = chunk.keep("unit weights", lambda: bool(np.all(chunk.w == 1.0)))
-    wr = resp if unit else chunk.w[:, None] * resp
+    wr = resp if chunk.unit_weights else chunk.w[:, None] * resp
     st: GeneralStats | MaskStats
     if isinstance(prep, GenPrepared):
         st = _general_statistics(chunk, prep, cache, wr)

@@ -106,6 +106,11 @@ class Chunk:
             ("patterns", complete), lambda: kernels.pattern_groups(self.mask, complete)
         )
 
+    @property
+    def unit_weights(self) -> bool:
+        """Every row's weight is 1 (found once)."""
+        return bool(self.keep("unit weights", lambda: bool(np.all(self.w == 1.0))))
+
     def keep(self, key: Any, make: Any) -> Any:
         """``make()``, found on first use and kept across passes: for what depends on
         the rows and weights alone, never on the parameters."""

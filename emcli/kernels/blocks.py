@@ -59,6 +59,11 @@ def solve(A, b, q, quad_only):  # b <- A^-1 b from ldl; returns b_orig' A^-1 b_o
         quad += b[i] * b[i] * A[i, i]
     if quad_only:
         return quad
+    back(A, b, q)
+    return quad
+
+@inline
+def back(A, b, q):  # b <- L⁻ᵀ D⁻¹ b from ldl's factors: after the forward solve, P⁻¹ b
     for i in range(q):
         b[i] *= A[i, i]
     for i in range(q - 1, -1, -1):
@@ -66,7 +71,6 @@ def solve(A, b, q, quad_only):  # b <- A^-1 b from ldl; returns b_orig' A^-1 b_o
         for p in range(i + 1, q):
             v -= A[p, i] * b[p]
         b[i] = v
-    return quad
 
 @inline
 def split(mask, row, o, m):  # a row's observed columns into o, missing into m; (c, s)

@@ -15,7 +15,7 @@ import numpy as np
 
 from emcli.gaussian import LOG_2PI
 
-from .blocks import ldl, pattern_columns
+from .blocks import back, ldl, pattern_columns
 
 # sums over the components may be reordered into vector instructions (NaN and the
 # infinities keep their meaning: a pattern that fails to factor is still seen)
@@ -127,14 +127,9 @@ def tied_rows(mask, order, starts, V, P, MT, PmuT, moments, logp, g, hbuf, cbuf,
             for k in range(K):
                 logp[i, k] -= 0.5 * (-c * LOG_2PI + ld + lin[k] - quad[k])
             if moments:  # g = C v: z holds L⁻¹ v
+                back(A, z, c)
                 for x in range(c):
-                    z[x] *= A[x, x]
-                for x in range(c - 1, -1, -1):
-                    t = z[x]
-                    for y in range(x + 1, c):
-                        t -= A[y, x] * z[y]
-                    z[x] = t
-                    g[i, m[x]] = t
+                    g[i, m[x]] = z[x]
     return -1
 
 
