@@ -181,9 +181,22 @@ def _quad_design(chunk: Chunk) -> np.ndarray:
     return FT
 
 
+def zero_filled(X: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``X`` with the cells where ``mask`` is False set to 0 (the missing cells: +0.0).
+
+    Float bits and'ed with 0 or all ones: ``np.where`` branches on every cell and
+    runs 3-7× slower on scattered holes."""
+    if X.dtype not in (np.float64, np.float32):
+        return np.where(mask, X, 0.0).astype(X.dtype, copy=False)
+    bits = np.int64 if X.dtype == np.float64 else np.int32
+    keep = np.negative(mask.view(np.int8), dtype=bits)  # −1 (every bit) where observed
+    np.bitwise_and(X.view(bits), keep, out=keep)
+    return keep.view(X.dtype)
+
+
 _DERIVE: dict[str, Any] = {
     "mask": lambda c: ~np.isnan(c.X),
-    "X0": lambda c: np.where(c.mask, c.X, 0.0).astype(c.X.dtype, copy=False),
+    "X0": lambda c: zero_filled(c.X, c.mask),
     "obs": lambda c: c.mask.astype(c.X.dtype),
     "squares": lambda c: np.multiply(c.X0, c.X0),
     "design_quad": lambda c: _quad_design(c),
