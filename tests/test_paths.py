@@ -233,7 +233,7 @@ def test_zero_filled_rows_keep_every_observed_bit(dtype):
     from emcli.gaussian import zero_filled
 
     rng = np.random.default_rng(7)
-    X = rng.normal(size=(300, 9)).astype(dtype) * 10.0 ** rng.integers(-30, 30, (300, 9))
+    X = (rng.normal(size=(300, 9)) * 10.0 ** rng.integers(-30, 30, (300, 9))).astype(dtype)
     X[0, :4] = [-0.0, np.inf, -np.inf, np.finfo(dtype).smallest_subnormal]
     X[rng.random(X.shape) < 0.3] = np.nan
     X[1] = np.nan
