@@ -278,9 +278,10 @@ def prepare_gen(
 ) -> GenPrepared:
     """Factor each component once per iteration; raises LinAlgError if one is not PD.
 
-    With ``quad_ok`` and float64 arithmetic, ``coef`` is set, and ``quad_limit``
-    says up to which ``|x|^2`` the quad expansion is accurate: each chunk takes
-    the quad route when its largest row is below it (docs/e-step.md §6).
+    In float64 arithmetic ``quad_limit`` says up to which ``|x|^2`` the quad
+    expansion is accurate: each chunk takes the expanded routes when its largest
+    row is below it (docs/e-step.md §6); with ``quad_ok`` too (a chunk's design
+    fits its budget), ``coef`` is set for the quad design itself.
     """
     K, d = means.shape
     L, bad = cholesky_components(cov)
@@ -298,8 +299,9 @@ def prepare_gen(
     # eps·λmax(P)·λmax(Σ_oo) ≤ eps·λmax(P)/λmin(P): the precision route's error bound
     prep.precise_k = np.finfo(float).eps * lam_max < PRECISION_ROUTE_BOUND * lam[:, 0]
     prep.precise = bool(np.all(prep.precise_k))
-    if np.dtype(dtype) == np.float64 and quad_ok:
+    if np.dtype(dtype) == np.float64:
         prep.quad_limit = float(np.min(QUAD_MAX_TERM / lam_max - (means**2).sum(axis=1)))
+    if np.dtype(dtype) == np.float64 and quad_ok:
         iu, ju, two = vech_weights(d)
         Pm = np.einsum("kab,kb->ka", P, means)
         const = -0.5 * (d * LOG_2PI + log_det + np.einsum("ka,ka->k", Pm, means))
@@ -341,7 +343,9 @@ def log_prob_gen(
     """
     K, d = prep.means.shape
     cache: dict = {}
-    quad = prep.coef is not None and chunk.max_sq_norm < prep.quad_limit
+    # the expansions of (x − μ)ᵀP(x − μ) are accurate (§6); only the quad design itself
+    # needs its memory budget (``coef``), the other expanded routes build no design
+    quad = chunk.max_sq_norm < prep.quad_limit
     if not chunk.complete and prep.compiled:
         # per pattern in the compiled kernels (§7.3): on the quad route, the zero-filled
         # rows' log-densities from the design, corrected per row; else directly
@@ -357,8 +361,7 @@ def log_prob_gen(
             if tied is not None:
                 cache["tied"] = tied[1]
                 return tied[0], cache
-        if quad:
-            assert prep.coef is not None
+        if quad:  # zero-filled rows (§7.3): no design is built
             out, found = kernels.fill_incomplete(
                 X0, chunk.mask, chunk.pattern_groups(), chunk.complete_rows, prep.means,
                 prep.cov[one], prep.prec[one], prep.log_det[one], prep.precise_k, moments)
@@ -387,8 +390,7 @@ def log_prob_gen(
         out -= 0.5 * np.einsum("ij,ij->i", Y, Y)[:, None]
         cache["pooled"] = True
         return out, cache
-    if quad:
-        assert prep.coef is not None
+    if quad and prep.coef is not None:
         FT = chunk.design("quad")
         cache["quad"] = FT
         return (prep.coef.T @ FT).T, cache

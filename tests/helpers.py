@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 
@@ -71,6 +72,15 @@ def expected_scatter(X: np.ndarray, r: np.ndarray, mu: np.ndarray, S: np.ndarray
         D = xh - new_mu[k]
         W[k] = (D * r[:, k, None]).T @ D + np.einsum("n,nab->ab", r[:, k], C)
     return N, new_mu, W
+
+
+def whitened_routes(monkeypatch: Any) -> None:
+    """Every chunk off the expanded routes (the quad design, the zero-filled rows, the tied
+    model's pooled sums, the diagonal models' GEMMs): the whitened and direct routes of
+    docs/e-step.md §7.2-§9, as for rows too far out for the expansions."""
+    import emcli.gaussian
+
+    monkeypatch.setattr(emcli.gaussian, "QUAD_MAX_TERM", 0.0)
 
 
 @contextmanager

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import expected_scatter
+from helpers import expected_scatter, whitened_routes
 from scipy.stats import multivariate_normal as mvn
 
-import emcli.sources.rows as rows_module
 from emcli.conditional import spd_inverse
 from emcli.fitting import fit_mixture
 from emcli.gaussian import QUAD_MAX_TERM
@@ -113,7 +112,7 @@ def test_em_matches_row_by_row_reference(t, route, monkeypatch):
     """Weighted EM with holes, tiny chunks (patterns split across chunks, one-row
     groups) and threads, on both full/tied routes: same trajectory as the reference."""
     if route == "whitened":
-        monkeypatch.setattr(rows_module, "QUAD_DESIGN_BUDGET", 0)
+        whitened_routes(monkeypatch)
     X, rng = _holey(1, n=60, d=3)
     w = rng.uniform(0.5, 2.0, X.shape[0])
     K, d, iters = 2, 3, 4

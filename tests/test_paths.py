@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import compiled_kernels
+from helpers import compiled_kernels, whitened_routes
 from scipy.stats import multivariate_normal
 
 import emcli.sources.rows as rows_module
@@ -55,7 +55,7 @@ def test_whitened_route_equals_quad_route(monkeypatch, covariance_type, holes):
         "reg_covar": 0.0,
     }
     quad = fit_mixture(X, **kw)
-    monkeypatch.setattr(rows_module, "QUAD_DESIGN_BUDGET", 0)
+    whitened_routes(monkeypatch)
     whitened = fit_mixture(X, **kw)
     np.testing.assert_allclose(whitened.params.means, quad.params.means, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(
@@ -86,7 +86,7 @@ def test_tied_pooled_route_on_weighted_rows_and_mixed_chunks(monkeypatch, compil
     }
     with compiled_kernels(compiled):
         pooled = fit_mixture(X, sample_weight=w, **kw)
-        monkeypatch.setattr(rows_module, "QUAD_DESIGN_BUDGET", 0)
+        whitened_routes(monkeypatch)
         whitened = fit_mixture(X, sample_weight=w, **kw)
     np.testing.assert_allclose(pooled.params.means, whitened.params.means, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(
@@ -216,7 +216,7 @@ def test_quad_route_on_tight_components_matches_the_whitened_route(monkeypatch, 
     reach = float(np.max(np.linalg.eigvalsh(prep.prec)[:, -1])) * Chunk(
         X, np.ones(n)).max_sq_norm
     assert 1e6 < reach < QUAD_MAX_TERM  # past the old bound, on the quad route
-    monkeypatch.setattr(rows_module, "QUAD_DESIGN_BUDGET", 0)
+    whitened_routes(monkeypatch)
     whitened = fit_mixture(X, **kw)
     ll_q = np.array([h.log_likelihood for h in quad.history])
     ll_w = np.array([h.log_likelihood for h in whitened.history])
@@ -246,3 +246,38 @@ def test_zero_filled_rows_keep_every_observed_bit(dtype):
         same = np.ascontiguousarray(got).view(np.uint8) == np.ascontiguousarray(want).view(np.uint8)
         assert same.all()
         assert not np.shares_memory(got, rows)
+
+
+@pytest.mark.parametrize("covariance_type", ["tied", "full"])
+def test_routes_that_build_no_design_ignore_its_budget(monkeypatch, covariance_type):
+    """A chunk whose quad design would exceed its memory budget (wide rows) loses only the
+    design: the tied model's pooled and one-solve routes and the zero-filled rows of the
+    compiled kernels build none, so they are still taken (docs/e-step.md §6). The tied
+    fit is then the same to the last bit; the full fit's complete rows take the
+    whitened route, its incomplete rows the same kernel."""
+    from emcli.gaussian import Chunk, log_prob_gen, prepare_gen
+
+    rng = np.random.default_rng(12)
+    X = np.vstack([_data(s, 0.0) for s in range(4)])[rng.permutation(1800)]
+    X[1000:][rng.random((800, 4)) < 0.2] = np.nan
+    kw = {"n_components": 3, "covariance_type": covariance_type, "seed": 3, "tol": 0.0,
+          "max_iter": 8, "chunk_rows": 1000}
+    with compiled_kernels(True):
+        within = fit_mixture(X, **kw)
+        monkeypatch.setattr(rows_module, "QUAD_DESIGN_BUDGET", 0)
+        over = fit_mixture(X, **kw)
+        p = over.params
+        prep = prepare_gen(p.means, p.full_covariances(), covariance_type == "tied",
+                           np.float64, quad_ok=False)
+        prep.compiled = True
+        assert prep.coef is None
+        routes = [set(log_prob_gen(Chunk(rows, np.ones(len(rows))), prep)[1])
+                  for rows in (X[:1000], X[1000:])]
+    ll_in = [h.log_likelihood for h in within.history]
+    ll_over = [h.log_likelihood for h in over.history]
+    if covariance_type == "tied":
+        assert routes == [{"pooled"}, {"tied"}]
+        assert ll_over == ll_in
+    else:
+        assert routes == [{"Z"}, {"filled"}]
+        np.testing.assert_allclose(ll_over, ll_in, rtol=1e-11)
