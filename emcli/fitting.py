@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from . import kernels
 from .covariance import Context, get_model, model_name
 from .diagnostics import degenerate_component, fit_warnings, spike_components
 from .em import run_em
@@ -150,11 +151,14 @@ def working_set(
     block_rows: int | None = None,
 ) -> int:
     """Bytes a fit holds: the rows in fitting units and their bookkeeping when
-    ``kept``, the start's sample, and each thread's chunk with its temporaries.
+    ``kept``, the start's sample, and each thread's chunk with its temporaries (for a
+    fit big enough for the compiled kernels, their scratch too).
     ``block_rows``: the rows of the source's blocks, if not ``chunk_rows_for(d)``."""
     # the widest temporaries, thrice; and the compiled kernels' filled rows and P x₀ of an
     # incomplete chunk, K·d numbers a row each (docs/e-step.md §7.3)
     chunk = chunk_rows_for(d) * ((d * (d + 1) // 2 + 3 * d + 4 * K + 8) * 3 + 2 * K * d) * 8
+    if n_rows * K * d >= kernels.COMPILED_MIN_WORK:  # the compiled kernels' scratch
+        chunk += kernels.scratch_bound(d, K)
     sample = min(n_rows, KMEANS_SAMPLE) * (d + 2) * 8
     # a kept row: its cells, weight and bookkeeping (24), and the compiled kernels'
     # missingness patterns, which an incomplete chunk keeps across passes (24); a kept

@@ -82,9 +82,10 @@ def test_both_routes_give_the_reference_densities_and_sums(tied, cond, scale):
 @pytest.mark.parametrize("cond", [None, 1e7])  # the quad route, and off it (direct)
 def test_the_batches_of_lanes_change_nothing(monkeypatch, tied, cond):
     """The compiled kernels take the patterns in batches of ``LANES // K`` (docs/e-step.md
-    §7.4): one pattern per batch (each row block its pattern's only row, or a pattern's
-    rows split over blocks), a few, or every pattern of a group in one batch give the
-    same numbers, bit for bit, and the reference's."""
+    §7.4), fewer when their scratch would pass ``LANES_BYTES``: one pattern per batch
+    (each row block its pattern's only row, or a pattern's rows split over blocks), a
+    few, or every pattern of a group in one batch give the same numbers, bit for bit,
+    and the reference's."""
     from emcli import kernels
 
     X = _awkward_rows(1500, 9, seed=11, frac=0.35)
@@ -93,8 +94,14 @@ def test_the_batches_of_lanes_change_nothing(monkeypatch, tied, cond):
     want_ll = float(logsumexp(ref_component_logpdf(X, means, cov) + np.log(weights),
                               axis=1).sum())
     got = []
-    for lanes in (4, 12, 37, 256, 100_000):
+    # (the last: batches cut to one pattern by the bound on their scratch, LANES_BYTES)
+    for lanes, cap in ((4, 4 << 20), (12, 4 << 20), (37, 4 << 20), (256, 4 << 20),
+                       (100_000, 1 << 40), (256, 1)):
         monkeypatch.setattr(kernels, "LANES", lanes)
+        monkeypatch.setattr(kernels, "LANES_BYTES", cap)
+        gstart = kernels.pattern_groups(~np.isnan(X))[3]
+        nb = kernels._layout(gstart, 4)[1]
+        assert nb == (1 if cap == 1 else max(1, lanes // 4))
         prep = prepare_gen(means, cov, tied, np.float64)
         prep.compiled = True
         chunk = Chunk(X, np.ones(X.shape[0]))
@@ -322,3 +329,24 @@ def test_wide_rows_and_more_components_than_lanes(monkeypatch, tied):
         got.append(totals.stats.scatter(prep, pooled=tied))
     for a, b in zip(got[0], got[1], strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-10 * np.abs(a).max())
+
+
+@pytest.mark.parametrize("d, K", [(9, 4), (100, 8), (100, 300), (40, 1)])
+def test_a_batch_scratch_stays_within_its_bound(d, K):
+    """Rows missing most of their cells at large d: a batch's scratch stays under
+    ``LANES_BYTES`` unless one pattern's K lanes need more, and under the bound that
+    ``working_set`` counts (docs/e-step.md §7.4)."""
+    from emcli import kernels
+
+    rng = np.random.default_rng(d * K)
+    for _ in range(20):
+        counts = rng.integers(0, 3, d + 1)
+        counts[0] = 0
+        counts[rng.integers(1, d + 1)] += 1  # at least one pattern
+        gstart = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        h = int(np.flatnonzero(counts).max())
+        nb = int(kernels._layout(gstart, K)[1])
+        used = nb * K * kernels.scratch_bytes(h)
+        assert nb >= 1 and (nb == 1 or used <= kernels.LANES_BYTES)
+        assert nb <= max(1, kernels.LANES // K)
+        assert used <= kernels.scratch_bound(d, K)

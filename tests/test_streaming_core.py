@@ -67,14 +67,15 @@ def test_tied_pooled_routes_streamed_equals_kept_bitwise(compiled):
         streamed = fit_source(ArraySource(X, w, 500), max_memory=budget, **kw)
         threads = fit_source(ArraySource(X, w, 500), n_threads=2, **kw)
         whole = fit_source(ArraySource(X, w), **kw)  # one block with holes
+        # six blocks keep six 4 × 4 second moments where the default blocks would keep
+        # one: a budget for the default blocks is too small for these
+        extra = (working_set(len(X), 4, 3, 8, 1, block_rows=500)
+                 - working_set(len(X), 4, 3, 8, 1))
+        assert extra == 5 * 4 * 4 * 8
+        assert not fit_source(ArraySource(X, w, 500), max_memory=budget + 1, **kw).in_memory
     assert kept.in_memory and not streamed.in_memory
     _same(kept, streamed)
     _same(kept, threads)
-    # six blocks keep six 4 × 4 second moments where the default blocks would keep one:
-    # a budget for the default blocks is too small for these
-    extra = working_set(len(X), 4, 3, 8, 1, block_rows=500) - working_set(len(X), 4, 3, 8, 1)
-    assert extra == 5 * 4 * 4 * 8
-    assert not fit_source(ArraySource(X, w, 500), max_memory=budget + 1, **kw).in_memory
     np.testing.assert_allclose(whole.params.covariances, kept.params.covariances, rtol=1e-9)
     assert whole.log_likelihood == pytest.approx(kept.log_likelihood, rel=1e-12)
 

@@ -33,6 +33,22 @@ COMPILED_MIN_WORK = 4_000_000
 # Lanes (pattern, component) per batch of the kernels (docs/e-step.md §7.4): few enough
 # that a batch's factors stay in the L1/L2 cache.
 LANES = 256
+# At most this many bytes of a batch's scratch, ``scratch_bytes`` a lane, unless a
+# single pattern's K lanes need more (wide rows missing most of their cells).
+LANES_BYTES = 4 << 20
+
+
+def scratch_bytes(h: int) -> int:
+    """The lanes kernel's scratch per lane, at most, when patterns miss up to ``h``
+    cells: three ``(h, h)`` blocks (the factors, their copy for the rows, an inverse),
+    a packed triangle (tied), four vectors of ``h`` and a few numbers."""
+    return 8 * (4 * h * h + 4 * h + 8)
+
+
+def scratch_bound(d: int, K: int) -> int:
+    """The most scratch the lanes kernel holds at once for rows of ``d`` cells and
+    ``K`` components (``working_set`` counts it)."""
+    return max(min(LANES_BYTES, LANES * scratch_bytes(d)), K * scratch_bytes(d))
 
 
 def wanted(n_rows: int, n_components: int, n_features: int) -> bool:
@@ -106,11 +122,12 @@ def pattern_groups(mask: np.ndarray, complete: bool = False) -> tuple[np.ndarray
 def _layout(gstart: np.ndarray, K: int) -> tuple[np.ndarray, np.int64]:
     """Where each group's conditional covariances start in the flat buffer (``K c(c+1)/2``
     numbers per pattern: lower triangles; one past the end last), and the patterns per
-    batch."""
+    batch: ``LANES // K``, fewer if their scratch would pass ``LANES_BYTES``."""
     c = np.arange(gstart.size - 1)
     goff = np.zeros(gstart.size, dtype=np.int64)
     np.cumsum(K * np.diff(gstart) * (c * (c + 1) // 2), out=goff[1:])
-    return goff, np.int64(max(1, LANES // K))
+    h = max(1, int(c[np.diff(gstart) > 0].max(initial=1)))  # the kernel's scratch size
+    return goff, np.int64(max(1, min(LANES // K, LANES_BYTES // (scratch_bytes(h) * K))))
 
 
 def direct_incomplete(
