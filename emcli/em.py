@@ -100,7 +100,7 @@ def _general_statistics(
         st.G = G + extra
         st.F1 = np.concatenate([S1.T, N[None]])
     elif "quad" in cache:  # raw sums, moved to the old means once per pass
-        st.F = cache["quad"] @ wr
+        st.F = (wr.T @ cache["quad"].T).T  # (K × rows)(rows × D): faster in BLAS than Fᵀ-first
     else:
         Z = cache["Z"]
         st.Z1 = np.einsum("nk,nkd->kd", wr, Z, dtype=float)
