@@ -103,9 +103,14 @@ def _general_statistics(
         st.F = (wr.T @ cache["quad"].T).T  # (K × rows)(rows × D): faster in BLAS than Fᵀ-first
     else:
         Z = cache["Z"]
-        st.Z1 = np.einsum("nk,nkd->kd", wr, Z, dtype=float)
-        sq = np.sqrt(wr).astype(Z.dtype)
-        st.Z2 = np.stack([_syrk_upper(Z[:, k, :] * sq[:, k, None]) for k in range(K)])
+        if Z.dtype == np.float64:  # (K, 1, rows)(K, rows, d) in BLAS
+            st.Z1 = np.matmul(wr.T[:, None, :], Z.transpose(1, 0, 2))[:, 0, :]
+        else:  # summed in float64
+            st.Z1 = np.einsum("nk,nkd->kd", wr, Z, dtype=float)
+        Zs = Z * np.sqrt(wr).astype(Z.dtype)[:, :, None]
+        # each component's rows in place (a strided view BLAS takes as it is): one GEMM
+        # each, twice a SYRK's arithmetic but no copy
+        st.Z2 = np.stack([Zs[:, k, :].T @ Zs[:, k, :] for k in range(K)]).astype(float)
     return st
 
 

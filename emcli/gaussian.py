@@ -398,7 +398,9 @@ def log_prob_gen(
         Y0 = chunk.X @ prep.W[:, :d]
         Z = Y0[:, None, :] - prep.b.reshape(K, d)[None]
     else:
-        Z = (chunk.X @ prep.W - prep.b).reshape(-1, K, d)
+        Z = chunk.X @ prep.W
+        Z -= prep.b
+        Z = Z.reshape(-1, K, d)
     maha = np.einsum("nkd,nkd->nk", Z, Z)
     cache["Z"] = Z
     return -0.5 * (d * LOG_2PI + prep.log_det + maha), cache

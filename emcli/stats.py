@@ -58,7 +58,7 @@ class GeneralStats(_Sum):
     N: np.ndarray | None = None  # (K,) sum w r
     F: np.ndarray | None = None  # (D, K) raw sums of [vech(x xᵀ), x, 1], complete chunks
     Z1: np.ndarray | None = None  # (K, d) sum w r z, z = L⁻¹(x - μ) over complete rows
-    Z2: np.ndarray | None = None  # (K, d, d) upper triangle of sum w r z zᵀ
+    Z2: np.ndarray | None = None  # (K, d, d) sum w r z zᵀ (its upper triangle is read)
     S1: np.ndarray | None = None  # (K, d) sum w r (x̂ - μ)
     S2: np.ndarray | None = None  # (K, d, d) sum w r [(x̂ - μ)(x̂ - μ)ᵀ + C]
     # the tied model's complete chunks on the pooled route (docs/m-step.md §3)
