@@ -154,16 +154,17 @@ def working_set(
     ``kept``, the start's sample, and each thread's chunk with its temporaries (for a
     fit big enough for the compiled kernels, their scratch too).
     ``block_rows``: the rows of the source's blocks, if not ``chunk_rows_for(d)``."""
+    c = max(1, block_rows or chunk_rows_for(d))
     # the widest temporaries, thrice; and the compiled kernels' filled rows and P x₀ of an
     # incomplete chunk, K·d numbers a row each (docs/e-step.md §7.3)
-    chunk = chunk_rows_for(d) * ((d * (d + 1) // 2 + 3 * d + 4 * K + 8) * 3 + 2 * K * d) * 8
+    chunk = c * ((d * (d + 1) // 2 + 3 * d + 4 * K + 8) * 3 + 2 * K * d) * 8
     if n_rows * K * d >= kernels.COMPILED_MIN_WORK:  # the compiled kernels' scratch
         chunk += kernels.scratch_bound(d, K)
     sample = min(n_rows, KMEANS_SAMPLE) * (d + 2) * 8
     # a kept row: its cells, weight and bookkeeping (24), and the compiled kernels'
     # missingness patterns, which an incomplete chunk keeps across passes (24); a kept
     # chunk: the tied model's second moment (d² numbers)
-    n_chunks = -(-n_rows // max(1, block_rows or chunk_rows_for(d)))
+    n_chunks = -(-n_rows // c)
     rows = n_rows * (d * itemsize + 48) + n_chunks * d * d * 8 if kept else 0
     return rows + sample + max(1, n_threads) * chunk
 
@@ -265,9 +266,10 @@ def fit_source(
         col_var = var / scale**2
         col_var = np.where(col_var > 0, col_var, 1.0)
         itemsize = np.dtype(np_dtype).itemsize
-        need = working_set(scan.n_rows, d, K, itemsize, threads,
-                           block_rows=getattr(source, "chunk_rows", None))
-        least = working_set(scan.n_rows, d, K, itemsize, threads, kept=False)
+        block_rows = getattr(source, "chunk_rows", None)
+        need = working_set(scan.n_rows, d, K, itemsize, threads, block_rows=block_rows)
+        least = working_set(scan.n_rows, d, K, itemsize, threads, kept=False,
+                            block_rows=block_rows)
         if max_memory is not None and least > max_memory:
             raise too_little_memory(max_memory, least, d, K)
         # a cluster's workers keep its rows whatever this machine's budget

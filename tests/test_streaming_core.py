@@ -63,16 +63,14 @@ def test_tied_pooled_routes_streamed_equals_kept_bitwise(compiled):
           "tol": 1e-8, "max_iter": 30}
     with compiled_kernels(compiled):
         kept = fit_source(ArraySource(X, w, 500), **kw)
-        budget = working_set(len(X), 4, 3, 8, 1) - 1
+        # the budget is the source's blocks': six kept 4 × 4 second moments (the default
+        # blocks would keep one) and one 500-row block's temporaries
+        budget = working_set(len(X), 4, 3, 8, 1, block_rows=500) - 1
+        assert budget + 1 != working_set(len(X), 4, 3, 8, 1)
+        assert fit_source(ArraySource(X, w, 500), max_memory=budget + 1, **kw).in_memory
         streamed = fit_source(ArraySource(X, w, 500), max_memory=budget, **kw)
         threads = fit_source(ArraySource(X, w, 500), n_threads=2, **kw)
         whole = fit_source(ArraySource(X, w), **kw)  # one block with holes
-        # six blocks keep six 4 × 4 second moments where the default blocks would keep
-        # one: a budget for the default blocks is too small for these
-        extra = (working_set(len(X), 4, 3, 8, 1, block_rows=500)
-                 - working_set(len(X), 4, 3, 8, 1))
-        assert extra == 5 * 4 * 4 * 8
-        assert not fit_source(ArraySource(X, w, 500), max_memory=budget + 1, **kw).in_memory
     assert kept.in_memory and not streamed.in_memory
     _same(kept, streamed)
     _same(kept, threads)

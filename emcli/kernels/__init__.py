@@ -47,8 +47,10 @@ def scratch_bytes(h: int) -> int:
 
 def scratch_bound(d: int, K: int) -> int:
     """The most scratch the lanes kernel holds at once for rows of ``d`` cells and
-    ``K`` components (``working_set`` counts it)."""
-    return max(min(LANES_BYTES, LANES * scratch_bytes(d)), K * scratch_bytes(d))
+    ``K`` components (``working_set`` counts it): the batches' lanes, and the
+    observed block's three ``(d, d)`` arrays and the batch's columns."""
+    lanes = max(min(LANES_BYTES, LANES * scratch_bytes(d)), K * scratch_bytes(d))
+    return lanes + 8 * (3 * d * d + LANES * d + 8 * d)
 
 
 def wanted(n_rows: int, n_components: int, n_features: int) -> bool:
