@@ -343,12 +343,13 @@ def log_prob_gen(
     """
     K, d = prep.means.shape
     cache: dict = {}
-    # the expansions of (x − μ)ᵀP(x − μ) are accurate (§6); only the quad design itself
-    # needs its memory budget (``coef``), the other expanded routes build no design
+    # the expansions of (x − μ)ᵀP(x − μ) are accurate for this chunk's rows (§6); only the
+    # quad design itself needs its memory budget (``coef``): the other expanded routes
+    # build no design
     quad = chunk.max_sq_norm < prep.quad_limit
     if not chunk.complete and prep.compiled:
-        # per pattern in the compiled kernels (§7.3): on the quad route, the zero-filled
-        # rows' log-densities from the design, corrected per row; else directly
+        # per pattern in the compiled kernels (§7.3): when the expansion is accurate, the
+        # zero-filled rows' log-densities from P x₀, corrected per row; else directly
         from . import kernels
 
         assert prep.prec is not None and prep.precise_k is not None
