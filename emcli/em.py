@@ -110,7 +110,8 @@ def _general_statistics(
         Zs = Z * np.sqrt(wr).astype(Z.dtype)[:, :, None]
         # each component's rows in place (a strided view BLAS takes as it is): one GEMM
         # each, twice a SYRK's arithmetic but no copy
-        st.Z2 = np.stack([Zs[:, k, :].T @ Zs[:, k, :] for k in range(K)]).astype(float)
+        st.Z2 = np.stack([Zs[:, k, :].T @ Zs[:, k, :] for k in range(K)]).astype(
+            float, copy=False)
     return st
 
 

@@ -266,10 +266,10 @@ def fit_source(
         col_var = var / scale**2
         col_var = np.where(col_var > 0, col_var, 1.0)
         itemsize = np.dtype(np_dtype).itemsize
-        block_rows = getattr(source, "chunk_rows", None)
-        need = working_set(scan.n_rows, d, K, itemsize, threads, block_rows=block_rows)
+        need = working_set(scan.n_rows, d, K, itemsize, threads,
+                           block_rows=source.chunk_rows)
         least = working_set(scan.n_rows, d, K, itemsize, threads, kept=False,
-                            block_rows=block_rows)
+                            block_rows=source.chunk_rows)
         if max_memory is not None and least > max_memory:
             raise too_little_memory(max_memory, least, d, K)
         # a cluster's workers keep its rows whatever this machine's budget

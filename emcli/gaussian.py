@@ -301,11 +301,11 @@ def prepare_gen(
     prep.precise = bool(np.all(prep.precise_k))
     if np.dtype(dtype) == np.float64:
         prep.quad_limit = float(np.min(QUAD_MAX_TERM / lam_max - (means**2).sum(axis=1)))
-    if np.dtype(dtype) == np.float64 and quad_ok:
-        iu, ju, two = vech_weights(d)
-        Pm = np.einsum("kab,kb->ka", P, means)
-        const = -0.5 * (d * LOG_2PI + log_det + np.einsum("ka,ka->k", Pm, means))
-        prep.coef = np.concatenate([-0.5 * (P[:, iu, ju] * two).T, Pm.T, const[None, :]])
+        if quad_ok:
+            iu, ju, two = vech_weights(d)
+            Pm = np.einsum("kab,kb->ka", P, means)
+            const = -0.5 * (d * LOG_2PI + log_det + np.einsum("ka,ka->k", Pm, means))
+            prep.coef = np.concatenate([-0.5 * (P[:, iu, ju] * two).T, Pm.T, const[None, :]])
     return prep
 
 
