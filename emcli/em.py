@@ -81,13 +81,11 @@ def _general_statistics(
     if "inc" in cache:
         st.S1, st.S2 = incomplete_statistics(cache["inc"], wr)
     elif "filled" in cache:  # incomplete rows: the raw sums of the filled-in rows
-        mask, found = cache["filled"]
-        S1, S2 = kernels.filled_sums(mask, wr, found)
+        S1, S2 = kernels.filled_sums(wr, cache["filled"])
         iu, ju, _ = vech_weights(d)
         st.F = np.concatenate([S2[:, iu, ju].T, S1.T, wr.sum(axis=0)[None]])
     elif "deviations" in cache:  # incomplete rows off the quad route, around the means
-        mask, found = cache["deviations"]
-        st.S1, st.S2 = kernels.filled_sums(mask, wr, found)
+        st.S1, st.S2 = kernels.filled_sums(wr, cache["deviations"])
     elif "pooled" in cache:  # tied: Σ w x xᵀ is the same at every pass, kept with the chunk
         X = chunk.X
         st.G = chunk.keep("second moment",

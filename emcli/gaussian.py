@@ -61,10 +61,8 @@ class Chunk:
         d = X.shape[1]
         # kept per row only for incomplete chunks: complete ones derive them when asked
         self._n_obs: np.ndarray | None = None
-        self._complete_rows: np.ndarray | None = None
         if not self.complete:
             self._n_obs = d - nan.sum(axis=1)
-            self._complete_rows = np.flatnonzero(self._n_obs == d)
         self._derived: dict[str, Any] = {}
         self._kept: dict[Any, Any] = {}  # what depends on the rows alone: kept across passes
 
@@ -78,13 +76,6 @@ class Chunk:
         if self._n_obs is None:
             return np.full(self.n, self.X.shape[1], dtype=np.int64)
         return self._n_obs
-
-    @property
-    def complete_rows(self) -> np.ndarray:
-        """Positions of the rows with every cell observed."""
-        if self._complete_rows is None:
-            return np.arange(self.n)
-        return self._complete_rows
 
     @property
     def max_sq_norm(self) -> float:
@@ -364,14 +355,14 @@ def log_prob_gen(
                 return tied[0], cache
         if quad:  # zero-filled rows (§7.3): no design is built
             out, found = kernels.fill_incomplete(
-                X0, chunk.mask, chunk.pattern_groups(), chunk.complete_rows, prep.means,
+                X0, chunk.mask, chunk.pattern_groups(), prep.means,
                 prep.cov[one], prep.prec[one], prep.log_det[one], prep.precise_k, moments)
-            cache["filled"] = (chunk.mask, found)
+            cache["filled"] = found
         else:
             out, found = kernels.direct_incomplete(
                 X0, chunk.mask, chunk.pattern_groups(), prep.means, prep.cov[one],
                 prep.prec[one], prep.log_det[one], prep.precise_k, moments)
-            cache["deviations"] = (chunk.mask, found)
+            cache["deviations"] = found
         return out, cache
     if not chunk.complete:
         assert prep.prec is not None

@@ -286,13 +286,12 @@ def test_a_block_that_fails_to_factor_takes_the_observed_block(tied):
     for raw in (True, False):
         if raw:
             logp, found = kernels.fill_incomplete(
-                X0, mask, groups, np.flatnonzero(mask.all(axis=1)), means, cov, spoiled,
-                log_det, precise, True)
+                X0, mask, groups, means, cov, spoiled, log_det, precise, True)
         else:
             logp, found = kernels.direct_incomplete(X0, mask, groups, means, cov,
                                                     spoiled, log_det, precise, True)
         np.testing.assert_allclose(logp, ref, rtol=1e-12, atol=1e-11)
-        S1, S2 = kernels.filled_sums(mask, wr, found)
+        S1, S2 = kernels.filled_sums(wr, found)
         if raw:  # raw sums, around the means
             cross = S1[:, :, None] * means[:, None, :]
             S2 = (S2 - cross - np.swapaxes(cross, 1, 2)
@@ -350,3 +349,24 @@ def test_a_batch_scratch_stays_within_its_bound(d, K):
         assert nb >= 1 and (nb == 1 or used <= kernels.LANES_BYTES)
         assert nb <= max(1, kernels.LANES // K)
         assert used <= kernels.scratch_bound(d, K)
+
+
+def test_the_kernels_visit_every_row_once_pattern_by_pattern():
+    from emcli import kernels
+
+    rng = np.random.default_rng(3)
+    n, d = 400, 7
+    mask = rng.random((n, d)) > 0.3
+    mask[rng.random(n) < 0.2] = True  # some complete rows
+    perm, nc, (order, starts, gpat, gstart) = kernels.visit_order(
+        n, kernels.pattern_groups(mask))
+    np.testing.assert_array_equal(np.sort(perm), np.arange(n))
+    assert nc == int(mask.all(axis=1).sum()) and mask[perm[:nc]].all()
+    seen = mask[perm]
+    # in the visited order every pattern's rows are consecutive, front to back, and the
+    # patterns come grouped by their number of missing cells
+    np.testing.assert_array_equal(order[starts[0]:starts[-1]], np.arange(nc, n))
+    for q in range(gstart.size - 1):
+        for g in gpat[gstart[q]:gstart[q + 1]]:
+            rows = seen[starts[g]:starts[g + 1]]
+            assert rows.size and (rows == rows[0]).all() and d - rows[0].sum() == q

@@ -150,6 +150,8 @@ def direct_incomplete(
     may take the precision route (docs/e-step.md §7.3)."""
     n, d = X0.shape
     K = means.shape[0]
+    perm, _, vgroups = visit_order(n, groups)
+    X0, mask = X0[perm], mask[perm]
     full = np.broadcast_to(prec, (K, d, d))
     Xhat = np.empty((K, n, d))
     V = np.empty((n, d, K))
@@ -162,8 +164,38 @@ def direct_incomplete(
         q0[:, k] = np.einsum("nd,nd->n", Xhat[k], v)
     logp = -0.5 * (d * LOG_2PI + np.broadcast_to(log_det, (K,)) + q0)
     PT = np.ascontiguousarray(prec.transpose(1, 2, 0))  # tied: one, factored once
-    return logp, _lanes(X0, mask, groups, V, PT, np.zeros((d, K)), np.zeros((d, K)), means,
-                        cov, precise, moments, False, logp, Xhat)
+    found = _lanes(X0, mask, vgroups, V, PT, np.zeros((d, K)), np.zeros((d, K)), means,
+                   cov, precise, moments, False, logp, Xhat)
+    return _unvisit(logp, perm), (*found, mask, perm)
+
+
+def visit_order(
+    n: int, groups: tuple[np.ndarray, ...]
+) -> tuple[np.ndarray, int, tuple[np.ndarray, ...]]:
+    """The chunk's rows in the order the lanes kernel visits them: the complete rows,
+    then each group's patterns' rows (docs/e-step.md §7.4); how many rows are complete;
+    and ``groups`` for the rows so ordered. The kernels take the rows in this order, so
+    that they read ``P x₀`` and write the filled-in rows front to back, not in jumps
+    across the chunk (a jump per row costs a cache miss)."""
+    order, starts, gpat, gstart = groups
+    size = np.diff(starts)[gpat]
+    ends = np.cumsum(size)
+    inc = order[np.repeat(starts[:-1][gpat] - (ends - size), size) + np.arange(ends[-1] if
+                                                                              size.size else 0)]
+    seen = np.zeros(n, dtype=bool)
+    seen[inc] = True
+    perm = np.concatenate([np.flatnonzero(~seen), inc])
+    nc = n - inc.size
+    vstarts = np.concatenate([[0], ends]).astype(np.int64) + nc
+    return perm, nc, (np.arange(n, dtype=np.int64), vstarts,
+                      np.arange(gpat.size, dtype=np.int64), gstart)
+
+
+def _unvisit(logp: np.ndarray, perm: np.ndarray) -> np.ndarray:
+    """Rows computed in ``visit_order`` back in the chunk's order."""
+    out = np.empty_like(logp)
+    out[perm] = logp
+    return out
 
 
 def _lanes(X0: np.ndarray, mask: np.ndarray, groups: tuple[np.ndarray, ...], V: np.ndarray,
@@ -187,7 +219,6 @@ def fill_incomplete(
     X0: np.ndarray,
     mask: np.ndarray,
     groups: tuple[np.ndarray, ...],
-    complete_rows: np.ndarray,
     means: np.ndarray,
     cov: np.ndarray,
     prec: np.ndarray,
@@ -199,18 +230,19 @@ def fill_incomplete(
     ``(n, K)``: those of its zero-filled rows, expanded as in the quad design, corrected
     pattern by pattern (docs/e-step.md §7.3, in lanes: §7.4); and what ``filled_sums``
     needs: the rows filled in under each component ``(K, n, d)``, the patterns and their
-    conditional covariances. ``groups`` are the chunk's ``pattern_groups(mask)``,
-    ``complete_rows`` its rows with every cell observed; ``precise`` ``(K,)`` says which
-    components may take the precision route.
+    conditional covariances. ``groups`` are the chunk's ``pattern_groups(mask)``;
+    ``precise`` ``(K,)`` says which components may take the precision route.
     """
     n, d = X0.shape
     K = means.shape[0]
+    perm, nc, vgroups = visit_order(n, groups)
+    X0, mask = X0[perm], mask[perm]
     full = np.broadcast_to(prec, (K, d, d))
     PT = np.ascontiguousarray(prec.transpose(1, 2, 0))  # tied: one, factored once
     MT = np.ascontiguousarray(means.T)
     PmuT = np.ascontiguousarray(np.einsum("kab,kb->ak", full, means))
     Xhat = np.empty((K, n, d))  # the kernel writes the incomplete rows, filled in
-    Xhat[:, complete_rows] = X0[complete_rows]
+    Xhat[:, :nc] = X0[:nc]  # the complete rows come first
     Kf = PT.shape[2]
     V = (X0 @ PT.reshape(d, d * Kf)).reshape(n, d, Kf)  # P x₀, one GEMM for every component
     if Kf < K:
@@ -220,21 +252,20 @@ def fill_incomplete(
                     + np.einsum("ka,ak->k", means, PmuT))
     logp = np.empty((n, K))
     _compiled().zero_filled(X0, V, PmuT, const, logp)
-    return logp, _lanes(X0, mask, groups, V, PT, MT, PmuT, means, cov, precise, moments,
-                        True, logp, Xhat)
+    found = _lanes(X0, mask, vgroups, V, PT, MT, PmuT, means, cov, precise, moments, True,
+                   logp, Xhat)
+    return _unvisit(logp, perm), (*found, mask, perm)
 
 
-def filled_sums(
-    mask: np.ndarray, wr: np.ndarray, found: tuple[Any, ...]
-) -> tuple[np.ndarray, np.ndarray]:
+def filled_sums(wr: np.ndarray, found: tuple[Any, ...]) -> tuple[np.ndarray, np.ndarray]:
     """``Σ w r y`` ``(K, d)`` and ``Σ w r (y yᵀ + C)`` ``(K, d, d)`` of the rows
     ``fill_incomplete`` filled in under each component (``y = x̂``: raw sums) or
-    ``direct_incomplete`` did (``y = x̂ − μ``: around the means). Consumes ``found``
-    (its rows are scaled in place)."""
+    ``direct_incomplete`` did (``y = x̂ − μ``: around the means), ``wr`` in the chunk's
+    row order. Consumes ``found`` (its rows are scaled in place)."""
     kernels = _compiled()
-    Xhat, groups, goff, nb, cbuf = found
+    Xhat, groups, goff, nb, cbuf, mask, perm = found
     K, n, d = Xhat.shape
-    wr = np.ascontiguousarray(wr, dtype=float)
+    wr = np.ascontiguousarray(wr[perm], dtype=float)  # in the kernels' order
     S1 = np.empty((K, d))
     S2 = np.empty((K, d, d))
     kernels.weighted_rows(Xhat, wr, S1)  # Xhat[k] scaled by √(w r)
