@@ -126,6 +126,14 @@ def chunk_statistics(
     else:
         So, Sx, Sx2 = mask_statistics(chunk, prep, cache, wr)
         st = MaskStats(N=wr.sum(axis=0), So=So, Sx=Sx, Sx2=Sx2)
+    return _totals(chunk, st, lse, log_total, log_weights.size)
+
+
+def _totals(
+    chunk: Chunk, st: GeneralStats | MaskStats, lse: np.ndarray, log_total: np.ndarray, K: int
+) -> PassTotals:
+    """A chunk's statistics with its log-likelihood, re-seed candidates and ICL term, from
+    each row's log-sum-exp and the log of its normalising sum."""
     st.ll = float(chunk.w @ lse)
     # candidates for re-seeding collapsed components: the chunk's K worst-explained rows
     # (rows of zero weight never re-seed)
@@ -133,7 +141,7 @@ def chunk_statistics(
     explained = lse if positive else np.where(chunk.w > 0, lse, np.inf)
     # log max_k r = −log Σ_k e^(l_k − max l): the largest term of the sum is e^0
     log_max = -float(chunk.w @ log_total)
-    return PassTotals(st, Candidates.of(explained, chunk.X, log_weights.size), log_max)
+    return PassTotals(st, Candidates.of(explained, chunk.X, K), log_max)
 
 
 def _across(op: Any, a: np.ndarray) -> np.ndarray:
@@ -185,10 +193,54 @@ def e_pass(
     source: FitRows, params: GMMParams, dtype: Any = np.float64, map: MapFn = map
 ) -> tuple[PassTotals, GenPrepared | MaskPrepared]:
     """One pass over the rows at ``params``: the totals the M-step needs, and the factors."""
+    if source.small_pass:
+        compiled = _small_pass(source, params, map)
+        if compiled is not None:
+            return compiled
     prep = prepare(params, dtype, source)
     with np.errstate(divide="ignore"):
         log_w = np.log(params.weights)
     return source.reduce(lambda c: chunk_statistics(c, prep, log_w), map), prep
+
+
+def _small_pass(
+    source: FitRows, params: GMMParams, map: MapFn
+) -> tuple[PassTotals, GenPrepared | MaskPrepared] | None:
+    """The pass of a model search's small fit, compiled (``kernels/small.py``, docs/loop.md
+    §8): each row's densities, responsibilities and sums at once. None where it does not
+    apply (correlated models on rows with holes): the numpy routes take the pass."""
+    model = params.model
+    means = params.means
+    K, d = means.shape
+    cov = np.asarray(params.covariances, float)
+    with np.errstate(divide="ignore"):
+        log_w = np.log(params.weights)
+    prep: GenPrepared | MaskPrepared
+    if model.correlated:
+        if source.kept is None or not all(c.complete for c in source.kept):
+            return None
+        full = model.to_full(cov, K, d)
+        shared = not model.per_component
+        L, log_det = kernels.small_factors(full[:1] if shared else full)
+        # what the M-step reads of the factors: the means (its sums are around them)
+        prep = GenPrepared(means, full, np.broadcast_to(L, (K, d, d)),
+                           np.broadcast_to(log_det, (K,)), np.empty((d, 0)), np.empty(0), shared)
+
+        def one(c: Chunk) -> PassTotals:
+            lse, log_total, N, S1, S2 = kernels.small_general(c.X, c.w, means, L, log_det, log_w)
+            return _totals(c, GeneralStats(N=N, S1=S1, S2=S2), lse, log_total, K)
+    else:
+        mask_prep = model.prepare(means, cov, np.float64, True)
+        assert isinstance(mask_prep, MaskPrepared)
+        prep = mask_prep
+
+        def one(c: Chunk) -> PassTotals:
+            mask = (c.keep("every cell", lambda: np.ones(c.X.shape, dtype=bool))
+                    if c.complete else c.mask)
+            lse, log_total, N, So, Sx, Sx2 = kernels.small_diagonal(
+                c.X, mask, c.w, means, mask_prep.var, log_w)
+            return _totals(c, MaskStats(N=N, So=So, Sx=Sx, Sx2=Sx2), lse, log_total, K)
+    return source.reduce(one, map), prep
 
 
 class Recovery:

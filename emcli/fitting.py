@@ -200,6 +200,7 @@ def fit_source(
     extra_inits: Sequence[str] = (),
     race_iter: int = 0,
     race_floor: float | None = None,
+    small_pass: bool = False,
 ) -> FitResult:
     """Fit a Gaussian mixture by EM to the rows of ``source``, NaN integrated out exactly.
 
@@ -216,6 +217,8 @@ def fit_source(
     iteration;
     with ``race_floor`` too, every start goes on only if it is also at least
     that (a log-likelihood in the data's units): docs/loop.md §6.
+    With ``small_pass`` (a model search's fits) a small table's passes run compiled
+    when numba is installed (docs/loop.md §10.6).
     """
     model = get_model(covariance_type)
     covariance_type = str(model_name(covariance_type))
@@ -276,6 +279,8 @@ def fit_source(
         keep = max_memory is None or need <= max_memory or getattr(source, "remote", False)
         units = Units(centre, scale if standardize else None, np_dtype)
         rows = FitRows(source, units, keep=keep)
+        rows.small_pass = (bool(small_pass) and rows.kept is not None and np_dtype == np.float64
+                           and kernels.small_pass_wanted(scan.n_rows, K, d))
         ctx = Context(scan.sum_w, scan.sum_w / scan.n_fit, col_var, float(reg_covar))
         user = _user_start(
             means_init, weights_init, precisions_init, covariance_type, K, d, centre, scale

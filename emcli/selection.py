@@ -158,6 +158,9 @@ SWEEP_TOL = 1e-5
 RACE_ITER = 20
 # At most this many rounds of starts from the neighbouring k (docs/criteria.md §4).
 NEIGHBOUR_ROUNDS = 8
+# From this many cells a sweep's small fits take their passes compiled (docs/loop.md §10.6):
+# fewer would not pay for loading numba.
+SMALL_PASS_CELLS = 24
 
 
 def fit_cell(
@@ -408,6 +411,7 @@ def sweep(
         # row-chunk threads inside a cell only when cells are not already in parallel
         "n_threads": int(n_threads) if int(jobs) == 1 else 1,
         "max_memory": None if max_memory is None else int(max_memory) // at_once,
+        "small_pass": len(tasks) >= SMALL_PASS_CELLS,
     }
     cells: list[SweepCell | None] = [None] * len(tasks)
     workers = min(jobs, len(tasks)) if jobs > 1 else 1

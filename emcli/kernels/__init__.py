@@ -1,4 +1,5 @@
-"""Compiled kernels for incomplete rows (numba), used when the work pays.
+"""Compiled kernels (numba), used when the work pays: for incomplete rows, and for
+the passes of a model search's small fits (``small.py``, docs/loop.md §10.6).
 
 An incomplete chunk on the quad route (docs/e-step.md §6) gets every row's
 log-density from the quad design of its zero-filled rows, like a complete
@@ -13,8 +14,8 @@ and one solve per row instead, with pooled sums (``tied.py``, §7.5).
 with numpy: it is the reference the tests compare these with, and the route
 of small fits. numba is imported on first use only, for fits large enough
 that loading the cached machine code (``cache=True``; compiling, the first
-time) costs little beside the passes; complete data, small fits and ``emcli
---help`` never import it.
+time) costs little beside the passes, and for a sweep's many small fits;
+complete data, single small fits and ``emcli --help`` never import it.
 """
 
 from __future__ import annotations
@@ -71,12 +72,72 @@ def available() -> bool:
 @lru_cache(maxsize=1)
 def _compiled() -> Any:
     """The compiled kernels (importing numba, and loading or compiling their code)."""
-    from . import lanes, tied
+    from . import lanes, small, tied
 
-    return SimpleNamespace(fill_lanes=lanes.fill_lanes,
+    return SimpleNamespace(cholesky_factors=small.cholesky_factors,
+                           general_pass=small.general_pass, diagonal_pass=small.diagonal_pass,
+                           fill_lanes=lanes.fill_lanes,
                            weighted_rows=lanes.weighted_rows, cov_lanes=lanes.cov_lanes,
                            zero_filled=lanes.zero_filled, tied_rows=tied.tied_rows,
                            tied_sums=tied.tied_sums)
+
+
+# Rows × components × columns² of a fit up to which a model search's passes run compiled
+# (``small_pass_wanted``): beyond, numpy's routes are as fast.
+SMALL_PASS_MAX_WORK = 100_000
+
+
+def small_pass_wanted(n_rows: int, n_components: int, n_features: int) -> bool:
+    """Whether a model search's fit of this size takes its passes in ``small.py``."""
+    if n_rows * n_components * n_features**2 > SMALL_PASS_MAX_WORK:
+        return False
+    return available()
+
+
+def small_factors(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cholesky factors ``(K, d, d)`` and log-determinants ``(K,)`` of a stack of
+    covariances; raises LinAlgError (as ``gaussian.prepare_gen``) if one is not positive
+    definite."""
+    L = np.empty_like(cov)
+    log_det = np.empty(cov.shape[0])
+    bad = _compiled().cholesky_factors(np.ascontiguousarray(cov, dtype=float), L, log_det)
+    if bad >= 0:
+        raise np.linalg.LinAlgError(f"component {bad} is not positive definite")
+    return L, log_det
+
+
+def small_general(
+    X: np.ndarray, w: np.ndarray, means: np.ndarray, L: np.ndarray, log_det: np.ndarray,
+    log_w: np.ndarray,
+) -> tuple[np.ndarray, ...]:
+    """A compiled pass over complete rows under full covariances (``small.py``): each
+    row's log-sum-exp and the log of its normalising sum ``(n,)``, and ``N``, ``S1``,
+    ``S2`` around ``means``. ``L`` holds one factor per component, or one for all."""
+    n, d = X.shape
+    K = means.shape[0]
+    lse, log_total = np.empty(n), np.empty(n)
+    N, S1, S2 = np.empty(K), np.empty((K, d)), np.empty((K, d, d))
+    _compiled().general_pass(np.ascontiguousarray(X, dtype=float), w, means, L, log_det,
+                             log_w, lse, log_total, N, S1, S2)
+    return lse, log_total, N, S1, S2
+
+
+def small_diagonal(
+    X: np.ndarray, mask: np.ndarray, w: np.ndarray, means: np.ndarray, var: np.ndarray,
+    log_w: np.ndarray,
+) -> tuple[np.ndarray, ...]:
+    """A compiled pass over rows (their observed cells, ``mask``) under per-coordinate
+    variances ``var`` ``(K, d)`` (``small.py``): each row's log-sum-exp and the log of its
+    normalising sum ``(n,)``, and ``N``, ``So``, ``Sx``, ``Sx2`` around ``means``."""
+    n, d = X.shape
+    K = means.shape[0]
+    lse, log_total = np.empty(n), np.empty(n)
+    N = np.empty(K)
+    So, Sx, Sx2 = np.empty((K, d)), np.empty((K, d)), np.empty((K, d))
+    _compiled().diagonal_pass(np.ascontiguousarray(X, dtype=float), mask, w, means,
+                              np.ascontiguousarray(var, dtype=float), log_w, lse, log_total,
+                              N, So, Sx, Sx2)
+    return lse, log_total, N, So, Sx, Sx2
 
 
 def patterns(mask: np.ndarray, complete: bool = False) -> tuple[np.ndarray, np.ndarray]:

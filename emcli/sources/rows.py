@@ -69,6 +69,8 @@ class FitRows:
         if keep and not remote:
             self.kept = list(source.each(units.chunk))
         self.kept_remote: Any = cast(Any, source).keep(units.chunk) if keep and remote else None
+        # a model search's small fits take their passes compiled (docs/loop.md §10.6)
+        self.small_pass = False
 
     def reduce(self, fn: Callable[[Chunk], T], map: MapFn = map) -> T:
         """``fn`` of every chunk, added in chunk order."""

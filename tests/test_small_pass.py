@@ -1,0 +1,127 @@
+"""The compiled pass of a model search's small fits (emcli/kernels/small.py, docs/loop.md
+§8) against the numpy routes and scipy: the same log-likelihood, statistics and
+re-seed candidates for all fourteen models, and the same sweep."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.special import logsumexp
+from test_missing import ref_component_logpdf
+
+from emcli import em, kernels
+from emcli import selection as selection_module
+from emcli.covariance import ORDER, get_model
+from emcli.fitting import fit_mixture
+from emcli.selection import sweep
+from emcli.sources import FitRows
+from emcli.sources.memory import ArraySource
+from emcli.sources.rows import Units
+
+pytest.importorskip("numba")
+
+
+def _data(n: int, holes: bool, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = np.array([[0.0, 0.0, 0.0], [4.0, 1.0, -2.0], [-3.0, 5.0, 1.0]])
+    A = rng.normal(size=(3, 3, 3)) * 0.6
+    y = rng.integers(0, 3, n)
+    X = centres[y] + np.einsum("nij,nj->ni", A[y], rng.normal(size=(n, 3)))
+    X[0] = [40.0, -40.0, 40.0]  # far from every component: responsibilities under e^-700
+    if holes:
+        X[rng.random(X.shape) < 0.2] = np.nan
+        X[np.isnan(X).all(axis=1), 0] = 1.0
+    return X
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+    for name in ("small_general", "small_diagonal"):
+        f = getattr(kernels, name)
+
+        def wrap(*a, _f=f, _name=name):
+            calls.append(_name)
+            return _f(*a)
+
+        monkeypatch.setattr(kernels, name, wrap)
+    return calls
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("holes", [False, True])
+@pytest.mark.parametrize("m", ORDER)
+def test_the_compiled_pass_gives_the_numpy_pass(monkeypatch, m, holes, weighted):
+    model = get_model(m)
+    X = _data(240, holes)
+    w = np.random.default_rng(1).uniform(0.5, 2.0, X.shape[0]) if weighted else None
+    P = fit_mixture(X, n_components=3, covariance_type=m, max_iter=3, sample_weight=w).params
+    units = Units(np.zeros(3), None, np.float64)
+    numpy_rows = FitRows(ArraySource(X, w), units)
+    compiled_rows = FitRows(ArraySource(X, w), units)
+    compiled_rows.small_pass = True
+    calls = _counting(monkeypatch)
+    want, prep_want = em.e_pass(numpy_rows, P)
+    assert not calls
+    got, prep_got = em.e_pass(compiled_rows, P)
+    # correlated models on rows with holes keep the numpy routes
+    assert calls == ([] if holes and model.correlated else
+                     ["small_general" if model.correlated else "small_diagonal"])
+    ref = ref_component_logpdf(X, P.means, P.full_covariances()) + np.log(P.weights)
+    ll = float(np.sum((1.0 if w is None else w) * logsumexp(ref, axis=1)))
+    assert got.stats.ll == pytest.approx(ll, rel=1e-11)
+    assert got.stats.ll == pytest.approx(want.stats.ll, rel=1e-12)
+    assert got.log_max == pytest.approx(want.log_max, rel=1e-10, abs=1e-10)
+    np.testing.assert_allclose(got.worst.values, want.worst.values, rtol=1e-12)
+    np.testing.assert_array_equal(got.worst.rows, want.worst.rows)
+    if model.correlated:
+        pooled = not model.per_component
+        for a, b in zip(got.stats.scatter(prep_got, pooled), want.stats.scatter(prep_want, pooled),
+                        strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-9)
+    else:
+        for f in ("N", "So", "Sx", "Sx2"):
+            np.testing.assert_allclose(getattr(got.stats, f), getattr(want.stats, f),
+                                       rtol=1e-10, atol=1e-9)
+    # and the M-step reads both alike
+    ctx = em.Context(float(X.shape[0]), 1.0, np.nanvar(X, axis=0), 1e-6)
+    new_got, _ = em.Recovery(3).m_step(got, prep_got, P, ctx)
+    new_want, _ = em.Recovery(3).m_step(want, prep_want, P, ctx)
+    np.testing.assert_allclose(new_got.means, new_want.means, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(new_got.covariances, new_want.covariances, rtol=1e-8, atol=1e-10)
+
+
+def test_a_covariance_that_is_not_positive_definite_fails_as_in_numpy():
+    bad = np.stack([np.eye(2), np.array([[1.0, 2.0], [2.0, 1.0]])])
+    with pytest.raises(np.linalg.LinAlgError, match="component 1"):
+        kernels.small_factors(bad)
+    L, log_det = kernels.small_factors(bad[:1] * 4.0)
+    np.testing.assert_allclose(L[0], 2.0 * np.eye(2))
+    assert log_det[0] == pytest.approx(np.log(16.0))
+    with pytest.raises(np.linalg.LinAlgError):
+        kernels.small_factors(np.full((1, 2, 2), np.nan))
+
+
+def test_a_sweep_gives_the_same_cells_with_and_without_the_compiled_pass(monkeypatch):
+    X = _data(150, False, seed=2)
+    calls = _counting(monkeypatch)
+    got = sweep(X, k_values=range(1, 4), covariance_types=list(ORDER))  # 42 cells
+    assert calls
+    monkeypatch.setattr(selection_module, "SMALL_PASS_CELLS", 10**9)
+    n = len(calls)
+    want = sweep(X, k_values=range(1, 4), covariance_types=list(ORDER))
+    assert len(calls) == n  # the second sweep ran numpy's passes only
+    assert got.best_index == want.best_index
+    for a, b in zip(got.cells, want.cells, strict=True):
+        assert (a.result is None) == (b.result is None)
+        if a.result is not None and b.result is not None:
+            assert a.result.bic == pytest.approx(b.result.bic, rel=1e-9)
+
+
+def test_single_fits_and_small_sweeps_keep_the_numpy_passes(monkeypatch):
+    """Loading numba pays only over a sweep's many fits (``emcli fit`` on a small table
+    never imports it)."""
+    calls = _counting(monkeypatch)
+    X = _data(150, False)
+    fit_mixture(X, n_components=2, covariance_type="VVV", max_iter=5)
+    sweep(X, k_values=range(1, 4), covariance_types=["VVV", "VII"])
+    assert not calls
