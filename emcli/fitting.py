@@ -280,7 +280,7 @@ def fit_source(
         units = Units(centre, scale if standardize else None, np_dtype)
         rows = FitRows(source, units, keep=keep)
         rows.small_pass = (bool(small_pass) and rows.kept is not None and np_dtype == np.float64
-                           and kernels.small_pass_wanted(scan.n_rows, K, d))
+                           and kernels.small_pass_wanted(scan.n_rows, K, d, model.correlated))
         ctx = Context(scan.sum_w, scan.sum_w / scan.n_fit, col_var, float(reg_covar))
         user = _user_start(
             means_init, weights_init, precisions_init, covariance_type, K, d, centre, scale
