@@ -125,3 +125,20 @@ def test_single_fits_and_small_sweeps_keep_the_numpy_passes(monkeypatch):
     fit_mixture(X, n_components=2, covariance_type="VVV", max_iter=5)
     sweep(X, k_values=range(1, 4), covariance_types=["VVV", "VII"])
     assert not calls
+
+
+def test_a_small_fit_and_a_default_sweep_never_import_numba():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nimport numpy as np\nfrom emcli.fitting import fit_mixture\n"
+        "from emcli.selection import sweep\n"
+        "X = np.random.default_rng(0).normal(size=(300, 3))\n"
+        "fit_mixture(X, n_components=3, covariance_type='VVV')\n"
+        "sweep(X, k_values=range(1, 10), covariance_types=['full'])\n"
+        "print('numba' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"

@@ -72,13 +72,21 @@ def evi(Wd, N, start=None, tol=0.0) -> np.ndarray:
 
 
 def _volumes_shape(
-    omega: np.ndarray, N: np.ndarray, lam: np.ndarray | None, tol: float, max_iter: int
+    omega: np.ndarray, N: np.ndarray, lam: np.ndarray | None, tol: float, max_iter: int,
+    compiled: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fixed point of ``λ_k = Σ_j ω_kj / a_j / (d N_k)``, ``a ∝ Σ_k ω_k / λ_k`` (det a = 1).
 
     ``omega`` (K, d): diagonal scatters (VEI) or eigenvalues (VEV). Starts
     from ``a`` of ``Σ_k ω_k`` (mclust's start) or from the volumes ``lam``.
+    Compiled (``compiled.py``) when numba is installed, as the common orientation
+    (``_common_orientation``); ``compiled`` True or False picks a route.
     """
+    from . import compiled as kernel
+
+    if kernel.available() if compiled is None else compiled:
+        start = np.ones(omega.shape[0]) if lam is None else lam
+        return kernel.volumes_shape(omega, N, start, tol, max_iter)
     d = omega.shape[1]
     if lam is None:
         a = omega.sum(axis=0)
@@ -139,10 +147,17 @@ def vev(W, N, start=None, tol=INNER_TOL, max_iter=INNER_MAX) -> np.ndarray:
     return _compose(L, lam[:, None] * a[None])
 
 
-def vee(W, N, start=None, tol=INNER_TOL, max_iter=INNER_MAX) -> np.ndarray:
-    """Variable volume, common shape and orientation: ``Σ_k = λ_k C`` (det C = 1)."""
+def vee(W, N, start=None, tol=INNER_TOL, max_iter=INNER_MAX, compiled=None) -> np.ndarray:
+    """Variable volume, common shape and orientation: ``Σ_k = λ_k C`` (det C = 1).
+
+    Compiled when numba is installed, as ``_volumes_shape``."""
     K, d, _ = W.shape
     lam = np.ones(K) if start is None else np.exp(np.linalg.slogdet(start)[1] / d)
+    from . import compiled as kernel
+
+    if kernel.available() if compiled is None else compiled:
+        lam, C = kernel.common_shape(W, N, lam, tol, max_iter)
+        return lam[:, None, None] * C[None]
     prev = np.inf
     for _ in range(max_iter):
         C = (W / lam[:, None, None]).sum(axis=0)
