@@ -223,8 +223,7 @@ def _small_pass(
         shared = not model.per_component
         L, log_det = kernels.small_factors(full[:1] if shared else full)
         # what the M-step reads of the factors: the means (its sums are around them)
-        prep = GenPrepared(means, full, np.broadcast_to(L, (K, d, d)),
-                           np.broadcast_to(log_det, (K,)), np.empty((d, 0)), np.empty(0), shared)
+        prep = GenPrepared(means, full, L, log_det, np.empty((d, 0)), np.empty(0), shared)
 
         def one(c: Chunk) -> PassTotals:
             lse, log_total, N, S1, S2 = kernels.small_general(c.X, c.w, means, L, log_det, log_w)
