@@ -1,7 +1,7 @@
 """The iterative M-steps compiled (numba): the common-orientation iterations of EVE
 and VVE, and the volume-and-shape fixed points of VEI, VEV and VEE
-(``volumes_shape``, ``common_shape``: ``forms._volumes_shape`` and ``forms.vee``
-step for step, docs/m-step.md §9).
+(``fixed_point``: ``forms._volumes_shape`` and ``forms.vee`` step for step,
+docs/m-step.md §9).
 
 Each iteration of docs/m-step.md §9 is a sweep of plane rotations and two
 majorise–minimise steps: many small loops, products and two SVDs of d × d
@@ -138,26 +138,11 @@ def _fixed_points() -> Any:
         # forms._volumes_shape, a step at a time: a ∝ Σ_k ω_k / λ_k (det a = 1), then
         # λ_k = Σ_j ω_kj / a_j / (d N_k), until both change by less than tol
         K, d = omega.shape
-        a = np.empty(d)
+        a = np.zeros(d)
         a_new = np.empty(d)
         lam_new = np.empty(K)
         lam = lam.copy()
-        for j in range(d):
-            a[j] = 0.0
-            for k in range(K):
-                a[j] += omega[k, j] / lam[k]
-        g = 0.0
-        for j in range(d):
-            g += np.log(a[j])
-        g = np.exp(g / d)
-        for j in range(d):
-            a[j] /= g
-        for k in range(K):
-            t = 0.0
-            for j in range(d):
-                t += omega[k, j] / a[j]
-            lam[k] = t / (d * N[k])
-        for _ in range(max_iter):
+        for it in range(max_iter + 1):  # the first step sets the start, the others iterate
             for j in range(d):
                 a_new[j] = 0.0
                 for k in range(K):
@@ -178,7 +163,7 @@ def _fixed_points() -> Any:
                 err = max(err, abs(lam_new[k] - lam[k]) / (1.0 + lam_new[k]))
             a[:] = a_new
             lam[:] = lam_new
-            if err < tol:
+            if it > 0 and err < tol:
                 break
         return lam, a
 
@@ -221,21 +206,14 @@ def _fixed_points() -> Any:
     return volumes, common_shape
 
 
-def volumes_shape(
-    omega: np.ndarray, N: np.ndarray, lam: np.ndarray, tol: float, max_iter: int
+def fixed_point(
+    common: bool, S: np.ndarray, N: np.ndarray, lam: np.ndarray, tol: float, max_iter: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``forms._volumes_shape`` compiled: the volumes and the shape, from volumes ``lam``."""
-    f = _fixed_points()[0]
-    return f(np.ascontiguousarray(omega, dtype=float), np.ascontiguousarray(N, dtype=float),
-             np.ascontiguousarray(lam, dtype=float), float(tol), int(max_iter))
-
-
-def common_shape(
-    W: np.ndarray, N: np.ndarray, lam: np.ndarray, tol: float, max_iter: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """``forms.vee``'s iterations compiled: the volumes and the common ``C`` (det 1)."""
-    f = _fixed_points()[1]
-    return f(np.ascontiguousarray(W, dtype=float), np.ascontiguousarray(N, dtype=float),
+    """The volumes, from volumes ``lam``, and the shape: ``forms._volumes_shape`` on the
+    diagonals or eigenvalues ``S`` (K, d), or with ``common`` ``forms.vee``'s iterations
+    on the scatters ``S`` (K, d, d), giving its common ``C`` (det 1), compiled."""
+    f = _fixed_points()[1 if common else 0]
+    return f(np.ascontiguousarray(S, dtype=float), np.ascontiguousarray(N, dtype=float),
              np.ascontiguousarray(lam, dtype=float), float(tol), int(max_iter))
 
 

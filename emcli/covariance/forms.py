@@ -86,7 +86,7 @@ def _volumes_shape(
 
     if kernel.available() if compiled is None else compiled:
         start = np.ones(omega.shape[0]) if lam is None else lam
-        return kernel.volumes_shape(omega, N, start, tol, max_iter)
+        return kernel.fixed_point(False, omega, N, start, tol, max_iter)
     d = omega.shape[1]
     if lam is None:
         a = omega.sum(axis=0)
@@ -156,7 +156,7 @@ def vee(W, N, start=None, tol=INNER_TOL, max_iter=INNER_MAX, compiled=None) -> n
     from . import compiled as kernel
 
     if kernel.available() if compiled is None else compiled:
-        lam, C = kernel.common_shape(W, N, lam, tol, max_iter)
+        lam, C = kernel.fixed_point(True, W, N, lam, tol, max_iter)
         return lam[:, None, None] * C[None]
     prev = np.inf
     for _ in range(max_iter):
