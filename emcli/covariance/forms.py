@@ -156,8 +156,11 @@ def vee(W, N, start=None, tol=INNER_TOL, max_iter=INNER_MAX, compiled=None) -> n
     from . import compiled as kernel
 
     if kernel.available() if compiled is None else compiled:
-        lam, C = kernel.fixed_point(True, W, N, lam, tol, max_iter)
-        return lam[:, None, None] * C[None]
+        try:
+            out, C = kernel.fixed_point(True, W, N, lam, tol, max_iter)
+            return out[:, None, None] * C[None]
+        except np.linalg.LinAlgError:
+            pass  # numba refuses a non-finite C; numpy's loop gives the NaN recovery reads
     prev = np.inf
     for _ in range(max_iter):
         C = (W / lam[:, None, None]).sum(axis=0)
