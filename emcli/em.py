@@ -207,7 +207,7 @@ def _small_pass(
     source: FitRows, params: GMMParams, map: MapFn
 ) -> tuple[PassTotals, GenPrepared | MaskPrepared] | None:
     """The pass of a model search's small fit, compiled (``kernels/small.py``, docs/loop.md
-    §8): each row's densities, responsibilities and sums at once. None where it does not
+    §10.6): each row's densities, responsibilities and sums at once. None where it does not
     apply (correlated models on rows with holes): the numpy routes take the pass."""
     model = params.model
     means = params.means

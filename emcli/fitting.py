@@ -319,10 +319,15 @@ def fit_source(
                         run = run_em(rows, run.params, ctx, tol=tol, max_iter=int(max_iter),
                                      restart=r, dtype=np_dtype, callback=callback, map=pmap,
                                      resume=run)
-            except FitError as exc:
-                failed.append((r, str(exc)))
+            except (FitError, np.linalg.LinAlgError) as exc:
+                # a linear-algebra failure in a start or an M-step (an SVD that does not
+                # converge on a degenerate scatter) fails this restart, as a FitError does
+                why = str(exc) if isinstance(exc, FitError) else (
+                    f"a covariance computation failed ({exc}); "
+                    "try a larger reg_covar or standardize=True")
+                failed.append((r, why))
                 nan = float("nan")
-                records[r] = [IterationRecord(r, 0, nan, nan, nan, 0.0, f"restart failed: {exc}")]
+                records[r] = [IterationRecord(r, 0, nan, nan, nan, 0.0, f"restart failed: {why}")]
                 continue
             runs.append((r, run))
         best, best_restart = None, -1

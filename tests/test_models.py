@@ -335,3 +335,42 @@ def test_common_orientation_route_depends_on_the_installation_only(form):
                                          form == "eve", compiled=True)
         np.testing.assert_array_equal(default, fast)
 
+
+
+def test_vee_on_a_component_without_weight_gives_numpys_nan():
+    """numba refuses a matrix with NaN or infinity where numpy returns NaN (which collapse
+    recovery reads): the compiled VEE step falls back on the numpy loop there."""
+    pytest.importorskip("numba")
+    from emcli.covariance import forms
+
+    W = np.stack([np.eye(3) * 5.0, np.zeros((3, 3))])
+    N = np.array([10.0, 0.0])
+    with np.errstate(all="ignore"):
+        fast = forms.vee(W, N, compiled=True)
+        slow = forms.vee(W, N, compiled=False)
+    assert np.isnan(slow).any()
+    np.testing.assert_array_equal(fast, slow)
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_a_degenerate_scatter_fails_its_cell_not_the_sweep(monkeypatch, compiled):
+    """Without regularisation, three repeated rows leave components with no spread: an
+    SVD that does not converge (EVE, VVE), or a scatter numba refuses, fails that cell's
+    restart with a message, on either route, and the sweep goes on."""
+    from emcli.covariance import compiled as kernel
+    from emcli.selection import sweep
+
+    if compiled:
+        pytest.importorskip("numba")
+    else:
+        monkeypatch.setattr(kernel, "available", lambda: False)
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(size=(40, 2)) + c for c in ([0, 0], [8, 0], [0, 8])])
+    X = np.concatenate([X, np.repeat([[30.0, 30.0]], 3, axis=0)])
+    res = sweep(X, k_values=range(1, 5), covariance_types=["VVV", "VEE", "EVE", "VVE"],
+                reg_covar=0.0)
+    failed = {(c.k, c.covariance_type): c.error for c in res.cells if c.error}
+    assert set(failed) == {(4, "VEE"), (4, "EVE"), (4, "VVE")}
+    assert "a covariance computation failed" in failed[(4, "EVE")]
+    assert "try a larger reg_covar" in failed[(4, "VVE")]
+    assert res.best.result is not None

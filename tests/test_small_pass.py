@@ -1,5 +1,5 @@
 """The compiled pass of a model search's small fits (emcli/kernels/small.py, docs/loop.md
-§8) against the numpy routes and scipy: the same log-likelihood, statistics and
+§10.6) against the numpy routes and scipy: the same log-likelihood, statistics and
 re-seed candidates for all fourteen models, and the same sweep."""
 
 from __future__ import annotations

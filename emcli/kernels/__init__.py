@@ -15,7 +15,8 @@ with numpy: it is the reference the tests compare these with, and the route
 of small fits. numba is imported on first use only, for fits large enough
 that loading the cached machine code (``cache=True``; compiling, the first
 time) costs little beside the passes, and for a sweep's many small fits;
-complete data, single small fits and ``emcli --help`` never import it.
+complete data, single small fits and ``emcli --help`` never import these (the
+iterative M-steps of five models do: ``covariance/compiled.py``).
 """
 
 from __future__ import annotations
@@ -241,8 +242,8 @@ def visit_order(
     order, starts, gpat, gstart = groups
     size = np.diff(starts)[gpat]
     ends = np.cumsum(size)
-    inc = order[np.repeat(starts[:-1][gpat] - (ends - size), size) + np.arange(ends[-1] if
-                                                                              size.size else 0)]
+    total = int(ends[-1]) if size.size else 0
+    inc = order[np.repeat(starts[:-1][gpat] - (ends - size), size) + np.arange(total)]
     seen = np.zeros(n, dtype=bool)
     seen[inc] = True
     perm = np.concatenate([np.flatnonzero(~seen), inc])
