@@ -13,6 +13,7 @@ Everything here works in "fitting units": the caller (``fitting.py``) centres
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -329,10 +330,12 @@ class Recovery:
         worst: list | None = None  # the re-seed candidates, read at the first re-seed
         shared = not model.per_component
         bad = set(model.bad_components(cov))
-        for k in range(1 if shared else K):
-            small = not shared and K > 1 and N[k] < model.least_rows * ctx.mean_w
-            if not (small or k in bad or self.level[k]):
-                continue
+        # the components to look at: collapsed, too light, or regularised before
+        light = (N < model.least_rows * ctx.mean_w) if not shared and K > 1 else np.zeros(K, bool)
+        for k in sorted(bad.union(np.flatnonzero(light | (self.level > 0)).tolist())):
+            if shared and k > 0:
+                break
+            small = bool(light[k])
             trial = cov
             while True:
                 if self.level[k]:
@@ -402,7 +405,7 @@ FLAT = 0.05
 def separation(mean_log_max: float, weights: np.ndarray) -> float:
     """Mean ``log max_k r_ik`` above ``log max_k π_k``: 0 when every row's
     responsibilities are the weights, as at a flat start."""
-    return float(mean_log_max - np.log(np.max(weights)))
+    return float(mean_log_max) - math.log(float(weights.max()))
 
 
 

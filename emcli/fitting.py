@@ -359,9 +359,10 @@ def fit_source(
     params = permute(params, order)
     ll = best.log_likelihood + offset
     sum_w = scan.sum_w
-    history = [
-        replace(h, log_likelihood=h.log_likelihood + offset,
-                mean_log_likelihood=h.mean_log_likelihood + offset / sum_w)
+    per_w = offset / sum_w
+    history = [  # built whole: dataclasses.replace costs more than the rest of a record
+        IterationRecord(h.restart, h.iteration, h.log_likelihood + offset,
+                        h.mean_log_likelihood + per_w, h.delta, h.seconds, h.event)
         for h in history
     ]
     reported = _to_original_units(params, centre, scale)

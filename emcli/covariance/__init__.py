@@ -22,6 +22,10 @@ _ALL = {m.name: m for m in (Full(), Diag(), Spherical(), Tied(), *CONSTRAINED)}
 MODELS: dict[str, CovarianceModel] = {name: _ALL[name] for name in ORDER}
 ALIASES: dict[str, str] = {m.alias: m.name for m in MODELS.values() if m.alias}
 COVARIANCE_TYPES = ORDER
+# the names as emcli spells them, to their models
+_BY_SPELLING: dict[str, CovarianceModel] = {
+    **MODELS, **{alias: MODELS[name] for alias, name in ALIASES.items()}
+}
 assert len({m.seed_index for m in MODELS.values()}) == len(MODELS)
 
 
@@ -38,6 +42,9 @@ def model_name(name: str) -> str | None:
 
 def get_model(name: str) -> CovarianceModel:
     """The model called ``name``; a ``UsageError`` listing the choices otherwise."""
+    known = _BY_SPELLING.get(name) if isinstance(name, str) else None
+    if known is not None:  # the spellings parameters carry: every pass asks for its model
+        return known
     spelt = model_name(name)
     if spelt is None:
         raise UsageError(
