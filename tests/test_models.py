@@ -274,7 +274,8 @@ def test_common_orientation_of_one_component_is_its_scatter(form):
 
 @pytest.mark.parametrize("form", ["eve", "vve"])
 def test_compiled_common_orientation_matches_numpy(form):
-    """The compiled MM loop (covariance/compiled.py) is the numpy loop, step for step."""
+    """The compiled step (covariance/rotations.py: starting axes, MM loop, composition) is
+    the numpy one, step for step, from mclust's start and from current covariances."""
     from emcli.covariance import forms
 
     rng = np.random.default_rng(7)
@@ -350,6 +351,21 @@ def test_vee_on_a_component_without_weight_gives_numpys_nan():
         slow = forms.vee(W, N, compiled=False)
     assert np.isnan(slow).any()
     np.testing.assert_array_equal(fast, slow)
+
+
+@pytest.mark.parametrize("form", ["eve", "vve"])
+def test_common_orientation_without_weight_ends_as_numpys(form):
+    """A component with no weight and no regularisation: on either route the EVE/VVE
+    step raises the LinAlgError that fails the restart with a message
+    (fitting.fit_source), the compiled one by falling back on numpy's."""
+    pytest.importorskip("numba")
+    from emcli.covariance import forms
+
+    W = np.stack([np.eye(3) * 5.0, np.zeros((3, 3))])
+    N = np.array([10.0, 0.0])
+    for compiled in (True, False):
+        with np.errstate(all="ignore"), pytest.raises(np.linalg.LinAlgError):
+            forms._common_orientation(W, N, None, 1e-8, 100, form == "eve", compiled=compiled)
 
 
 @pytest.mark.parametrize("compiled", [True, False])

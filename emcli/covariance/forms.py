@@ -249,11 +249,18 @@ def _orientation_numpy(W, N, D, inv, omega_max, tol, max_iter, equal_volume):
 def _common_orientation(W, N, start, tol, max_iter, equal_volume: bool, compiled=None):
     """EVE (``equal_volume``) and VVE: ``Σ_k = λ_(k) D A_k Dᵀ`` with a common ``D``.
 
-    The iterations run compiled (``compiled.py``) when numba is installed, else
+    The whole step runs compiled (``compiled.py``) when numba is installed, else
     in numpy; ``compiled`` True or False picks one. The choice depends on the
     installation only, never on what the process ran before, so a sweep's
     cells end alike in any worker (numpy and numba round differently).
     """
+    from . import compiled as kernel
+
+    if kernel.available() if compiled is None else compiled:
+        try:
+            return kernel.common_orientation(W, N, start, tol, max_iter, equal_volume)
+        except np.linalg.LinAlgError:
+            pass  # numba refuses a non-finite matrix; numpy's step gives what recovery reads
     K, d, _ = W.shape
     omega_max = np.linalg.eigvalsh(W)[:, -1]
     D = _common_axes(W, N, start)
@@ -263,15 +270,8 @@ def _common_orientation(W, N, start, tol, max_iter, equal_volume: bool, compiled
     else:
         diag = np.einsum("ji,kjl,li->ki", D, start, D)
     inv = 1.0 / (diag if not equal_volume else diag / _gm(diag)[:, None])
-    from . import compiled as kernel
-
-    if compiled is None:
-        compiled = kernel.available()
-    if compiled:
-        D, diag, target = kernel.orientation(W, N, D, inv, omega_max, tol, max_iter, equal_volume)
-    else:
-        D, diag, target, _, _ = _orientation_numpy(
-            W, N, D, inv, omega_max, tol, max_iter, equal_volume)
+    D, diag, target, _, _ = _orientation_numpy(
+        W, N, D, inv, omega_max, tol, max_iter, equal_volume)
     if equal_volume:
         lam = target / (d * N.sum())
         return _compose(D, lam * diag / _gm(diag)[:, None])
