@@ -30,6 +30,7 @@ from .gaussian import (
     Chunk,
     GenPrepared,
     MaskPrepared,
+    check_variances,
     log_prob_gen,
     log_prob_mask,
     mask_statistics,
@@ -230,8 +231,9 @@ def _small_pass(
             lse, log_total, N, S1, S2 = kernels.small_general(c.X, c.w, means, L, log_det, log_w)
             return _totals(c, GeneralStats(N=N, S1=S1, S2=S2), lse, log_total, K)
     else:
-        mask_prep = model.prepare(means, cov, np.float64, True)
-        assert isinstance(mask_prep, MaskPrepared)
+        # the variances the M-step reads (the expanded route's limit is for numpy's pass)
+        mask_prep = MaskPrepared(means, model.variances(cov, d))
+        check_variances(mask_prep.var)
         prep = mask_prep
 
         def one(c: Chunk) -> PassTotals:
@@ -330,8 +332,13 @@ class Recovery:
         worst: list | None = None  # the re-seed candidates, read at the first re-seed
         shared = not model.per_component
         bad = set(model.bad_components(cov))
+        least = model.least_rows * ctx.mean_w
+        per = not shared and K > 1
+        if not bad and not self.level.any() and not (per and not N.min() >= least):
+            # the usual step: nothing collapsed, too light or regularised before
+            return GMMParams(params.covariance_type, weights / weights.sum(), means, cov), events
         # the components to look at: collapsed, too light, or regularised before
-        light = (N < model.least_rows * ctx.mean_w) if not shared and K > 1 else np.zeros(K, bool)
+        light = (N < least) if per else np.zeros(K, bool)
         for k in sorted(bad.union(np.flatnonzero(light | (self.level > 0)).tolist())):
             if shared and k > 0:
                 break

@@ -410,9 +410,14 @@ class MaskPrepared:
     expand_limit: float = -np.inf
 
 
-def prepare_mask(means: np.ndarray, var: np.ndarray, dtype: Any = np.float64) -> MaskPrepared:
-    if not np.all(np.isfinite(var)) or np.any(var <= 0):
+def check_variances(var: np.ndarray) -> None:
+    """LinAlgError unless every variance is positive and finite (NaN fails the first test)."""
+    if not (var.min() > 0.0 and var.max() < np.inf):
         raise np.linalg.LinAlgError("a variance is not positive")
+
+
+def prepare_mask(means: np.ndarray, var: np.ndarray, dtype: Any = np.float64) -> MaskPrepared:
+    check_variances(var)
     prep = MaskPrepared(means, var)
     if np.dtype(dtype) == np.float64:  # float32 would cancel in the expanded form
         # the expanded terms are about (|x|^2 + mu^2) / var, as in the quad route

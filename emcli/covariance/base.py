@@ -122,6 +122,10 @@ class CovarianceModel:
         """Components whose covariance is not positive definite (``only``: just that one)."""
         raise NotImplementedError
 
+    def variances(self, cov: np.ndarray, d: int) -> np.ndarray:
+        """Per-coordinate variances ``(K, d)`` (axis-aligned models only)."""
+        raise NotImplementedError
+
     def problem(self, cov: np.ndarray) -> str | None:
         """What makes finite parameters of the right shape unusable, or None."""
         raise NotImplementedError
@@ -308,6 +312,8 @@ class _Diagonal(CovarianceModel):
 
     def bad_components(self, cov: np.ndarray, only: int | None = None) -> list[int]:
         c = cov.reshape(cov.shape[0], -1)
+        if c.min() > 0.0 and c.max() < np.inf:  # the usual case (NaN fails the first test)
+            return []
         bad = [int(k) for k in np.flatnonzero(~np.all(np.isfinite(c) & (c > 0), axis=1))]
         return bad if only is None else [k for k in bad if k == only]
 
@@ -321,11 +327,7 @@ class _Diagonal(CovarianceModel):
         return 1.0 / cov
 
     def prepare(self, means, cov, dtype, quad_ok):
-        return prepare_mask(means, self._variances(cov, means.shape[1]), dtype)
-
-    def _variances(self, cov: np.ndarray, d: int) -> np.ndarray:
-        """Per-coordinate variances ``(K, d)``."""
-        raise NotImplementedError
+        return prepare_mask(means, self.variances(cov, means.shape[1]), dtype)
 
     def m_step(self, stats: MaskStats, prep: MaskPrepared, means, cov, ctx):
         """From observed entries only (docs/m-step.md §5)."""
@@ -378,7 +380,7 @@ class Diag(_Diagonal):
     def broad(self, col_var):
         return col_var.copy()
 
-    def _variances(self, cov, d):
+    def variances(self, cov, d):
         return np.asarray(cov, float)
 
     def _from_sums(self, ss, So, seen, col_var, reg_covar):
@@ -416,7 +418,7 @@ class Spherical(_Diagonal):
     def broad(self, col_var):
         return np.array(col_var.mean())
 
-    def _variances(self, cov, d):
+    def variances(self, cov, d):
         return np.repeat(np.asarray(cov, float)[:, None], d, axis=1)
 
     def _from_sums(self, ss, So, seen, col_var, reg_covar):

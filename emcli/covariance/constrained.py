@@ -78,14 +78,14 @@ class _ConstrainedDiagonal(_Entry, Diag):
         assert N is not None and So is not None and Sx is not None and Sx2 is not None
         Nsafe = np.where(N > 0, N, 1.0)
         dmu = Sx / Nsafe[:, None]
-        var = self._variances(cov, means.shape[1])
+        var = self.variances(cov, means.shape[1])
         Wd = Sx2 - N[:, None] * dmu**2 + (N[:, None] - So) * var
         return means + dmu, self._from_diagonal(Wd, Nsafe, ctx, cov)
 
     def _from_diagonal(self, Wd, N, ctx: Context, current) -> np.ndarray:
         Wd = Wd + N[:, None] * (ctx.reg_covar * ctx.col_var)[None]
         with np.errstate(all="ignore"):
-            start = None if current is None else self._variances(current, Wd.shape[1])
+            start = None if current is None else self.variances(current, Wd.shape[1])
             return self._stored(self.form(Wd, N, start, ctx.inner_tol))
 
     def from_scatter(self, W, N, ctx, current=None):
@@ -103,12 +103,12 @@ class _ConstrainedDiagonal(_Entry, Diag):
         return self._from_diagonal(Wd, np.where(N > 0, N, 1.0), ctx, None)
 
     def project(self, cov: np.ndarray) -> np.ndarray:
-        var = self._variances(cov, cov.shape[-1] if cov.ndim == 2 else 1)
+        var = self.variances(cov, cov.shape[-1] if cov.ndim == 2 else 1)
         with np.errstate(all="ignore"):
             return self._stored(self.form(var, np.ones(var.shape[0]), var))
 
     def regularised(self, cov, k, amount, col_var):
-        var = self._variances(cov, col_var.size).copy()
+        var = self.variances(cov, col_var.size).copy()
         var[k] += amount * col_var
         with np.errstate(all="ignore"):
             return self._stored(self.form(var, np.ones(var.shape[0]), var))
@@ -131,7 +131,7 @@ class EII(_ConstrainedDiagonal):
     unscaled = Spherical.unscaled
     broad = Spherical.broad
 
-    def _variances(self, cov, d):
+    def variances(self, cov, d):
         return np.repeat(np.asarray(cov, float)[:, None], d, axis=1)
 
     def _stored(self, var):
