@@ -83,16 +83,19 @@ def _compiled() -> Any:
                            tied_sums=tied.tied_sums)
 
 
-# Rows × components × columns² of a correlated model's fit (× 4 columns for a diagonal
-# one) up to which a model search's passes run compiled (``small_pass_wanted``): beyond,
-# numpy's routes are as fast (measured: docs/loop.md §10.6).
-SMALL_PASS_MAX_WORK = 100_000
+# Rows × components × columns² of a correlated model's fit (× 12 columns for a diagonal
+# one, whose numpy pass is a few GEMMs), and rows × components, up to which a model
+# search's passes run compiled (``small_pass_wanted``): beyond, numpy's routes are as
+# fast (measured: docs/loop.md §10.6).
+SMALL_PASS_MAX_WORK = 600_000
+SMALL_PASS_MAX_CELLS = 20_000
 
 
 def small_pass_wanted(n_rows: int, n_components: int, n_features: int, correlated: bool) -> bool:
     """Whether a model search's fit of this size takes its passes in ``small.py``."""
-    work = n_rows * n_components * n_features * (n_features if correlated else 4)
-    return work <= SMALL_PASS_MAX_WORK and available()
+    work = n_rows * n_components * n_features * (n_features if correlated else 12)
+    return (work <= SMALL_PASS_MAX_WORK and n_rows * n_components <= SMALL_PASS_MAX_CELLS
+            and available())
 
 
 def small_factors(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
