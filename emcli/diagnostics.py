@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .em import posterior
+from .gaussian import Chunk
 from .model import GMMParams, IterationRecord
 from .sources import FitRows, MapFn
 
@@ -56,27 +57,47 @@ def spike_components(
     those are added up across blocks (docs/loop.md §11).
     """
     K, d = params.n_components, params.n_features
+    N = params.weights * sum_w
+    counted = N[N >= least]
+    if counted.size == 0:
+        return []
     # a row's key: a fixed random projection of its cells (missing ones as an unlikely
     # value); equal rows share it and different rows almost surely do not, and sorting
     # one float per row is cheaper than comparing whole rows
     probe = np.random.default_rng(20260).standard_normal(d) + 1.0
+
+    def groups(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        key = np.where(np.isnan(X), 3.1e-300, X) @ probe
+        _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        return first, inverse.ravel()
+
+    def top_groups(chunk: Chunk) -> float:
+        """The weight of the block's d heaviest distinct rows."""
+        if chunk.X.shape[0] == 0:
+            return 0.0
+        per = np.bincount(groups(np.asarray(chunk.X, dtype=np.float64))[1], weights=chunk.w)
+        return float(np.sort(per)[-d:].sum())
+
+    # no d distinct rows weigh more than the blocks' d heaviest together, and a
+    # responsibility is at most 1: when that is at most half of every counted
+    # component's weight, none is a spike, and the posterior pass is not needed
+    if rows.reduce(top_groups, map) <= 0.5 * float(counted.min()) * (1.0 - 1e-9):
+        return []
     totals: list[dict[bytes, float]] = [{} for _ in range(K)]
     for chunk, resp, _ in posterior(rows, params, map=map):
         X = np.asarray(chunk.X, dtype=np.float64)
         if X.shape[0] == 0:
             continue
-        key = np.where(np.isnan(X), 3.1e-300, X) @ probe
-        _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        first, inverse = groups(X)
         wr = chunk.w[:, None] * resp
         for k in range(K):
-            per = np.bincount(inverse.ravel(), weights=wr[:, k], minlength=first.size)
+            per = np.bincount(inverse, weights=wr[:, k], minlength=first.size)
             top = np.argpartition(per, -d)[-d:] if per.size > d else np.arange(per.size)
             for i in top:
                 if per[i] > 0:
                     row = X[first[i]].tobytes()
                     totals[k][row] = totals[k].get(row, 0.0) + float(per[i])
     out = []
-    N = params.weights * sum_w
     for k in range(K):
         if N[k] < least:
             continue

@@ -1,0 +1,64 @@
+"""The spike warning's count (docs/loop.md §11) against a brute-force reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from emcli.diagnostics import spike_components
+from emcli.model import GMMParams
+from emcli.scoring import score_rows
+from emcli.sources import ArraySource, FitRows, Units
+
+
+def _reference(X, w, params, sum_w, least):
+    """Group equal rows exactly, weigh each group by w·r, take the d heaviest."""
+    resp, _ = score_rows(params, X)
+    _, inverse = np.unique(X, axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    K, d = params.means.shape
+    N = params.weights * sum_w
+    out = []
+    for k in range(K):
+        if N[k] < least:
+            continue
+        per = np.sort(np.bincount(inverse, weights=w * resp[:, k]))[::-1][:d]
+        held = np.cumsum(per)
+        over = np.flatnonzero(held > 0.5 * N[k])
+        if over.size:
+            out.append((k, int(over[0]) + 1, float(held[over[0]] / N[k])))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_spikes_match_a_brute_force_count(seed):
+    rng = np.random.default_rng(seed)
+    d = int(rng.integers(1, 4))
+    K = int(rng.integers(2, 5))
+    n = int(rng.integers(20, 80))
+    X = rng.normal(size=(n, d))
+    # repeated rows: some blocks of copies, sometimes heavy enough to make a spike
+    for _ in range(int(rng.integers(0, 3))):
+        copies = int(rng.integers(2, n // 2))
+        X[rng.choice(n, copies, replace=False)] = X[rng.integers(n)]
+    w = rng.uniform(0.5, 2.0, n) if seed % 2 else np.ones(n)
+    means = X[rng.choice(n, K, replace=False)]
+    cov = np.stack([np.eye(d) * rng.uniform(0.05, 1.0) for _ in range(K)])
+    weights = rng.dirichlet(np.ones(K))
+    params = GMMParams("VVV", weights, means, cov)
+    sum_w = float(w.sum())
+    least = 2.0 * sum_w / n
+    rows = FitRows(ArraySource(X, w), Units(np.zeros(d), None, np.float64))
+    got = spike_components(rows, params, sum_w, least)
+    want = _reference(X, w, params, sum_w, least)
+    assert [(k, c) for k, c, _ in got] == [(k, c) for k, c, _ in want]
+    np.testing.assert_allclose([s for *_, s in got], [s for *_, s in want], rtol=1e-12)
+
+
+def test_a_component_on_one_repeated_row_is_a_spike():
+    rng = np.random.default_rng(3)
+    X = np.vstack([rng.normal(size=(60, 2)), np.tile([[5.0, 5.0]], (8, 1))])
+    params = GMMParams("VVV", np.array([60, 8]) / 68.0, np.array([[0.0, 0.0], [5.0, 5.0]]),
+                       np.stack([np.eye(2), np.eye(2) * 1e-6]))
+    rows = FitRows(ArraySource(X, None), Units(np.zeros(2), None, np.float64))
+    assert [(k, c) for k, c, _ in spike_components(rows, params, 68.0, 2.0)] == [(1, 1)]
