@@ -451,9 +451,15 @@ def fit_mixture(
         finally:
             on_cluster.release()
     X, w = as_rows(X, sample_weight)
-    source = ArraySource(X, w, chunk_rows)
-    result = fit_source(source, n_components=n_components, **options)
-    resp, log_density = _score(result.params, source)
+    result = fit_source(ArraySource(X, w, chunk_rows), n_components=n_components, **options)
+    return with_row_outputs(result, X, w, chunk_rows)
+
+
+def with_row_outputs(
+    result: FitResult, X: np.ndarray, w: np.ndarray | None = None, chunk_rows: int | None = None
+) -> FitResult:
+    """``result`` with the per-row outputs of the array it was fitted on (``X``, ``w``)."""
+    resp, log_density = _score(result.params, ArraySource(X, w, chunk_rows))
     return replace(
         result, resp=resp, log_density=log_density, n_observed=(~np.isnan(X)).sum(axis=1)
     )

@@ -18,10 +18,17 @@ from .covariance import ORDER, get_model, model_name
 from .criteria import CRITERIA
 from .diagnostics import degenerate_component
 from .errors import DataError, FitError, MemoryBudgetError, UsageError
-from .fitting import check_data, fit_mixture, fit_source, too_little_memory, working_set
+from .fitting import (
+    check_data,
+    fit_source,
+    too_little_memory,
+    with_row_outputs,
+    working_set,
+)
 from .init import canonical_init
 from .model import FitResult, SweepCell, SweepResult
-from .sources import RowSource
+from .scoring import _score
+from .sources import ArraySource, RowSource
 
 # --------------------------------------------------------------------------
 # Parsing the sweep's ranges (shared by the command line and the Python API)
@@ -192,13 +199,11 @@ def fit_cell(
         opts.update(n_init=1, means_init=warm[0], weights_init=warm[1], race_floor=warm[2])
     error = ""
     try:
-        if isinstance(X, np.ndarray):
-            res = fit_mixture(
-                X, n_components=k, covariance_type=covariance_type, sample_weight=w,
-                init=init, **opts,
-            )
-        else:  # a row source: per-row outputs come later, from score_blocks
-            res = fit_source(X, n_components=k, covariance_type=covariance_type, init=init, **opts)
+        # per-row outputs come later: for an array, once the sweep has kept its cells
+        # (``sweep``); for a row source, from score_blocks
+        source = ArraySource(X, w) if isinstance(X, np.ndarray) else X
+        res = fit_source(source, n_components=k, covariance_type=covariance_type, init=init,
+                         **opts)
     except MemoryBudgetError:
         raise  # not this cell's failure: the whole sweep needs more memory
     except (FitError, DataError) as exc:
@@ -290,8 +295,8 @@ def _neighbour_starts(
         below = new((c.k - 1, c.covariance_type))
         if below is not None and isinstance(X, np.ndarray):
             res = below
-            assert res.log_density is not None
-            dens = np.where(np.isfinite(res.log_density), res.log_density, np.inf)
+            log_density = _score(res.params, ArraySource(X, w))[1]
+            dens = np.where(np.isfinite(log_density), log_density, np.inf)
             if w is not None:
                 dens[w <= 0] = np.inf  # a row of no weight seeds nothing
             row = int(np.argmin(dens))
@@ -440,7 +445,11 @@ def sweep(
                     changed.add(i)
             if changed is not None and not changed:
                 break
-    done = tuple(c for c in cells if c is not None)
+    done = tuple(
+        replace(c, result=with_row_outputs(c.result, Xa, w_arg))
+        if c.result is not None and isinstance(Xa, np.ndarray) else c
+        for c in cells if c is not None
+    )
 
     best_index, best_value = -1, np.inf
     for i, cell in enumerate(done):
