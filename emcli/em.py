@@ -192,11 +192,15 @@ def _responsibilities(
 
 
 def e_pass(
-    source: FitRows, params: GMMParams, dtype: Any = np.float64, map: MapFn = map
+    source: FitRows, params: GMMParams, dtype: Any = np.float64, map: MapFn = map,
+    factors: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> tuple[PassTotals, GenPrepared | MaskPrepared]:
-    """One pass over the rows at ``params``: the totals the M-step needs, and the factors."""
+    """One pass over the rows at ``params``: the totals the M-step needs, and the factors.
+
+    ``factors``: the Cholesky factors and log-determinants of some covariances, which
+    a small pass takes when they are ``params``'s (the compiled M-step's hand-over)."""
     if source.small_pass:
-        compiled = _small_pass(source, params, map)
+        compiled = _small_pass(source, params, map, factors)
         if compiled is not None:
             return compiled
     prep = prepare(params, dtype, source)
@@ -206,7 +210,8 @@ def e_pass(
 
 
 def _small_pass(
-    source: FitRows, params: GMMParams, map: MapFn
+    source: FitRows, params: GMMParams, map: MapFn,
+    factors: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> tuple[PassTotals, GenPrepared | MaskPrepared] | None:
     """The pass of a model search's small fit, compiled (``kernels/small.py``, docs/loop.md
     §10.6): each row's densities, responsibilities and sums at once. None where it does not
@@ -223,7 +228,10 @@ def _small_pass(
             return None
         full = model.to_full(cov, K, d)
         shared = not model.per_component
-        L, log_det = kernels.small_factors(full[:1] if shared else full)
+        if factors is not None and factors[0] is params.covariances:
+            L, log_det = factors[1], factors[2]
+        else:
+            L, log_det = kernels.small_factors(full[:1] if shared else full)
         # what the M-step reads of the factors: the means (its sums are around them)
         prep = GenPrepared(means, full, L, log_det, np.empty((d, 0)), np.empty(0), shared)
 
@@ -264,11 +272,15 @@ class Recovery:
     max_level = 4
     max_reseeds = 10
 
-    def __init__(self, n_components: int) -> None:
+    def __init__(self, n_components: int, compiled_step: bool = False) -> None:
         self.reseeds = 0
         self.level = np.zeros(n_components, dtype=int)
         self.used_rows: set[bytes] = set()
         self.reseeded = np.zeros(n_components, dtype=bool)
+        # a small fit's usual step runs compiled (covariance/steps.py), and hands the next
+        # pass its Cholesky factors: (the covariances, their factors, log-determinants)
+        self.compiled_step = compiled_step
+        self.factors: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def amount(self, level: int, ctx: Context) -> float:
         return max(10.0 * ctx.reg_covar, 1e-8) * 10.0 ** (level - 1)
@@ -321,6 +333,11 @@ class Recovery:
         self, totals: PassTotals, prep: Any, params: GMMParams, ctx: Context
     ) -> tuple[GMMParams, list[str]]:
         model = params.model
+        self.factors = None
+        if self.compiled_step:
+            fast = self._compiled_step(totals, prep, params, ctx)
+            if fast is not None:
+                return fast, []
         means, cov = model.m_step(
             totals.stats, prep, params.means, np.asarray(params.covariances, float), ctx
         )
@@ -377,6 +394,38 @@ class Recovery:
                 break
         weights = weights / weights.sum()
         return GMMParams(params.covariance_type, weights, means, cov), events
+
+    def _compiled_step(
+        self, totals: PassTotals, prep: Any, params: GMMParams, ctx: Context
+    ) -> GMMParams | None:
+        """The step compiled whole (``compiled.general_step``), the components regularised
+        before regularised again, or None when a component is not positive definite or
+        too light: numpy's step then decides (a collapse, docs/loop.md §5)."""
+        from .covariance import compiled
+
+        model = params.model
+        stats = totals.stats
+        if not isinstance(stats, GeneralStats) or stats.G is not None:
+            return None  # the tied model's pooled sums: numpy's step
+        N, S1, S2 = stats.scatter(prep)
+        if not np.all(np.isfinite(N)):
+            return None
+        if model.per_component and params.n_components > 1:
+            # a light component is usual only back on its few rows after a re-seed, at
+            # the highest level: it then stays there, regularised (no event)
+            light = N < model.least_rows * ctx.mean_w
+            if light.any() and not np.all(self.reseeded[light]
+                                          & (self.level[light] >= self.max_level)):
+                return None
+        extra = np.array([self.amount(v, ctx) if v else 0.0 for v in self.level])
+        out = compiled.general_step(model.name, N, S1, S2, params.means,
+                                    np.asarray(params.covariances, float), ctx, extra)
+        if out is None:
+            return None
+        means, cov, L, log_det = out
+        self.factors = (cov, L, log_det)
+        weights = N / ctx.sum_w
+        return GMMParams(params.covariance_type, weights / weights.sum(), means, cov)
 
     def _reseed(self, k, means, cov, weights, worst, ctx, model):
         self.reseeds += 1
@@ -437,6 +486,15 @@ class RunResult:
     pending: _Pending | None = None  # what ``resume`` needs to go on
 
 
+def _compiled_step(source: FitRows, params: GMMParams) -> bool:
+    """Whether a fit's usual M-steps run compiled: a model search's small fit (its passes
+    compiled too, docs/loop.md §10.6) of a model ``compiled.general_step`` has."""
+    from .covariance import compiled
+
+    return bool(source.small_pass and params.model.name in compiled.STEP_CODES
+                and compiled.available())
+
+
 def run_em(
     source: FitRows,
     params: GMMParams,
@@ -466,7 +524,7 @@ def run_em(
     t = 0
     prev: float | None = None
     if resume is None:
-        recovery = Recovery(params.n_components)
+        recovery = Recovery(params.n_components, compiled_step=_compiled_step(source, params))
         params, events = recovery.check_start(params, ctx)
     else:
         assert resume.pending is not None
@@ -478,7 +536,7 @@ def run_em(
         t = resume.n_iter + 1
     while True:
         try:
-            totals, prep = e_pass(source, params, dtype, map)
+            totals, prep = e_pass(source, params, dtype, map, recovery.factors)
         except BlockNotPD as exc:
             params, more = recovery.singular_block(params, exc.component, ctx)
             events = [*events, *more]

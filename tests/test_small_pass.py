@@ -142,3 +142,62 @@ def test_a_small_fit_and_a_default_sweep_never_import_numba():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
+
+
+def _step_pair(m, levels, reseeded=None, X=None, K=3):
+    """One M-step from the same pass, numpy's and the compiled one, with the
+    components' collapse levels set as a restart would have left them."""
+    X = _data(240, False)[1:] if X is None else X  # without its outlier, a component itself
+    P = fit_mixture(X, n_components=K, covariance_type=m, max_iter=3).params
+    rows = FitRows(ArraySource(X, None), Units(np.zeros(X.shape[1]), None, np.float64))
+    rows.small_pass = True
+    totals, prep = em.e_pass(rows, P)
+    ctx = em.Context(float(X.shape[0]), 1.0, np.nanvar(X, axis=0), 1e-6)
+    out = []
+    for compiled in (False, True):
+        rec = em.Recovery(K, compiled_step=compiled)
+        rec.level[:] = levels
+        if reseeded is not None:
+            rec.reseeded[:] = reseeded
+        new, events = rec.m_step(totals, prep, P, ctx)
+        out.append((new, events, rec))
+    return out
+
+
+@pytest.mark.parametrize("levels", [(0, 0, 0), (0, 2, 0), (1, 0, 3)])
+@pytest.mark.parametrize("m", ["VVV", "EEE", "EVV", "EEV", "VEV", "VEE", "EVE", "VVE"])
+def test_the_compiled_step_gives_the_numpy_step(m, levels):
+    (want, want_events, _), (got, got_events, rec) = _step_pair(m, levels)
+    assert rec.factors is not None  # the compiled step was taken
+    assert got_events == want_events == []
+    np.testing.assert_allclose(got.weights, want.weights, rtol=1e-12)
+    np.testing.assert_allclose(got.means, want.means, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(got.covariances, want.covariances, rtol=1e-9, atol=1e-12)
+    # and the factors it hands the next pass are those of its covariances
+    cov, L, log_det = rec.factors
+    assert cov is got.covariances
+    full = got.model.to_full(np.asarray(cov), 3, 3)[: L.shape[0]]
+    np.testing.assert_allclose(L, np.linalg.cholesky(full), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(log_det, np.linalg.slogdet(full)[1], rtol=1e-12)
+
+
+@pytest.mark.parametrize("m", ["VVV", "VEV", "VVE"])
+def test_a_light_component_after_its_re_seed_stays_regularised_in_both_steps(m):
+    # a fourth component on two rows far out: below the two-row weight of a
+    # per-component volume once re-seeded, it stays at the highest level
+    X = np.vstack([_data(240, False)[1:], [[30.0, 30.0, 30.0], [30.1, 29.9, 30.05]]])
+    max_level = em.Recovery.max_level
+    pairs = _step_pair(m, (0, 0, 0, max_level), (False, False, False, True), X=X, K=4)
+    (want, want_events, _), (got, got_events, rec) = pairs
+    assert rec.factors is not None  # the compiled step was taken
+    np.testing.assert_allclose(got.covariances, want.covariances, rtol=1e-9, atol=1e-12)
+    assert got_events == want_events == []
+
+
+def test_a_collapse_leaves_the_compiled_step_to_numpy():
+    # the outlier row holds a component of its own, lighter than two rows: a collapse
+    (want, want_events, _), (got, got_events, rec) = _step_pair("VVV", (0, 0, 0),
+                                                                X=_data(240, False))
+    assert rec.factors is None
+    assert got_events == want_events and "collapsed (weight sum" in want_events[0]
+    np.testing.assert_array_equal(got.covariances, want.covariances)

@@ -1,7 +1,9 @@
 """The iterative M-steps compiled (numba): EVE's and VVE's common-orientation step
 (``common_orientation``, whose loops are in ``rotations.py``), and the
 volume-and-shape fixed points of VEI, VEV and VEE (``fixed_point``:
-``forms._volumes_shape`` and ``forms.vee`` step for step), docs/m-step.md §9.
+``forms._volumes_shape`` and ``forms.vee`` step for step, in ``steps.py``),
+docs/m-step.md §9; and a model search's small fits' whole M-step for the
+correlated models (``general_step``, docs/loop.md §10.6).
 
 Each iteration of docs/m-step.md §9 is a sweep of plane rotations and two
 majorise–minimise steps: many small loops, products and two SVDs of d × d
@@ -38,82 +40,10 @@ def _kernel() -> Any:
 
 
 @lru_cache(maxsize=1)
-def _fixed_points() -> Any:
-    import numba
+def _steps() -> Any:
+    from . import steps
 
-    jit = numba.njit(cache=True, nogil=True, error_model="numpy")
-
-    @jit
-    def volumes(omega, N, lam, tol, max_iter):  # pragma: no cover
-        # forms._volumes_shape, a step at a time: a ∝ Σ_k ω_k / λ_k (det a = 1), then
-        # λ_k = Σ_j ω_kj / a_j / (d N_k), until both change by less than tol
-        K, d = omega.shape
-        a = np.zeros(d)
-        a_new = np.empty(d)
-        lam_new = np.empty(K)
-        lam = lam.copy()
-        for it in range(max_iter + 1):  # the first step sets the start, the others iterate
-            for j in range(d):
-                a_new[j] = 0.0
-                for k in range(K):
-                    a_new[j] += omega[k, j] / lam[k]
-            g = 0.0
-            for j in range(d):
-                g += np.log(a_new[j])
-            g = np.exp(g / d)
-            err = 0.0
-            for j in range(d):
-                a_new[j] /= g
-                err = max(err, abs(a_new[j] - a[j]) / (1.0 + a_new[j]))
-            for k in range(K):
-                t = 0.0
-                for j in range(d):
-                    t += omega[k, j] / a_new[j]
-                lam_new[k] = t / (d * N[k])
-                err = max(err, abs(lam_new[k] - lam[k]) / (1.0 + lam_new[k]))
-            a[:] = a_new
-            lam[:] = lam_new
-            if it > 0 and err < tol:
-                break
-        return lam, a
-
-    @jit
-    def common_shape(W, N, lam, tol, max_iter):  # pragma: no cover
-        # forms.vee, a step at a time: C = Σ_k W_k / λ_k (det C = 1),
-        # λ_k = tr(W_k C⁻¹) / (d N_k), until the objective changes by less than tol
-        K, d, _ = W.shape
-        lam = lam.copy()
-        C = np.empty((d, d))
-        n = 0.0
-        for k in range(K):
-            n += N[k]
-        prev = np.inf
-        for _ in range(max_iter):
-            C[:] = 0.0
-            for k in range(K):
-                for i in range(d):
-                    for j in range(d):
-                        C[i, j] += W[k, i, j] / lam[k]
-            _, ld = np.linalg.slogdet(C)
-            g = np.exp(ld / d)
-            for i in range(d):
-                for j in range(d):
-                    C[i, j] /= g
-            Cinv = np.linalg.inv(C)
-            target = d * n
-            for k in range(K):
-                t = 0.0
-                for i in range(d):
-                    for j in range(d):
-                        t += W[k, i, j] * Cinv[j, i]
-                lam[k] = t / (d * N[k])
-                target += d * np.log(lam[k]) * N[k]
-            if abs(target - prev) / (1.0 + abs(target)) <= tol:
-                break
-            prev = target
-        return lam, C
-
-    return volumes, common_shape
+    return steps
 
 
 def fixed_point(
@@ -122,7 +52,8 @@ def fixed_point(
     """The volumes, from volumes ``lam``, and the shape: ``forms._volumes_shape`` on the
     diagonals or eigenvalues ``S`` (K, d), or with ``common`` ``forms.vee``'s iterations
     on the scatters ``S`` (K, d, d), giving its common ``C`` (det 1), compiled."""
-    f = _fixed_points()[1 if common else 0]
+    steps = _steps()
+    f = steps.common_shape if common else steps.volumes
     return f(np.ascontiguousarray(S, dtype=float), np.ascontiguousarray(N, dtype=float),
              np.ascontiguousarray(lam, dtype=float), float(tol), int(max_iter))
 
@@ -141,3 +72,42 @@ def common_orientation(
         W if start is None else np.ascontiguousarray(start, dtype=float), start is not None,
         float(tol), int(max_iter), bool(equal_volume), float(ROTATION_GAIN),
     )
+
+
+# The models whose whole M-step ``steps.general_step`` takes on a small fit's route
+STEP_CODES = {"VVV": 0, "EEE": 1, "EVV": 2, "EEV": 3, "VEV": 4, "VEE": 5, "EVE": 6, "VVE": 7}
+
+
+def general_step(
+    name: str, N: np.ndarray, S1: np.ndarray, S2: np.ndarray, means: np.ndarray,
+    current: np.ndarray, ctx: Any, extra: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """The M-step of correlated model ``name`` compiled whole (``steps.general_step``):
+    the new means, covariances (in the model's stored shape) and their Cholesky factors
+    and log-determinants for the next pass, from the pass's ``N``, ``S1``, ``S2`` around
+    ``means``, with ``extra[k]`` × the column variances added to component k as the
+    model's ``regularised`` adds it (0: none); None when a covariance is not positive
+    definite or numba refuses a non-finite matrix (the numpy step and its recovery
+    take over)."""
+    from .forms import INNER_MAX, ROTATION_GAIN
+
+    K, d = means.shape
+    shared = name == "EEE"
+    Kc = 1 if shared else K
+    new_means = np.empty((K, d))
+    cov = np.empty((Kc, d, d))
+    L = np.empty((Kc, d, d))
+    log_det = np.empty(Kc)
+    try:
+        bad = _steps().general_step(
+            STEP_CODES[name], *(np.ascontiguousarray(a, dtype=float) for a in (N, S1, S2, means)),
+            ctx.reg_covar * ctx.col_var,
+            np.ascontiguousarray(current, dtype=float) if current.ndim == 3 else cov,
+            float(ctx.sum_w), float(ctx.inner_tol), INNER_MAX, float(ROTATION_GAIN),
+            np.ascontiguousarray(extra[:Kc], dtype=float), ctx.col_var, new_means, cov, L,
+            log_det)
+    except np.linalg.LinAlgError:
+        return None
+    if bad >= 0:
+        return None
+    return new_means, cov[0] if shared else cov, L, log_det
