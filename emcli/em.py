@@ -281,6 +281,7 @@ class Recovery:
         # pass its Cholesky factors: (the covariances, their factors, log-determinants)
         self.compiled_step = compiled_step
         self.factors: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self.compiled_last = False  # whether the last step ran compiled
 
     def amount(self, level: int, ctx: Context) -> float:
         return max(10.0 * ctx.reg_covar, 1e-8) * 10.0 ** (level - 1)
@@ -334,9 +335,11 @@ class Recovery:
     ) -> tuple[GMMParams, list[str]]:
         model = params.model
         self.factors = None
+        self.compiled_last = False
         if self.compiled_step:
             fast = self._compiled_step(totals, prep, params, ctx)
             if fast is not None:
+                self.compiled_last = True
                 return fast, []
         means, cov = model.m_step(
             totals.stats, prep, params.means, np.asarray(params.covariances, float), ctx
@@ -405,9 +408,14 @@ class Recovery:
 
         model = params.model
         stats = totals.stats
-        if not isinstance(stats, GeneralStats) or stats.G is not None:
-            return None  # the tied model's pooled sums: numpy's step
-        N, S1, S2 = stats.scatter(prep)
+        if isinstance(stats, GeneralStats):
+            if stats.G is not None:
+                return None  # the tied model's pooled sums: numpy's step
+            N, S1, S2 = stats.scatter(prep)
+        elif stats.N is not None:
+            N = stats.N
+        else:
+            return None
         if not np.all(np.isfinite(N)):
             return None
         if model.per_component and params.n_components > 1:
@@ -418,12 +426,21 @@ class Recovery:
                                           & (self.level[light] >= self.max_level)):
                 return None
         extra = np.array([self.amount(v, ctx) if v else 0.0 for v in self.level])
-        out = compiled.general_step(model.name, N, S1, S2, params.means,
-                                    np.asarray(params.covariances, float), ctx, extra)
-        if out is None:
-            return None
-        means, cov, L, log_det = out
-        self.factors = (cov, L, log_det)
+        cov = np.asarray(params.covariances, float)
+        if isinstance(stats, MaskStats):
+            assert stats.So is not None and stats.Sx is not None and stats.Sx2 is not None
+            var = model.variances(cov, params.n_features)
+            step = compiled.diagonal_step(model.name, N, stats.So, stats.Sx, stats.Sx2,
+                                          params.means, var, ctx, extra)
+            if step is None:
+                return None
+            means, cov = step
+        else:
+            out = compiled.general_step(model.name, N, S1, S2, params.means, cov, ctx, extra)
+            if out is None:
+                return None
+            means, cov, L, log_det = out
+            self.factors = (cov, L, log_det)
         weights = N / ctx.sum_w
         return GMMParams(params.covariance_type, weights / weights.sum(), means, cov)
 
@@ -488,11 +505,12 @@ class RunResult:
 
 def _compiled_step(source: FitRows, params: GMMParams) -> bool:
     """Whether a fit's usual M-steps run compiled: a model search's small fit (its passes
-    compiled too, docs/loop.md §10.6) of a model ``compiled.general_step`` has."""
+    compiled too, docs/loop.md §10.6)."""
     from .covariance import compiled
 
-    return bool(source.small_pass and params.model.name in compiled.STEP_CODES
-                and compiled.available())
+    name = params.model.name
+    return bool(source.small_pass and compiled.available()
+                and (name in compiled.STEP_CODES or name in compiled.DIAGONAL_CODES))
 
 
 def run_em(

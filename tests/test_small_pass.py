@@ -168,7 +168,7 @@ def _step_pair(m, levels, reseeded=None, X=None, K=3):
 @pytest.mark.parametrize("m", ["VVV", "EEE", "EVV", "EEV", "VEV", "VEE", "EVE", "VVE"])
 def test_the_compiled_step_gives_the_numpy_step(m, levels):
     (want, want_events, _), (got, got_events, rec) = _step_pair(m, levels)
-    assert rec.factors is not None  # the compiled step was taken
+    assert rec.compiled_last and rec.factors is not None  # the compiled step was taken
     assert got_events == want_events == []
     np.testing.assert_allclose(got.weights, want.weights, rtol=1e-12)
     np.testing.assert_allclose(got.means, want.means, rtol=1e-10, atol=1e-12)
@@ -181,7 +181,7 @@ def test_the_compiled_step_gives_the_numpy_step(m, levels):
     np.testing.assert_allclose(log_det, np.linalg.slogdet(full)[1], rtol=1e-12)
 
 
-@pytest.mark.parametrize("m", ["VVV", "VEV", "VVE"])
+@pytest.mark.parametrize("m", ["VVV", "VEV", "VVE", "VVI", "VII", "VEI"])
 def test_a_light_component_after_its_re_seed_stays_regularised_in_both_steps(m):
     # a fourth component on two rows far out: below the two-row weight of a
     # per-component volume once re-seeded, it stays at the highest level
@@ -189,15 +189,30 @@ def test_a_light_component_after_its_re_seed_stays_regularised_in_both_steps(m):
     max_level = em.Recovery.max_level
     pairs = _step_pair(m, (0, 0, 0, max_level), (False, False, False, True), X=X, K=4)
     (want, want_events, _), (got, got_events, rec) = pairs
-    assert rec.factors is not None  # the compiled step was taken
+    assert rec.compiled_last  # the compiled step was taken
     np.testing.assert_allclose(got.covariances, want.covariances, rtol=1e-9, atol=1e-12)
     assert got_events == want_events == []
 
 
-def test_a_collapse_leaves_the_compiled_step_to_numpy():
+@pytest.mark.parametrize("m", ["VVV", "VVI"])
+def test_a_collapse_leaves_the_compiled_step_to_numpy(m):
     # the outlier row holds a component of its own, lighter than two rows: a collapse
-    (want, want_events, _), (got, got_events, rec) = _step_pair("VVV", (0, 0, 0),
+    (want, want_events, _), (got, got_events, rec) = _step_pair(m, (0, 0, 0),
                                                                 X=_data(240, False))
-    assert rec.factors is None
+    assert not rec.compiled_last
     assert got_events == want_events and "collapsed (weight sum" in want_events[0]
     np.testing.assert_array_equal(got.covariances, want.covariances)
+
+
+@pytest.mark.parametrize("holes", [False, True])
+@pytest.mark.parametrize("levels", [(0, 0, 0), (0, 2, 0), (1, 0, 3)])
+@pytest.mark.parametrize("m", ["VVI", "VII", "EII", "EEI", "VEI", "EVI"])
+def test_the_compiled_diagonal_step_gives_the_numpy_step(m, levels, holes):
+    X = _data(240, holes)[1:]
+    (want, want_events, _), (got, got_events, rec) = _step_pair(m, levels, X=X)
+    assert rec.compiled_last  # the compiled step was taken
+    assert got_events == want_events == []
+    np.testing.assert_allclose(got.weights, want.weights, rtol=1e-12)
+    np.testing.assert_allclose(got.means, want.means, rtol=1e-10, atol=1e-12)
+    assert np.shape(got.covariances) == np.shape(want.covariances)
+    np.testing.assert_allclose(got.covariances, want.covariances, rtol=1e-9, atol=1e-12)

@@ -2,8 +2,9 @@
 (``common_orientation``, whose loops are in ``rotations.py``), and the
 volume-and-shape fixed points of VEI, VEV and VEE (``fixed_point``:
 ``forms._volumes_shape`` and ``forms.vee`` step for step, in ``steps.py``),
-docs/m-step.md §9; and a model search's small fits' whole M-step for the
-correlated models (``general_step``, docs/loop.md §10.6).
+docs/m-step.md §9; and a model search's small fits' whole M-step
+(``general_step`` for the correlated models, ``diagonal_step`` for the diagonal
+ones, docs/loop.md §10.6).
 
 Each iteration of docs/m-step.md §9 is a sweep of plane rotations and two
 majorise–minimise steps: many small loops, products and two SVDs of d × d
@@ -111,3 +112,30 @@ def general_step(
     if bad >= 0:
         return None
     return new_means, cov[0] if shared else cov, L, log_det
+
+
+# The diagonal models whose whole M-step ``steps.diagonal_step`` takes
+DIAGONAL_CODES = {"VVI": 0, "VII": 1, "EII": 2, "EEI": 3, "VEI": 4, "EVI": 5}
+
+
+def diagonal_step(
+    name: str, N: np.ndarray, So: np.ndarray, Sx: np.ndarray, Sx2: np.ndarray,
+    means: np.ndarray, current: np.ndarray, ctx: Any, extra: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The M-step of diagonal model ``name`` compiled whole (``steps.diagonal_step``):
+    the new means and variances (in the model's stored shape) from a pass's sums around
+    ``means``, with ``current`` the variances (K, d) the pass used and ``extra`` as for
+    ``general_step``; None when a variance is not positive."""
+    from .forms import INNER_MAX
+
+    K, d = means.shape
+    new_means = np.empty((K, d))
+    var = np.empty((K, d))
+    bad = _steps().diagonal_step(
+        DIAGONAL_CODES[name], *(np.ascontiguousarray(a, dtype=float)
+                                for a in (N, So, Sx, Sx2, means, current)),
+        ctx.col_var, float(ctx.reg_covar), float(ctx.inner_tol), INNER_MAX,
+        np.ascontiguousarray(extra, dtype=float), new_means, var)
+    if bad >= 0:
+        return None
+    return new_means, var[:, 0].copy() if name in ("VII", "EII") else var

@@ -2,8 +2,9 @@
 
 - ``volumes`` and ``common_shape``: the fixed points of VEI and VEV
   (``forms._volumes_shape``) and of VEE (``forms.vee``), step for step.
-- ``general_step``: a model search's small fit's whole M-step for the eight
-  correlated models (docs/m-step.md §8–9, docs/loop.md §10.6): from a pass's
+- ``general_step`` and ``diagonal_step``: a model search's small fit's whole
+  M-step for the eight correlated models and the six diagonal ones
+  (docs/m-step.md §8–9, docs/loop.md §10.6): from a pass's
   ``N``, ``S1``, ``S2`` around the means it used, the new means, the centred
   scatters, the regularisation (``reg_covar`` × the column variances, as
   ``_from_scatter`` adds it), the model's form (``forms.py``), the symmetric
@@ -270,3 +271,123 @@ def general_step(code, N, S1, S2, means, reg, current, sum_w, tol, max_iter, gai
             if not np.isfinite(log_det[k]):
                 return k
     return bad
+
+
+# the diagonal models' codes (compiled.DIAGONAL_CODES names them)
+VVI, VII, EII, EEI, VEI, EVI = range(6)
+
+
+@jit
+def _diagonal_form(code, Wd, Ns, start, tol, max_iter, var):  # pragma: no cover
+    # a constrained diagonal model's form (forms.py) of diagonal scatters Wd (K, d) and
+    # weights Ns into variances var (K, d)
+    K, d = Wd.shape
+    n = 0.0
+    for k in range(K):
+        n += Ns[k]
+    if code == EII:  # one variance: Σ Wd / (d n)
+        s = 0.0
+        for k in range(K):
+            for j in range(d):
+                s += Wd[k, j]
+        var[:, :] = s / (d * n)
+    elif code == EEI:  # one diagonal: Σ_k Wd_k / n
+        for j in range(d):
+            s = 0.0
+            for k in range(K):
+                s += Wd[k, j]
+            for k in range(K):
+                var[k, j] = s / n
+    elif code == EVI:  # equal volume: Wd_k g / g_k, g_k = |diag Wd_k|^(1/d), g = Σ g_k / n
+        g = np.empty(K)
+        total = 0.0
+        for k in range(K):
+            lg = 0.0
+            for j in range(d):
+                lg += np.log(Wd[k, j])
+            g[k] = np.exp(lg / d)
+            total += g[k]
+        for k in range(K):
+            f = total / n / g[k]
+            for j in range(d):
+                var[k, j] = Wd[k, j] * f
+    else:  # VEI: the volume and shape fixed point from the start's volumes
+        lam0 = np.empty(K)
+        for k in range(K):
+            lg = 0.0
+            for j in range(d):
+                lg += np.log(start[k, j])
+            lam0[k] = np.exp(lg / d)
+        lam, a = volumes(Wd, Ns, lam0, tol, max_iter)
+        for k in range(K):
+            for j in range(d):
+                var[k, j] = lam[k] * a[j]
+
+
+@jit
+def diagonal_step(code, N, So, Sx, Sx2, means, current, col_var, reg_covar, tol, max_iter,
+                  extra, new_means, var):  # pragma: no cover
+    # a diagonal model's M-step into new_means (K, d) and var (K, d), every column of a
+    # spherical model's row alike: VVI's and VII's from observed entries
+    # (_Diagonal.m_step), the others' from the expected diagonal scatter with
+    # ``current`` (K, d) standing for the missing cells (_ConstrainedDiagonal.m_step);
+    # then the components regularised before, as each model's ``regularised`` adds
+    # extra[k] × col_var; -1, or the first component whose variance is not positive
+    K, d = means.shape
+    mean_var = 0.0
+    for j in range(d):
+        mean_var += col_var[j]
+    mean_var /= d
+    if code == VVI or code == VII:
+        ss = np.empty((K, d))
+        for k in range(K):
+            for j in range(d):
+                if So[k, j] > 0:
+                    shift = Sx[k, j] / So[k, j]
+                    ss[k, j] = Sx2[k, j] - So[k, j] * (shift * shift)
+                else:
+                    shift = 0.0
+                    ss[k, j] = 0.0
+                new_means[k, j] = means[k, j] + shift
+        for k in range(K):
+            if code == VVI:
+                for j in range(d):
+                    v = ss[k, j] / So[k, j] if So[k, j] > 0 else col_var[j]
+                    var[k, j] = v + reg_covar * col_var[j]
+            else:
+                tot = 0.0
+                s = 0.0
+                for j in range(d):
+                    tot += So[k, j]
+                    s += ss[k, j]
+                v = s / tot if tot > 0 else mean_var
+                var[k, :] = v + reg_covar * mean_var
+    else:
+        Ns = np.empty(K)
+        Wd = np.empty((K, d))
+        for k in range(K):
+            Ns[k] = N[k] if N[k] > 0 else 1.0
+            for j in range(d):
+                dmu = Sx[k, j] / Ns[k]
+                new_means[k, j] = means[k, j] + dmu
+                Wd[k, j] = (Sx2[k, j] - N[k] * (dmu * dmu) + (N[k] - So[k, j]) * current[k, j]
+                            + Ns[k] * (reg_covar * col_var[j]))
+        _diagonal_form(code, Wd, Ns, current, tol, max_iter, var)
+    ones = np.ones(K)
+    for k in range(K):  # the components regularised before: the model's ``regularised``
+        if extra[k] == 0.0:
+            continue
+        if code == EII:  # its one variance, for every component
+            var[:, :] += extra[k] * mean_var
+        elif code == VII:
+            var[k, :] += extra[k] * mean_var
+        else:
+            for j in range(d):
+                var[k, j] += extra[k] * col_var[j]
+            if code != VVI:  # the nearest variances of the model (project)
+                _diagonal_form(code, var.copy(), ones, var.copy(), tol, max_iter, var)
+    for k in range(K):
+        for j in range(d):
+            if not (var[k, j] > 0.0 and var[k, j] < np.inf):
+                return k
+    return -1
