@@ -232,12 +232,19 @@ def make_partition(
     return Partition(K, centres, centres=centres)
 
 
+# Cells (components × rows × columns) up to which a complete chunk's start sums are
+# taken for every component at once, not component by component
+START_SUMS_AT_ONCE = 1 << 18
+
+
 def start_sums(chunk: Chunk, part: Partition, cross: bool) -> StartStats:
     """One chunk's ``StartStats`` under the partition (docs/starts.md §5)."""
     wr = part.resp(chunk) * chunk.w[:, None]
-    O = np.ones(chunk.X.shape) if chunk.obs is None else chunk.obs.astype(float)
     X0 = chunk.X0.astype(float)
     K, d = part.ref.shape
+    if chunk.obs is None and K * X0.size <= START_SUMS_AT_ONCE:
+        return _complete_sums(X0, wr, part.ref, cross)
+    O = np.ones(chunk.X.shape) if chunk.obs is None else chunk.obs.astype(float)
     Sy, Syy_d = np.zeros((K, d)), np.zeros((K, d))
     Syy, Syo, Soo = (np.zeros((K, d, d)) for _ in range(3))
     for k in range(K):
@@ -257,6 +264,23 @@ def start_sums(chunk: Chunk, part: Partition, cross: bool) -> StartStats:
     st = StartStats(N=wr.sum(axis=0), So=wr.T @ O, Sy=Sy, Syy_d=Syy_d)
     if cross:
         st.Syy, st.Syo, st.Soo = Syy, Syo, Soo
+    return st
+
+
+def _complete_sums(X0: np.ndarray, wr: np.ndarray, ref: np.ndarray, cross: bool) -> StartStats:
+    """``start_sums`` of rows with every cell observed, for all components at once: the
+    deviations ``y = x - ref_k`` as one (K, n, d) array (``o`` is 1 everywhere, so
+    ``Syo`` repeats ``Sy`` and ``Soo`` is ``N``)."""
+    K, d = ref.shape
+    Y = X0[None, :, :] - ref[:, None, :]
+    Yr = Y * wr.T[:, :, None]
+    N = wr.sum(axis=0)
+    Sy = Yr.sum(axis=1)
+    st = StartStats(N=N, So=np.repeat(N[:, None], d, axis=1), Sy=Sy, Syy_d=(Yr * Y).sum(axis=1))
+    if cross:
+        st.Syy = np.matmul(Yr.transpose(0, 2, 1), Y)
+        st.Syo = np.repeat(Sy[:, :, None], d, axis=2)
+        st.Soo = np.broadcast_to(N[:, None, None], (K, d, d)).copy()
     return st
 
 

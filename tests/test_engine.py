@@ -625,3 +625,29 @@ def test_tight_far_clusters_m_step_accurate(t):
     np.testing.assert_allclose(res.params.means[perm], rmu, rtol=1e-12)
     cov = res.params.covariances if t == "tied" else res.params.covariances[perm]
     np.testing.assert_allclose(cov, rcov, rtol=1e-7)
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_complete_start_sums_at_once_equal_the_per_component_sums(monkeypatch, soft):
+    """init.start_sums takes a complete chunk's components at once; the sums equal the
+    per-component loop it takes for chunks with holes (docs/starts.md §5)."""
+    from emcli import init
+    from emcli.gaussian import Chunk
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(90, 3)) * [1.0, 3.0, 0.5] + 2.0
+    w = rng.uniform(0.5, 2.0, 90)
+    ref = rng.normal(size=(4, 3))
+    part = (init.Partition(4, ref, random_key=7) if soft
+            else init.Partition(4, ref, centres=ref))
+    for cross in (False, True):
+        got = init.start_sums(Chunk(X.copy(), w), part, cross)
+        monkeypatch.setattr(init, "START_SUMS_AT_ONCE", -1)
+        want = init.start_sums(Chunk(X.copy(), w), part, cross)
+        monkeypatch.undo()
+        for f in ("N", "So", "Sy", "Syy_d", "Syy", "Syo", "Soo"):
+            a, b = getattr(got, f), getattr(want, f)
+            if not cross and f in ("Syy", "Syo", "Soo"):
+                assert a is None and b is None
+                continue
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
