@@ -503,6 +503,98 @@ class RunResult:
     pending: _Pending | None = None  # what ``resume`` needs to go on
 
 
+def _compiled_loop(source: FitRows, params: GMMParams, callback: Any) -> bool:
+    """Whether a run's usual iterations run compiled, many at once (``kernels/small_em.py``):
+    a small fit's compiled steps on one kept chunk (correlated models: complete rows), with
+    nobody to call back after each iteration."""
+    kept = source.kept
+    return bool(callback is None and _compiled_step(source, params) and kept is not None
+                and len(kept) == 1 and (kept[0].complete or not params.model.correlated))
+
+
+def _compiled_iterations(
+    source: FitRows, params: GMMParams, ctx: Context, recovery: Recovery, t: int,
+    prev: float | None, prev_delta: float, flat: bool, tol: float, max_iter: int,
+    restart: int,
+) -> tuple[list[IterationRecord], PassTotals, Any, GMMParams, bool]:
+    """Iterations ``t``, ``t + 1``, … of ``run_em`` compiled (``small_em.iterate``), until
+    the run converges, reaches ``max_iter`` or needs the collapse recovery: their records,
+    the last pass's totals and factors, the parameters it was at, and the flat flag.
+    LinAlgError if the first pass's covariances are not positive definite."""
+    from .covariance import compiled
+    from .kernels import small_em
+
+    c = source.kept[0]  # type: ignore[index]
+    model = params.model
+    K, d = params.means.shape
+    n = c.X.shape[0]
+    stored = np.asarray(params.covariances, float)
+    diagonal = not model.correlated
+    if diagonal:
+        code = compiled.DIAGONAL_CODES[model.name]
+        var = model.variances(stored, d)
+        check_variances(var)
+        cov = np.array(var, dtype=float)[:, None, :]
+        L, log_det = np.zeros((1, 1, 1)), np.zeros(1)
+        mask = (c.keep("every cell", lambda: np.ones(c.X.shape, dtype=bool))
+                if c.complete else c.mask)
+    else:
+        code = compiled.STEP_CODES[model.name]
+        full = model.to_full(stored, K, d)
+        cov = np.array(full[:1] if not model.per_component else full, dtype=float)
+        factors = recovery.factors
+        if factors is not None and factors[0] is params.covariances:
+            L, log_det = factors[1].copy(), factors[2].copy()
+        else:
+            L, log_det = kernels.small_factors(cov)
+        mask = np.ones((1, 1), dtype=bool)
+    weights = np.array(params.weights, dtype=float)
+    means = np.array(params.means, dtype=float)
+    per = model.per_component and K > 1
+    least = model.least_rows * ctx.mean_w if per else 0.0
+    spared = recovery.reseeded & (recovery.level >= recovery.max_level)
+    extra = np.array([recovery.amount(v, ctx) if v else 0.0 for v in recovery.level])
+    lls, log_maxes = np.empty(max_iter - t + 1), np.empty(max_iter - t + 1)
+    lse, log_total = np.empty(n), np.empty(n)
+    N, S1, S2 = np.empty(K), np.empty((K, d)), np.empty((K, d, d))
+    So, Sx, Sx2 = np.empty((K, d)), np.empty((K, d)), np.empty((K, d))
+    from .covariance.forms import INNER_MAX, ROTATION_GAIN
+
+    tick = time.perf_counter()
+    why, done, flat = small_em.iterate(
+        diagonal, code, np.ascontiguousarray(c.X, dtype=float), mask,
+        np.ascontiguousarray(c.w, dtype=float), weights, means, cov, L, log_det, float(ctx.sum_w),
+        float(least), spared, ctx.col_var, ctx.reg_covar * ctx.col_var, float(ctx.reg_covar),
+        float(ctx.inner_tol), INNER_MAX, float(ROTATION_GAIN), extra, t, max_iter, tol, FLAT,
+        prev is not None, 0.0 if prev is None else prev, prev_delta, flat,
+        lls, log_maxes, lse, log_total, N, S1, S2, So, Sx, Sx2)
+    seconds = (time.perf_counter() - tick) / done
+    records = []
+    for i in range(done):
+        mean_ll = lls[i] / ctx.sum_w
+        delta = float("nan") if prev is None else mean_ll - prev
+        records.append(IterationRecord(restart, t + i, float(lls[i]), mean_ll, delta, seconds))
+        prev = mean_ll
+    if why == small_em.NOT_FINITE:
+        return records, PassTotals(GeneralStats(ll=float(lls[done - 1])), Candidates.of(
+            lse, c.X, K)), None, params, flat
+    st: GeneralStats | MaskStats
+    if diagonal:
+        var = cov[:, 0, :]
+        prep: Any = MaskPrepared(means, var)
+        st = MaskStats(N=N, So=So, Sx=Sx, Sx2=Sx2)
+        out = var[:, 0].copy() if model.isotropic else var
+    else:
+        prep = GenPrepared(means, model.to_full(cov if model.per_component else cov[0], K, d),
+                           L, log_det, np.empty((d, 0)), np.empty(0), not model.per_component)
+        st = GeneralStats(N=N, S1=S1, S2=S2)
+        out = cov if model.per_component else cov[0]
+        recovery.factors = (out, L, log_det)
+    totals = _totals(c, st, lse, log_total, K)
+    st.ll, totals.log_max = float(lls[done - 1]), float(log_maxes[done - 1])
+    return records, totals, prep, GMMParams(params.covariance_type, weights, means, out), flat
+
+
 def _compiled_step(source: FitRows, params: GMMParams) -> bool:
     """Whether a fit's usual M-steps run compiled: a model search's small fit (its passes
     compiled too, docs/loop.md §10.6)."""
@@ -552,7 +644,35 @@ def run_em(
         params, events = recovery.m_step(pending.totals, pending.prep, resume.params, ctx)
         prev = history[-1].mean_log_likelihood
         t = resume.n_iter + 1
+    compiled_loop = _compiled_loop(source, params, callback)
     while True:
+        if compiled_loop and not events:
+            try:
+                records, totals, prep, params, flat = _compiled_iterations(
+                    source, params, ctx, recovery, t, prev,
+                    history[-1].delta if history else float("nan"), flat, tol, max_iter,
+                    restart)
+            except np.linalg.LinAlgError as exc:
+                raise FitError(
+                    f"a covariance matrix is not positive definite ({exc}); "
+                    "try a larger reg_covar or standardize=True"
+                ) from exc
+            last = records[-1]
+            if not np.isfinite(last.log_likelihood):
+                raise FitError(
+                    "the log-likelihood is not finite; check the data for extreme values "
+                    "or try standardize=True"
+                )
+            history.extend(records)
+            tick = time.perf_counter()
+            t, mean_ll = last.iteration, last.mean_log_likelihood
+            converged = abs(last.delta) < tol and not flat
+            if converged or t >= max_iter:
+                break
+            params, events = recovery.m_step(totals, prep, params, ctx)
+            prev = mean_ll
+            t += 1
+            continue
         try:
             totals, prep = e_pass(source, params, dtype, map, recovery.factors)
         except BlockNotPD as exc:

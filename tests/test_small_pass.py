@@ -216,3 +216,75 @@ def test_the_compiled_diagonal_step_gives_the_numpy_step(m, levels, holes):
     np.testing.assert_allclose(got.means, want.means, rtol=1e-10, atol=1e-12)
     assert np.shape(got.covariances) == np.shape(want.covariances)
     np.testing.assert_allclose(got.covariances, want.covariances, rtol=1e-9, atol=1e-12)
+
+
+def _fits_both_ways(monkeypatch, X, w=None, **options):
+    """The same small fit with its usual iterations compiled many at once
+    (kernels/small_em.py) and one at a time through run_em's loop."""
+    calls = []
+    real = em._compiled_iterations
+
+    def counted(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(em, "_compiled_iterations", counted)
+    got = fit_mixture(X, sample_weight=w, small_pass=True, **options)
+    assert calls, "the compiled iterations were not taken"
+    monkeypatch.setattr(em, "_compiled_loop", lambda *a: False)
+    want = fit_mixture(X, sample_weight=w, small_pass=True, **options)
+    monkeypatch.undo()
+    return got, want
+
+
+def _same_run(got, want):
+    assert [h.iteration for h in got.history] == [h.iteration for h in want.history]
+    assert [h.event for h in got.history] == [h.event for h in want.history]
+    assert [h.restart for h in got.history] == [h.restart for h in want.history]
+    np.testing.assert_allclose([h.log_likelihood for h in got.history],
+                               [h.log_likelihood for h in want.history], rtol=1e-11)
+    assert got.converged == want.converged and got.n_iter == want.n_iter
+    np.testing.assert_allclose(got.params.weights, want.params.weights, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(got.params.means, want.params.means, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(got.params.covariances, want.params.covariances, rtol=1e-8,
+                               atol=1e-10)
+    assert got.icl == pytest.approx(want.icl, rel=1e-10)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize(("m", "holes"), [(m, False) for m in ORDER] + [
+    (m, True) for m in ORDER if not get_model(m).correlated])  # the others keep numpy's passes
+def test_the_compiled_iterations_give_run_em_s_loop(monkeypatch, m, holes, weighted):
+    X = _data(200, holes, seed=3)
+    w = np.random.default_rng(2).uniform(0.5, 2.0, X.shape[0]) if weighted else None
+    # the outlier row takes a component of its own at K = 4: collapse events in the run,
+    # which the recovery handles between compiled stretches
+    got, want = _fits_both_ways(monkeypatch, X, w, n_components=4, covariance_type=m,
+                                tol=1e-6, n_init=2)
+    _same_run(got, want)
+
+
+@pytest.mark.parametrize("m", ["VVV", "VVE", "VEI", "EII"])
+def test_raced_starts_resume_the_compiled_iterations_alike(monkeypatch, m):
+    X = _data(200, False, seed=4)
+    got, want = _fits_both_ways(monkeypatch, X, n_components=3, covariance_type=m, tol=1e-6,
+                                race_iter=4, extra_inits=("hc",), n_init=2)
+    _same_run(got, want)
+
+
+def test_the_compiled_iterations_never_lower_the_log_likelihood(monkeypatch):
+    X = _data(200, False, seed=5)[1:]
+    for m in ORDER:
+        got, _ = _fits_both_ways(monkeypatch, X, n_components=3, covariance_type=m, tol=1e-8)
+        ll = np.array([h.log_likelihood for h in got.history if h.restart == got.best_restart])
+        assert np.all(np.diff(ll) >= -1e-9 * np.abs(ll[1:])), m
+
+
+@pytest.mark.parametrize("m", ["VVV", "EEE", "VVI", "VII"])
+def test_a_flat_start_escapes_alike_in_the_compiled_iterations(monkeypatch, m):
+    # random soft responsibilities: every component starts at the data's mean and
+    # spread, flat, and must not count as converged until the components are apart
+    X = _data(200, False, seed=6)[1:]
+    got, want = _fits_both_ways(monkeypatch, X, n_components=3, covariance_type=m, tol=1e-4,
+                                init="random")
+    _same_run(got, want)
