@@ -11,7 +11,7 @@ block.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -45,51 +45,35 @@ def degenerate_component(
     return ""
 
 
-def spike_components(
-    rows: FitRows, params: GMMParams, sum_w: float, least: float, map: MapFn = map
+# a row's key for grouping equal rows: a fixed random projection of its cells (missing
+# ones as an unlikely value); equal rows share it and different rows almost surely do
+# not, and sorting one float per row is cheaper than comparing whole rows
+_PROBE_SEED = 20260
+_MISSING_KEY = 3.1e-300
+
+
+def _groups(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each distinct row's first row, and each row's group."""
+    probe = np.random.default_rng(_PROBE_SEED).standard_normal(X.shape[1]) + 1.0
+    key = np.where(np.isnan(X), _MISSING_KEY, X) @ probe
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    return first, inverse.ravel()
+
+
+def _spikes(
+    blocks: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], N: np.ndarray, least: float
 ) -> list[tuple[int, int, float]]:
-    """Components with more than half their weight on fewer than d + 1 distinct rows.
-
-    Components of weight below ``least`` (degenerate ones) are not counted again.
-    Returns ``(component, distinct rows, share of its weight)`` for each. Rows
-    are grouped by their values within each block (by a random projection of
-    them); each block keeps, per component, the d heaviest distinct rows, and
-    those are added up across blocks (docs/loop.md §11).
-    """
-    K, d = params.n_components, params.n_features
-    N = params.weights * sum_w
-    counted = N[N >= least]
-    if counted.size == 0:
-        return []
-    # a row's key: a fixed random projection of its cells (missing ones as an unlikely
-    # value); equal rows share it and different rows almost surely do not, and sorting
-    # one float per row is cheaper than comparing whole rows
-    probe = np.random.default_rng(20260).standard_normal(d) + 1.0
-
-    def groups(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        key = np.where(np.isnan(X), 3.1e-300, X) @ probe
-        _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-        return first, inverse.ravel()
-
-    def top_groups(chunk: Chunk) -> float:
-        """The weight of the block's d heaviest distinct rows."""
-        if chunk.X.shape[0] == 0:
-            return 0.0
-        per = np.bincount(groups(np.asarray(chunk.X, dtype=np.float64))[1], weights=chunk.w)
-        return float(np.sort(per)[-d:].sum())
-
-    # no d distinct rows weigh more than the blocks' d heaviest together, and a
-    # responsibility is at most 1: when that is at most half of every counted
-    # component's weight, none is a spike, and the posterior pass is not needed
-    if rows.reduce(top_groups, map) <= 0.5 * float(counted.min()) * (1.0 - 1e-9):
-        return []
+    """The spike count of docs/loop.md §11 over ``(rows, weights, responsibilities)``
+    blocks: per block and component the d heaviest distinct rows, added across blocks."""
+    K = N.size
     totals: list[dict[bytes, float]] = [{} for _ in range(K)]
-    for chunk, resp, _ in posterior(rows, params, map=map):
-        X = np.asarray(chunk.X, dtype=np.float64)
+    d = 0
+    for X, w, resp in blocks:
+        d = X.shape[1]
         if X.shape[0] == 0:
             continue
-        first, inverse = groups(X)
-        wr = chunk.w[:, None] * resp
+        first, inverse = _groups(X)
+        wr = w[:, None] * resp
         for k in range(K):
             per = np.bincount(inverse, weights=wr[:, k], minlength=first.size)
             top = np.argpartition(per, -d)[-d:] if per.size > d else np.arange(per.size)
@@ -109,6 +93,69 @@ def spike_components(
                 out.append((k, count, held / N[k]))
                 break
     return out
+
+
+def spike_components(
+    rows: FitRows, params: GMMParams, sum_w: float, least: float, map: MapFn = map
+) -> list[tuple[int, int, float]]:
+    """Components with more than half their weight on fewer than d + 1 distinct rows.
+
+    Components of weight below ``least`` (degenerate ones) are not counted again.
+    Returns ``(component, distinct rows, share of its weight)`` for each. Rows
+    are grouped by their values within each block (by a random projection of
+    them); each block keeps, per component, the d heaviest distinct rows, and
+    those are added up across blocks (docs/loop.md §11).
+    """
+    d = params.n_features
+    N = params.weights * sum_w
+    counted = N[N >= least]
+    if counted.size == 0:
+        return []
+
+    def top_groups(chunk: Chunk) -> float:
+        """The weight of the block's d heaviest distinct rows."""
+        if chunk.X.shape[0] == 0:
+            return 0.0
+        per = np.bincount(_groups(np.asarray(chunk.X, dtype=np.float64))[1], weights=chunk.w)
+        return float(np.sort(per)[-d:].sum())
+
+    # no d distinct rows weigh more than the blocks' d heaviest together, and a
+    # responsibility is at most 1: when that is at most half of every counted
+    # component's weight, none is a spike, and the posterior pass is not needed
+    if rows.reduce(top_groups, map) <= 0.5 * float(counted.min()) * (1.0 - 1e-9):
+        return []
+    blocks = ((np.asarray(chunk.X, dtype=np.float64), chunk.w, resp)
+              for chunk, resp, _ in posterior(rows, params, map=map))
+    return _spikes(blocks, N, least)
+
+
+def row_spikes(
+    X: np.ndarray, w: np.ndarray | None, resp: np.ndarray, params: GMMParams, sum_w: float,
+    least: float, block_rows: int,
+) -> list[tuple[int, int, float]]:
+    """``spike_components`` from a fit's per-row responsibilities ``resp`` of the rows ``X``
+    (weights ``w``), in blocks of ``block_rows`` rows as the fit's source cut them (rows
+    with nothing observed left out, as its chunks leave them): no pass of its own."""
+    w = np.ones(X.shape[0]) if w is None else np.asarray(w, dtype=float)
+    seen = ~np.isnan(X).all(axis=1)
+
+    def blocks() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        for a in range(0, X.shape[0], block_rows):
+            at = np.arange(a, min(a + block_rows, X.shape[0]))
+            at = at[seen[at]]
+            yield X[at], w[at], resp[at]
+
+    return _spikes(blocks(), params.weights * sum_w, least)
+
+
+def spike_warning(component: int, count: int, share: float) -> str:
+    """The warning for a spike (``spike_components``' triple, component as reported)."""
+    rows = "row" if count == 1 else "distinct rows"
+    return (
+        f"spike: component {component} has {100 * share:.0f}% of its weight on {count} "
+        f"{rows}; its covariance rests on regularisation (check for repeated rows, "
+        "or use fewer components)"
+    )
 
 
 def fit_warnings(
@@ -132,13 +179,7 @@ def fit_warnings(
     if degenerate:
         out.append(f"degenerate fit: {degenerate}")
     rank = {int(old): new for new, old in enumerate(order)}
-    for k, count, share in spikes:
-        rows = "row" if count == 1 else "distinct rows"
-        out.append(
-            f"spike: component {rank[k]} has {100 * share:.0f}% of its weight on {count} "
-            f"{rows}; its covariance rests on regularisation (check for repeated rows, "
-            "or use fewer components)"
-        )
+    out.extend(spike_warning(rank[k], count, share) for k, count, share in spikes)
     events = [h for h in history if h.event and not h.event.startswith("restart failed")]
     if events:
         restarts = sorted({h.restart for h in events})

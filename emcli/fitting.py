@@ -20,7 +20,14 @@ import numpy as np
 
 from . import kernels
 from .covariance import Context, get_model, model_name
-from .diagnostics import degenerate_component, fit_warnings, spike_components
+from .diagnostics import (
+    NOT_CONVERGED,
+    degenerate_component,
+    fit_warnings,
+    row_spikes,
+    spike_components,
+    spike_warning,
+)
 from .em import run_em
 from .errors import DataError, FitError, MemoryBudgetError, UsageError
 from .hc import MAX_ROWS
@@ -201,6 +208,7 @@ def fit_source(
     race_iter: int = 0,
     race_floor: float | None = None,
     small_pass: bool = False,
+    spike_check: bool = True,
 ) -> FitResult:
     """Fit a Gaussian mixture by EM to the rows of ``source``, NaN integrated out exactly.
 
@@ -218,7 +226,8 @@ def fit_source(
     with ``race_floor`` too, every start goes on only if it is also at least
     that (a log-likelihood in the data's units): docs/loop.md §6.
     With ``small_pass`` (a model search's fits) a small table's passes run compiled
-    when numba is installed (docs/loop.md §10.6).
+    when numba is installed (docs/loop.md §10.6). Without ``spike_check`` the result
+    has no spike warnings (``with_spike_warnings`` adds them from per-row outputs).
     """
     model = get_model(covariance_type)
     covariance_type = str(model_name(covariance_type))
@@ -343,7 +352,7 @@ def fit_source(
         thin = 2.0 * scan.sum_w / max(scan.n_rows - scan.n_empty, 1) if K > 1 else 0.0
         spikes = (
             spike_components(rows, best.params, scan.sum_w, thin, pmap)
-            if model.per_component else []
+            if model.per_component and spike_check else []
         )
         comparison = None
         if compare_kmeans:
@@ -463,6 +472,27 @@ def with_row_outputs(
     return replace(
         result, resp=resp, log_density=log_density, n_observed=(~np.isnan(X)).sum(axis=1)
     )
+
+
+def with_spike_warnings(result: FitResult, X: np.ndarray, w: np.ndarray | None = None) -> FitResult:
+    """``result`` (fitted with ``spike_check=False``, with per-row outputs) with the spike
+    warnings ``fit_source`` would have given it, from its responsibilities: no pass."""
+    params = result.params
+    K = params.n_components
+    if not params.model.per_component or result.resp is None:
+        return result
+    n_fit = max(result.n_rows - result.n_empty_rows, 1)
+    thin = 2.0 * result.n / n_fit if K > 1 else 0.0
+    spikes = row_spikes(X, w, result.resp, params, result.n, thin,
+                        ArraySource(X, w).chunk_rows)
+    if not spikes:
+        return result
+    found = [spike_warning(k, count, share) for k, count, share in spikes]
+    # in fit_warnings' order: after not converged and degenerate, before the rest
+    at = sum(1 for s in result.warnings
+             if s.startswith(NOT_CONVERGED) or s.startswith("degenerate fit:"))
+    warnings = (*result.warnings[:at], *found, *result.warnings[at:])
+    return replace(result, warnings=warnings)
 
 
 @dataclass

@@ -23,6 +23,7 @@ from .fitting import (
     fit_source,
     too_little_memory,
     with_row_outputs,
+    with_spike_warnings,
     working_set,
 )
 from .init import canonical_init
@@ -201,9 +202,11 @@ def fit_cell(
     try:
         # per-row outputs come later: for an array, once the sweep has kept its cells
         # (``sweep``); for a row source, from score_blocks
+        # so do an array's spike warnings (``with_spike_warnings``), from those outputs
+        array = isinstance(X, np.ndarray)
         source = ArraySource(X, w) if isinstance(X, np.ndarray) else X
         res = fit_source(source, n_components=k, covariance_type=covariance_type, init=init,
-                         **opts)
+                         spike_check=not array, **opts)
     except MemoryBudgetError:
         raise  # not this cell's failure: the whole sweep needs more memory
     except (FitError, DataError) as exc:
@@ -446,7 +449,7 @@ def sweep(
             if changed is not None and not changed:
                 break
     done = tuple(
-        replace(c, result=with_row_outputs(c.result, Xa, w_arg))
+        replace(c, result=with_spike_warnings(with_row_outputs(c.result, Xa, w_arg), Xa, w_arg))
         if c.result is not None and isinstance(Xa, np.ndarray) else c
         for c in cells if c is not None
     )

@@ -62,3 +62,25 @@ def test_a_component_on_one_repeated_row_is_a_spike():
                        np.stack([np.eye(2), np.eye(2) * 1e-6]))
     rows = FitRows(ArraySource(X, None), Units(np.zeros(2), None, np.float64))
     assert [(k, c) for k, c, _ in spike_components(rows, params, 68.0, 2.0)] == [(1, 1)]
+
+
+@pytest.mark.parametrize("n_copies", [50, 9000])  # one block, and a spike across two
+@pytest.mark.parametrize("k", [2, 3])
+def test_spike_warnings_from_per_row_outputs_equal_the_fit_s_own(n_copies, k):
+    """A sweep's array cells take their spike warnings from the kept fit's per-row
+    outputs (fitting.with_spike_warnings), not from a pass of their own: the same
+    sentences, in the same place among the fit's warnings."""
+    from emcli.fitting import fit_source, with_row_outputs, with_spike_warnings
+
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(size=(300, 2)), np.tile([[6.0, 6.0]], (n_copies, 1))])
+    X[rng.random(X.shape) < 0.05] = np.nan
+    X[5] = np.nan  # a row with nothing observed: in no block's groups
+    w = rng.uniform(0.5, 2.0, X.shape[0])
+    options = dict(n_components=k, covariance_type="VVV", max_iter=4, seed=1)
+    want = fit_source(ArraySource(X, w), **options)
+    assert any(s.startswith("spike:") for s in want.warnings)
+    bare = fit_source(ArraySource(X, w), spike_check=False, **options)
+    assert not any(s.startswith("spike:") for s in bare.warnings)
+    got = with_spike_warnings(with_row_outputs(bare, X, w), X, w)
+    assert got.warnings == want.warnings
