@@ -77,7 +77,19 @@ def as_rows(X: Any, sample_weight: Any = None) -> tuple[np.ndarray, np.ndarray |
 def scan_rows(
     source: RowSource, column_names: Sequence[str] | None = None, map: MapFn = map
 ) -> ColumnScan:
-    """One pass over the rows: counts and moments, with every content check."""
+    """One pass over the rows: counts and moments, with every content check.
+
+    A source that keeps its scan (``scan`` attribute, None until the first: a model
+    search's rows, fitted once per cell) is scanned once."""
+    if getattr(source, "scan", None) is not None:
+        return source.scan  # type: ignore[attr-defined]
+    scan = _scan_rows(source, column_names, map)
+    if hasattr(source, "scan"):
+        source.scan = scan  # type: ignore[attr-defined]
+    return scan
+
+
+def _scan_rows(source: RowSource, column_names: Sequence[str] | None, map: MapFn) -> ColumnScan:
     scan: ColumnScan = source.reduce(lambda b: scan_block(b.X, b.w, b.start), map)
     if scan.first_inf is not None:
         i, j = scan.first_inf
@@ -309,7 +321,9 @@ def fit_source(
         for method, r in starts:
             # raced: an extra start, or every start when there is a floor to reach
             raced = race_iter > 0 and (r >= distinct or race_floor is not None)
-            rng = restart_rng(int(seed), K, model.seed_index, r)
+            # hc and given means draw nothing: no generator to seed
+            rng = (restart_rng(int(seed), K, model.seed_index, r)
+                   if method not in ("hc", "means") else None)
             try:
                 start = _start_params(rows, samples, K, covariance_type, method, rng, user, ctx,
                                       pmap)
@@ -363,18 +377,19 @@ def fit_source(
             rng = restart_rng(int(seed), K, model.seed_index, best_restart)
             comparison = _compare(rows, kmeans, best.params, rng, ctx, pmap)
 
-    params = best.params
-    order = canonical_order(_to_original_units(params, centre, scale))
-    params = permute(params, order)
+    # the units map each component alone, so it and the canonical order commute
+    reported = _to_original_units(best.params, centre, scale)
+    order = canonical_order(reported)
+    reported = permute(reported, order)
     ll = best.log_likelihood + offset
     sum_w = scan.sum_w
     per_w = offset / sum_w
-    history = [  # built whole: dataclasses.replace costs more than the rest of a record
-        IterationRecord(h.restart, h.iteration, h.log_likelihood + offset,
-                        h.mean_log_likelihood + per_w, h.delta, h.seconds, h.event)
-        for h in history
-    ]
-    reported = _to_original_units(params, centre, scale)
+    if offset != 0.0:  # in the data's units (unscaled columns: already)
+        history = [  # built whole: dataclasses.replace costs more than the rest of a record
+            IterationRecord(h.restart, h.iteration, h.log_likelihood + offset,
+                            h.mean_log_likelihood + per_w, h.delta, h.seconds, h.event)
+            for h in history
+        ]
     warnings = fit_warnings(
         converged=best.converged, max_iter=int(max_iter), best_restart=best_restart,
         history=history, failed=failed,

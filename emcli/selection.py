@@ -154,8 +154,24 @@ def worker_pool(
 
 
 def _fit_in_worker(k: int, covariance_type: str, warm: Any = None) -> SweepCell:
-    return fit_cell(_WORKER["X"], _WORKER["w"], k, covariance_type, warm=warm,
+    if "rows" not in _WORKER:
+        _WORKER["rows"] = _cell_rows(_WORKER["X"], _WORKER["w"])
+    return fit_cell(_WORKER["rows"], _WORKER["w"], k, covariance_type, warm=warm,
                     **_WORKER["options"])
+
+
+class _ArrayRows(ArraySource):
+    """A sweep's array as the source of every cell's fits: scanned once (``scan``,
+    fitting.scan_rows), its cells' per-row outputs added when the sweep keeps them."""
+
+    def __init__(self, X: np.ndarray, w: np.ndarray | None) -> None:
+        super().__init__(X, w)
+        self.scan: Any = None
+
+
+def _cell_rows(X: Any, w: np.ndarray | None) -> Any:
+    """What the cells of a sweep over ``X`` fit: an array's ``_ArrayRows``, or the source."""
+    return _ArrayRows(X, w) if isinstance(X, np.ndarray) else X
 
 
 # A sweep ranks fits by their likelihoods, so they run to tighter convergence
@@ -203,7 +219,7 @@ def fit_cell(
         # per-row outputs come later: for an array, once the sweep has kept its cells
         # (``sweep``); for a row source, from score_blocks
         # so do an array's spike warnings (``with_spike_warnings``), from those outputs
-        array = isinstance(X, np.ndarray)
+        array = isinstance(X, (np.ndarray, _ArrayRows))
         source = ArraySource(X, w) if isinstance(X, np.ndarray) else X
         res = fit_source(source, n_components=k, covariance_type=covariance_type, init=init,
                          spike_check=not array, **opts)
@@ -423,8 +439,9 @@ def sweep(
     }
     cells: list[SweepCell | None] = [None] * len(tasks)
     workers = min(jobs, len(tasks)) if jobs > 1 else 1
+    rows = _cell_rows(Xa, w_arg)  # what this process's cells fit (workers make their own)
     with worker_pool(workers, Xa, w_arg, options) as pool:
-        for i, cell in _run_cells(pool, Xa, w_arg, options, [(i, k, c, None)
+        for i, cell in _run_cells(pool, rows, w_arg, options, [(i, k, c, None)
                                                              for i, (k, c) in enumerate(tasks)]):
             cells[i] = cell
             if on_cell is not None:
@@ -440,7 +457,7 @@ def sweep(
                       else _neighbour_starts(done_so_far, Xa, w_arg, changed))
             if r > 0:
                 changed = set()
-            for i, cell in _run_cells(pool, Xa, w_arg, options, starts):
+            for i, cell in _run_cells(pool, rows, w_arg, options, starts):
                 old = cells[i]
                 assert old is not None
                 kept = cells[i] = _better(old, cell)
