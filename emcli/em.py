@@ -331,12 +331,15 @@ class Recovery:
         return params.replace(covariances=cov), [event]
 
     def m_step(
-        self, totals: PassTotals, prep: Any, params: GMMParams, ctx: Context
+        self, totals: PassTotals, prep: Any, params: GMMParams, ctx: Context,
+        usual: bool = True,
     ) -> tuple[GMMParams, list[str]]:
+        """The M-step with the collapse recovery; ``usual`` False: the compiled step is
+        known not to apply (it stopped the compiled iterations)."""
         model = params.model
         self.factors = None
         self.compiled_last = False
-        if self.compiled_step:
+        if self.compiled_step and usual:
             fast = self._compiled_step(totals, prep, params, ctx)
             if fast is not None:
                 self.compiled_last = True
@@ -669,7 +672,7 @@ def run_em(
             converged = abs(last.delta) < tol and not flat
             if converged or t >= max_iter:
                 break
-            params, events = recovery.m_step(totals, prep, params, ctx)
+            params, events = recovery.m_step(totals, prep, params, ctx, usual=False)
             prev = mean_ll
             t += 1
             continue

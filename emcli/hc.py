@@ -259,7 +259,8 @@ def initial_groups(Z: np.ndarray, most: int) -> np.ndarray:
 
 
 def _tree(Xs: np.ndarray, ws: np.ndarray, most: int, alpha: float = ALPHA):
-    """SVD map, scaled rows, initial groups, the full VVV merge sequence and ``a`` (cached)."""
+    """SVD map, scaled rows, initial groups, the full VVV merge sequence and ``a`` (cached,
+    with the cuts made of it)."""
     key = hashlib.blake2b(
         Xs.tobytes() + ws.tobytes() + np.array([most, alpha]).tobytes(), digest_size=20
     ).digest()
@@ -267,13 +268,13 @@ def _tree(Xs: np.ndarray, ws: np.ndarray, most: int, alpha: float = ALPHA):
     if hit is None:
         T = svd_scale(Xs, ws)
         if T.shape[1] == 0:  # every sampled row is the same point
-            hit = (T, None, None, [], 0.0)
+            hit = (T, None, None, [], 0.0, {})
         else:
             Zs = Xs @ T
             groups = initial_groups(Zs, most)
             merges: list[tuple[int, int]] = []
             *_, a = vvv_merge(Zs, ws, groups, 1, alpha, merges)
-            hit = (T, Zs, groups, merges, a)
+            hit = (T, Zs, groups, merges, a, {})  # and the cuts made of it, by K
         while len(_TREES) >= _TREES_KEPT:
             _TREES.pop(next(iter(_TREES)))
         _TREES[key] = hit
@@ -300,8 +301,17 @@ class HcCut:
 
 
 def hc_cut(Xs: np.ndarray, ws: np.ndarray, K: int, ward_clusters: int = WARD_CLUSTERS) -> HcCut:
-    """Build (or reuse) the tree of the mean-filled sample ``Xs`` and cut it at ``K``."""
-    T, Zs, groups, merges, a = _tree(np.ascontiguousarray(Xs), ws, max(int(ward_clusters), 4 * K))
+    """Build (or reuse) the tree of the mean-filled sample ``Xs`` and cut it at ``K`` (a
+    cut made before is reused too: a sweep cuts the same tree at each k for every model)."""
+    tree = _tree(np.ascontiguousarray(Xs), ws, max(int(ward_clusters), 4 * K))
+    cuts = tree[5]
+    if K not in cuts:
+        cuts[K] = _cut(tree, Xs, ws, K)
+    return cuts[K]
+
+
+def _cut(tree: tuple, Xs: np.ndarray, ws: np.ndarray, K: int) -> HcCut:
+    T, Zs, groups, merges, a, _ = tree
     if Zs is None:
         return HcCut(K, np.arange(Xs.shape[0]) % K, T, None, a, np.arange(K))
     m = int(groups.max()) + 1

@@ -189,11 +189,14 @@ class Partition:
             r = u.reshape(-1, self.K)
             return r / r.sum(axis=1, keepdims=True)
         assert self.hc is not None and self.hc_rows is not None
-        labels = self.hc.assign(Xf, g)
         at = np.searchsorted(self.hc_rows, g)
         inside = at < self.hc_rows.size
         inside[inside] = self.hc_rows[at[inside]] == g[inside]
+        labels = np.empty(g.size, dtype=np.intp)
         labels[inside] = self.hc.labels[at[inside]]
+        if not inside.all():  # rows outside the tree's sample join a cluster by density
+            out = ~inside
+            labels[out] = self.hc.assign(Xf[out], g[out])
         return hard(labels, self.K)
 
 
