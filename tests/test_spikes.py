@@ -77,7 +77,7 @@ def test_spike_warnings_from_per_row_outputs_equal_the_fit_s_own(n_copies, k):
     X[rng.random(X.shape) < 0.05] = np.nan
     X[5] = np.nan  # a row with nothing observed: in no block's groups
     w = rng.uniform(0.5, 2.0, X.shape[0])
-    options = dict(n_components=k, covariance_type="VVV", max_iter=4, seed=1)
+    options = {"n_components": k, "covariance_type": "VVV", "max_iter": 4, "seed": 1}
     want = fit_source(ArraySource(X, w), **options)
     assert any(s.startswith("spike:") for s in want.warnings)
     bare = fit_source(ArraySource(X, w), spike_check=False, **options)
