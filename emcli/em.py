@@ -535,10 +535,10 @@ def _compiled_iterations(
     diagonal = not model.correlated
     if diagonal:
         code = compiled.DIAGONAL_CODES[model.name]
-        var = model.variances(stored, d)
+        var = np.array(model.variances(stored, d), dtype=float)
         check_variances(var)
-        cov = np.array(var, dtype=float)[:, None, :]
-        L, log_det = np.zeros((1, 1, 1)), np.zeros(1)
+        cov, L = np.zeros((1, 1, 1)), np.zeros((1, 1, 1))
+        log_det = np.zeros(1)
         mask = (c.keep("every cell", lambda: np.ones(c.X.shape, dtype=bool))
                 if c.complete else c.mask)
     else:
@@ -551,6 +551,7 @@ def _compiled_iterations(
         else:
             L, log_det = kernels.small_factors(cov)
         mask = np.ones((1, 1), dtype=bool)
+        var = np.zeros((1, 1))
     weights = np.array(params.weights, dtype=float)
     means = np.array(params.means, dtype=float)
     per = model.per_component and K > 1
@@ -566,7 +567,8 @@ def _compiled_iterations(
     tick = time.perf_counter()
     why, done, flat = small_em.iterate(
         diagonal, code, np.ascontiguousarray(c.X, dtype=float), mask,
-        np.ascontiguousarray(c.w, dtype=float), weights, means, cov, L, log_det, float(ctx.sum_w),
+        np.ascontiguousarray(c.w, dtype=float), weights, means, cov, var, L, log_det,
+        float(ctx.sum_w),
         float(least), spared, ctx.col_var, ctx.reg_covar * ctx.col_var, float(ctx.reg_covar),
         float(ctx.inner_tol), INNER_MAX, float(ROTATION_GAIN), extra, t, max_iter, tol, FLAT,
         prev is not None, 0.0 if prev is None else prev, prev_delta, flat,
@@ -583,7 +585,6 @@ def _compiled_iterations(
             lse, c.X, K)), None, params, flat
     st: GeneralStats | MaskStats
     if diagonal:
-        var = cov[:, 0, :]
         prep: Any = MaskPrepared(means, var)
         st = MaskStats(N=N, So=So, Sx=Sx, Sx2=Sx2)
         out = var[:, 0].copy() if model.isotropic else var

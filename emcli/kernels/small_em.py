@@ -20,13 +20,13 @@ DONE, RECOVER, NOT_FINITE = 0, 1, 2
 
 
 @jit
-def iterate(diagonal, code, X, mask, w, weights, means, cov, L, log_det, sum_w, least,
+def iterate(diagonal, code, X, mask, w, weights, means, cov, var, L, log_det, sum_w, least,
             spared, col_var, reg, reg_covar, inner_tol, inner_max, gain, extra,
             t, max_iter, tol, flat_below, has_prev, prev, prev_delta, flat,
             lls, log_maxes, lse, log_total, N, S1, S2, So, Sx, Sx2):  # pragma: no cover
     # From iteration t with parameters (weights, means, cov) — cov (Kc, d, d) with its
     # Cholesky factors L, log_det for a correlated model (``code`` of steps.general_step),
-    # the variances (K, d) for a diagonal one (steps.diagonal_step): each iteration's
+    # the variances var (K, d) for a diagonal one (steps.diagonal_step): each iteration's
     # pass, log-likelihood lls[i] and Σ w log max_k r log_maxes[i], then the M-step into
     # the same arrays. ``spared[k]``: component k may be light (re-seeded, at the highest
     # level); ``least``: the weight below which another is (0: none is). Returns (why it
@@ -36,6 +36,7 @@ def iterate(diagonal, code, X, mask, w, weights, means, cov, L, log_det, sum_w, 
     log_w = np.empty(K)
     new_means = np.empty((K, d))
     new_cov = np.empty_like(cov)
+    new_var = np.empty_like(var)
     new_L = np.empty_like(L)
     new_log_det = np.empty_like(log_det)
     done = 0
@@ -45,8 +46,7 @@ def iterate(diagonal, code, X, mask, w, weights, means, cov, L, log_det, sum_w, 
             log_w[k] = np.log(weights[k])
             top = max(top, weights[k]) if k > 0 else weights[k]
         if diagonal:
-            diagonal_pass(X, mask, w, means, cov[:, 0, :], log_w, lse, log_total, N, So, Sx,
-                          Sx2)
+            diagonal_pass(X, mask, w, means, var, log_w, lse, log_total, N, So, Sx, Sx2)
         else:
             general_pass(X, w, means, L, log_det, log_w, lse, log_total, N, S1, S2)
         ll = 0.0
@@ -73,8 +73,8 @@ def iterate(diagonal, code, X, mask, w, weights, means, cov, L, log_det, sum_w, 
             if not N[k] >= least and not spared[k]:
                 return RECOVER, done, flat
         if diagonal:
-            bad = diagonal_step(code, N, So, Sx, Sx2, means, cov[:, 0, :], col_var, reg_covar,
-                                inner_tol, inner_max, extra, new_means, new_cov[:, 0, :])
+            bad = diagonal_step(code, N, So, Sx, Sx2, means, var, col_var, reg_covar,
+                                inner_tol, inner_max, extra, new_means, new_var)
         else:
             bad = general_step(code, N, S1, S2, means, reg, cov, sum_w, inner_tol, inner_max,
                                gain, extra, col_var, new_means, new_cov, new_L, new_log_det)
@@ -86,8 +86,10 @@ def iterate(diagonal, code, X, mask, w, weights, means, cov, L, log_det, sum_w, 
         for k in range(K):
             weights[k] = N[k] / sum_w / total
         means[:, :] = new_means
-        cov[:, :, :] = new_cov
-        if not diagonal:
+        if diagonal:
+            var[:, :] = new_var
+        else:
+            cov[:, :, :] = new_cov
             L[:, :, :] = new_L
             log_det[:] = new_log_det
         has_prev = True
