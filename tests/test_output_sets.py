@@ -97,6 +97,16 @@ def test_a_directory_that_vanishes_before_the_commit(tmp_path):
 
 def test_ctrl_c_during_the_commit_waits_then_rolls_back(tmp_path, monkeypatch):
     """A real SIGINT mid-commit: held until the step ends, then the set is rolled back."""
+    # Python's own Ctrl-C handler, as in a terminal (a shell's background job, such as
+    # `make test &`, starts with SIGINT ignored, and an ignored signal is not held)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _ctrl_c_during_the_commit(tmp_path, monkeypatch)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _ctrl_c_during_the_commit(tmp_path, monkeypatch):
     a, b, c = _three(tmp_path)
 
     def rename(src, dst):
