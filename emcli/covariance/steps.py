@@ -16,7 +16,7 @@
 
 import numpy as np
 
-from emcli.kernels.blocks import jit
+from emcli.kernels.blocks import inline, jit
 from emcli.kernels.small import cholesky_factors
 
 from .rotations import common_orientation
@@ -132,6 +132,18 @@ def _volumes_of(C, d):  # pragma: no cover
     return lam
 
 
+@inline
+def _pooled(A, n, out):  # pragma: no cover
+    # every row of out (K, d) = Σ_k A[k] / n: one shape (EEV) or diagonal (EEI) for all
+    K, d = A.shape
+    for j in range(d):
+        s = 0.0
+        for k in range(K):
+            s += A[k, j]
+        for k in range(K):
+            out[k, j] = s / n
+
+
 @jit
 def _form(code, W, Ns, current, tol, max_iter, gain, cov):  # pragma: no cover
     # a constrained model's form (forms.py) of scatters W (K, d, d) and weights Ns into cov
@@ -155,12 +167,7 @@ def _form(code, W, Ns, current, tol, max_iter, gain, cov):  # pragma: no cover
         _eigen(W, omega, vecs)
         v = np.empty((K, d))
         if code == EEV:  # one shape λA = Σ_k Ω_k / n on each component's axes
-            for j in range(d):
-                s = 0.0
-                for k in range(K):
-                    s += omega[k, j]
-                for k in range(K):
-                    v[k, j] = s / n
+            _pooled(omega, n, v)
         else:
             lam, a = volumes(omega, Ns, _volumes_of(current, d), tol, max_iter)
             for k in range(K):
@@ -292,12 +299,7 @@ def _diagonal_form(code, Wd, Ns, start, tol, max_iter, var):  # pragma: no cover
                 s += Wd[k, j]
         var[:, :] = s / (d * n)
     elif code == EEI:  # one diagonal: Σ_k Wd_k / n
-        for j in range(d):
-            s = 0.0
-            for k in range(K):
-                s += Wd[k, j]
-            for k in range(K):
-                var[k, j] = s / n
+        _pooled(Wd, n, var)
     elif code == EVI:  # equal volume: Wd_k g / g_k, g_k = |diag Wd_k|^(1/d), g = Σ g_k / n
         g = np.empty(K)
         total = 0.0
