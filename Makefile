@@ -24,3 +24,4 @@ demo: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	find emcli -name '*.nbi' -delete -o -name '*.nbc' -delete

@@ -288,3 +288,40 @@ def test_a_flat_start_escapes_alike_in_the_compiled_iterations(monkeypatch, m):
     got, want = _fits_both_ways(monkeypatch, X, n_components=3, covariance_type=m, tol=1e-4,
                                 init="random")
     _same_run(got, want)
+
+
+def test_numba_caches_are_dropped_when_a_kernel_source_changes(tmp_path):
+    """A cached loop carries the passes and steps it calls from other files, which numba
+    does not track: emcli drops its caches when any kernel source changed."""
+    from emcli.kernels.blocks import drop_stale_caches
+
+    for name in ("kernels/a.py", "covariance/b.py", "gaussian.py"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("x = 1\n")
+    cache = tmp_path / "kernels" / "__pycache__"
+    cache.mkdir()
+    (cache / "a.f-1.py311.nbi").write_bytes(b"index")
+    (cache / "a.f-1.py311.1.nbc").write_bytes(b"code")
+    assert drop_stale_caches(tmp_path)  # no digest yet: caches of unknown sources
+    assert not list(cache.glob("*.nb?"))
+    (cache / "a.f-1.py311.nbi").write_bytes(b"index")
+    assert not drop_stale_caches(tmp_path)  # the same sources: caches kept
+    assert (cache / "a.f-1.py311.nbi").exists()
+    (tmp_path / "covariance" / "b.py").write_text("x = 2\n")  # a callee's file changed
+    assert drop_stale_caches(tmp_path)
+    assert not (cache / "a.f-1.py311.nbi").exists()
+
+
+@pytest.mark.parametrize("m", ["EEV", "VEV", "VEE", "EVE", "VVE", "EVV"])
+def test_a_non_finite_scatter_stops_the_compiled_step_without_raising(m):
+    """numba's linear algebra refuses a non-finite matrix by raising; inside the compiled
+    iterations that must end the stretch (the recovery then decides), not the fit."""
+    from emcli.covariance import compiled
+
+    K, d = 2, 3
+    S2 = np.stack([np.eye(d) * 5.0, np.full((d, d), np.nan)])
+    args = (compiled.STEP_CODES[m], np.array([10.0, 10.0]), np.zeros((K, d)), S2,
+            np.zeros((K, d)), np.full(d, 1e-6), np.stack([np.eye(d)] * K), 20.0, 1e-8, 1000,
+            1e-15, np.zeros(K), np.ones(d), np.empty((K, d)), np.empty((K, d, d)),
+            np.empty((K, d, d)), np.empty(K))
+    assert compiled._steps().general_step(*args) >= 0

@@ -215,7 +215,8 @@ def general_step(code, N, S1, S2, means, reg, current, sum_w, tol, max_iter, gai
     # (em.Recovery.m_step: Recovery.amount of each one's level, 0 for none), in
     # component order as the model's ``regularised`` adds it; then cov's Cholesky
     # factors into L and log_det. Returns -1, or the first component not positive
-    # definite (then nothing of the step is to be used)
+    # definite (0 when numba's linear algebra refused a non-finite matrix); then
+    # nothing of the step is to be used
     K, d = means.shape
     Ns = np.empty(K)
     for k in range(K):
@@ -252,7 +253,10 @@ def general_step(code, N, S1, S2, means, reg, current, sum_w, tol, max_iter, gai
             for k in range(K):  # the constrained models regularise the scatter
                 for i in range(d):
                     W[k, i, i] += Ns[k] * reg[i]
-            _form(code, W, Ns, current, tol, max_iter, gain, cov)
+            try:
+                _form(code, W, Ns, current, tol, max_iter, gain, cov)
+            except Exception:  # numba's linear algebra refuses a non-finite matrix
+                return 0
     Kc = cov.shape[0]
     for k in range(Kc):  # the symmetric part (from_scatter)
         for i in range(d):
@@ -268,7 +272,10 @@ def general_step(code, N, S1, S2, means, reg, current, sum_w, tol, max_iter, gai
         for i in range(d):
             trial[k, i, i] += extra[k] * col_var[i]
         if code != VVV and code != EEE:  # the nearest covariances of the model (project)
-            _form(code, trial.copy(), ones, trial.copy(), tol, max_iter, gain, trial)
+            try:
+                _form(code, trial.copy(), ones, trial.copy(), tol, max_iter, gain, trial)
+            except Exception:  # as above
+                return k
         if not _positive(trial[k]):
             return k
         cov[:, :, :] = trial

@@ -7,9 +7,44 @@ for a lane the precision route cannot serve, and the small helpers both
 share (a pattern's columns, a lane's slot in the covariance buffer, §7.4).
 """
 
+import hashlib
+from pathlib import Path
+
 import numba
 import numpy as np
 
+
+def drop_stale_caches(root: Path = Path(__file__).resolve().parent.parent) -> bool:
+    """Delete emcli's numba caches when the kernels' sources changed since they were
+    written; True if it did.
+
+    numba recompiles a cached function when its own file changes, not when a
+    function it calls from another file does (``kernels/small_em.py`` carries
+    ``small.py``'s passes and ``covariance/steps.py``'s M-steps), so a source
+    updated in place, as ``git pull`` in an editable install does, could leave a
+    loop running the old code. A digest of the sources (``kernels/``,
+    ``covariance/``, ``gaussian.py``) kept beside the caches tells (docs/loop.md
+    §10.6). ``root`` is the ``emcli`` package directory.
+    """
+    sources = sorted([*root.glob("kernels/*.py"), *root.glob("covariance/*.py"),
+                      root / "gaussian.py"])
+    try:
+        digest = hashlib.blake2b(b"".join(p.read_bytes() for p in sources),
+                                 digest_size=16).hexdigest()
+        stamp = root / "kernels" / "__pycache__" / "emcli-sources.stamp"
+        if stamp.exists() and stamp.read_text() == digest:
+            return False
+        for pattern in ("*.nbi", "*.nbc"):
+            for cached in root.rglob(pattern):
+                cached.unlink(missing_ok=True)
+        stamp.parent.mkdir(exist_ok=True)
+        stamp.write_text(digest)
+    except OSError:  # a read-only install: numba keeps its caches elsewhere
+        return False
+    return True
+
+
+drop_stale_caches()
 jit = numba.njit(cache=True, nogil=True, error_model="numpy")
 inline = numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
 
