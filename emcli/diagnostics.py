@@ -134,8 +134,10 @@ def row_spikes(
     least: float, block_rows: int,
 ) -> list[tuple[int, int, float]]:
     """``spike_components`` from a fit's per-row responsibilities ``resp`` of the rows ``X``
-    (weights ``w``), in blocks of ``block_rows`` rows as the fit's source cut them (rows
-    with nothing observed left out, as its chunks leave them): no pass of its own."""
+    (in fitting units, weights ``w``), in blocks of ``block_rows`` rows as the fit's
+    source cut them (rows with nothing observed left out, as its chunks leave them): no
+    pass of its own."""
+    X = np.asarray(X, dtype=np.float64)
     w = np.ones(X.shape[0]) if w is None else np.asarray(w, dtype=float)
     seen = ~np.isnan(X).all(axis=1)
 
@@ -179,7 +181,9 @@ def fit_warnings(
     if degenerate:
         out.append(f"degenerate fit: {degenerate}")
     rank = {int(old): new for new, old in enumerate(order)}
-    out.extend(spike_warning(rank[k], count, share) for k, count, share in spikes)
+    # in the order components are reported
+    out.extend(spike_warning(rank[k], count, share)
+               for k, count, share in sorted(spikes, key=lambda s: rank[s[0]]))
     events = [h for h in history if h.event and not h.event.startswith("restart failed")]
     if events:
         restarts = sorted({h.restart for h in events})

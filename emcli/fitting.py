@@ -298,7 +298,7 @@ def fit_source(
             raise too_little_memory(max_memory, least, d, K)
         # a cluster's workers keep its rows whatever this machine's budget
         keep = max_memory is None or need <= max_memory or getattr(source, "remote", False)
-        units = Units(centre, scale if standardize else None, np_dtype)
+        units = fit_units(scan, standardize, dtype)
         rows = FitRows(source, units, keep=keep)
         rows.small_pass = (bool(small_pass) and rows.kept is not None and np_dtype == np.float64
                            and kernels.small_pass_wanted(scan.n_rows, K, d, model.correlated))
@@ -489,16 +489,25 @@ def with_row_outputs(
     )
 
 
-def with_spike_warnings(result: FitResult, X: np.ndarray, w: np.ndarray | None = None) -> FitResult:
+def fit_units(scan: ColumnScan, standardize: bool, dtype: str) -> Units:
+    """The fitting units of rows with this scan (``fit_source``'s, its checks passed)."""
+    return Units(scan.mean, np.sqrt(scan.variance) if standardize else None,
+                 np.float32 if dtype == "float32" else np.float64)
+
+
+def with_spike_warnings(
+    result: FitResult, X: np.ndarray, w: np.ndarray | None, units: Units
+) -> FitResult:
     """``result`` (fitted with ``spike_check=False``, with per-row outputs) with the spike
-    warnings ``fit_source`` would have given it, from its responsibilities: no pass."""
+    warnings ``fit_source`` would have given it, from its responsibilities: no pass.
+    ``units``: the fit's (``fit_units``), in which ``fit_source`` tells rows apart."""
     params = result.params
     K = params.n_components
     if not params.model.per_component or result.resp is None:
         return result
     n_fit = max(result.n_rows - result.n_empty_rows, 1)
     thin = 2.0 * result.n / n_fit if K > 1 else 0.0
-    spikes = row_spikes(X, w, result.resp, params, result.n, thin,
+    spikes = row_spikes(units.apply(X), w, result.resp, params, result.n, thin,
                         ArraySource(X, w).chunk_rows)
     if not spikes:
         return result

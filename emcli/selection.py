@@ -21,6 +21,8 @@ from .errors import DataError, FitError, MemoryBudgetError, UsageError
 from .fitting import (
     check_data,
     fit_source,
+    fit_units,
+    scan_rows,
     too_little_memory,
     with_row_outputs,
     with_spike_warnings,
@@ -465,11 +467,15 @@ def sweep(
                     changed.add(i)
             if changed is not None and not changed:
                 break
-    done = tuple(
-        replace(c, result=with_spike_warnings(with_row_outputs(c.result, Xa, w_arg), Xa, w_arg))
-        if c.result is not None and isinstance(Xa, np.ndarray) else c
-        for c in cells if c is not None
-    )
+    if isinstance(Xa, np.ndarray) and any(c is not None and c.result for c in cells):
+        # the cells' per-row outputs and spike warnings, in their fits' units (a
+        # worker's scan of the rows is this process's too: scanned here if not yet)
+        units = fit_units(scan_rows(rows), standardize, dtype)
+        cells = [c if c is None or c.result is None else replace(
+            c, result=with_spike_warnings(with_row_outputs(c.result, Xa, w_arg), Xa, w_arg,
+                                          units))
+            for c in cells]
+    done = tuple(c for c in cells if c is not None)
 
     best_index, best_value = -1, np.inf
     for i, cell in enumerate(done):

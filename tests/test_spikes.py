@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from emcli.diagnostics import spike_components
+from emcli.diagnostics import fit_warnings, spike_components
+from emcli.fitting import fit_source, fit_units, scan_rows, with_row_outputs, with_spike_warnings
 from emcli.model import GMMParams
 from emcli.scoring import score_rows
 from emcli.sources import ArraySource, FitRows, Units
@@ -70,8 +71,6 @@ def test_spike_warnings_from_per_row_outputs_equal_the_fit_s_own(n_copies, k):
     """A sweep's array cells take their spike warnings from the kept fit's per-row
     outputs (fitting.with_spike_warnings), not from a pass of their own: the same
     sentences, in the same place among the fit's warnings."""
-    from emcli.fitting import fit_source, with_row_outputs, with_spike_warnings
-
     rng = np.random.default_rng(0)
     X = np.vstack([rng.normal(size=(300, 2)), np.tile([[6.0, 6.0]], (n_copies, 1))])
     X[rng.random(X.shape) < 0.05] = np.nan
@@ -82,5 +81,33 @@ def test_spike_warnings_from_per_row_outputs_equal_the_fit_s_own(n_copies, k):
     assert any(s.startswith("spike:") for s in want.warnings)
     bare = fit_source(ArraySource(X, w), spike_check=False, **options)
     assert not any(s.startswith("spike:") for s in bare.warnings)
-    got = with_spike_warnings(with_row_outputs(bare, X, w), X, w)
+    units = fit_units(scan_rows(ArraySource(X, w)), False, "float64")
+    got = with_spike_warnings(with_row_outputs(bare, X, w), X, w, units)
     assert got.warnings == want.warnings
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_spike_warnings_from_per_row_outputs_in_the_fit_s_units_and_order(dtype):
+    """Two spikes, listed in the order components are reported; and rows that are equal
+    in the fit's units (float32 here) count as one row, as fit_source counts them."""
+    rng = np.random.default_rng(3)
+    X = np.vstack([rng.normal(size=(300, 2)),
+                   np.column_stack([6.0 + 1e-10 * np.arange(40), np.full(40, 6.0)]),
+                   np.tile([[-6.0, 6.0]], (30, 1))])
+    options = {"n_components": 3, "covariance_type": "VVV", "max_iter": 50, "dtype": dtype,
+               "seed": 0}
+    want = fit_source(ArraySource(X, None), **options)
+    spikes = [s for s in want.warnings if s.startswith("spike:")]
+    assert len(spikes) == (2 if dtype == "float32" else 1)
+    assert spikes == sorted(spikes)  # component 1 before component 2
+    bare = fit_source(ArraySource(X, None), spike_check=False, **options)
+    units = fit_units(scan_rows(ArraySource(X, None)), False, dtype)
+    got = with_spike_warnings(with_row_outputs(bare, X, None), X, None, units)
+    assert got.warnings == want.warnings
+
+
+def test_spike_warnings_are_listed_in_the_reported_order():
+    # fitted components 0 and 1 are reported as 1 and 0
+    out = fit_warnings(converged=True, max_iter=10, best_restart=0, history=[], failed=[],
+                       degenerate="", spikes=[(0, 1, 0.9), (1, 2, 0.8)], order=[1, 0])
+    assert [s.split(" has")[0] for s in out] == ["spike: component 0", "spike: component 1"]
