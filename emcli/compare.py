@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .covariance import Context
-from .em import posterior
+from .estep import posterior
 from .init import Sample, make_partition, start_params
 from .model import GMMParams
 from .sources import FitRows, MapFn

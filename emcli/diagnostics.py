@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .em import posterior
+from .estep import posterior
 from .gaussian import Chunk
 from .model import GMMParams, IterationRecord
 from .sources import FitRows, MapFn

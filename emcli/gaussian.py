@@ -6,7 +6,7 @@ factors, whitening matrices) and computes, for a chunk, the log-density of
 every row under every component using only that row's observed columns.
 What the E-step computed on the way (whitened residuals, conditional means
 and covariances of the missing coordinates) is kept in a cache that the
-sufficient-statistics pass in ``em.py`` consumes, so nothing is done twice
+sufficient-statistics pass in ``estep.py`` consumes, so nothing is done twice
 (docs/e-step.md).
 
 Full and tied covariances group incomplete rows by missingness pattern;

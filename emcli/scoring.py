@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from .conditional import conditional_cells
-from .em import _normalise, posterior
 from .errors import DataError, UsageError
+from .estep import _normalise, posterior
 from .gaussian import Chunk, log_prob_gen, prepare_gen
 from .model import GMMParams
 from .sources import ArraySource, FitRows, MapFn, RowSource, Units

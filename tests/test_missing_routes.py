@@ -17,7 +17,7 @@ from helpers import compiled_kernels, mcar
 from scipy.special import logsumexp
 from test_missing import ref_component_logpdf, ref_em_step
 
-from emcli.em import chunk_statistics
+from emcli.estep import chunk_statistics
 from emcli.fitting import fit_mixture
 from emcli.gaussian import Chunk, log_prob_gen, prepare_gen
 

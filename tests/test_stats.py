@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 
-from emcli.em import chunk_statistics, prepare
+from emcli.estep import chunk_statistics, prepare
 from emcli.gaussian import Chunk
 from emcli.model import GMMParams
 from emcli.stats import Candidates, GeneralStats, MaskStats, PassTotals

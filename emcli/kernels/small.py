@@ -4,7 +4,7 @@ M-step's sums together (numba; imported on first use only).
 On a table of a few hundred rows a pass through numpy is a few dozen calls of
 a few microseconds each, which a model search makes tens of thousands of
 times (docs/loop.md §10.6). Here each row is taken once: its log-density under
-every component, its responsibilities (as ``em._responsibilities`` finds
+every component, its responsibilities (as ``estep._responsibilities`` finds
 them) and its share of the sums around the current means. The numpy routes
 stay the reference the tests compare these with.
 """
@@ -84,7 +84,7 @@ def _sum(a, n):
 @inline
 def _normalise(A, log_w, lse, log_total, top, total):
     # A (K, n) log-densities plus log-weights in, responsibilities out; each row's log
-    # normalising sum and log-sum-exp (em._responsibilities, components outer, rows inner)
+    # normalising sum and log-sum-exp (estep._responsibilities, components outer, rows inner)
     K, n = A.shape
     for i in range(n):
         top[i] = A[0, i]
