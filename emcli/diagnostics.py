@@ -22,6 +22,7 @@ from .model import GMMParams, IterationRecord
 from .sources import FitRows, MapFn
 
 NOT_CONVERGED = "the fit did not converge"
+DEGENERATE = "degenerate fit"
 
 
 def degenerate_component(
@@ -160,6 +161,16 @@ def spike_warning(component: int, count: int, share: float) -> str:
     )
 
 
+def with_spikes(
+    warnings: Sequence[str], spikes: Sequence[tuple[int, int, float]]
+) -> tuple[str, ...]:
+    """A fit's ``fit_warnings`` (found without spikes) with the ``spikes`` of its reported
+    components, where ``fit_warnings`` puts them: after not converged and degenerate."""
+    at = sum(1 for s in warnings if s.startswith((NOT_CONVERGED, DEGENERATE)))
+    found = [spike_warning(k, count, share) for k, count, share in spikes]
+    return (*warnings[:at], *found, *warnings[at:])
+
+
 def fit_warnings(
     *,
     converged: bool,
@@ -179,7 +190,7 @@ def fit_warnings(
             "raise max_iter or tol"
         )
     if degenerate:
-        out.append(f"degenerate fit: {degenerate}")
+        out.append(f"{DEGENERATE}: {degenerate}")
     rank = {int(old): new for new, old in enumerate(order)}
     # in the order components are reported
     out.extend(spike_warning(rank[k], count, share)

@@ -21,12 +21,11 @@ import numpy as np
 from . import kernels
 from .covariance import Context, get_model, model_name
 from .diagnostics import (
-    NOT_CONVERGED,
     degenerate_component,
     fit_warnings,
     row_spikes,
     spike_components,
-    spike_warning,
+    with_spikes,
 )
 from .em import run_em
 from .errors import DataError, FitError, MemoryBudgetError, UsageError
@@ -508,15 +507,10 @@ def with_spike_warnings(
     n_fit = max(result.n_rows - result.n_empty_rows, 1)
     thin = 2.0 * result.n / n_fit if K > 1 else 0.0
     spikes = row_spikes(units.apply(X), w, result.resp, params, result.n, thin,
-                        ArraySource(X, w).chunk_rows)
+                        chunk_rows_for(X.shape[1]))  # ArraySource's blocks
     if not spikes:
         return result
-    found = [spike_warning(k, count, share) for k, count, share in spikes]
-    # in fit_warnings' order: after not converged and degenerate, before the rest
-    at = sum(1 for s in result.warnings
-             if s.startswith(NOT_CONVERGED) or s.startswith("degenerate fit:"))
-    warnings = (*result.warnings[:at], *found, *result.warnings[at:])
-    return replace(result, warnings=warnings)
+    return replace(result, warnings=with_spikes(result.warnings, spikes))
 
 
 @dataclass
