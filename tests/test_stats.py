@@ -7,6 +7,8 @@ import pickle
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from emcli.estep import chunk_statistics, prepare
 from emcli.gaussian import Chunk
@@ -96,3 +98,22 @@ def test_candidates_keep_the_lowest_rows_in_any_grouping():
     lowest = np.argsort(values)[:4]
     np.testing.assert_array_equal(one.values, values[lowest])
     np.testing.assert_array_equal(merged.rows, rows[lowest])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 3000), st.integers(1, 20), st.integers(0, 2**32 - 1),
+       st.sampled_from(["distinct", "ties", "nan", "infinite"]))
+def test_lowest_is_the_stable_sort_s_head(n, m, seed, kind):
+    """``lowest`` (a first cut by group minima, then a sort of what is left) gives the
+    head of a stable argsort, NaN last, for every size, with ties, NaN and -inf."""
+    from emcli.stats import lowest
+
+    m = min(m, n)
+    rng = np.random.default_rng(seed)
+    v = rng.integers(0, 30, n).astype(float) if kind == "ties" else rng.normal(size=n)
+    if kind == "nan":
+        v[rng.random(n) < 0.4] = np.nan
+    if kind == "infinite":
+        v[rng.random(n) < 0.1] = -np.inf
+        v[rng.random(n) < 0.1] = np.inf
+    np.testing.assert_array_equal(lowest(v, m), np.argsort(v, kind="stable")[:m])
