@@ -84,8 +84,10 @@ def test_the_batches_of_lanes_change_nothing(monkeypatch, tied, cond):
     """The compiled kernels take the patterns in batches of ``LANES // K`` (docs/e-step.md
     §7.4), fewer when their scratch would pass ``LANES_BYTES``: one pattern per batch
     (each row block its pattern's only row, or a pattern's rows split over blocks), a
-    few, or every pattern of a group in one batch give the same numbers, bit for bit,
-    and the reference's."""
+    few, or every pattern of a group in one batch give the same log-likelihood, bit for
+    bit, and the reference's; the statistics agree to rounding (``cov_lanes`` sums a
+    batch's conditional covariances entry by entry across its patterns, so where a
+    batch ends moves the order of the sums)."""
     from emcli import kernels
 
     X = _awkward_rows(1500, 9, seed=11, frac=0.35)
@@ -110,8 +112,9 @@ def test_the_batches_of_lanes_change_nothing(monkeypatch, tied, cond):
         assert totals.stats.ll == pytest.approx(want_ll, rel=1e-10)
         got.append((totals.stats.ll, *totals.stats.scatter(prep, pooled=tied)))
     for other in got[1:]:
-        for a, b in zip(got[0], other, strict=True):
-            np.testing.assert_array_equal(a, b)
+        assert other[0] == got[0][0]
+        for a, b in zip(got[0][1:], other[1:], strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-13 * np.abs(a).max())
 
 
 @pytest.mark.parametrize("frac", [0.1, 0.35, 0.6])

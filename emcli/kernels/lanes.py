@@ -336,11 +336,15 @@ def weighted_rows(Xhat, wr, S1):
 def cov_lanes(mask, order, starts, gpat, gstart, nb, wr, cbuf, goff, S2):
     # S2[k] += Σ over patterns g of (Σ_{i in g} wr[i, k]) C_gk, each lane's C (lower
     # triangle in cbuf) placed at its pattern's missing block; summed with the component
-    # innermost (contiguous in both the lanes and ``acc``), then mirrored into S2
+    # innermost in ``acc``, then mirrored into S2. A batch's entries are taken one at a
+    # time across its patterns, so that each row of the batch's triangles is read front
+    # to back: a pattern at a time, jumping between c(c+1)/2 rows of them, took 1.6-1.8x
+    # as long (docs/e-step.md §7.4). The sums' order depends on the batches, so the
+    # number of patterns a batch takes moves S2 by rounding
     d = mask.shape[1]
     K = wr.shape[1]
-    M = np.empty((1, d), np.int64)
-    W = np.empty(K)
+    M = np.empty((nb, d), np.int64)
+    W = np.empty(nb * K)  # the batch's lanes' Σ_{i in g} wr[i, k]
     acc = np.zeros((d, d, K))
     for q in range(gstart.size - 1):
         G = gstart[q + 1] - gstart[q]
@@ -357,20 +361,22 @@ def cov_lanes(mask, order, starts, gpat, gstart, nb, wr, cbuf, goff, S2):
             out = cbuf[base : base + T * L].reshape(T, L)
             for gi in range(P):
                 g = gpat[gstart[q] + p0 + gi]
-                pattern_columns(mask, order[starts[g]], M, 0)
+                pattern_columns(mask, order[starts[g]], M, gi)
                 for k in range(K):
-                    W[k] = 0.0
+                    W[gi * K + k] = 0.0
                 for r in range(starts[g], starts[g + 1]):
                     for k in range(K):
-                        W[k] += wr[order[r], k]
-                lane = gi * K
-                for a in range(c):
-                    ma = M[0, a]
-                    row = a * (a + 1) // 2
-                    for b in range(a + 1):
-                        mb = M[0, b]
+                        W[gi * K + k] += wr[order[r], k]
+            for a in range(c):
+                row = a * (a + 1) // 2
+                for b in range(a + 1):
+                    e = out[row + b]
+                    for gi in range(P):
+                        ma = M[gi, a]
+                        mb = M[gi, b]
+                        lane = gi * K
                         for k in range(K):
-                            acc[ma, mb, k] += W[k] * out[row + b, lane + k]
+                            acc[ma, mb, k] += W[lane + k] * e[lane + k]
     for i in range(d):  # missing columns come in increasing order: acc is lower
         for j in range(i + 1):
             for k in range(K):
