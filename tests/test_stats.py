@@ -102,18 +102,37 @@ def test_candidates_keep_the_lowest_rows_in_any_grouping():
 
 @settings(max_examples=300, deadline=None)
 @given(st.integers(1, 3000), st.integers(1, 20), st.integers(0, 2**32 - 1),
-       st.sampled_from(["distinct", "ties", "nan", "infinite"]))
-def test_lowest_is_the_stable_sort_s_head(n, m, seed, kind):
+       st.sampled_from(["distinct", "ties", "nan", "infinite"]),
+       st.sampled_from([0.001, 0.01, 0.4]))
+def test_lowest_is_the_stable_sort_s_head(n, m, seed, kind, rate):
     """``lowest`` (a first cut by group minima, then a sort of what is left) gives the
-    head of a stable argsort, NaN last, for every size, with ties, NaN and -inf."""
+    head of a stable argsort, NaN last: with ties, and with NaN or ±inf at rates where
+    the cut is taken (a few groups hit) and where it is not (every group hit)."""
     from emcli.stats import lowest
 
     m = min(m, n)
     rng = np.random.default_rng(seed)
     v = rng.integers(0, 30, n).astype(float) if kind == "ties" else rng.normal(size=n)
     if kind == "nan":
-        v[rng.random(n) < 0.4] = np.nan
+        v[rng.random(n) < rate] = np.nan
     if kind == "infinite":
-        v[rng.random(n) < 0.1] = -np.inf
-        v[rng.random(n) < 0.1] = np.inf
+        v[rng.random(n) < rate] = -np.inf
+        v[rng.random(n) < rate] = np.inf
     np.testing.assert_array_equal(lowest(v, m), np.argsort(v, kind="stable")[:m])
+
+
+def test_lowest_takes_its_first_cut_with_nan_and_infinities_present():
+    """The cut itself (not the full sort it falls back on) with NaN in some groups and
+    -inf below the cut's bound: the same indices as the stable sort."""
+    from emcli.stats import LOWEST_GROUP, lowest
+
+    rng = np.random.default_rng(5)
+    v = rng.normal(size=40 * LOWEST_GROUP)
+    v[rng.choice(v.size, 30, replace=False)] = np.nan  # at most 30 of 40 groups hit
+    v[rng.choice(v.size, 3, replace=False)] = -np.inf
+    v[rng.choice(v.size, 3, replace=False)] = np.inf
+    groups = v.reshape(LOWEST_GROUP, -1).min(axis=0)
+    for m in (1, 3, 5, 8):
+        t = np.partition(groups, m - 1)[m - 1]
+        assert t == t  # the cut is taken
+        np.testing.assert_array_equal(lowest(v, m), np.argsort(v, kind="stable")[:m])
