@@ -434,10 +434,12 @@ def log_prob_mask(chunk: Chunk, prep: MaskPrepared) -> tuple[np.ndarray, dict]:
     directly.
     """
     prec = 1.0 / prep.var
+    K = prep.means.shape[0]
+    # laid out component by component (Fortran order), as the responsibilities take them
     if not chunk.max_sq_norm < prep.expand_limit:
         obs = 1.0 if chunk.obs is None else chunk.obs
-        out = np.empty((chunk.n, prep.means.shape[0]))
-        for k in range(prep.means.shape[0]):
+        out = np.empty((chunk.n, K), order="F")
+        for k in range(K):
             dev = (chunk.X0 - prep.means[k]) * obs
             log_norm = chunk.obs_sum(LOG_2PI + np.log(prep.var[k]))
             out[:, k] = -0.5 * ((dev * dev) @ prec[k] + log_norm)
@@ -446,31 +448,33 @@ def log_prob_mask(chunk: Chunk, prep: MaskPrepared) -> tuple[np.ndarray, dict]:
     X0 = chunk.X0
     sq = chunk.squares
     dt = X0.dtype
+    out = np.empty((chunk.n, K), dtype=dt, order="F")
     if chunk.obs is None:
-        out = np.empty((chunk.n, prep.means.shape[0]), dtype=dt)
         out[:] = const.sum(axis=1).astype(dt)
     else:
-        out = chunk.obs @ const.T.astype(dt)
+        np.matmul(chunk.obs, const.T.astype(dt), out=out)
     _add_product(out, sq, -0.5 * prec.T)
     _add_product(out, X0, (prep.means * prec).T)
     return out, {"expanded": True}
 
 
 def _add_product(out: np.ndarray, A: np.ndarray, B: np.ndarray) -> None:
-    """``out += A @ B`` for C-ordered ``out`` (n, K) and rows ``A`` (n, d), in one BLAS
-    call (numpy's ``+=`` after ``@`` makes a temporary and passes over ``out`` twice)."""
+    """``out += A @ B`` for ``out`` (n, K) in Fortran order and C-ordered rows ``A``
+    (n, d), in one BLAS call (numpy's ``+=`` after ``@`` makes a temporary and passes
+    over ``out`` twice), both operands transposed: the fast layout for such an ``out``
+    (docs/e-step.md §9)."""
     gemm = sgemm if A.dtype == np.float32 else dgemm
-    Bt = np.asfortranarray(B.T, dtype=A.dtype)
-    # column-major: out is (K, n), A is (d, n), so out = Bᵀ A + out, in place
-    res = gemm(1.0, Bt, A.T, beta=1.0, c=out.T, overwrite_c=1)
+    res = gemm(1.0, A.T, B.T.astype(A.dtype), trans_a=1, trans_b=1, beta=1.0, c=out,
+               overwrite_c=1)
     if not np.shares_memory(res, out):  # (a layout BLAS could not take: copied back)
-        out[:] = res.T
+        out[:] = res
 
 
 def mask_statistics(
-    chunk: Chunk, prep: MaskPrepared, cache: dict, wr: np.ndarray
+    chunk: Chunk, prep: MaskPrepared, cache: dict, wr: np.ndarray, N: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``sum w r o``, ``sum w r o (x - mu)`` and ``sum w r o (x - mu)^2`` per component and column.
+    """``sum w r o``, ``sum w r o (x - mu)`` and ``sum w r o (x - mu)^2`` per component and column
+    (``N``: ``sum w r`` per component, the first when every cell is observed).
 
     Around the current means, so the M-step's ``S2/N - (S1/N)^2`` keeps its digits.
     """
@@ -480,13 +484,13 @@ def mask_statistics(
         Sx2 = (chunk.squares.T @ w).T.astype(float, copy=False)
         Sx = (chunk.X0.T @ w).T.astype(float, copy=False)
         if chunk.obs is None:
-            So = np.repeat(wr.sum(axis=0)[:, None], d, axis=1)
+            So = np.repeat(N[:, None], d, axis=1)
         else:
             So = (chunk.obs.T @ w).T.astype(float, copy=False)
         mu = prep.means
         return So, Sx - mu * So, Sx2 - 2.0 * mu * Sx + mu**2 * So
     obs = np.ones_like(chunk.X0) if chunk.obs is None else chunk.obs
-    So = wr.T @ obs
+    So = np.repeat(N[:, None], d, axis=1) if chunk.obs is None else wr.T @ obs
     Sx, Sx2 = np.empty((K, d)), np.empty((K, d))
     for k in range(K):
         dev = (chunk.X0 - prep.means[k]) * obs
