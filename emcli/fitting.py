@@ -180,7 +180,8 @@ def working_set(
         chunk += kernels.scratch_bound(d, K)
     sample = min(n_rows, KMEANS_SAMPLE) * (d + 2) * 8
     # a kept row: its cells, weight and bookkeeping (24), and the compiled kernels'
-    # missingness patterns, which an incomplete chunk keeps across passes (24); a kept
+    # missingness patterns, which an incomplete chunk keeps across passes, or the
+    # isotropic models' row norms (24); a kept
     # chunk: the tied model's second moment (d² numbers)
     n_chunks = -(-n_rows // c)
     rows = n_rows * (d * itemsize + 48) + n_chunks * d * d * 8 if kept else 0

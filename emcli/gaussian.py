@@ -21,7 +21,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from scipy.linalg.blas import dgemm, sgemm
+from scipy.linalg.blas import dgemm, dger, sgemm
 from scipy.linalg.lapack import dtrtri
 
 from .conditional import incomplete_log_prob
@@ -81,10 +81,19 @@ class Chunk:
     def max_sq_norm(self) -> float:
         """The largest ``|x|^2`` of a row (missing cells as 0), found once."""
         if self._max_sq is None:
-            X0 = self.X0
-            sq = np.einsum("ij,ij->i", X0, X0, dtype=float)
+            sq = self._kept.get("row norms")
+            if sq is None:
+                sq = np.einsum("ij,ij->i", self.X0, self.X0, dtype=float)
             self._max_sq = float(sq.max()) if self.n else 0.0
         return self._max_sq
+
+    @property
+    def row_norms(self) -> np.ndarray:
+        """``|x0|^2`` of every row, float64, kept across passes (8 bytes a row) for
+        the isotropic models' expanded route."""
+        return self.keep(
+            "row norms", lambda: np.einsum("ij,ij->i", self.X0, self.X0, dtype=float)
+        )
 
     def pattern_groups(self, complete: bool = False) -> Any:
         """The incomplete rows (with ``complete``, every row) by missingness pattern and
@@ -408,6 +417,7 @@ class MaskPrepared:
     var: np.ndarray  # (K, d): per-coordinate variances (spherical: repeated)
     # the expanded form (GEMMs of x0², x0, o) is accurate for chunks whose |x|^2 is below it
     expand_limit: float = -np.inf
+    isotropic: bool = False  # each component's variances all equal (spherical, EII)
 
 
 def check_variances(var: np.ndarray) -> None:
@@ -418,7 +428,7 @@ def check_variances(var: np.ndarray) -> None:
 
 def prepare_mask(means: np.ndarray, var: np.ndarray, dtype: Any = np.float64) -> MaskPrepared:
     check_variances(var)
-    prep = MaskPrepared(means, var)
+    prep = MaskPrepared(means, var, isotropic=bool(np.all(var == var[:, :1])))
     if np.dtype(dtype) == np.float64:  # float32 would cancel in the expanded form
         # the expanded terms are about (|x|^2 + mu^2) / var, as in the quad route
         prep.expand_limit = float(np.min(QUAD_MAX_TERM * var - means**2))
@@ -435,6 +445,8 @@ def log_prob_mask(chunk: Chunk, prep: MaskPrepared) -> tuple[np.ndarray, dict]:
     """
     prec = 1.0 / prep.var
     K = prep.means.shape[0]
+    # |x0|² of each row, kept: read by max_sq_norm too, so taken first
+    q = chunk.row_norms if prep.isotropic and prep.expand_limit > -np.inf else None
     # laid out component by component (Fortran order), as the responsibilities take them
     if not chunk.max_sq_norm < prep.expand_limit:
         obs = 1.0 if chunk.obs is None else chunk.obs
@@ -446,14 +458,18 @@ def log_prob_mask(chunk: Chunk, prep: MaskPrepared) -> tuple[np.ndarray, dict]:
         return out, {}
     const = -0.5 * (LOG_2PI + np.log(prep.var) + prep.means**2 * prec)  # (K, d)
     X0 = chunk.X0
-    sq = chunk.squares
     dt = X0.dtype
     out = np.empty((chunk.n, K), dtype=dt, order="F")
     if chunk.obs is None:
         out[:] = const.sum(axis=1).astype(dt)
     else:
         np.matmul(chunk.obs, const.T.astype(dt), out=out)
-    _add_product(out, sq, -0.5 * prec.T)
+    if q is not None:  # sum_j o_j x0_j² / s2_k = |x0|² / s2_k: a rank-one update
+        res = dger(-0.5, q, prec[:, 0], a=out, overwrite_a=1)
+        if not np.shares_memory(res, out):
+            out[:] = res
+    else:
+        _add_product(out, chunk.squares, -0.5 * prec.T)
     _add_product(out, X0, (prep.means * prec).T)
     return out, {"expanded": True}
 

@@ -2,11 +2,13 @@
 
 ``log_prob_mask`` has two routes (docs/e-step.md §9): the expanded form, GEMMs
 of ``x0²``, ``x0`` and the observed mask, and the direct ``(x − μ)²/σ²`` for
-tight components far from the centre and for float32. Both, on complete and
-incomplete chunks, are checked against scipy's normal log-density summed over
-each row's observed cells, and ``mask_statistics`` against sums taken row by
-row; ``_responsibilities`` against scipy's log-sum-exp, with rows that lie
-beyond e^-700 under some components and rows that are -inf under all.
+tight components far from the centre and for float32; under isotropic
+variances the expanded form takes ``sum_j x0_j²/σ²`` as one rank-one update
+of the rows' ``|x0|²``. Each, on complete and incomplete chunks, is checked
+against scipy's normal log-density summed over each row's observed cells,
+and ``mask_statistics`` against sums taken row by row; ``_responsibilities``
+against scipy's log-sum-exp, with rows that lie beyond e^-700 under some
+components and rows that are -inf under all.
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ def _reference_log_prob(X: np.ndarray, means: np.ndarray, var: np.ndarray) -> np
     return out
 
 
+@pytest.mark.parametrize("isotropic", [False, True])
 @pytest.mark.parametrize("holes", [0.0, 0.3])
 @pytest.mark.parametrize("route", ["expanded", "direct", "float32"])
-def test_both_routes_give_the_reference_densities_and_sums(holes, route):
+def test_both_routes_give_the_reference_densities_and_sums(holes, route, isotropic):
     rng = np.random.default_rng(7)
     n, d, K = 3000, 6, 5
     X = rng.normal(size=(n, d)) * rng.uniform(0.5, 2.0, size=d)
@@ -44,11 +47,16 @@ def test_both_routes_give_the_reference_densities_and_sums(holes, route):
     if route == "direct":  # a tight component far from the centre: no expansion
         means[1] += 1e4
         var[1] = 1e-3
+    if isotropic:  # one variance a component, as spherical and EII models give
+        var = np.repeat(var[:, :1], d, axis=1)
     dtype = np.float32 if route == "float32" else np.float64
     chunk = Chunk(X.astype(dtype), np.ones(n))
     prep = prepare_mask(means, var, dtype)
+    assert prep.isotropic == isotropic
     logp, cache = log_prob_mask(chunk, prep)
     assert ("expanded" in cache) == (route == "expanded")
+    chunk.release()  # a second pass: the kept row norms serve it as the first
+    np.testing.assert_array_equal(log_prob_mask(chunk, prep)[0], logp)
     assert logp.shape == (n, K) and logp.flags.f_contiguous
     ref = _reference_log_prob(X.astype(dtype).astype(float), means, var)
     finite = np.isfinite(ref)
