@@ -169,6 +169,19 @@ class Candidates:
         return self.__dict__
 
     def __add__(self, other: Candidates) -> Candidates:
+        if other._pending is not None and self.values.size == self.keep:
+            # only other's values below self's highest can enter (equal ones lose to self's,
+            # which come first): one comparison over the chunk in place of its selection
+            # (a pass adds its chunks in order, so this serves every chunk after the
+            # first: 19 to 8 µs a 6,848-row chunk, its candidates and the addition)
+            top = self._values[-1]
+            if top == top:  # not NaN: NaN counts as the highest, so none can enter
+                lse, X = other._pending
+                cut = np.flatnonzero(lse < top)
+                if cut.size == 0:  # the common case (a selected value is never changed)
+                    return self
+                cut = cut[np.argsort(lse[cut], kind="stable")[: self.keep]]
+                other = Candidates(lse[cut], X[cut].astype(float), self.keep)
         values = np.concatenate([self.values, other.values])
         rows = np.concatenate([self.rows, other.rows])
         order = np.argsort(values, kind="stable")[: self.keep]

@@ -101,6 +101,35 @@ def test_candidates_keep_the_lowest_rows_in_any_grouping():
 
 
 @settings(max_examples=300, deadline=None)
+@given(st.integers(1, 2000), st.integers(1, 12), st.integers(1, 400), st.integers(0, 2**32 - 1),
+       st.sampled_from(["distinct", "ties", "nan", "infinite", "falling"]))
+def test_candidates_added_chunk_by_chunk_are_the_stable_sort_s_head(n, keep, size, seed, kind):
+    """A pass adds its chunks' candidates in order (each chunk after the first compared
+    with the running highest, ``Candidates.__add__``): the rows kept are the head of a
+    stable argsort of all the rows, NaN last, equal values by position, whatever the
+    chunks' sizes, with ties, NaN and ±inf, and with values falling from chunk to chunk
+    (so that many of a chunk's rows pass the running highest)."""
+    rng = np.random.default_rng(seed)
+    v = rng.integers(0, 20, n).astype(float) if kind == "ties" else rng.normal(size=n)
+    if kind == "falling":
+        v -= np.arange(n) / 50.0
+    if kind == "nan":
+        v[rng.random(n) < 0.3] = np.nan
+    if kind == "infinite":
+        v[rng.random(n) < 0.05] = -np.inf
+        v[rng.random(n) < 0.05] = np.inf
+    rows = np.column_stack([np.arange(n, dtype=float), rng.normal(size=n)])
+    total = None
+    for s in range(0, n, size):
+        part = Candidates.of(v[s : s + size], rows[s : s + size], keep)
+        total = part if total is None else total + part
+    assert total is not None
+    head = np.argsort(v, kind="stable")[:keep]
+    np.testing.assert_array_equal(total.rows[:, 0], head)
+    np.testing.assert_array_equal(total.values, v[head])
+
+
+@settings(max_examples=300, deadline=None)
 @given(st.integers(1, 3000), st.integers(1, 20), st.integers(0, 2**32 - 1),
        st.sampled_from(["distinct", "ties", "nan", "infinite"]),
        st.sampled_from([0.001, 0.01, 0.4]))
