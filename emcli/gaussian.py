@@ -83,7 +83,7 @@ class Chunk:
         if self._max_sq is None:
             sq = self._kept.get("row norms")
             if sq is None:
-                sq = np.einsum("ij,ij->i", self.X0, self.X0, dtype=float)
+                sq = _sq_norms(self.X0)
             self._max_sq = float(sq.max()) if self.n else 0.0
         return self._max_sq
 
@@ -91,9 +91,7 @@ class Chunk:
     def row_norms(self) -> np.ndarray:
         """``|x0|^2`` of every row, float64, kept across passes (8 bytes a row) for
         the isotropic models' expanded route."""
-        return self.keep(
-            "row norms", lambda: np.einsum("ij,ij->i", self.X0, self.X0, dtype=float)
-        )
+        return self.keep("row norms", lambda: _sq_norms(self.X0))
 
     def pattern_groups(self, complete: bool = False) -> Any:
         """The incomplete rows (with ``complete``, every row) by missingness pattern and
@@ -161,6 +159,11 @@ class Chunk:
         ``"quad"``: ``[vech(x0 x0^T), x0, 1]`` (``x0`` = x with gaps as 0), transposed,
         for full and tied covariances."""
         return self._get("design_" + kind)
+
+
+def _sq_norms(X0: np.ndarray) -> np.ndarray:
+    """``|x0|^2`` of every row, in float64."""
+    return np.einsum("ij,ij->i", X0, X0, dtype=float)
 
 
 def quad_width(d: int) -> int:
@@ -465,9 +468,7 @@ def log_prob_mask(chunk: Chunk, prep: MaskPrepared) -> tuple[np.ndarray, dict]:
     else:
         np.matmul(chunk.obs, const.T.astype(dt), out=out)
     if q is not None:  # sum_j o_j x0_j² / s2_k = |x0|² / s2_k: a rank-one update
-        res = dger(-0.5, q, prec[:, 0], a=out, overwrite_a=1)
-        if not np.shares_memory(res, out):
-            out[:] = res
+        _into(out, dger(-0.5, q, prec[:, 0], a=out, overwrite_a=1))
     else:
         _add_product(out, chunk.squares, -0.5 * prec.T)
     _add_product(out, X0, (prep.means * prec).T)
@@ -480,9 +481,14 @@ def _add_product(out: np.ndarray, A: np.ndarray, B: np.ndarray) -> None:
     over ``out`` twice), both operands transposed: the fast layout for such an ``out``
     (docs/e-step.md §9)."""
     gemm = sgemm if A.dtype == np.float32 else dgemm
-    res = gemm(1.0, A.T, B.T.astype(A.dtype), trans_a=1, trans_b=1, beta=1.0, c=out,
-               overwrite_c=1)
-    if not np.shares_memory(res, out):  # (a layout BLAS could not take: copied back)
+    _into(out, gemm(1.0, A.T, B.T.astype(A.dtype), trans_a=1, trans_b=1, beta=1.0, c=out,
+                    overwrite_c=1))
+
+
+def _into(out: np.ndarray, res: np.ndarray) -> None:
+    """A BLAS result asked to overwrite ``out``, copied back when it could not (a
+    layout BLAS could not take)."""
+    if not np.shares_memory(res, out):
         out[:] = res
 
 

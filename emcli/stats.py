@@ -180,8 +180,7 @@ class Candidates:
                 cut = np.flatnonzero(lse < top)
                 if cut.size == 0:  # the common case (a selected value is never changed)
                     return self
-                cut = cut[np.argsort(lse[cut], kind="stable")[: self.keep]]
-                other = Candidates(lse[cut], X[cut].astype(float), self.keep)
+                other = Candidates.of(lse[cut], X[cut], self.keep)
         values = np.concatenate([self.values, other.values])
         rows = np.concatenate([self.rows, other.rows])
         order = np.argsort(values, kind="stable")[: self.keep]
