@@ -286,6 +286,13 @@ def test_a_block_that_fails_to_factor_takes_the_observed_block(tied):
     N = wr.sum(axis=0)
     groups = kernels.pattern_groups(mask)
     precise = np.ones(K, dtype=bool)
+    if tied:  # the tied kernel gives the chunk up (to the lanes), and serves it unspoiled
+        assert kernels.tied_incomplete(X0, mask, groups, means, spoiled[0],
+                                       float(log_det[0]), True) is None
+        served = kernels.tied_incomplete(X0, mask, groups, means, prec[0],
+                                         float(log_det[0]), True)
+        assert served is not None
+        np.testing.assert_allclose(served[0], ref, rtol=1e-12, atol=1e-11)
     for raw in (True, False):
         if raw:
             logp, found = kernels.fill_incomplete(

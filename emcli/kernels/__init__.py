@@ -363,21 +363,26 @@ def tied_incomplete(
     logp = X0 @ PmuT
     logp += -0.5 * (d * LOG_2PI + log_det + np.einsum("ka,ak->k", means, PmuT))
     logp -= 0.5 * np.einsum("ij,ij->i", X0, V)[:, None]
-    off, toff = _packing(mask, order, starts)
+    gpat, gstart = groups[2], groups[3]
+    off, toff = _packing(gpat, gstart)
     hbuf = np.empty(K * off[-1] if moments else 0)
     cbuf = np.empty(toff[-1] if moments else 0)
     g = np.zeros((n if moments else 0, d))
-    bad = _compiled().tied_rows(mask, order, starts, V, prec, np.ascontiguousarray(means.T),
-                                PmuT, moments, logp, g, hbuf, cbuf, off, toff)
+    nb = _layout(gstart, K)[1]
+    bad = _compiled().tied_rows(mask, order, starts, gpat, gstart, nb, V, prec,
+                                np.ascontiguousarray(means.T), PmuT, moments, logp, g, hbuf,
+                                cbuf, off, toff)
     if bad >= 0:
         return None
     return logp, (groups, g, hbuf, cbuf, off, toff)
 
 
-def _packing(mask: np.ndarray, order: np.ndarray, starts: np.ndarray) -> tuple[Any, Any]:
+def _packing(gpat: np.ndarray, gstart: np.ndarray) -> tuple[Any, Any]:
     """Where each pattern's numbers start in the tied kernel's flat buffers: the missing
-    cells of the patterns before it, and the entries of their lower triangles."""
-    c = mask.shape[1] - mask[order[starts[:-1]]].sum(axis=1)
+    cells of the patterns before it, and the entries of their lower triangles (a
+    pattern's count of missing cells is its group's, ``pattern_groups``)."""
+    c = np.empty(gpat.size, dtype=np.int64)
+    c[gpat] = np.repeat(np.arange(gstart.size - 1), np.diff(gstart))
     off = np.zeros(c.size + 1, dtype=np.int64)
     toff = np.zeros(c.size + 1, dtype=np.int64)
     np.cumsum(c, out=off[1:])

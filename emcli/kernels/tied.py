@@ -15,7 +15,8 @@ import numpy as np
 
 from emcli.gaussian import LOG_2PI
 
-from .blocks import back, ldl, pattern_columns
+from .blocks import pattern_columns
+from .lanes import lanes_inverse, lanes_ldl, lanes_log_det
 
 # sums over the components may be reordered into vector instructions (NaN and the
 # infinities keep their meaning: a pattern that fails to factor is still seen)
@@ -24,114 +25,138 @@ fast = numba.njit(cache=True, nogil=True, error_model="numpy",
 
 
 @fast
-def tied_rows(mask, order, starts, V, P, MT, PmuT, moments, logp, g, hbuf, cbuf, off,
-              toff):
+def tied_rows(mask, order, starts, gpat, gstart, nb, V, P, MT, PmuT, moments, logp, g,
+              hbuf, cbuf, off, toff):
     # docs/e-step.md §7.5. logp (n, K) holds the zero-filled rows' log-densities and is
     # corrected in place; V = P x₀ (n, d), MT (d, K) the means, PmuT (d, K) each P μ_k.
     # With moments, g (n, d) gets C v at a row's missing cells (v = V at them), and
     # pattern p's h_k = μ_k,m + C a_k (c × K) goes to hbuf[K off[p] :], the lower
     # triangle of its C, packed, to cbuf[toff[p] :] (off and toff: the missing cells and
-    # the triangles' entries of the patterns before p). The component is the innermost
-    # index of every per-pattern array, so the loops over it are vector instructions.
-    # Returns -1, or the pattern whose P_mm failed to factor.
+    # the triangles' entries of the patterns before p). The patterns come in batches of
+    # at most nb with the same number c of missing cells (gpat, gstart: the groups of
+    # ``pattern_groups``); a batch's pattern is the innermost index of every per-pattern
+    # array, so the per-pattern loops run over the batch as vector instructions.
+    # Returns -1, or a pattern whose P_mm failed to factor.
     d = mask.shape[1]
     K = MT.shape[1]
+    h = 1  # the most missing cells of a pattern here
+    for q in range(gstart.size - 1):
+        if gstart[q + 1] > gstart[q]:
+            h = max(h, d - int(mask[order[starts[gpat[gstart[q]]]]].sum()))
     # unsigned column and row indices: numba then skips the wrap-around of negative
-    # ones on every access through them (the same results; this kernel 15 % faster)
-    M = np.empty((1, d), np.uint64)
-    A = np.empty((d, d))
-    dv = np.empty(d)
-    MA = np.empty((d, K))  # μ_k,m
-    Y = np.empty((d, K))  # a_k = P_mo μ_k,o = (P μ_k)_m − P_mm μ_k,m, then L⁻¹ a_k
-    ZA = np.empty((d, K))  # D^-½ L⁻¹ a_k
-    lin0 = np.empty(K)  # −2 μ_k,mᵀ a_k − μ_k,mᵀ P_mm μ_k,m
+    # ones on every access through them (the same results; the rows' loop 15 % faster)
+    M = np.empty((nb, d), np.uint64)
+    A = np.empty((h, h, nb))  # P_mm, then its LDL factors (lower)
+    W = np.empty((h, h, nb))  # scratch of the inverse
+    Cp = np.empty((h * (h + 1) // 2, nb))  # C = P_mm⁻¹, lower triangle packed
+    dv = np.empty((h, nb))
+    ld = np.empty(nb)
+    MA = np.empty((h, K, nb))  # μ_k,m
+    Y = np.empty((h, K, nb))  # a_k = P_mo μ_k,o = (P μ_k)_m − P_mm μ_k,m, then L⁻¹ a_k
+    T = np.empty((h, K, nb))  # P_mm μ_k,m
+    ZA = np.empty((h, K, nb))  # D^-½ L⁻¹ a_k
+    lin0 = np.empty((K, nb))  # −2 μ_k,mᵀ a_k − μ_k,mᵀ P_mm μ_k,m
+    sq = np.empty((h, nb))  # D^-½
     quad = np.empty(K)
     lin = np.empty(K)
     z = np.empty(d)
-    sq = np.empty(d)  # D^-½
-    E = np.empty((d, d))
-    for p in range(starts.size - 1):
-        c = pattern_columns(mask, order[starts[p]], M, 0)
-        m = M[0]
-        for x in range(c):
-            for y in range(x + 1):
-                A[x, y] = P[m[x], m[y]]
-            for k in range(K):
-                MA[x, k] = MT[m[x], k]
-        for k in range(K):
-            lin0[k] = 0.0
-        for x in range(c):
-            for k in range(K):
-                Y[x, k] = 0.0
-            for y in range(c):
-                pxy = P[m[x], m[y]]
+    for q in range(gstart.size - 1):
+        G = gstart[q + 1] - gstart[q]
+        if G == 0:
+            continue
+        c = d - int(mask[order[starts[gpat[gstart[q]]]]].sum())
+        for p0 in range(0, G, nb):
+            B = min(nb, G - p0)
+            for b in range(B):
+                pattern_columns(mask, order[starts[gpat[gstart[q] + p0 + b]]], M, b)
+            for x in range(c):
+                for y in range(c):
+                    for b in range(B):
+                        A[x, y, b] = P[M[b, x], M[b, y]]
                 for k in range(K):
-                    Y[x, k] += pxy * MA[y, k]  # (P_mm μ_m)_x
-            for k in range(K):
-                pm = Y[x, k]
-                Y[x, k] = PmuT[m[x], k] - pm
-                lin0[k] -= MA[x, k] * (pm + 2.0 * Y[x, k])
-        ld = ldl(A, c, dv)  # unit lower L below the diagonal, 1/pivots on it
-        if ld != ld:
-            return p
-        for x in range(c):  # L⁻¹ a_k
-            for y in range(x):
-                axy = A[x, y]
-                for k in range(K):
-                    Y[x, k] -= axy * Y[y, k]
-            r = np.sqrt(A[x, x])
-            sq[x] = r
-            for k in range(K):
-                ZA[x, k] = Y[x, k] * r
-        if moments:
-            h = hbuf[K * off[p] : K * off[p + 1]].reshape(c, K)
-            for x in range(c):  # C a_k = L⁻ᵀ D⁻¹ L⁻¹ a_k, and h_k
-                for k in range(K):
-                    Y[x, k] *= A[x, x]
-            for x in range(c - 1, -1, -1):
-                for y in range(x + 1, c):
-                    ayx = A[y, x]
+                    for b in range(B):
+                        MA[x, k, b] = MT[M[b, x], k]
+                        Y[x, k, b] = PmuT[M[b, x], k]
+                        T[x, k, b] = 0.0
+            for x in range(c):
+                for y in range(c):
                     for k in range(K):
-                        Y[x, k] -= ayx * Y[y, k]
-                for k in range(K):
-                    h[x, k] = MA[x, k] + Y[x, k]
-            # C = P_mm⁻¹ = L⁻ᵀ D⁻¹ L⁻¹ (lower triangle): E = L⁻¹, unit lower
-            cb = toff[p]
-            for y in range(c):
-                E[y, y] = 1.0
-                for x in range(y + 1, c):
-                    t = -A[x, y]
-                    for q in range(y + 1, x):
-                        t -= A[x, q] * E[q, y]
-                    E[x, y] = t
-            for x in range(c):
-                for y in range(x + 1):
-                    t = 0.0
-                    for q in range(x, c):
-                        t += E[q, x] * A[q, q] * E[q, y]
-                    cbuf[cb + x * (x + 1) // 2 + y] = t
-        for r in range(starts[p], starts[p + 1]):
-            i = np.uint64(order[r])
+                        for b in range(B):
+                            T[x, k, b] += A[x, y, b] * MA[y, k, b]
             for k in range(K):
-                quad[k] = 0.0
-                lin[k] = lin0[k]
+                for b in range(B):
+                    lin0[k, b] = 0.0
             for x in range(c):
-                vx = V[i, m[x]]
-                t = vx
+                for k in range(K):
+                    for b in range(B):
+                        pm = T[x, k, b]
+                        a = Y[x, k, b] - pm
+                        Y[x, k, b] = a
+                        lin0[k, b] -= MA[x, k, b] * (pm + 2.0 * a)
+            lanes_ldl(A, c, B, dv, ld)  # unit lower L below the diagonal, 1/pivots on it
+            lanes_log_det(ld, dv, c, B)
+            for b in range(B):
+                if ld[b] != ld[b]:
+                    return gpat[gstart[q] + p0 + b]
+            for x in range(c):  # L⁻¹ a_k, and D^-½ L⁻¹ a_k
                 for y in range(x):
-                    t -= A[x, y] * z[y]
-                z[x] = t
-                zx = t * sq[x]
+                    for k in range(K):
+                        for b in range(B):
+                            Y[x, k, b] -= A[x, y, b] * Y[y, k, b]
+                for b in range(B):
+                    sq[x, b] = np.sqrt(A[x, x, b])
                 for k in range(K):
-                    e = zx - ZA[x, k]
-                    quad[k] += e * e
-                    lin[k] += 2.0 * MA[x, k] * vx
-            for k in range(K):
-                logp[i, k] -= 0.5 * (-c * LOG_2PI + ld + lin[k] - quad[k])
-            if moments:  # g = C v: z holds L⁻¹ v
-                back(A, z, c)
-                for x in range(c):
-                    g[i, m[x]] = z[x]
+                    for b in range(B):
+                        ZA[x, k, b] = Y[x, k, b] * sq[x, b]
+            if moments:
+                for x in range(c):  # C a_k = L⁻ᵀ D⁻¹ L⁻¹ a_k, and h_k = μ_k,m + C a_k
+                    for k in range(K):
+                        for b in range(B):
+                            Y[x, k, b] *= A[x, x, b]
+                for x in range(c - 1, -1, -1):
+                    for y in range(x + 1, c):
+                        for k in range(K):
+                            for b in range(B):
+                                Y[x, k, b] -= A[y, x, b] * Y[y, k, b]
+                lanes_inverse(A, c, B, Cp, W)
+                for b in range(B):
+                    p = gpat[gstart[q] + p0 + b]
+                    hb = K * off[p]
+                    for x in range(c):
+                        for k in range(K):
+                            hbuf[hb + x * K + k] = MA[x, k, b] + Y[x, k, b]
+                    cb = toff[p]
+                    for e in range(c * (c + 1) // 2):
+                        cbuf[cb + e] = Cp[e, b]
+            for b in range(B):
+                p = gpat[gstart[q] + p0 + b]
+                for r in range(starts[p], starts[p + 1]):
+                    i = np.uint64(order[r])
+                    for k in range(K):
+                        quad[k] = 0.0
+                        lin[k] = lin0[k, b]
+                    for x in range(c):
+                        vx = V[i, M[b, x]]
+                        t = vx
+                        for y in range(x):
+                            t -= A[x, y, b] * z[y]
+                        z[x] = t
+                        zx = t * sq[x, b]
+                        for k in range(K):
+                            e = zx - ZA[x, k, b]
+                            quad[k] += e * e
+                            lin[k] += 2.0 * MA[x, k, b] * vx
+                    for k in range(K):
+                        logp[i, k] -= 0.5 * (-c * LOG_2PI + ld[b] + lin[k] - quad[k])
+                    if moments:  # g = C v = L⁻ᵀ D⁻¹ z, z = L⁻¹ v
+                        for x in range(c):
+                            z[x] *= A[x, x, b]
+                        for x in range(c - 1, -1, -1):
+                            t = z[x]
+                            for y in range(x + 1, c):
+                                t -= A[y, x, b] * z[y]
+                            z[x] = t
+                            g[i, M[b, x]] = t
     return -1
 
 
