@@ -216,7 +216,7 @@ def direct_incomplete(
     n, d = X0.shape
     K = means.shape[0]
     perm, _, vgroups = visit_order(n, groups)
-    X0, mask = X0[perm], mask[perm]
+    X0, mask = rows_in(X0, perm), rows_in(mask, perm)
     full = np.broadcast_to(prec, (K, d, d))
     Xhat = np.empty((K, n, d))
     V = np.empty((n, d, K))
@@ -256,11 +256,17 @@ def visit_order(
                       np.arange(gpat.size, dtype=np.int64), gstart)
 
 
+def rows_in(a: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """``a[order]``, rows taken in ``order``: ``np.take`` copies rows 3-10x faster than
+    fancy indexing (measured on blocks of rows, docs/e-step.md §7.6)."""
+    return np.take(a, order, axis=0)
+
+
 def _unvisit(logp: np.ndarray, perm: np.ndarray) -> np.ndarray:
     """Rows computed in ``visit_order`` back in the chunk's order."""
-    out = np.empty_like(logp)
-    out[perm] = logp
-    return out
+    back = np.empty_like(perm)
+    back[perm] = np.arange(perm.size, dtype=perm.dtype)
+    return rows_in(logp, back)
 
 
 def _lanes(X0: np.ndarray, mask: np.ndarray, groups: tuple[np.ndarray, ...], V: np.ndarray,
@@ -301,7 +307,7 @@ def fill_incomplete(
     n, d = X0.shape
     K = means.shape[0]
     perm, nc, vgroups = visit_order(n, groups)
-    X0, mask = X0[perm], mask[perm]
+    X0, mask = rows_in(X0, perm), rows_in(mask, perm)
     full = np.broadcast_to(prec, (K, d, d))
     PT = np.ascontiguousarray(prec.transpose(1, 2, 0))  # tied: one, factored once
     MT = np.ascontiguousarray(means.T)
@@ -330,7 +336,7 @@ def filled_sums(wr: np.ndarray, found: tuple[Any, ...]) -> tuple[np.ndarray, np.
     kernels = _compiled()
     Xhat, groups, goff, nb, cbuf, mask, perm = found
     K, n, d = Xhat.shape
-    wr = np.ascontiguousarray(wr[perm], dtype=float)  # in the kernels' order
+    wr = rows_in(np.asarray(wr, dtype=float), perm)  # in the kernels' order
     S1 = np.empty((K, d))
     S2 = np.empty((K, d, d))
     kernels.weighted_rows(Xhat, wr, S1)  # Xhat[k] scaled by √(w r)
