@@ -117,6 +117,47 @@ def test_the_batches_of_lanes_change_nothing(monkeypatch, tied, cond):
             np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-13 * np.abs(a).max())
 
 
+@pytest.mark.parametrize("cond", [None, 1e7])  # the quad route, and off it (direct)
+def test_lanes_without_weight_leave_out_only_what_rounding_would(monkeypatch, cond):
+    """Patterns missing at least ``DEFER_MISSING`` cells leave their lanes' conditional
+    covariances to the M-step's sums, which form only those of lanes whose rows carry
+    more than ``SKIP_WEIGHT`` of their component's weight in the block (docs/e-step.md
+    §7.4). On well-separated components most lanes carry less than that; the sums equal
+    the numpy route's to rounding wherever the cut falls, and a cut that is not below
+    rounding (half the weight) shows in them."""
+    from emcli import kernels
+
+    rng = np.random.default_rng(21)
+    d, K, n = 14, 4, 2400
+    weights, means, cov = _params(d, K, seed=22, tied=False, cond=cond)
+    means = means * 60.0  # apart: a row's responsibilities are one component's
+    y = rng.integers(0, K, n)
+    X = means[y] + np.einsum("nij,nj->ni", np.linalg.cholesky(cov)[y], rng.normal(size=(n, d)))
+    X = mcar(X, 0.6, seed=23)
+    X = X[np.isnan(X).sum(axis=1) < d]
+    missing = np.isnan(X).sum(axis=1)
+    assert (missing >= kernels.DEFER_MISSING).mean() > 0.2
+    ref = ref_component_logpdf(X, means, cov) + np.log(weights)
+    resp = np.exp(ref - logsumexp(ref, axis=1, keepdims=True))
+    assert (resp[missing >= kernels.DEFER_MISSING] <= 1e-30).mean() > 0.5
+
+    def sums(compiled: bool):
+        prep = prepare_gen(means, cov, False, np.float64)
+        prep.compiled = compiled
+        totals = chunk_statistics(Chunk(X, np.ones(X.shape[0])), prep, np.log(weights))
+        return totals.stats.scatter(prep)
+
+    want = sums(False)
+    for defer in (0, kernels.DEFER_MISSING, 100):
+        monkeypatch.setattr(kernels, "DEFER_MISSING", defer)
+        for a, b in zip(want, sums(True), strict=True):
+            np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-10 * np.abs(a).max())
+    monkeypatch.setattr(kernels, "DEFER_MISSING", 0)
+    monkeypatch.setattr(kernels, "SKIP_WEIGHT", 0.5)
+    S2 = sums(True)[2]
+    assert np.abs(S2 - want[2]).max() > 1e-6 * np.abs(want[2]).max()
+
+
 @pytest.mark.parametrize("frac", [0.1, 0.35, 0.6])
 def test_the_tied_kernel_gives_the_lanes_and_the_reference(frac):
     """A tied model's incomplete chunk takes one factor per pattern (docs/e-step.md §7.5)

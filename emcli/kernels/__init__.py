@@ -35,6 +35,13 @@ COMPILED_MIN_WORK = 4_000_000
 # Lanes (pattern, component) per batch of the kernels (docs/e-step.md §7.4): few enough
 # that a batch's factors stay in the L1/L2 cache.
 LANES = 256
+# A lane (pattern, component) whose rows' Σ w r is at most this share of the component's
+# in the block skips its conditional covariance in the M-step's sums (``filled_sums``).
+SKIP_WEIGHT = 1e-30
+# Patterns missing at least this many cells leave their lanes' conditional covariances to
+# the M-step's sums, which form only those of lanes with weight: below it, inverting
+# every lane at once costs less than picking them out (docs/e-step.md §7.4).
+DEFER_MISSING = 10
 # At most this many bytes of a batch's scratch, ``scratch_bytes`` a lane, unless a
 # single pattern's K lanes need more (wide rows missing most of their cells).
 LANES_BYTES = 4 << 20
@@ -186,15 +193,17 @@ def pattern_groups(mask: np.ndarray, complete: bool = False) -> tuple[np.ndarray
     return order, starts, gpat, gstart
 
 
-def _layout(gstart: np.ndarray, K: int) -> tuple[np.ndarray, np.int64]:
+def _layout(gstart: np.ndarray, K: int) -> tuple[np.ndarray, np.int64, np.ndarray]:
     """Where each group's conditional covariances start in the flat buffer (``K c(c+1)/2``
-    numbers per pattern: lower triangles; one past the end last), and the patterns per
-    batch: ``LANES // K``, fewer if their scratch would pass ``LANES_BYTES``."""
+    numbers per pattern: lower triangles; one past the end last), the patterns per
+    batch: ``LANES // K``, fewer if their scratch would pass ``LANES_BYTES``, and where
+    each group's lanes start (``K`` a pattern)."""
     c = np.arange(gstart.size - 1)
     goff = np.zeros(gstart.size, dtype=np.int64)
     np.cumsum(K * np.diff(gstart) * (c * (c + 1) // 2), out=goff[1:])
     h = max(1, int(c[np.diff(gstart) > 0].max(initial=1)))  # the kernel's scratch size
-    return goff, np.int64(max(1, min(LANES // K, LANES_BYTES // (scratch_bytes(h) * K))))
+    nb = np.int64(max(1, min(LANES // K, LANES_BYTES // (scratch_bytes(h) * K))))
+    return goff, nb, K * gstart
 
 
 def direct_incomplete(
@@ -276,14 +285,16 @@ def _lanes(X0: np.ndarray, mask: np.ndarray, groups: tuple[np.ndarray, ...], V: 
     """Run ``lanes.fill_lanes`` on a chunk; what ``filled_sums`` needs."""
     K, d = means.shape
     order, starts, gpat, gstart = groups
-    goff, nb = _layout(gstart, K)
+    goff, nb, loff = _layout(gstart, K)
     cbuf = np.empty(int(goff[-1]))  # written only with moments
+    fac = np.empty(int(loff[-1]) if moments else 0, dtype=bool)  # lanes holding factors
     ok = np.ascontiguousarray(np.broadcast_to(np.asarray(precise, dtype=bool), (K,)))
     bad = _compiled().fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT,
-                                 means, cov, ok, moments, raw, logp, Xhat, cbuf, goff)
+                                 means, cov, ok, moments, raw, logp, Xhat, cbuf, goff, fac,
+                                 loff, DEFER_MISSING)
     if bad >= 0:
         raise BlockNotPD(int(bad))
-    return Xhat, groups, goff, nb, cbuf
+    return Xhat, groups, (goff, loff, fac), nb, cbuf
 
 
 def fill_incomplete(
@@ -334,7 +345,7 @@ def filled_sums(wr: np.ndarray, found: tuple[Any, ...]) -> tuple[np.ndarray, np.
     ``direct_incomplete`` did (``y = x̂ − μ``: around the means), ``wr`` in the chunk's
     row order. Consumes ``found`` (its rows are scaled in place)."""
     kernels = _compiled()
-    Xhat, groups, goff, nb, cbuf, mask, perm = found
+    Xhat, groups, (goff, loff, fac), nb, cbuf, mask, perm = found
     K, n, d = Xhat.shape
     wr = rows_in(np.asarray(wr, dtype=float), perm)  # in the kernels' order
     S1 = np.empty((K, d))
@@ -343,7 +354,11 @@ def filled_sums(wr: np.ndarray, found: tuple[Any, ...]) -> tuple[np.ndarray, np.
     for k in range(K):
         np.matmul(Xhat[k].T, Xhat[k], out=S2[k])
     order, starts, gpat, gstart = groups
-    kernels.cov_lanes(mask, order, starts, gpat, gstart, nb, wr, cbuf, goff, S2)
+    # a lane whose weight is at most SKIP_WEIGHT of its component's in the block adds
+    # less than rounding to S2 (docs/e-step.md §7.4): its C is not formed
+    cut = SKIP_WEIGHT * wr.sum(axis=0)
+    kernels.cov_lanes(mask, order, starts, gpat, gstart, nb, wr, cbuf, goff, fac, loff, cut,
+                      DEFER_MISSING, S2)
     return S1, S2
 
 

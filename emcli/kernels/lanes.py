@@ -107,10 +107,14 @@ def lanes_solve(Fac, c, L, t, quad):  # t[:, l] <- F_l⁻¹ t[:, l]; quad[l] = t
 
 @jit
 def fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT, means, cov,
-               precise, moments, raw, logp, Xhat, cbuf, goff):
-    # docs/e-step.md §7.3-7.4. logp (n, K) is corrected in place, and cbuf gets each
-    # lane's conditional covariance (lower triangle, packed). With ``raw`` (the quad route), logp
-    # holds the zero-filled rows' log-densities, V (n, d, K) = P x₀, and Xhat (K, n, d)
+               precise, moments, raw, logp, Xhat, cbuf, goff, fac, loff, defer):
+    # docs/e-step.md §7.3-7.4. logp (n, K) is corrected in place. With moments, cbuf gets
+    # each lane's conditional covariance C (lower triangle, packed), or, on the precision
+    # route with one precision per component and at least ``defer`` missing cells, the
+    # LDL factors of P_mm = C⁻¹ (the same entries), which fac[loff[q] + lane] marks:
+    # ``cov_lanes`` inverts only those of them the responsibilities give weight. With
+    # ``raw`` (the quad route), logp holds the zero-filled rows' log-densities,
+    # V (n, d, K) = P x₀, and Xhat (K, n, d)
     # gets the incomplete rows filled in under each component. Otherwise (the direct
     # route) MT and PmuT are zero, logp holds −½(d log 2π + log|Σ| + δ_oᵀ P δ_o), V = P δ_o
     # and Xhat = δ_o, which gets x̂ − μ. PT (d, d, Kf) holds the precisions: Kf = K, or 1
@@ -205,9 +209,22 @@ def fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT, means
                 if ldk[l] != ldk[l]:
                     ok[l] = False
             if moments:  # Cov[x_m | x_o] = P_mm⁻¹
-                if Kf == K:
+                lb = loff[q] + p0 * K
+                if Kf == K and c >= defer:  # its factors, inverted by cov_lanes if the
+                    # lane has weight
+                    for a in range(c):
+                        row = a * (a + 1) // 2
+                        for b in range(a + 1):
+                            for l in range(L):
+                                out[row + b, l] = A[a, b, l]
+                    for l in range(L):
+                        fac[lb + l] = ok[l]  # the others get their C below
+                elif Kf == K:  # (fac is read only where c >= defer)
                     lanes_inverse(A, c, L, out, Wb)
                 else:  # one per pattern, for each of its lanes
+                    if c >= defer:
+                        for l in range(L):
+                            fac[lb + l] = False
                     lanes_inverse(A, c, Lf, Ct, Wb)
                     for e in range(T):
                         for gi in range(P):
@@ -333,18 +350,37 @@ def weighted_rows(Xhat, wr, S1):
 
 
 @jit
-def cov_lanes(mask, order, starts, gpat, gstart, nb, wr, cbuf, goff, S2):
-    # S2[k] += Σ over patterns g of (Σ_{i in g} wr[i, k]) C_gk, each lane's C (lower
-    # triangle in cbuf) placed at its pattern's missing block; summed with the component
-    # innermost in ``acc``, then mirrored into S2. A batch's entries are taken one at a
-    # time across its patterns, so that each row of the batch's triangles is read front
-    # to back: a pattern at a time, jumping between c(c+1)/2 rows of them, took 1.6-1.8x
-    # as long (docs/e-step.md §7.4). The sums' order depends on the batches, so the
-    # number of patterns a batch takes moves S2 by rounding
+def cov_lanes(mask, order, starts, gpat, gstart, nb, wr, cbuf, goff, fac, loff, cut, defer,
+              S2):
+    # S2[k] += Σ over patterns g of W_gk C_gk, W_gk = Σ_{i in g} wr[i, k], each lane's C
+    # placed at its pattern's missing block. In the groups of at least ``defer`` missing
+    # cells a lane of weight at most cut[k] adds nothing, its W_gk C_gk being below
+    # rounding, and a lane that fac marks holds the LDL factors of C⁻¹ (``fill_lanes``):
+    # a batch's such lanes of weight above cut[k] are inverted together and their C put
+    # in their place (docs/e-step.md §7.4). The sums run with the component innermost in
+    # ``acc``, then are mirrored into S2. A batch's entries are taken one at a time
+    # across its patterns, so that each row of the batch's triangles is read front to
+    # back: a pattern at a time, jumping between c(c+1)/2 rows of them, took 1.6-1.8x as
+    # long. The sums' order depends on the batches, so the number of patterns a batch
+    # takes moves S2 by rounding
     d = mask.shape[1]
     K = wr.shape[1]
+    h = 0  # the most missing cells of a pattern that may hold factors
+    for q in range(gstart.size - 1):
+        if gstart[q + 1] > gstart[q]:
+            c = d - int(mask[order[starts[gpat[gstart[q]]]]].sum())
+            if c >= defer:
+                h = max(h, c)
+    Lmax = nb * K
     M = np.empty((nb, d), np.int64)
-    W = np.empty(nb * K)  # the batch's lanes' Σ_{i in g} wr[i, k]
+    W = np.empty(Lmax)  # the batch's lanes' Σ_{i in g} wr[i, k], 0 where skipped (a
+    # skipped lane's factors, finite on the precision route, are added times 0)
+    keep = np.empty(Lmax, np.int64)  # the factored lanes to invert
+    # scratch for them, taken per batch as (c, c, lanes) from the front: the pages
+    # touched are then few (a fresh page costs a fault)
+    Abuf = np.empty(h * h * Lmax)
+    Wbuf = np.empty(h * h * Lmax)
+    Cbuf = np.empty(h * (h + 1) // 2 * Lmax)
     acc = np.zeros((d, d, K))
     for q in range(gstart.size - 1):
         G = gstart[q + 1] - gstart[q]
@@ -359,6 +395,7 @@ def cov_lanes(mask, order, starts, gpat, gstart, nb, wr, cbuf, goff, S2):
             T = c * (c + 1) // 2
             base = goff[q] + p0 * K * T
             out = cbuf[base : base + T * L].reshape(T, L)
+            lb = loff[q] + p0 * K
             for gi in range(P):
                 g = gpat[gstart[q] + p0 + gi]
                 pattern_columns(mask, order[starts[g]], M, gi)
@@ -367,6 +404,29 @@ def cov_lanes(mask, order, starts, gpat, gstart, nb, wr, cbuf, goff, S2):
                 for r in range(starts[g], starts[g + 1]):
                     for k in range(K):
                         W[gi * K + k] += wr[order[r], k]
+            nf = 0
+            for gi in range(P if c >= defer else 0):  # the lanes that may hold factors
+                for k in range(K):
+                    l = gi * K + k
+                    if not W[l] > cut[k]:
+                        W[l] = 0.0
+                    elif fac[lb + l]:
+                        keep[nf] = l
+                        nf += 1
+            if nf > 0:  # their factors side by side, inverted, and their C put back
+                A = Abuf[: c * c * nf].reshape((c, c, nf))
+                Wb = Wbuf[: c * c * nf].reshape((c, c, nf))
+                Cs = Cbuf[: T * nf].reshape((T, nf))
+                for a in range(c):
+                    row = a * (a + 1) // 2
+                    for b in range(a + 1):
+                        e = out[row + b]
+                        for f in range(nf):
+                            A[a, b, f] = e[keep[f]]
+                lanes_inverse(A, c, nf, Cs, Wb)
+                for e in range(T):
+                    for f in range(nf):
+                        out[e, keep[f]] = Cs[e, f]
             for a in range(c):
                 row = a * (a + 1) // 2
                 for b in range(a + 1):
