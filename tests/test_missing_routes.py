@@ -118,13 +118,14 @@ def test_the_batches_of_lanes_change_nothing(monkeypatch, tied, cond):
 
 
 @pytest.mark.parametrize("cond", [None, 1e7])  # the quad route, and off it (direct)
-def test_lanes_without_weight_leave_out_only_what_rounding_would(monkeypatch, cond):
-    """Patterns missing at least ``DEFER_MISSING`` cells leave their lanes' conditional
-    covariances to the M-step's sums, which form only those of lanes whose rows carry
-    more than ``SKIP_WEIGHT`` of their component's weight in the block (docs/e-step.md
-    §7.4). On well-separated components most lanes carry less than that; the sums equal
-    the numpy route's to rounding wherever the cut falls, and a cut that is not below
-    rounding (half the weight) shows in them."""
+def test_rows_and_lanes_without_weight_leave_out_only_rounding(monkeypatch, cond):
+    """Rows whose weight under a component is at most ``SKIP_WEIGHT`` of its weight in the
+    block stay out of its GEMM, and patterns missing at least ``DEFER_MISSING`` cells
+    leave their lanes' conditional covariances to the M-step's sums, which form only
+    those of lanes whose rows carry more than that (docs/e-step.md §7.4). On
+    well-separated components most rows and lanes carry less; the sums equal the numpy
+    route's to rounding wherever the cut falls, and a cut that is not below rounding
+    (half the weight) shows in them."""
     from emcli import kernels
 
     rng = np.random.default_rng(21)

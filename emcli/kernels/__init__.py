@@ -343,20 +343,21 @@ def filled_sums(wr: np.ndarray, found: tuple[Any, ...]) -> tuple[np.ndarray, np.
     """``Σ w r y`` ``(K, d)`` and ``Σ w r (y yᵀ + C)`` ``(K, d, d)`` of the rows
     ``fill_incomplete`` filled in under each component (``y = x̂``: raw sums) or
     ``direct_incomplete`` did (``y = x̂ − μ``: around the means), ``wr`` in the chunk's
-    row order. Consumes ``found`` (its rows are scaled in place)."""
+    row order."""
     kernels = _compiled()
     Xhat, groups, (goff, loff, fac), nb, cbuf, mask, perm = found
     K, n, d = Xhat.shape
     wr = rows_in(np.asarray(wr, dtype=float), perm)  # in the kernels' order
     S1 = np.empty((K, d))
     S2 = np.empty((K, d, d))
-    kernels.weighted_rows(Xhat, wr, S1)  # Xhat[k] scaled by √(w r)
-    for k in range(K):
-        np.matmul(Xhat[k].T, Xhat[k], out=S2[k])
-    order, starts, gpat, gstart = groups
-    # a lane whose weight is at most SKIP_WEIGHT of its component's in the block adds
-    # less than rounding to S2 (docs/e-step.md §7.4): its C is not formed
+    # a row or lane whose weight is at most SKIP_WEIGHT of its component's in the block
+    # adds less than rounding to S2 (docs/e-step.md §7.4): it is left out
     cut = SKIP_WEIGHT * wr.sum(axis=0)
+    kept = np.empty((n, d))  # a component's rows of weight, scaled by √(w r)
+    for k in range(K):
+        m = kernels.weighted_rows(Xhat[k], wr, k, cut[k], kept, S1[k])
+        np.matmul(kept[:m].T, kept[:m], out=S2[k])
+    order, starts, gpat, gstart = groups
     kernels.cov_lanes(mask, order, starts, gpat, gstart, nb, wr, cbuf, goff, fac, loff, cut,
                       DEFER_MISSING, S2)
     return S1, S2

@@ -334,19 +334,24 @@ def zero_filled(X0, V, PmuT, const, logp):
 
 
 @jit
-def weighted_rows(Xhat, wr, S1):
-    # S1[k] = Σ_i wr[i, k] Xhat[k, i]; Xhat[k, i] scaled by √wr[i, k] in place, so that
-    # Xhat[k]ᵀ Xhat[k] = Σ_i wr[i, k] x̂ x̂ᵀ is one GEMM
-    K, n, d = Xhat.shape
-    for k in range(K):
+def weighted_rows(Xk, wr, k, cut, out, S1k):
+    # S1k = Σ_i wr[i, k] Xk[i] over every row, and into out, front to back, the rows of
+    # weight above cut scaled by √wr[i, k], so that outᵀ out over them is Σ_i wr[i, k] x̂ x̂ᵀ
+    # (the rows at or below it add less than rounding); returns how many rows out holds
+    n, d = Xk.shape
+    for j in range(d):
+        S1k[j] = 0.0
+    m = 0
+    for i in range(n):
+        w = wr[i, k]
         for j in range(d):
-            S1[k, j] = 0.0
-        for i in range(n):
-            s = np.sqrt(wr[i, k])
+            S1k[j] += w * Xk[i, j]
+        if w > cut:
+            s = np.sqrt(w)
             for j in range(d):
-                v = Xhat[k, i, j] * s
-                Xhat[k, i, j] = v
-                S1[k, j] += v * s
+                out[m, j] = Xk[i, j] * s
+            m += 1
+    return m
 
 
 @jit
