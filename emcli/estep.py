@@ -98,11 +98,17 @@ def _general_statistics(
             st.Z1 = np.matmul(wr.T[:, None, :], Z.transpose(1, 0, 2))[:, 0, :]
         else:  # summed in float64
             st.Z1 = np.einsum("nk,nkd->kd", wr, Z, dtype=float)
-        Zs = Z * np.sqrt(wr).astype(Z.dtype)[:, :, None]
-        # each component's rows in place (a strided view BLAS takes as it is): one GEMM
-        # each, twice a SYRK's arithmetic but no copy
-        st.Z2 = np.stack([Zs[:, k, :].T @ Zs[:, k, :] for k in range(K)]).astype(
-            float, copy=False)
+        # each component's GEMM over its rows of weight, scaled by √(w r): a row whose
+        # w r is at most SKIP_WEIGHT of the component's in the chunk adds less than
+        # rounding (docs/e-step.md §7.4), and on separated components most rows are such
+        cut = kernels.SKIP_WEIGHT * N
+        Z2 = np.empty((K, d, d), dtype=Z.dtype)
+        for k in range(K):
+            rows = np.flatnonzero(wr[:, k] > cut[k])
+            Zk = np.take(Z[:, k, :], rows, axis=0)
+            Zk *= np.sqrt(wr[rows, k]).astype(Z.dtype)[:, None]
+            np.matmul(Zk.T, Zk, out=Z2[k])
+        st.Z2 = Z2.astype(float, copy=False)
     return st
 
 

@@ -286,3 +286,46 @@ def test_routes_that_build_no_design_ignore_its_budget(monkeypatch, covariance_t
     else:
         assert routes == [{"Z"}, {"filled"}]
         np.testing.assert_allclose(ll_over, ll_in, rtol=1e-11)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_whitened_sums_leave_out_only_rounding(monkeypatch, shared):
+    """The whitened route's M-step sums take, for each component, only its rows of weight
+    (``w r`` above ``SKIP_WEIGHT`` of its weight in the chunk; docs/e-step.md §7.4). On
+    separated components most rows carry less than that under most components: the sums
+    equal a direct computation from the reference responsibilities to rounding, and a
+    cut that is not below rounding (half the weight) shows in them."""
+    from scipy.special import logsumexp
+
+    from emcli import kernels
+    from emcli.estep import chunk_statistics
+    from emcli.gaussian import Chunk, prepare_gen
+
+    rng = np.random.default_rng(17)
+    K, d = 3, 4
+    means = np.array([[0.0, 0.0, 0.0, 0.0], [12.0, 3.0, -6.0, 1.5], [-9.0, 9.0, 3.0, 6.0]])
+    A = rng.normal(size=(K, d, d)) / 2
+    cov = A @ np.swapaxes(A, 1, 2) + 0.3 * np.eye(d)
+    if shared:
+        cov[:] = cov[0]
+    weights = np.array([0.5, 0.3, 0.2])
+    y = rng.choice(K, size=900, p=weights)
+    X = means[y] + np.einsum("nij,nj->ni", np.linalg.cholesky(cov)[y], rng.normal(size=(900, d)))
+    log_r = np.log(weights) + np.stack(
+        [multivariate_normal(means[k], cov[k]).logpdf(X) for k in range(K)], axis=1)
+    r = np.exp(log_r - logsumexp(log_r, axis=1, keepdims=True))
+    assert (r <= 1e-30).mean() > 0.3
+    dev = X[:, None, :] - means[None]
+    want = np.einsum("nk,nka,nkb->kab", r, dev, dev)
+    if shared:
+        want = want.sum(axis=0)
+
+    def scatter():
+        prep = prepare_gen(means, cov, shared, np.float64)
+        prep.quad_limit = -np.inf  # the whitened route for every row
+        totals = chunk_statistics(Chunk(X, np.ones(X.shape[0])), prep, np.log(weights))
+        return totals.stats.scatter(prep, pooled=shared)[2]
+
+    np.testing.assert_allclose(scatter(), want, rtol=1e-10, atol=1e-10 * np.abs(want).max())
+    monkeypatch.setattr(kernels, "SKIP_WEIGHT", 0.5)
+    assert np.abs(scatter() - want).max() > 1e-6 * np.abs(want).max()
