@@ -35,8 +35,9 @@ COMPILED_MIN_WORK = 4_000_000
 # Lanes (pattern, component) per batch of the kernels (docs/e-step.md §7.4): few enough
 # that a batch's factors stay in the L1/L2 cache.
 LANES = 256
-# A lane (pattern, component) whose rows' Σ w r is at most this share of the component's
-# in the block skips its conditional covariance in the M-step's sums (``filled_sums``).
+# A row, or a pattern's rows, whose Σ w r under a component is at most this share of the
+# component's Σ w r in the block stays out of its M-step sums: what it would add is below
+# rounding (docs/e-step.md §7.4; ``filled_sums``, and the whitened route's in ``estep``).
 SKIP_WEIGHT = 1e-30
 # Patterns missing at least this many cells leave their lanes' conditional covariances to
 # the M-step's sums, which form only those of lanes with weight: below it, inverting
