@@ -241,7 +241,7 @@ def direct_incomplete(
     PT = np.ascontiguousarray(prec.transpose(1, 2, 0))  # tied: one, factored once
     found = _lanes(X0, mask, vgroups, V, PT, np.zeros((d, K)), np.zeros((d, K)), means,
                    cov, precise, moments, False, logp, Xhat)
-    return _unvisit(logp, perm), (*found, mask, perm)
+    return _unvisit(logp, perm), (*found, mask, perm, X0, False)
 
 
 def visit_order(
@@ -324,8 +324,7 @@ def fill_incomplete(
     PT = np.ascontiguousarray(prec.transpose(1, 2, 0))  # tied: one, factored once
     MT = np.ascontiguousarray(means.T)
     PmuT = np.ascontiguousarray(np.einsum("kab,kb->ak", full, means))
-    Xhat = np.empty((K, n, d))  # the kernel writes the incomplete rows, filled in
-    Xhat[:, :nc] = X0[:nc]  # the complete rows come first
+    Xhat = np.empty((K, n, d))  # the kernel writes the fills at the missing cells
     Kf = PT.shape[2]
     V = (X0 @ PT.reshape(d, d * Kf)).reshape(n, d, Kf)  # P x₀, one GEMM for every component
     if Kf < K:
@@ -337,16 +336,17 @@ def fill_incomplete(
     _compiled().zero_filled(X0, V, PmuT, const, logp)
     found = _lanes(X0, mask, vgroups, V, PT, MT, PmuT, means, cov, precise, moments, True,
                    logp, Xhat)
-    return _unvisit(logp, perm), (*found, mask, perm)
+    return _unvisit(logp, perm), (*found, mask, perm, X0, True)
 
 
 def filled_sums(wr: np.ndarray, found: tuple[Any, ...]) -> tuple[np.ndarray, np.ndarray]:
     """``Σ w r y`` ``(K, d)`` and ``Σ w r (y yᵀ + C)`` ``(K, d, d)`` of the rows
-    ``fill_incomplete`` filled in under each component (``y = x̂``: raw sums) or
+    ``fill_incomplete`` filled in under each component (``y = x̂``, ``x₀`` with the
+    fills at its missing cells: raw sums) or
     ``direct_incomplete`` did (``y = x̂ − μ``: around the means), ``wr`` in the chunk's
     row order."""
     kernels = _compiled()
-    Xhat, groups, (goff, loff, fac), nb, cbuf, mask, perm = found
+    Xhat, groups, (goff, loff, fac), nb, cbuf, mask, perm, X0, raw = found
     K, n, d = Xhat.shape
     wr = rows_in(np.asarray(wr, dtype=float), perm)  # in the kernels' order
     S1 = np.empty((K, d))
@@ -356,7 +356,7 @@ def filled_sums(wr: np.ndarray, found: tuple[Any, ...]) -> tuple[np.ndarray, np.
     cut = SKIP_WEIGHT * wr.sum(axis=0)
     kept = np.empty((n, d))  # a component's rows of weight, scaled by √(w r)
     for k in range(K):
-        m = kernels.weighted_rows(Xhat[k], wr, k, cut[k], kept, S1[k])
+        m = kernels.weighted_rows(Xhat[k], X0, mask, raw, wr, k, cut[k], kept, S1[k])
         np.matmul(kept[:m].T, kept[:m], out=S2[k])
     order, starts, gpat, gstart = groups
     kernels.cov_lanes(mask, order, starts, gpat, gstart, nb, wr, cbuf, goff, fac, loff, cut,

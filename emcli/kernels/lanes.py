@@ -114,8 +114,9 @@ def fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT, means
     # LDL factors of P_mm = C⁻¹ (the same entries), which fac[loff[q] + lane] marks:
     # ``cov_lanes`` inverts only those of them the responsibilities give weight. With
     # ``raw`` (the quad route), logp holds the zero-filled rows' log-densities,
-    # V (n, d, K) = P x₀, and Xhat (K, n, d)
-    # gets the incomplete rows filled in under each component. Otherwise (the direct
+    # V (n, d, K) = P x₀, and Xhat (K, n, d) gets the incomplete rows' fills under each
+    # component at their missing cells only (``weighted_rows`` takes the observed ones
+    # from X0). Otherwise (the direct
     # route) MT and PmuT are zero, logp holds −½(d log 2π + log|Σ| + δ_oᵀ P δ_o), V = P δ_o
     # and Xhat = δ_o, which gets x̂ − μ. PT (d, d, Kf) holds the precisions: Kf = K, or 1
     # when every component shares one (tied), factored then once per pattern. Returns -1,
@@ -281,10 +282,6 @@ def fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT, means
                     for k in range(K):
                         logp[i, k] -= 0.5 * (-c * LOG_2PI + ldk[src + k] + lin[dst + k]
                                              - quad[dst + k])
-                    if raw:
-                        for k in range(K):
-                            for j in range(d):
-                                Xhat[k, i, j] = X0[i, j]
                     for a in range(c):
                         ma = M[pg[ri], a]
                         for k in range(K):
@@ -334,23 +331,33 @@ def zero_filled(X0, V, PmuT, const, logp):
 
 
 @jit
-def weighted_rows(Xk, wr, k, cut, out, S1k):
-    # S1k = Σ_i wr[i, k] Xk[i] over every row, and into out, front to back, the rows of
-    # weight above cut scaled by √wr[i, k], so that outᵀ out over them is Σ_i wr[i, k] x̂ x̂ᵀ
-    # (the rows at or below it add less than rounding); returns how many rows out holds
+def weighted_rows(Xk, X0, mask, raw, wr, k, cut, out, S1k):
+    # Into out, front to back, the rows of weight above cut scaled by √wr[i, k], so that
+    # outᵀ out over them is Σ_i wr[i, k] x̂ x̂ᵀ, and S1k = Σ_i wr[i, k] x̂_i over them (the
+    # rows at or below it add less than rounding to either); returns how many rows out
+    # holds. x̂_i is Xk[i], or with ``raw`` X0[i] with Xk[i] at its missing cells (the
+    # lanes kernel writes only those)
     n, d = Xk.shape
     for j in range(d):
         S1k[j] = 0.0
     m = 0
     for i in range(n):
         w = wr[i, k]
-        for j in range(d):
-            S1k[j] += w * Xk[i, j]
-        if w > cut:
-            s = np.sqrt(w)
+        if not w > cut:
+            continue
+        s = np.sqrt(w)
+        if raw:
+            for j in range(d):
+                out[m, j] = X0[i, j] * s
+            for j in range(d):
+                if not mask[i, j]:
+                    out[m, j] = Xk[i, j] * s
+        else:
             for j in range(d):
                 out[m, j] = Xk[i, j] * s
-            m += 1
+        for j in range(d):
+            S1k[j] += out[m, j] * s
+        m += 1
     return m
 
 
