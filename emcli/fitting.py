@@ -174,8 +174,9 @@ def working_set(
     ``block_rows``: the rows of the source's blocks, if not ``chunk_rows_for(d)``."""
     c = max(1, block_rows or chunk_rows_for(d))
     # the widest temporaries, thrice; and the compiled kernels' filled rows and P x₀ of an
-    # incomplete chunk, K·d numbers a row each (docs/e-step.md §7.3)
-    chunk = c * ((d * (d + 1) // 2 + 3 * d + 4 * K + 8) * 3 + 2 * K * d) * 8
+    # incomplete chunk, K·d numbers a row each, and the rows of weight their sums take
+    # (d numbers a row; docs/e-step.md §7.3)
+    chunk = c * ((d * (d + 1) // 2 + 3 * d + 4 * K + 8) * 3 + 2 * K * d + d) * 8
     if n_rows * K * d >= kernels.COMPILED_MIN_WORK:  # the compiled kernels' scratch
         chunk += kernels.scratch_bound(d, K)
     sample = min(n_rows, KMEANS_SAMPLE) * (d + 2) * 8
