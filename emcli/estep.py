@@ -93,18 +93,20 @@ def _general_statistics(
     elif "quad" in cache:  # raw sums, moved to the old means once per pass
         st.F = (wr.T @ cache["quad"].T).T  # (K × rows)(rows × D): faster in BLAS than Fᵀ-first
     else:
-        Z = cache["Z"]
+        Z, z_sq = cache["Z"]
         if Z.dtype == np.float64:  # (K, 1, rows)(K, rows, d) in BLAS
             st.Z1 = np.matmul(wr.T[:, None, :], Z.transpose(1, 0, 2))[:, 0, :]
         else:  # summed in float64
             st.Z1 = np.einsum("nk,nkd->kd", wr, Z, dtype=float)
-        # each component's GEMM over its rows of weight, scaled by √(w r): a row whose
-        # w r is at most SKIP_WEIGHT of the component's in the chunk adds less than
-        # rounding (docs/e-step.md §7.4), and on separated components most rows are such
-        cut = kernels.SKIP_WEIGHT * N
+        # each component's GEMM over the rows that count, scaled by √(w r): a row whose
+        # w r |z|² is at most SKIP_WEIGHT N_k (z whitened by the component: λmin 1) adds,
+        # with all such rows, less than the sum's rounding (docs/e-step.md §7.4), and on
+        # separated components most rows are such
+        small = kernels.SKIP_WEIGHT * N
+        part = wr * z_sq
         Z2 = np.empty((K, d, d), dtype=Z.dtype)
         for k in range(K):
-            rows = np.flatnonzero(wr[:, k] > cut[k])
+            rows = np.flatnonzero(part[:, k] > small[k])
             Zk = np.take(Z[:, k, :], rows, axis=0)
             Zk *= np.sqrt(wr[rows, k]).astype(Z.dtype)[:, None]
             np.matmul(Zk.T, Zk, out=Z2[k])

@@ -232,6 +232,7 @@ class GenPrepared:
     precise: bool = False  # every component conditioned well enough for the precision route
     precise_k: np.ndarray | None = None  # (K,): which are (the compiled quad mode's choice)
     compiled: bool = False  # incomplete rows through the compiled kernels (kernels/)
+    spread: np.ndarray | None = None  # (K, 2): each component's λmin(Σ) and λmax(Σ)
     coef: np.ndarray | None = None  # (D, K): log-density as a linear map of the quad design
     quad_limit: float = -np.inf  # the quad route serves chunks whose rows have |x|^2 below it
 
@@ -299,6 +300,7 @@ def prepare_gen(
     lam = np.linalg.eigvalsh(P)
     lam_max = lam[:, -1]
     prep.prec = P
+    prep.spread = np.stack([1.0 / lam_max, 1.0 / lam[:, 0]], axis=1)
     # eps·λmax(P)·λmax(Σ_oo) ≤ eps·λmax(P)/λmin(P): the precision route's error bound
     prep.precise_k = np.finfo(float).eps * lam_max < PRECISION_ROUTE_BOUND * lam[:, 0]
     prep.precise = bool(np.all(prep.precise_k))
@@ -367,13 +369,13 @@ def log_prob_gen(
                 return tied[0], cache
         if quad:  # zero-filled rows (§7.3): no design is built
             out, found = kernels.fill_incomplete(
-                X0, chunk.mask, chunk.pattern_groups(), prep.means,
-                prep.cov[one], prep.prec[one], prep.log_det[one], prep.precise_k, moments)
+                X0, chunk.mask, chunk.pattern_groups(), prep.means, prep.cov[one],
+                prep.prec[one], prep.log_det[one], prep.precise_k, moments, prep.spread)
             cache["filled"] = found
         else:
             out, found = kernels.direct_incomplete(
                 X0, chunk.mask, chunk.pattern_groups(), prep.means, prep.cov[one],
-                prep.prec[one], prep.log_det[one], prep.precise_k, moments)
+                prep.prec[one], prep.log_det[one], prep.precise_k, moments, prep.spread)
             cache["deviations"] = found
         return out, cache
     if not chunk.complete:
@@ -406,7 +408,7 @@ def log_prob_gen(
         Z -= prep.b
         Z = Z.reshape(-1, K, d)
     maha = np.einsum("nkd,nkd->nk", Z, Z)
-    cache["Z"] = Z
+    cache["Z"] = Z, maha  # and |z|², for the sums (docs/e-step.md §8)
     return -0.5 * (d * LOG_2PI + prep.log_det + maha), cache
 
 

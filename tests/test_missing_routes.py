@@ -422,3 +422,65 @@ def test_the_kernels_visit_every_row_once_pattern_by_pattern():
         for g in gpat[gstart[q]:gstart[q + 1]]:
             rows = seen[starts[g]:starts[g + 1]]
             assert rows.size and (rows == rows[0]).all() and d - rows[0].sum() == q
+
+
+@pytest.mark.parametrize("holes", [False, True])
+def test_a_far_row_of_tiny_weight_still_counts_in_the_sums(holes):
+    """What a row leaves out of a sum is judged by its part of that sum, ``w r |y|²``,
+    not by its weight alone: a row 1e13 from every centre with weight 1e-31 adds more
+    than rounding to the M-step's sums, and the compiled route (with holes) and the
+    whitened one (without) keep it, giving the numpy route's sums to rounding."""
+    from emcli import kernels
+
+    rng = np.random.default_rng(0)
+    K, d, n = 2, 3, 1000
+    means = np.array([[0.0, 0.0, 0.0], [5.0, 0.0, 0.0]])
+    cov = np.stack([np.eye(d)] * K)
+    X = means[rng.integers(0, K, n)] + rng.normal(size=(n, d))
+    w = np.ones(n)
+    X[0], w[0] = [1e13, 0.0, 0.0], 1e-31
+    if holes:
+        X[1::3, 2] = np.nan
+    got = {}
+    for compiled in (False, True):
+        prep = prepare_gen(means, cov, False, np.float64)
+        prep.compiled = compiled
+        chunk = Chunk(X, w)
+        assert chunk.max_sq_norm > prep.quad_limit  # off the quad route: no |x| bound
+        totals = chunk_statistics(chunk, prep, np.log([0.5, 0.5]))
+        got[compiled] = totals.stats.scatter(prep)[2]
+    if holes:  # the compiled route against the numpy route's conditional moments
+        want = got[False]
+    else:  # the whitened route against the sums from the reference responsibilities
+        ref = ref_component_logpdf(X, means, cov) + np.log([0.5, 0.5])
+        r = w[:, None] * np.exp(ref - logsumexp(ref, axis=1, keepdims=True))
+        dev = X[:, None, :] - means[None]
+        want = np.einsum("nk,nka,nkb->kab", r, dev, dev)
+    assert w[0] < kernels.SKIP_WEIGHT * w.sum()  # by weight alone it would be left out
+    np.testing.assert_allclose(got[True], want, rtol=1e-12)
+
+
+def test_the_filled_sums_can_be_taken_twice():
+    """``filled_sums`` leaves what ``fill_incomplete`` found as it was: the lanes whose
+    conditional covariances it formed from their factors say so, and a second call on
+    the same rows gives the same sums."""
+    from emcli import kernels
+    from emcli.gaussian import log_prob_gen
+
+    rng = np.random.default_rng(1)
+    K, d, n = 3, 14, 600
+    A = rng.normal(size=(K, d, d)) / 3
+    cov = A @ np.swapaxes(A, 1, 2) + np.eye(d)
+    means = rng.normal(size=(K, d)) * 3
+    X = mcar(means[rng.integers(0, K, n)] + rng.normal(size=(n, d)), 0.7, seed=2)
+    X = X[np.isnan(X).sum(axis=1) < d]
+    assert (np.isnan(X).sum(axis=1) >= kernels.DEFER_MISSING).any()
+    prep = prepare_gen(means, cov, False, np.float64)
+    prep.compiled = True
+    _, cache = log_prob_gen(Chunk(X, np.ones(len(X))), prep)
+    found = cache["filled"] if "filled" in cache else cache["deviations"]
+    wr = np.full((len(X), K), 1.0 / K)
+    first = kernels.filled_sums(wr, found)
+    second = kernels.filled_sums(wr, found)
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -183,8 +183,10 @@ def test_compare_kmeans_in_the_python_api() -> None:
     X, y = blobs(600, 3, 3, seed=2, sep=8.0)
     gm = GaussianMixture(3, random_state=0, compare_kmeans=True).fit(X)
     c = gm.kmeans_comparison_
-    # EM starts from k-means' one M-step and never lowers the likelihood
-    assert c["em_log_likelihood"] >= c["kmeans_log_likelihood"]
+    # EM starts from k-means' one M-step and never lowers the likelihood (to rounding:
+    # on blobs this far apart EM's first step barely moves, by rounding either way)
+    km = c["kmeans_log_likelihood"]
+    assert c["em_log_likelihood"] >= km - 1e-12 * abs(km)
     assert c["rows_compared"] == 600 and c["adjusted_rand_index"] > 0.9
     # overlapping clusters: hard and soft disagree on some rows, and those are uncertain ones
     X, _ = blobs(2000, 2, 3, seed=5, sep=1.5)

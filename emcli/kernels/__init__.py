@@ -35,9 +35,11 @@ COMPILED_MIN_WORK = 4_000_000
 # Lanes (pattern, component) per batch of the kernels (docs/e-step.md §7.4): few enough
 # that a batch's factors stay in the L1/L2 cache.
 LANES = 256
-# A row, or a pattern's rows, whose Σ w r under a component is at most this share of the
-# component's Σ w r in the block stays out of its M-step sums: what it would add is below
-# rounding (docs/e-step.md §7.4; ``filled_sums``, and the whitened route's in ``estep``).
+# A row whose part of a component's M-step sum Σ w r y yᵀ, w r |y|², is at most this
+# share of N_k λmin(Σ_k) (N_k: the component's Σ w r in the block), or a pattern whose
+# Σ w r C is at most that share (|C| ≤ λmax(Σ_k)), stays out of the sum: together they
+# would add less than its rounding (docs/e-step.md §7.4; ``filled_sums``, and the
+# whitened route's sums in ``estep``).
 SKIP_WEIGHT = 1e-30
 # Patterns missing at least this many cells leave their lanes' conditional covariances to
 # the M-step's sums, which form only those of lanes with weight: below it, inverting
@@ -217,6 +219,7 @@ def direct_incomplete(
     log_det: np.ndarray,
     precise: np.ndarray,
     moments: bool,
+    spread: np.ndarray | None = None,
 ) -> tuple[np.ndarray, tuple[Any, ...]]:
     """Log-densities over the observed cells of an incomplete chunk ``(n, K)`` off the
     quad route, and what ``filled_sums`` needs: the rows' deviations ``x̂ − μ``
@@ -241,7 +244,7 @@ def direct_incomplete(
     PT = np.ascontiguousarray(prec.transpose(1, 2, 0))  # tied: one, factored once
     found = _lanes(X0, mask, vgroups, V, PT, np.zeros((d, K)), np.zeros((d, K)), means,
                    cov, precise, moments, False, logp, Xhat)
-    return _unvisit(logp, perm), (*found, mask, perm, X0, False)
+    return _unvisit(logp, perm), (*found, mask, perm, _spread(prec, K, spread))
 
 
 def visit_order(
@@ -264,6 +267,15 @@ def visit_order(
     vstarts = np.concatenate([[0], ends]).astype(np.int64) + nc
     return perm, nc, (np.arange(n, dtype=np.int64), vstarts,
                       np.arange(gpat.size, dtype=np.int64), gstart)
+
+
+def _spread(prec: np.ndarray, K: int, spread: np.ndarray | None) -> np.ndarray:
+    """Each component's ``λmin(Σ)`` and ``λmax(Σ)`` ``(K, 2)``: ``spread`` when the caller
+    has them (``GenPrepared.spread``), else from the precisions."""
+    if spread is None:
+        lam = np.linalg.eigvalsh(prec)  # of P = Σ⁻¹
+        spread = np.stack([1.0 / lam[:, -1], 1.0 / lam[:, 0]], axis=1)
+    return np.broadcast_to(spread, (K, 2))
 
 
 def rows_in(a: np.ndarray, order: np.ndarray) -> np.ndarray:
@@ -295,7 +307,7 @@ def _lanes(X0: np.ndarray, mask: np.ndarray, groups: tuple[np.ndarray, ...], V: 
                                  loff, DEFER_MISSING)
     if bad >= 0:
         raise BlockNotPD(int(bad))
-    return Xhat, groups, (goff, loff, fac), nb, cbuf
+    return Xhat, groups, (goff, loff, fac, DEFER_MISSING), nb, cbuf
 
 
 def fill_incomplete(
@@ -308,6 +320,7 @@ def fill_incomplete(
     log_det: np.ndarray,
     precise: np.ndarray,
     moments: bool,
+    spread: np.ndarray | None = None,
 ) -> tuple[np.ndarray, tuple[Any, ...]]:
     """Log-densities over the observed cells of an incomplete chunk on the quad route
     ``(n, K)``: those of its zero-filled rows, expanded as in the quad design, corrected
@@ -324,7 +337,8 @@ def fill_incomplete(
     PT = np.ascontiguousarray(prec.transpose(1, 2, 0))  # tied: one, factored once
     MT = np.ascontiguousarray(means.T)
     PmuT = np.ascontiguousarray(np.einsum("kab,kb->ak", full, means))
-    Xhat = np.empty((K, n, d))  # the kernel writes the fills at the missing cells
+    Xhat = np.empty((K, n, d))  # the kernel writes the incomplete rows, filled in
+    Xhat[:, :nc] = X0[:nc]  # the complete rows come first
     Kf = PT.shape[2]
     V = (X0 @ PT.reshape(d, d * Kf)).reshape(n, d, Kf)  # P x₀, one GEMM for every component
     if Kf < K:
@@ -336,31 +350,31 @@ def fill_incomplete(
     _compiled().zero_filled(X0, V, PmuT, const, logp)
     found = _lanes(X0, mask, vgroups, V, PT, MT, PmuT, means, cov, precise, moments, True,
                    logp, Xhat)
-    return _unvisit(logp, perm), (*found, mask, perm, X0, True)
+    return _unvisit(logp, perm), (*found, mask, perm, _spread(prec, K, spread))
 
 
 def filled_sums(wr: np.ndarray, found: tuple[Any, ...]) -> tuple[np.ndarray, np.ndarray]:
     """``Σ w r y`` ``(K, d)`` and ``Σ w r (y yᵀ + C)`` ``(K, d, d)`` of the rows
-    ``fill_incomplete`` filled in under each component (``y = x̂``, ``x₀`` with the
-    fills at its missing cells: raw sums) or
+    ``fill_incomplete`` filled in under each component (``y = x̂``: raw sums) or
     ``direct_incomplete`` did (``y = x̂ − μ``: around the means), ``wr`` in the chunk's
     row order."""
     kernels = _compiled()
-    Xhat, groups, (goff, loff, fac), nb, cbuf, mask, perm, X0, raw = found
+    Xhat, groups, (goff, loff, fac, defer), nb, cbuf, mask, perm, spread = found
     K, n, d = Xhat.shape
     wr = rows_in(np.asarray(wr, dtype=float), perm)  # in the kernels' order
     S1 = np.empty((K, d))
     S2 = np.empty((K, d, d))
-    # a row or lane whose weight is at most SKIP_WEIGHT of its component's in the block
-    # adds less than rounding to S2 (docs/e-step.md §7.4): it is left out
-    cut = SKIP_WEIGHT * wr.sum(axis=0)
-    kept = np.empty((n, d))  # a component's rows of weight, scaled by √(w r)
+    # a row or pattern whose part of S2 is below SKIP_WEIGHT N_k λmin(Σ_k) is left out:
+    # together they add less than its rounding (docs/e-step.md §7.4)
+    small = SKIP_WEIGHT * wr.sum(axis=0) * spread[:, 0]
+    kept = np.empty((n, d))  # a component's rows that count, scaled by √(w r)
     for k in range(K):
-        m = kernels.weighted_rows(Xhat[k], X0, mask, raw, wr, k, cut[k], kept, S1[k])
+        m = kernels.weighted_rows(Xhat[k], wr, k, small[k], kept, S1[k])
         np.matmul(kept[:m].T, kept[:m], out=S2[k])
     order, starts, gpat, gstart = groups
+    cut = small / spread[:, 1]  # the patterns': |C| ≤ λmax(Σ_k)
     kernels.cov_lanes(mask, order, starts, gpat, gstart, nb, wr, cbuf, goff, fac, loff, cut,
-                      DEFER_MISSING, S2)
+                      defer, S2)
     return S1, S2
 
 

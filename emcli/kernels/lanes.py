@@ -114,9 +114,8 @@ def fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT, means
     # LDL factors of P_mm = C⁻¹ (the same entries), which fac[loff[q] + lane] marks:
     # ``cov_lanes`` inverts only those of them the responsibilities give weight. With
     # ``raw`` (the quad route), logp holds the zero-filled rows' log-densities,
-    # V (n, d, K) = P x₀, and Xhat (K, n, d) gets the incomplete rows' fills under each
-    # component at their missing cells only (``weighted_rows`` takes the observed ones
-    # from X0). Otherwise (the direct
+    # V (n, d, K) = P x₀, and Xhat (K, n, d)
+    # gets the incomplete rows filled in under each component. Otherwise (the direct
     # route) MT and PmuT are zero, logp holds −½(d log 2π + log|Σ| + δ_oᵀ P δ_o), V = P δ_o
     # and Xhat = δ_o, which gets x̂ − μ. PT (d, d, Kf) holds the precisions: Kf = K, or 1
     # when every component shares one (tied), factored then once per pattern. Returns -1,
@@ -282,6 +281,10 @@ def fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT, means
                     for k in range(K):
                         logp[i, k] -= 0.5 * (-c * LOG_2PI + ldk[src + k] + lin[dst + k]
                                              - quad[dst + k])
+                    if raw:
+                        for k in range(K):
+                            for j in range(d):
+                                Xhat[k, i, j] = X0[i, j]
                     for a in range(c):
                         ma = M[pg[ri], a]
                         for k in range(K):
@@ -331,33 +334,27 @@ def zero_filled(X0, V, PmuT, const, logp):
 
 
 @jit
-def weighted_rows(Xk, X0, mask, raw, wr, k, cut, out, S1k):
-    # Into out, front to back, the rows of weight above cut scaled by √wr[i, k], so that
-    # outᵀ out over them is Σ_i wr[i, k] x̂ x̂ᵀ, and S1k = Σ_i wr[i, k] x̂_i over them (the
-    # rows at or below it add less than rounding to either); returns how many rows out
-    # holds. x̂_i is Xk[i], or with ``raw`` X0[i] with Xk[i] at its missing cells (the
-    # lanes kernel writes only those)
+def weighted_rows(Xk, wr, k, thr, out, S1k):
+    # S1k = Σ_i wr[i, k] Xk[i] over every row, and into out, front to back, the rows whose
+    # share of the trace of Σ_i wr[i, k] Xk[i] Xk[i]ᵀ, wr[i, k] |Xk[i]|², passes thr,
+    # scaled by √wr[i, k]: outᵀ out is that sum but for what the others add, below
+    # rounding (docs/e-step.md §7.4); returns how many rows out holds
     n, d = Xk.shape
     for j in range(d):
         S1k[j] = 0.0
     m = 0
     for i in range(n):
         w = wr[i, k]
-        if not w > cut:
-            continue
-        s = np.sqrt(w)
-        if raw:
-            for j in range(d):
-                out[m, j] = X0[i, j] * s
-            for j in range(d):
-                if not mask[i, j]:
-                    out[m, j] = Xk[i, j] * s
-        else:
+        q = 0.0
+        for j in range(d):
+            v = Xk[i, j]
+            S1k[j] += w * v
+            q += v * v
+        if w * q > thr:
+            s = np.sqrt(w)
             for j in range(d):
                 out[m, j] = Xk[i, j] * s
-        for j in range(d):
-            S1k[j] += out[m, j] * s
-        m += 1
+            m += 1
     return m
 
 
@@ -367,7 +364,8 @@ def cov_lanes(mask, order, starts, gpat, gstart, nb, wr, cbuf, goff, fac, loff, 
     # S2[k] += Σ over patterns g of W_gk C_gk, W_gk = Σ_{i in g} wr[i, k], each lane's C
     # placed at its pattern's missing block. In the groups of at least ``defer`` missing
     # cells a lane of weight at most cut[k] adds nothing, its W_gk C_gk being below
-    # rounding, and a lane that fac marks holds the LDL factors of C⁻¹ (``fill_lanes``):
+    # rounding (cut[k] = SKIP_WEIGHT N_k λmin(Σ_k)/λmax(Σ_k), and |C_gk| ≤ λmax(Σ_k)),
+    # and a lane that fac marks holds the LDL factors of C⁻¹ (``fill_lanes``):
     # a batch's such lanes of weight above cut[k] are inverted together and their C put
     # in their place (docs/e-step.md §7.4). The sums run with the component innermost in
     # ``acc``, then are mirrored into S2. A batch's entries are taken one at a time
@@ -439,6 +437,8 @@ def cov_lanes(mask, order, starts, gpat, gstart, nb, wr, cbuf, goff, fac, loff, 
                 for e in range(T):
                     for f in range(nf):
                         out[e, keep[f]] = Cs[e, f]
+                for f in range(nf):
+                    fac[lb + keep[f]] = False  # it holds its C now
             for a in range(c):
                 row = a * (a + 1) // 2
                 for b in range(a + 1):
