@@ -128,6 +128,12 @@ def put_lanes(out, lane, C, c):  # the lower triangle of C[:c, :c], packed, into
 
 
 @inline
+def group_missing(mask, order, starts, gpat, gstart, q):  # the missing cells of each
+    # pattern in group q of ``pattern_groups`` (every pattern of a group misses as many)
+    return mask.shape[1] - int(mask[order[starts[gpat[gstart[q]]]]].sum())
+
+
+@inline
 def pattern_columns(mask, row, M, gi):  # the missing columns of a row into M[gi]
     c = 0
     for j in range(mask.shape[1]):

@@ -17,7 +17,15 @@ import numpy as np
 
 from emcli.gaussian import LOG_2PI
 
-from .blocks import jit, obs_block, obs_row, pattern_columns, put_lanes, split
+from .blocks import (
+    group_missing,
+    jit,
+    obs_block,
+    obs_row,
+    pattern_columns,
+    put_lanes,
+    split,
+)
 
 
 @jit
@@ -127,7 +135,7 @@ def fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT, means
     h = 1  # the most missing cells of a pattern here
     for q in range(gstart.size - 1):
         if gstart[q + 1] > gstart[q]:
-            h = max(h, d - int(mask[order[starts[gpat[gstart[q]]]]].sum()))
+            h = max(h, group_missing(mask, order, starts, gpat, gstart, q))
     Lmax = nb * K
     A = np.empty((h, h, Lmax))
     Fac = np.empty((h, h, Lmax))
@@ -158,7 +166,7 @@ def fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT, means
         G = gstart[q + 1] - gstart[q]
         if G == 0:
             continue
-        c = d - int(mask[order[starts[gpat[gstart[q]]]]].sum())
+        c = group_missing(mask, order, starts, gpat, gstart, q)
         for p0 in range(0, G, nb):
             P = min(nb, G - p0)
             L = P * K
@@ -378,7 +386,7 @@ def cov_lanes(mask, order, starts, gpat, gstart, nb, wr, cbuf, goff, fac, loff, 
     h = 0  # the most missing cells of a pattern that may hold factors
     for q in range(gstart.size - 1):
         if gstart[q + 1] > gstart[q]:
-            c = d - int(mask[order[starts[gpat[gstart[q]]]]].sum())
+            c = group_missing(mask, order, starts, gpat, gstart, q)
             if c >= defer:
                 h = max(h, c)
     Lmax = nb * K
@@ -396,7 +404,7 @@ def cov_lanes(mask, order, starts, gpat, gstart, nb, wr, cbuf, goff, fac, loff, 
         G = gstart[q + 1] - gstart[q]
         if G == 0:
             continue
-        c = d - int(mask[order[starts[gpat[gstart[q]]]]].sum())
+        c = group_missing(mask, order, starts, gpat, gstart, q)
         if c == 0:
             continue
         for p0 in range(0, G, nb):
