@@ -179,9 +179,19 @@ def _responsibilities(
     # about a quarter faster than along a Fortran-ordered array's columns)
     np.subtract(logp.T, top, out=logp.T)
     # responsibilities below e^-700 are set to exactly 0: as subnormal numbers
-    # they would slow every later product over them many times over
-    np.copyto(logp, -np.inf, where=logp < -700.0)
-    np.exp(logp, out=logp)
+    # they would slow every later product over them many times over. numpy's exp
+    # takes a slow path for -inf (and below about -708): where many are such, as on
+    # separated components, they are clipped, raised and then multiplied by 0 (a block
+    # of 6 848 rows × 8 with a third such: 0.26 against 0.10 ms, the same bits); where
+    # few are, the clip's two passes would cost more than they save
+    tiny = logp < -700.0
+    if np.count_nonzero(tiny) > 0.075 * tiny.size:
+        np.maximum(logp, -700.0, out=logp)
+        np.exp(logp, out=logp)
+        np.multiply(logp, ~tiny, out=logp)
+    else:
+        np.copyto(logp, -np.inf, where=tiny)
+        np.exp(logp, out=logp)
     total = _across(np.add, logp)
     lost = total == 0  # -inf under every component: the row gets the weights
     if lost.any():

@@ -78,10 +78,17 @@ def test_both_routes_give_the_reference_densities_and_sums(holes, route, isotrop
 
 @pytest.mark.parametrize("order", ["C", "F"])
 @pytest.mark.parametrize("own", [False, True])
-def test_responsibilities_match_log_sum_exp(order, own):
+@pytest.mark.parametrize("separated", [False, True])
+def test_responsibilities_match_log_sum_exp(order, own, separated):
+    """With ``separated``, most of the rows lie beyond e^-700 of all but one component
+    (the many-zeros route of ``_responsibilities``); else a few cells do."""
     rng = np.random.default_rng(3)
     n, K = 500, 6
     logp = np.array(rng.normal(-50.0, 30.0, size=(n, K)), order=order)
+    if separated:
+        far = rng.random(n) < 0.6
+        logp[far, 1:] -= rng.uniform(750.0, 5000.0, size=(int(far.sum()), K - 1))
+        logp[far, 3] = -np.inf
     logp[1, 2] = logp[1].max() - 800.0  # beyond e^-700 of the row's largest: exactly 0
     logp[2] = -np.inf  # nothing explains the row: it gets the weights
     log_w = np.log(rng.dirichlet(np.ones(K)))
@@ -95,6 +102,9 @@ def test_responsibilities_match_log_sum_exp(order, own):
     np.testing.assert_allclose(resp[rows], np.exp(shifted[rows] - ref_lse[rows, None]),
                                rtol=1e-12, atol=1e-300)
     assert resp[1, 2] == 0.0
+    gap = shifted[rows] - shifted[rows].max(axis=1, keepdims=True)
+    assert np.all(resp[rows][gap < -700.0] == 0.0)
+    assert (gap < -700.0).mean() > (0.3 if separated else 0.0)
     np.testing.assert_allclose(resp[2], np.exp(log_w), rtol=1e-13)
     assert lse[2] == -np.inf
     np.testing.assert_allclose(resp.sum(axis=1), 1.0, rtol=1e-13)
