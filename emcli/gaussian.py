@@ -277,6 +277,12 @@ def _triangular_inverses(L: np.ndarray) -> np.ndarray:
     return out
 
 
+def cov_spread(lam: np.ndarray) -> np.ndarray:
+    """Each covariance's ``λmin`` and ``λmax`` ``(K, 2)`` from its precision's eigenvalues
+    ``(K, d)``, ascending."""
+    return np.stack([1.0 / lam[:, -1], 1.0 / lam[:, 0]], axis=1)
+
+
 def prepare_gen(
     means: np.ndarray, cov: np.ndarray, shared: bool, dtype: Any, quad_ok: bool = True
 ) -> GenPrepared:
@@ -300,7 +306,7 @@ def prepare_gen(
     lam = np.linalg.eigvalsh(P)
     lam_max = lam[:, -1]
     prep.prec = P
-    prep.spread = np.stack([1.0 / lam_max, 1.0 / lam[:, 0]], axis=1)
+    prep.spread = cov_spread(lam)
     # eps·λmax(P)·λmax(Σ_oo) ≤ eps·λmax(P)/λmin(P): the precision route's error bound
     prep.precise_k = np.finfo(float).eps * lam_max < PRECISION_ROUTE_BOUND * lam[:, 0]
     prep.precise = bool(np.all(prep.precise_k))

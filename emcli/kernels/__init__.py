@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from emcli.conditional import BlockNotPD
-from emcli.gaussian import LOG_2PI
+from emcli.gaussian import LOG_2PI, cov_spread
 
 # Rows × components × columns of a fit from which the compiled kernel is used.
 COMPILED_MIN_WORK = 4_000_000
@@ -196,17 +196,15 @@ def pattern_groups(mask: np.ndarray, complete: bool = False) -> tuple[np.ndarray
     return order, starts, gpat, gstart
 
 
-def _layout(gstart: np.ndarray, K: int) -> tuple[np.ndarray, np.int64, np.ndarray]:
+def _layout(gstart: np.ndarray, K: int) -> tuple[np.ndarray, np.int64]:
     """Where each group's conditional covariances start in the flat buffer (``K c(c+1)/2``
-    numbers per pattern: lower triangles; one past the end last), the patterns per
-    batch: ``LANES // K``, fewer if their scratch would pass ``LANES_BYTES``, and where
-    each group's lanes start (``K`` a pattern)."""
+    numbers per pattern: lower triangles; one past the end last), and the patterns per
+    batch: ``LANES // K``, fewer if their scratch would pass ``LANES_BYTES``."""
     c = np.arange(gstart.size - 1)
     goff = np.zeros(gstart.size, dtype=np.int64)
     np.cumsum(K * np.diff(gstart) * (c * (c + 1) // 2), out=goff[1:])
     h = max(1, int(c[np.diff(gstart) > 0].max(initial=1)))  # the kernel's scratch size
-    nb = np.int64(max(1, min(LANES // K, LANES_BYTES // (scratch_bytes(h) * K))))
-    return goff, nb, K * gstart
+    return goff, np.int64(max(1, min(LANES // K, LANES_BYTES // (scratch_bytes(h) * K))))
 
 
 def direct_incomplete(
@@ -273,8 +271,7 @@ def _spread(prec: np.ndarray, K: int, spread: np.ndarray | None) -> np.ndarray:
     """Each component's ``λmin(Σ)`` and ``λmax(Σ)`` ``(K, 2)``: ``spread`` when the caller
     has them (``GenPrepared.spread``), else from the precisions."""
     if spread is None:
-        lam = np.linalg.eigvalsh(prec)  # of P = Σ⁻¹
-        spread = np.stack([1.0 / lam[:, -1], 1.0 / lam[:, 0]], axis=1)
+        spread = cov_spread(np.linalg.eigvalsh(prec))
     return np.broadcast_to(spread, (K, 2))
 
 
@@ -298,16 +295,16 @@ def _lanes(X0: np.ndarray, mask: np.ndarray, groups: tuple[np.ndarray, ...], V: 
     """Run ``lanes.fill_lanes`` on a chunk; what ``filled_sums`` needs."""
     K, d = means.shape
     order, starts, gpat, gstart = groups
-    goff, nb, loff = _layout(gstart, K)
+    goff, nb = _layout(gstart, K)
     cbuf = np.empty(int(goff[-1]))  # written only with moments
-    fac = np.empty(int(loff[-1]) if moments else 0, dtype=bool)  # lanes holding factors
+    fac = np.empty(K * gpat.size if moments else 0, dtype=bool)  # lanes holding factors
     ok = np.ascontiguousarray(np.broadcast_to(np.asarray(precise, dtype=bool), (K,)))
     bad = _compiled().fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT,
                                  means, cov, ok, moments, raw, logp, Xhat, cbuf, goff, fac,
-                                 loff, DEFER_MISSING)
+                                 DEFER_MISSING)
     if bad >= 0:
         raise BlockNotPD(int(bad))
-    return Xhat, groups, (goff, loff, fac, DEFER_MISSING), nb, cbuf
+    return Xhat, groups, (goff, fac, DEFER_MISSING), nb, cbuf
 
 
 def fill_incomplete(
@@ -359,7 +356,7 @@ def filled_sums(wr: np.ndarray, found: tuple[Any, ...]) -> tuple[np.ndarray, np.
     ``direct_incomplete`` did (``y = x̂ − μ``: around the means), ``wr`` in the chunk's
     row order."""
     kernels = _compiled()
-    Xhat, groups, (goff, loff, fac, defer), nb, cbuf, mask, perm, spread = found
+    Xhat, groups, (goff, fac, defer), nb, cbuf, mask, perm, spread = found
     K, n, d = Xhat.shape
     wr = rows_in(np.asarray(wr, dtype=float), perm)  # in the kernels' order
     S1 = np.empty((K, d))
@@ -373,8 +370,8 @@ def filled_sums(wr: np.ndarray, found: tuple[Any, ...]) -> tuple[np.ndarray, np.
         np.matmul(kept[:m].T, kept[:m], out=S2[k])
     order, starts, gpat, gstart = groups
     cut = small / spread[:, 1]  # the patterns': |C| ≤ λmax(Σ_k)
-    kernels.cov_lanes(mask, order, starts, gpat, gstart, nb, wr, cbuf, goff, fac, loff, cut,
-                      defer, S2)
+    kernels.cov_lanes(mask, order, starts, gpat, gstart, nb, wr, cbuf, goff, fac, cut, defer,
+                      S2)
     return S1, S2
 
 

@@ -115,11 +115,12 @@ def lanes_solve(Fac, c, L, t, quad):  # t[:, l] <- F_l⁻¹ t[:, l]; quad[l] = t
 
 @jit
 def fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT, means, cov,
-               precise, moments, raw, logp, Xhat, cbuf, goff, fac, loff, defer):
+               precise, moments, raw, logp, Xhat, cbuf, goff, fac, defer):
     # docs/e-step.md §7.3-7.4. logp (n, K) is corrected in place. With moments, cbuf gets
     # each lane's conditional covariance C (lower triangle, packed), or, on the precision
     # route with one precision per component and at least ``defer`` missing cells, the
-    # LDL factors of P_mm = C⁻¹ (the same entries), which fac[loff[q] + lane] marks:
+    # LDL factors of P_mm = C⁻¹ (the same entries), which fac marks (one flag a lane,
+    # K a pattern, in the order of gpat):
     # ``cov_lanes`` inverts only those of them the responsibilities give weight. With
     # ``raw`` (the quad route), logp holds the zero-filled rows' log-densities,
     # V (n, d, K) = P x₀, and Xhat (K, n, d)
@@ -217,7 +218,7 @@ def fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT, means
                 if ldk[l] != ldk[l]:
                     ok[l] = False
             if moments:  # Cov[x_m | x_o] = P_mm⁻¹
-                lb = loff[q] + p0 * K
+                lb = (gstart[q] + p0) * K
                 if Kf == K and c >= defer:  # its factors, inverted by cov_lanes if the
                     # lane has weight
                     for a in range(c):
@@ -367,8 +368,7 @@ def weighted_rows(Xk, wr, k, thr, out, S1k):
 
 
 @jit
-def cov_lanes(mask, order, starts, gpat, gstart, nb, wr, cbuf, goff, fac, loff, cut, defer,
-              S2):
+def cov_lanes(mask, order, starts, gpat, gstart, nb, wr, cbuf, goff, fac, cut, defer, S2):
     # S2[k] += Σ over patterns g of W_gk C_gk, W_gk = Σ_{i in g} wr[i, k], each lane's C
     # placed at its pattern's missing block. In the groups of at least ``defer`` missing
     # cells a lane of weight at most cut[k] adds nothing, its W_gk C_gk being below
@@ -413,7 +413,7 @@ def cov_lanes(mask, order, starts, gpat, gstart, nb, wr, cbuf, goff, fac, loff, 
             T = c * (c + 1) // 2
             base = goff[q] + p0 * K * T
             out = cbuf[base : base + T * L].reshape(T, L)
-            lb = loff[q] + p0 * K
+            lb = (gstart[q] + p0) * K
             for gi in range(P):
                 g = gpat[gstart[q] + p0 + gi]
                 pattern_columns(mask, order[starts[g]], M, gi)
