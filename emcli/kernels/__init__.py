@@ -296,15 +296,16 @@ def _lanes(X0: np.ndarray, mask: np.ndarray, groups: tuple[np.ndarray, ...], V: 
     K, d = means.shape
     order, starts, gpat, gstart = groups
     goff, nb = _layout(gstart, K)
+    defer = DEFER_MISSING  # the one cut for the fills and the sums
     cbuf = np.empty(int(goff[-1]))  # written only with moments
     fac = np.empty(K * gpat.size if moments else 0, dtype=bool)  # lanes holding factors
     ok = np.ascontiguousarray(np.broadcast_to(np.asarray(precise, dtype=bool), (K,)))
     bad = _compiled().fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT,
                                  means, cov, ok, moments, raw, logp, Xhat, cbuf, goff, fac,
-                                 DEFER_MISSING)
+                                 defer)
     if bad >= 0:
         raise BlockNotPD(int(bad))
-    return Xhat, groups, (goff, fac, DEFER_MISSING), nb, cbuf
+    return Xhat, groups, (goff, fac, defer), nb, cbuf
 
 
 def fill_incomplete(
