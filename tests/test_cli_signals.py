@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -41,6 +43,58 @@ def test_ctrl_c_after_the_outputs_are_written_is_honest(tmp_path):
         lines = (out / "faithful.labels.csv").read_text().splitlines()
         assert len(lines) == 273
         assert log.read_text().count("\n") > 2
+
+
+# A command whose work drops the last reference to an object with a weak-reference callback
+# (as thread pools and arrays have) while a Ctrl-C arrives: Python runs the signal's
+# handler inside the callback, where the KeyboardInterrupt cannot reach the command.
+_CALLBACK_INTERRUPTED = textwrap.dedent("""
+    import importlib, signal, sys, time, weakref
+    cli = importlib.import_module("emcli.cli.app")  # the module (emcli.cli.app is the Typer app)
+
+    class Pool:
+        pass
+
+    def callback(ref):
+        signal.raise_signal(signal.SIGINT)  # the Ctrl-C, while the callback runs
+        {after}
+
+    def command(prog_name):
+        pool = Pool()
+        ref = weakref.ref(pool, callback)
+        del pool
+        time.sleep(5)  # the command's work goes on: the Ctrl-C must stop it
+        print("not interrupted")
+
+    cli.app = command
+    cli.main()
+""")
+
+
+def test_a_ctrl_c_inside_a_weak_reference_callback_stops_the_command_quietly(tmp_path):
+    """Python prints an exception raised in a finaliser or weak-reference callback as one
+    it ignored, with a traceback, and goes on: the command's hook sends the Ctrl-C again
+    instead, which stops the command with its one line and exit code 130."""
+    script = _CALLBACK_INTERRUPTED.format(after="pass")
+    took = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    took = time.monotonic() - took
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr == "emcli: interrupted; no output written\n"
+    assert "not interrupted" not in proc.stdout
+    assert took < 4.0
+
+
+def test_other_errors_in_callbacks_are_still_reported():
+    script = _CALLBACK_INTERRUPTED.format(after="raise ValueError('a bug in a callback')")
+    script = script.replace("signal.raise_signal(signal.SIGINT)", "pass").replace(
+        "time.sleep(5)", "pass")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "not interrupted" in proc.stdout
+    assert "Exception ignored" in proc.stderr and "a bug in a callback" in proc.stderr
 
 
 def test_select_k_jobs_2_stops_within_2_s_of_ctrl_c(tmp_path):

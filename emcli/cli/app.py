@@ -10,11 +10,13 @@ with status 0.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import os
 import re
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Iterator
 from typing import Annotated
@@ -145,8 +147,30 @@ def _interrupted() -> str:
     return "emcli: interrupted; no output written"
 
 
+def _interrupt_soon(thread: int) -> None:
+    time.sleep(0.002)
+    with contextlib.suppress(OSError, ValueError):  # the thread may be gone
+        signal.pthread_kill(thread, signal.SIGINT)  # (nothing if Ctrl-C is ignored by then)
+
+
+def _interrupt_later(unraisable: sys.UnraisableHookArgs) -> None:
+    """``sys.unraisablehook`` for the command: a Ctrl-C that lands while a finaliser or a
+    weak reference's callback runs (a thread pool's, an array's) cannot reach the command
+    from there, and Python would print it with a traceback as an error it ignored; it is
+    sent again instead, to stop the command as any other Ctrl-C does (or to be ignored,
+    once the command is over). Everything else goes to the default hook."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        # from another thread, once this hook has returned: interrupting the main thread
+        # from here, or waiting here for a thread to start, would raise it in the hook
+        with contextlib.suppress(RuntimeError):  # no new threads once Python shuts down
+            _thread.start_new_thread(_interrupt_soon, (_thread.get_ident(),))
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def main() -> None:
     """Entry point of the ``emcli`` script."""
+    sys.unraisablehook = _interrupt_later
     try:
         app(prog_name="emcli")
     except BrokenPipeError:
