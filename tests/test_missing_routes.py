@@ -78,6 +78,35 @@ def test_both_routes_give_the_reference_densities_and_sums(tied, cond, scale):
         np.testing.assert_allclose(a, b, rtol=rel, atol=rel * np.abs(a).max())
 
 
+def test_the_tiles_of_p_x0_change_nothing(monkeypatch):
+    """On the quad route the lanes kernel forms ``P x₀`` and the zero-filled log-densities
+    a tile of rows at a time as it reaches them (``TILE_BYTES``, docs/e-step.md §7.4):
+    tiles of one row, of a few, of a block's size or past it give the reference's
+    log-likelihood, and the same numbers as each other to rounding."""
+    from emcli import kernels
+
+    K, d = 4, 9
+    X = _awkward_rows(1500, d, seed=21, frac=0.3)
+    weights, means, cov = _params(d, K, seed=22, tied=False, cond=None)
+    want_ll = float(logsumexp(ref_component_logpdf(X, means, cov) + np.log(weights),
+                              axis=1).sum())
+    got = []
+    for rows in (1, 7, 256, 10**6):
+        monkeypatch.setattr(kernels, "TILE_BYTES", rows * 8 * d * K)
+        prep = prepare_gen(means, cov, False, np.float64)
+        prep.compiled = True
+        chunk = Chunk(X, np.ones(X.shape[0]))
+        assert chunk.max_sq_norm < prep.quad_limit
+        logp, cache = log_prob_gen(chunk, prep)
+        assert "filled" in cache
+        totals = chunk_statistics(Chunk(X, np.ones(X.shape[0])), prep, np.log(weights))
+        assert totals.stats.ll == pytest.approx(want_ll, rel=1e-10)
+        got.append((logp, *totals.stats.scatter(prep, pooled=False)))
+    for other in got[1:]:
+        for a, b in zip(got[0], other, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-13 * np.abs(a).max())
+
+
 @pytest.mark.parametrize("tied", [False, True])
 @pytest.mark.parametrize("cond", [None, 1e7])  # the quad route, and off it (direct)
 def test_the_batches_of_lanes_change_nothing(monkeypatch, tied, cond):

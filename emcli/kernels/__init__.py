@@ -45,6 +45,10 @@ SKIP_WEIGHT = 1e-30
 # the M-step's sums, which form only those of lanes with weight: below it, inverting
 # every lane at once costs less than picking them out (docs/e-step.md §7.4).
 DEFER_MISSING = 10
+# The bytes of ``P x₀`` the lanes kernel forms at a time, for a tile of rows, on the quad
+# route: within the L2 cache, where the whole block's (7 MB at d = 16, k = 8) went to the
+# L3 cache and back (docs/e-step.md §7.4).
+TILE_BYTES = 1 << 20
 # At most this many bytes of a batch's scratch, ``scratch_bytes`` a lane, unless a
 # single pattern's K lanes need more (wide rows missing most of their cells).
 LANES_BYTES = 4 << 20
@@ -291,8 +295,10 @@ def _unvisit(logp: np.ndarray, perm: np.ndarray) -> np.ndarray:
 def _lanes(X0: np.ndarray, mask: np.ndarray, groups: tuple[np.ndarray, ...], V: np.ndarray,
            PT: np.ndarray, MT: np.ndarray, PmuT: np.ndarray, means: np.ndarray,
            cov: np.ndarray, precise: np.ndarray, moments: bool, raw: bool, logp: np.ndarray,
-           Xhat: np.ndarray) -> tuple[Any, ...]:
-    """Run ``lanes.fill_lanes`` on a chunk; what ``filled_sums`` needs."""
+           Xhat: np.ndarray, tile: int = 0, const: np.ndarray | None = None
+           ) -> tuple[Any, ...]:
+    """Run ``lanes.fill_lanes`` on a chunk; what ``filled_sums`` needs. With ``tile``, the
+    kernel forms ``P x₀`` and the zero-filled log-densities (``const``) itself."""
     K, d = means.shape
     order, starts, gpat, gstart = groups
     goff, nb = _layout(gstart, K)
@@ -302,7 +308,8 @@ def _lanes(X0: np.ndarray, mask: np.ndarray, groups: tuple[np.ndarray, ...], V: 
     ok = np.ascontiguousarray(np.broadcast_to(np.asarray(precise, dtype=bool), (K,)))
     bad = _compiled().fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT,
                                  means, cov, ok, moments, raw, logp, Xhat, cbuf, goff, fac,
-                                 defer)
+                                 defer, np.int64(tile),
+                                 np.zeros(K) if const is None else const)
     if bad >= 0:
         raise BlockNotPD(int(bad))
     return Xhat, groups, (goff, fac, defer), nb, cbuf
@@ -338,16 +345,19 @@ def fill_incomplete(
     Xhat = np.empty((K, n, d))  # the kernel writes the incomplete rows, filled in
     Xhat[:, :nc] = X0[:nc]  # the complete rows come first
     Kf = PT.shape[2]
-    V = (X0 @ PT.reshape(d, d * Kf)).reshape(n, d, Kf)  # P x₀, one GEMM for every component
-    if Kf < K:
-        V = np.repeat(V, K, axis=2)
     # the zero-filled rows: δ̃ᵀPδ̃ = x₀ᵀPx₀ − 2 (Pμ)ᵀx₀ + μᵀPμ, with δ̃ = x₀ − μ
     const = -0.5 * (d * LOG_2PI + np.broadcast_to(log_det, (K,))
                     + np.einsum("ka,ak->k", means, PmuT))
     logp = np.empty((n, K))
-    _compiled().zero_filled(X0, V, PmuT, const, logp)
+    if Kf == K:  # the kernel forms P x₀ and these in tiles of rows (docs/e-step.md §7.4)
+        V = np.empty((0, d, K))
+        tile = max(1, TILE_BYTES // (8 * d * K))
+    else:  # tied, when its own kernel failed: P x₀ once, for every component
+        V = np.repeat((X0 @ PT.reshape(d, d)).reshape(n, d, 1), K, axis=2)
+        _compiled().zero_filled(X0, V, PmuT, const, logp)
+        tile = 0
     found = _lanes(X0, mask, vgroups, V, PT, MT, PmuT, means, cov, precise, moments, True,
-                   logp, Xhat)
+                   logp, Xhat, tile, const)
     return _unvisit(logp, perm), (*found, mask, perm, _spread(prec, K, spread))
 
 

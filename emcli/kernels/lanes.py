@@ -115,7 +115,7 @@ def lanes_solve(Fac, c, L, t, quad):  # t[:, l] <- F_l⁻¹ t[:, l]; quad[l] = t
 
 @jit
 def fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT, means, cov,
-               precise, moments, raw, logp, Xhat, cbuf, goff, fac, defer):
+               precise, moments, raw, logp, Xhat, cbuf, goff, fac, defer, tile, const):
     # docs/e-step.md §7.3-7.4. logp (n, K) is corrected in place. With moments, cbuf gets
     # each lane's conditional covariance C (lower triangle, packed), or, on the precision
     # route with one precision per component and at least ``defer`` missing cells, the
@@ -127,8 +127,12 @@ def fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT, means
     # gets the incomplete rows filled in under each component. Otherwise (the direct
     # route) MT and PmuT are zero, logp holds −½(d log 2π + log|Σ| + δ_oᵀ P δ_o), V = P δ_o
     # and Xhat = δ_o, which gets x̂ − μ. PT (d, d, Kf) holds the precisions: Kf = K, or 1
-    # when every component shares one (tied), factored then once per pattern. Returns -1,
-    # or the component whose observed block failed to factor.
+    # when every component shares one (tied), factored then once per pattern. With
+    # ``tile`` > 0 (the quad route, Kf = K), V is not given: the kernel forms P x₀ for
+    # ``tile`` rows at a time, as its rows reach them (they are visited front to back), and
+    # the zero-filled log-densities with it (``zero_filled``, ``const``), so that each
+    # tile's V stays in the L2 cache (docs/e-step.md §7.4). Returns -1, or the component
+    # whose observed block failed to factor.
     d = X0.shape[1]
     K = MT.shape[1]
     Kf = PT.shape[2]
@@ -163,6 +167,14 @@ def fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT, means
     C1 = np.empty((d, d))
     t1 = np.empty(d)
     xm = np.empty(d)
+    n = X0.shape[0]
+    v0 = 0  # V holds P x₀ of the rows v0..v1-1: all of them, or the tile reached
+    v1 = n
+    Vb = np.empty((max(tile, 1), d * Kf))
+    PT2 = PT.reshape(d, d * Kf)
+    if tile > 0:
+        V = Vb.reshape(tile, d, Kf)
+        v1 = 0
     for q in range(gstart.size - 1):
         G = gstart[q + 1] - gstart[q]
         if G == 0:
@@ -257,6 +269,8 @@ def fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT, means
                 # u = P_mo δ_o = (P δ̃)_m + P_mm μ_m, with δ̃ = x₀ − μ
                 for ri in range(R):
                     i = rows[ri]
+                    while i >= v1:  # (tiles only: without, v1 = n)
+                        v0, v1 = p_x0_tile(X0, PT2, PmuT, const, logp, Vb, V, v1, tile)
                     src = pg[ri] * K
                     dst = ri * K
                     for k in range(K):
@@ -264,7 +278,7 @@ def fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT, means
                     for a in range(c):
                         ma = M[pg[ri], a]
                         for k in range(K):
-                            v = V[i, ma, k] + pm[a, src + k]
+                            v = V[i - v0, ma, k] + pm[a, src + k]
                             t[a, dst + k] = v
                             lin[dst + k] += 2.0 * mu[a, src + k] * v
                 if Kf == K and R == P and pg[0] == 0 and pg[R - 1] == P - 1:
@@ -323,7 +337,21 @@ def fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT, means
                         logp[i, k] = -0.5 * (s * LOG_2PI + ld_block + qd)
                         for a in range(c):
                             Xhat[k, i, m[a]] = xm[a] + (means[k, m[a]] if raw else 0.0)
+    while v1 < n:  # rows after the last one visited (none: the incomplete rows come last)
+        v0, v1 = p_x0_tile(X0, PT2, PmuT, const, logp, Vb, V, v1, tile)
     return -1
+
+
+@jit
+def p_x0_tile(X0, PT2, PmuT, const, logp, Vb, V, start, tile):
+    # fill_lanes' next tile: V[:m] = P x₀ of the rows start..start+m-1 (one GEMM for every
+    # component) and their zero-filled log-densities; returns the tile's first row and one
+    # past its last
+    end = min(start + tile, X0.shape[0])
+    m = end - start
+    np.dot(X0[start:end], PT2, Vb[:m])
+    zero_filled(X0[start:end], V[:m], PmuT, const, logp[start:end])
+    return start, end
 
 
 @jit
