@@ -16,6 +16,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -159,7 +160,8 @@ def _interrupt_later(unraisable: sys.UnraisableHookArgs) -> None:
     from there, and Python would print it with a traceback as an error it ignored; it is
     sent again instead, to stop the command as any other Ctrl-C does (or to be ignored,
     once the command is over). Everything else goes to the default hook."""
-    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+    if (isinstance(unraisable.exc_value, KeyboardInterrupt)
+            and threading.current_thread() is threading.main_thread()):  # a Ctrl-C's
         # from another thread, once this hook has returned: interrupting the main thread
         # from here, or waiting here for a thread to start, would raise it in the hook
         with contextlib.suppress(RuntimeError):  # no new threads once Python shuts down
