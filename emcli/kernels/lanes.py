@@ -270,7 +270,7 @@ def fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT, means
                 for ri in range(R):
                     i = rows[ri]
                     while i >= v1:  # (tiles only: without, v1 = n)
-                        v0, v1 = p_x0_tile(X0, PT2, PmuT, const, logp, Vb, V, v1, tile)
+                        v0, v1 = v1, p_x0_tile(X0, PT2, PmuT, const, logp, Vb, V, v1, tile)
                     src = pg[ri] * K
                     dst = ri * K
                     for k in range(K):
@@ -338,20 +338,19 @@ def fill_lanes(X0, mask, order, starts, gpat, gstart, nb, V, PT, MT, PmuT, means
                         for a in range(c):
                             Xhat[k, i, m[a]] = xm[a] + (means[k, m[a]] if raw else 0.0)
     while v1 < n:  # rows after the last one visited (none: the incomplete rows come last)
-        v0, v1 = p_x0_tile(X0, PT2, PmuT, const, logp, Vb, V, v1, tile)
+        v1 = p_x0_tile(X0, PT2, PmuT, const, logp, Vb, V, v1, tile)
     return -1
 
 
 @jit
 def p_x0_tile(X0, PT2, PmuT, const, logp, Vb, V, start, tile):
     # fill_lanes' next tile: V[:m] = P x₀ of the rows start..start+m-1 (one GEMM for every
-    # component) and their zero-filled log-densities; returns the tile's first row and one
-    # past its last
+    # component) and their zero-filled log-densities; returns one past the tile's last row
     end = min(start + tile, X0.shape[0])
     m = end - start
     np.dot(X0[start:end], PT2, Vb[:m])
     zero_filled(X0[start:end], V[:m], PmuT, const, logp[start:end])
-    return start, end
+    return end
 
 
 @jit
